@@ -1,0 +1,55 @@
+//! The application state handed to every handler and resolver.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::db::{self, DbConn, DbPool};
+use crate::domain::auth::{Passwords, Tokens};
+use crate::error::AppResult;
+use crate::realtime::Bus;
+
+pub struct App {
+    pub config: Config,
+    pub db: DbPool,
+    pub bus: Bus,
+    pub passwords: Passwords,
+    pub tokens: Tokens,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+impl App {
+    /// Connects to PostgreSQL (failing fast when it cannot) and sets up the bus: Redis pub/sub
+    /// when `REDIS_URL` is set, otherwise an in-process bus for a single instance.
+    pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        let db = db::build_pool(&config.database_url, config.database_pool_size).await?;
+        let bus = match &config.redis_url {
+            Some(url) => Bus::with_redis(url, &config.redis_prefix)?,
+            None => {
+                tracing::info!("REDIS_URL is not set: using the in-process bus (single instance only)");
+                Bus::in_process()
+            }
+        };
+        Ok(AppState(Arc::new(App {
+            passwords: Passwords::new(config.password_hashing)?,
+            tokens: Tokens::new(&config),
+            config,
+            db,
+            bus,
+        })))
+    }
+
+    /// A pooled connection, owned so it can be held across awaits in resolvers.
+    pub async fn conn(&self) -> AppResult<DbConn> {
+        Ok(self.db.get_owned().await?)
+    }
+}

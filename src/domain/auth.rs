@@ -1,0 +1,347 @@
+//! Passwords (argon2id), access tokens (HS256 JWT) and sessions with rotating refresh tokens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use jsonwebtoken::{Algorithm as JwtAlgorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::Viewer;
+use crate::config::{Config, PasswordHashing};
+use crate::db::models::{Session, User};
+use crate::db::schema::{refresh_tokens, sessions, users};
+use crate::error::{AppError, AppResult};
+
+pub const MIN_PASSWORD_LEN: usize = 8;
+pub const MAX_PASSWORD_LEN: usize = 128;
+const ISSUER: &str = "evently";
+const AUDIENCE: &str = "evently-api";
+
+/// Hashes and verifies passwords on blocking threads, a bounded number at a time.
+#[derive(Clone)]
+pub struct Passwords {
+    argon2: Argon2<'static>,
+    permits: Arc<Semaphore>,
+    /// Verified against when an email is unknown, so a failed login costs the same either way.
+    dummy_hash: Arc<String>,
+}
+
+impl Passwords {
+    pub fn new(cost: PasswordHashing) -> anyhow::Result<Self> {
+        let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            .map_err(|e| anyhow::anyhow!("invalid argon2 parameters: {e}"))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        let dummy_hash = argon2
+            .hash_password(b"not-a-real-password", &salt)
+            .map_err(|e| anyhow::anyhow!("hashing: {e}"))?
+            .to_string();
+        Ok(Self {
+            argon2,
+            permits: Arc::new(Semaphore::new(cost.max_concurrent.max(1))),
+            dummy_hash: Arc::new(dummy_hash),
+        })
+    }
+
+    pub async fn hash(&self, password: &str) -> AppResult<String> {
+        validate_password(password)?;
+        let _permit = self.permits.acquire().await.map_err(|e| AppError::Internal(e.into()))?;
+        let argon2 = self.argon2.clone();
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+            argon2
+                .hash_password(password.as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("hashing: {e}")))
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?
+    }
+
+    /// `hash` is `None` when the account does not exist; the work is done all the same.
+    pub async fn verify(&self, password: &str, hash: Option<&str>) -> AppResult<bool> {
+        let _permit = self.permits.acquire().await.map_err(|e| AppError::Internal(e.into()))?;
+        let exists = hash.is_some();
+        let hash = hash.map_or_else(|| self.dummy_hash.as_str().to_owned(), str::to_owned);
+        let argon2 = self.argon2.clone();
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| argon2.verify_password(password.as_bytes(), &parsed).is_ok())
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+        Ok(exists && matches)
+    }
+}
+
+pub fn validate_password(password: &str) -> AppResult<()> {
+    let len = password.chars().count();
+    if !(MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&len) {
+        return Err(AppError::bad_input(
+            "password",
+            format!("password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: Uuid,
+    pub sid: Uuid,
+    pub role: String,
+    pub jti: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+}
+
+/// Signs and checks access tokens.
+#[derive(Clone)]
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+impl Tokens {
+    pub fn new(config: &Config) -> Self {
+        let secret = config.jwt_secret.expose().as_bytes();
+        let mut validation = Validation::new(JwtAlgorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+        validation.leeway = 5;
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            access_ttl: config.access_token_ttl,
+            refresh_ttl: config.refresh_token_ttl,
+        }
+    }
+
+    fn issue_access_token(&self, user: &User, session_id: Uuid) -> AppResult<String> {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            sub: user.id,
+            sid: session_id,
+            role: user.role.as_str().to_owned(),
+            jti: Uuid::new_v4(),
+            iat: now,
+            exp: now + self.access_ttl.as_secs() as i64,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+        };
+        jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| AppError::Internal(e.into()))
+    }
+
+    pub fn decode(&self, token: &str) -> AppResult<Claims> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|_| AppError::Unauthenticated("invalid or expired access token"))
+    }
+}
+
+/// What a successful login, registration or refresh hands back.
+#[derive(Debug)]
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i32,
+    pub user: User,
+}
+
+fn new_refresh_token() -> (String, Vec<u8>) {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    let hash = refresh_token_hash(&token);
+    (token, hash)
+}
+
+fn refresh_token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Starts a session for `user` and issues its first pair of tokens.
+pub async fn start_session(
+    conn: &mut AsyncPgConnection,
+    tokens: &Tokens,
+    user: User,
+) -> AppResult<IssuedTokens> {
+    let session = Session {
+        id: Uuid::new_v4(),
+        user_id: user.id,
+        created_at: Utc::now(),
+        expires_at: Utc::now() + tokens.refresh_ttl,
+        revoked_at: None,
+    };
+    let (refresh_token, hash) = new_refresh_token();
+    let session_id = session.id;
+    conn.transaction(async move |conn| {
+            diesel::insert_into(sessions::table).values(&session).execute(conn).await?;
+            diesel::insert_into(refresh_tokens::table)
+                .values((
+                    refresh_tokens::token_hash.eq(hash),
+                    refresh_tokens::session_id.eq(session.id),
+                ))
+                .execute(conn)
+                .await?;
+            Ok::<_, AppError>(())
+        })
+    .await?;
+    Ok(IssuedTokens {
+        access_token: tokens.issue_access_token(&user, session_id)?,
+        refresh_token,
+        expires_in: tokens.access_ttl.as_secs() as i32,
+        user,
+    })
+}
+
+pub async fn login(
+    conn: &mut AsyncPgConnection,
+    passwords: &Passwords,
+    tokens: &Tokens,
+    email: &str,
+    password: &str,
+) -> AppResult<IssuedTokens> {
+    let email = super::users::normalize_email(email);
+    let user: Option<User> = users::table
+        .filter(users::email.eq(&email))
+        .select(User::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    let hash = user.as_ref().map(|u| u.password_hash.as_str());
+    // Over-long input is refused only after the same work, so timing says nothing either.
+    let ok = passwords.verify(password, hash).await? && password.len() <= 4 * MAX_PASSWORD_LEN;
+    match user {
+        Some(user) if ok => start_session(conn, tokens, user).await,
+        _ => Err(AppError::Unauthenticated("invalid email or password")),
+    }
+}
+
+/// Trades a refresh token for a new pair. Each refresh token works once: a second use means
+/// it was copied, so the whole session is revoked.
+pub async fn refresh(
+    conn: &mut AsyncPgConnection,
+    tokens: &Tokens,
+    refresh_token: &str,
+) -> AppResult<IssuedTokens> {
+    let presented = refresh_token_hash(refresh_token);
+    let (new_token, new_hash) = new_refresh_token();
+    let refresh_ttl = tokens.refresh_ttl;
+    let outcome = conn
+        .transaction(async move |conn| {
+                let session_id: Option<Uuid> = diesel::update(
+                    refresh_tokens::table
+                        .filter(refresh_tokens::token_hash.eq(&presented))
+                        .filter(refresh_tokens::used_at.is_null()),
+                )
+                .set(refresh_tokens::used_at.eq(diesel::dsl::now))
+                .returning(refresh_tokens::session_id)
+                .get_result(conn)
+                .await
+                .optional()?;
+                let Some(session_id) = session_id else {
+                    let reused: Option<Uuid> = refresh_tokens::table
+                        .filter(refresh_tokens::token_hash.eq(&presented))
+                        .select(refresh_tokens::session_id)
+                        .first(conn)
+                        .await
+                        .optional()?;
+                    if let Some(session_id) = reused {
+                        revoke_session(conn, session_id).await?;
+                        return Ok(Err(true));
+                    }
+                    return Ok(Err(false));
+                };
+                let live: Option<User> = sessions::table
+                    .inner_join(users::table)
+                    .filter(sessions::id.eq(session_id))
+                    .filter(sessions::revoked_at.is_null())
+                    .filter(sessions::expires_at.gt(diesel::dsl::now))
+                    .select(User::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?;
+                let Some(user) = live else { return Ok(Err(false)) };
+                diesel::insert_into(refresh_tokens::table)
+                    .values((
+                        refresh_tokens::token_hash.eq(new_hash),
+                        refresh_tokens::session_id.eq(session_id),
+                    ))
+                    .execute(conn)
+                    .await?;
+                diesel::update(sessions::table.find(session_id))
+                    .set(sessions::expires_at.eq(Utc::now() + refresh_ttl))
+                    .execute(conn)
+                    .await?;
+                Ok::<_, AppError>(Ok((user, session_id)))
+            })
+        .await?;
+    match outcome {
+        Ok((user, session_id)) => Ok(IssuedTokens {
+            access_token: tokens.issue_access_token(&user, session_id)?,
+            refresh_token: new_token,
+            expires_in: tokens.access_ttl.as_secs() as i32,
+            user,
+        }),
+        Err(reused) => {
+            if reused {
+                tracing::warn!("refresh token presented twice; session revoked");
+            }
+            Err(AppError::Unauthenticated("invalid or expired refresh token"))
+        }
+    }
+}
+
+pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> AppResult<bool> {
+    let revoked = diesel::update(
+        sessions::table.find(session_id).filter(sessions::revoked_at.is_null()),
+    )
+    .set(sessions::revoked_at.eq(diesel::dsl::now))
+    .execute(conn)
+    .await?;
+    Ok(revoked > 0)
+}
+
+/// Resolves a bearer token to its user, provided its session is still live.
+pub async fn authenticate(
+    conn: &mut AsyncPgConnection,
+    tokens: &Tokens,
+    access_token: &str,
+) -> AppResult<Viewer> {
+    let claims = tokens.decode(access_token)?;
+    let user: Option<User> = sessions::table
+        .inner_join(users::table)
+        .filter(sessions::id.eq(claims.sid))
+        .filter(sessions::user_id.eq(claims.sub))
+        .filter(sessions::revoked_at.is_null())
+        .filter(sessions::expires_at.gt(diesel::dsl::now))
+        .select(User::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    user.map(|user| Viewer { user, session_id: claims.sid })
+        .ok_or(AppError::Unauthenticated("session has ended; sign in again"))
+}

@@ -1,0 +1,278 @@
+//! Taking and returning seats. The guard against overselling is PostgreSQL's: a conditional
+//! `UPDATE events ... WHERE seats_available >= n` on the event row, backed by a CHECK
+//! constraint, inside the transaction that inserts the booking.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::upsert::on_constraint;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::Viewer;
+use super::events::{lock_event, unbookable_reason};
+use super::pagination::{Page, PageRequest};
+use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
+use crate::db::schema::{bookings, events};
+use crate::error::{AppError, AppResult};
+
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+pub struct BookingRequest {
+    pub event_id: Uuid,
+    pub quantity: i32,
+    pub idempotency_key: Option<String>,
+}
+
+/// A booking and, when this call changed the event's availability, the event as committed
+/// (for publishing). A replayed idempotent request changes nothing.
+pub struct BookingChange {
+    pub booking: Booking,
+    pub event: Option<Event>,
+}
+
+enum Attempt {
+    Created(Booking, Event),
+    Existing(Booking),
+}
+
+pub async fn book_seats(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    request: BookingRequest,
+) -> AppResult<BookingChange> {
+    if request.quantity < 1 {
+        return Err(AppError::bad_input("quantity", "quantity must be at least 1"));
+    }
+    if let Some(key) = &request.idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+    {
+        return Err(AppError::bad_input(
+            "idempotencyKey",
+            format!("idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        ));
+    }
+    let user_id = viewer.id();
+    let request = &request;
+    let attempt = conn
+        .transaction(async move |conn| {
+                if let Some(existing) = find_by_key(conn, user_id, request).await? {
+                    return Ok(Attempt::Existing(existing));
+                }
+                let event = events::table
+                    .find(request.event_id)
+                    .select(Event::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?
+                    .ok_or(AppError::NotFound("event"))?;
+                if let Some(reason) = unbookable_reason(&event) {
+                    return Err(reason);
+                }
+                if request.quantity > event.max_per_booking {
+                    return Err(AppError::bad_input(
+                        "quantity",
+                        format!("at most {} seats per booking", event.max_per_booking),
+                    ));
+                }
+                let booking = Booking {
+                    id: Uuid::new_v4(),
+                    event_id: event.id,
+                    user_id,
+                    quantity: request.quantity,
+                    status: BookingStatus::Confirmed,
+                    idempotency_key: request.idempotency_key.clone(),
+                    created_at: Utc::now(),
+                    cancelled_at: None,
+                };
+                // A concurrent request with the same key waits here on the unique index and,
+                // once that one commits, inserts nothing.
+                let inserted: Option<Booking> = diesel::insert_into(bookings::table)
+                    .values(&booking)
+                    .on_conflict(on_constraint("bookings_user_idempotency_key"))
+                    .do_nothing()
+                    .returning(Booking::as_returning())
+                    .get_result(conn)
+                    .await
+                    .optional()?;
+                let Some(booking) = inserted else {
+                    return find_by_key(conn, user_id, request)
+                        .await?
+                        .map(Attempt::Existing)
+                        .ok_or_else(|| anyhow::anyhow!("idempotency conflict without a row").into());
+                };
+                // The event row is locked last and held only until commit.
+                let taken: Option<Event> = diesel::update(
+                    events::table
+                        .find(event.id)
+                        .filter(events::status.eq(EventStatus::Published))
+                        .filter(events::starts_at.gt(diesel::dsl::now))
+                        .filter(events::seats_available.ge(request.quantity)),
+                )
+                .set((
+                    events::seats_available.eq(events::seats_available - request.quantity),
+                    events::version.eq(events::version + 1),
+                    events::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(Event::as_returning())
+                .get_result(conn)
+                .await
+                .optional()?;
+                match taken {
+                    Some(event) => Ok(Attempt::Created(booking, event)),
+                    None => {
+                        let now = events::table
+                            .find(event.id)
+                            .select(Event::as_select())
+                            .first(conn)
+                            .await?;
+                        Err(unbookable_reason(&now).unwrap_or(AppError::SoldOut {
+                            seats_available: now.seats_available,
+                        }))
+                    }
+                }
+            })
+        .await?;
+    match attempt {
+        Attempt::Created(booking, event) => Ok(BookingChange { booking, event: Some(event) }),
+        Attempt::Existing(booking) => Ok(BookingChange { booking, event: None }),
+    }
+}
+
+/// The booking already made under this request's idempotency key, if any. The same key for a
+/// different request is a conflict, not a replay.
+async fn find_by_key(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    request: &BookingRequest,
+) -> AppResult<Option<Booking>> {
+    let Some(key) = &request.idempotency_key else { return Ok(None) };
+    let existing: Option<Booking> = bookings::table
+        .filter(bookings::user_id.eq(user_id))
+        .filter(bookings::idempotency_key.eq(key))
+        .select(Booking::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    match existing {
+        Some(booking)
+            if booking.event_id != request.event_id || booking.quantity != request.quantity =>
+        {
+            Err(AppError::Conflict(
+                "this idempotencyKey was already used for a different booking request".into(),
+            ))
+        }
+        other => Ok(other),
+    }
+}
+
+async fn find_booking(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<Booking> {
+    bookings::table
+        .find(id)
+        .select(Booking::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(AppError::NotFound("booking"))
+}
+
+/// Cancels a booking and returns its seats, exactly once however many times it is called.
+pub async fn cancel_booking(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    id: Uuid,
+) -> AppResult<BookingChange> {
+    let booking = find_booking(conn, id).await?;
+    if booking.user_id != viewer.id() && !viewer.is_admin() {
+        return Err(AppError::Forbidden("you can only cancel your own bookings"));
+    }
+    if booking.status == BookingStatus::Cancelled {
+        return Ok(BookingChange { booking, event: None });
+    }
+    conn.transaction(async move |conn| {
+            let event = lock_event(conn, booking.event_id).await?;
+            if event.starts_at <= Utc::now() {
+                return Err(AppError::not_possible(
+                    "EVENT_STARTED",
+                    "bookings cannot be cancelled once the event has started",
+                ));
+            }
+            let cancelled: Option<Booking> = diesel::update(
+                bookings::table
+                    .find(id)
+                    .filter(bookings::status.eq(BookingStatus::Confirmed)),
+            )
+            .set((
+                bookings::status.eq(BookingStatus::Cancelled),
+                bookings::cancelled_at.eq(diesel::dsl::now),
+            ))
+            .returning(Booking::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+            let Some(cancelled) = cancelled else {
+                // Someone else cancelled it first; report the booking as it now stands.
+                return Ok(BookingChange { booking: find_booking(conn, id).await?, event: None });
+            };
+            let event = diesel::update(events::table.find(event.id))
+                .set((
+                    events::seats_available.eq(events::seats_available + cancelled.quantity),
+                    events::version.eq(events::version + 1),
+                    events::updated_at.eq(diesel::dsl::now),
+                ))
+                .returning(Event::as_returning())
+                .get_result(conn)
+                .await?;
+            Ok(BookingChange { booking: cancelled, event: Some(event) })
+        })
+    .await
+}
+
+pub async fn user_bookings(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    page: PageRequest,
+) -> AppResult<Page<Booking>> {
+    let query = bookings::table.filter(bookings::user_id.eq(user_id)).into_boxed();
+    list_newest_first(conn, query, page).await
+}
+
+pub async fn event_bookings(
+    conn: &mut AsyncPgConnection,
+    viewer: &Viewer,
+    event_id: Uuid,
+    page: PageRequest,
+) -> AppResult<Page<Booking>> {
+    let organizer_id: Uuid = events::table
+        .find(event_id)
+        .select(events::organizer_id)
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(AppError::NotFound("event"))?;
+    if !viewer.is_admin() && organizer_id != viewer.id() {
+        return Err(AppError::Forbidden("only the event's organizer or an admin can see its bookings"));
+    }
+    let query = bookings::table.filter(bookings::event_id.eq(event_id)).into_boxed();
+    list_newest_first(conn, query, page).await
+}
+
+async fn list_newest_first(
+    conn: &mut AsyncPgConnection,
+    mut query: bookings::BoxedQuery<'_, diesel::pg::Pg>,
+    page: PageRequest,
+) -> AppResult<Page<Booking>> {
+    if let Some(cursor) = page.after {
+        query = query.filter(
+            bookings::created_at
+                .lt(cursor.at)
+                .or(bookings::created_at.eq(cursor.at).and(bookings::id.lt(cursor.id))),
+        );
+    }
+    let rows = query
+        .select(Booking::as_select())
+        .order((bookings::created_at.desc(), bookings::id.desc()))
+        .limit(page.limit())
+        .load(conn)
+        .await?;
+    Ok(page.finish(rows))
+}

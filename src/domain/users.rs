@@ -1,0 +1,108 @@
+use std::collections::HashMap;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::Viewer;
+use super::auth::Passwords;
+use crate::db::models::{Role, User};
+use crate::db::schema::users;
+use crate::error::{AppError, AppResult};
+
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub password: &'a str,
+    pub name: &'a str,
+    pub role: Role,
+}
+
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+fn validate_email(email: &str) -> AppResult<()> {
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    if valid { Ok(()) } else { Err(AppError::bad_input("email", "email address is not valid")) }
+}
+
+fn validate_name(name: &str) -> AppResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(AppError::bad_input("name", "name must be 1 to 100 printable characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// Creates an account. The password is hashed before a connection is taken from the pool.
+pub async fn create_user(
+    pool: &crate::db::DbPool,
+    passwords: &Passwords,
+    new: NewUser<'_>,
+) -> AppResult<User> {
+    let email = normalize_email(new.email);
+    validate_email(&email)?;
+    let name = validate_name(new.name)?;
+    let password_hash = passwords.hash(new.password).await?;
+    let now = Utc::now();
+    let user = User {
+        id: Uuid::new_v4(),
+        email,
+        name,
+        password_hash,
+        role: new.role,
+        created_at: now,
+        updated_at: now,
+    };
+    let mut conn = pool.get().await?;
+    diesel::insert_into(users::table)
+        .values(&user)
+        .returning(User::as_returning())
+        .get_result(&mut conn)
+        .await
+        .map_err(|err| match err {
+            DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+                if info.constraint_name() == Some("users_email_key") =>
+            {
+                AppError::Conflict("an account with this email already exists".into())
+            }
+            other => other.into(),
+        })
+}
+
+pub async fn set_role(
+    conn: &mut AsyncPgConnection,
+    actor: &Viewer,
+    user_id: Uuid,
+    role: Role,
+) -> AppResult<User> {
+    if !actor.is_admin() {
+        return Err(AppError::Forbidden("only admins can change roles"));
+    }
+    diesel::update(users::table.find(user_id))
+        .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
+        .returning(User::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?
+        .ok_or(AppError::NotFound("user"))
+}
+
+pub async fn users_by_id(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, User>> {
+    let rows: Vec<User> = users::table
+        .filter(users::id.eq_any(ids))
+        .select(User::as_select())
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|user| (user.id, user)).collect())
+}

@@ -1,0 +1,144 @@
+//! The one error type of the domain layer and how it reaches clients: every error carries
+//! `extensions.code`; internal failures are logged in full and shown only as a request id.
+
+use async_graphql::ErrorExtensions;
+use uuid::Uuid;
+
+tokio::task_local! {
+    /// The id of the HTTP request (or WebSocket connection) being served, for error reports.
+    pub static REQUEST_ID: String;
+}
+
+/// Deliberately not `Display`: async-graphql converts any `Display` type into an error without
+/// a code, so without `Display` the `?` operator in resolvers can only go through
+/// `From<AppError>` below, and no error reaches a client without its `extensions.code`.
+#[derive(Debug)]
+pub enum AppError {
+    Unauthenticated(&'static str),
+    Forbidden(&'static str),
+    NotFound(&'static str),
+    BadUserInput { message: String, field: Option<&'static str>, reason: Option<&'static str> },
+    SoldOut { seats_available: i32 },
+    Conflict(String),
+    Unavailable,
+    Internal(anyhow::Error),
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+impl AppError {
+    pub fn bad_input(field: &'static str, message: impl Into<String>) -> Self {
+        Self::BadUserInput { message: message.into(), field: Some(field), reason: None }
+    }
+
+    /// A request that is well-formed but not possible in the current state of the thing it
+    /// names (a cancelled or past event); `reason` is a stable machine-readable word.
+    pub fn not_possible(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::BadUserInput { message: message.into(), field: None, reason: Some(reason) }
+    }
+
+    /// What a client is told. Internal errors say nothing about their cause.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Unauthenticated(m) | Self::Forbidden(m) => (*m).to_owned(),
+            Self::NotFound(what) => format!("{what} not found"),
+            Self::BadUserInput { message, .. } | Self::Conflict(message) => message.clone(),
+            Self::SoldOut { seats_available } => {
+                format!("not enough seats left: {seats_available} available")
+            }
+            Self::Unavailable => "the service is busy, try again shortly".to_owned(),
+            Self::Internal(_) => "internal server error".to_owned(),
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::BadUserInput { .. } => "BAD_USER_INPUT",
+            Self::SoldOut { .. } => "SOLD_OUT",
+            Self::Conflict(_) => "CONFLICT",
+            Self::Unavailable => "SERVICE_UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Internal(err)
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(err: diesel::result::Error) -> Self {
+        match err {
+            diesel::result::Error::NotFound => Self::NotFound("record"),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<diesel_async::pooled_connection::bb8::RunError> for AppError {
+    fn from(err: diesel_async::pooled_connection::bb8::RunError) -> Self {
+        match err {
+            bb8::RunError::TimedOut => Self::Unavailable,
+            bb8::RunError::User(e) => Self::Internal(e.into()),
+        }
+    }
+}
+
+/// The request id of the current task, or a fresh one when none is set (e.g. background work).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| Uuid::new_v4().to_string())
+}
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        let message = match self {
+            Self::Internal(err) => {
+                let request_id = current_request_id();
+                tracing::error!(%request_id, error = ?err, "internal error");
+                format!("Internal server error (request id {request_id})")
+            }
+            Self::Unavailable => {
+                tracing::warn!("database pool exhausted");
+                self.message()
+            }
+            other => other.message(),
+        };
+        async_graphql::Error::new(message).extend_with(|_, ext| {
+            ext.set("code", self.code());
+            match self {
+                Self::BadUserInput { field, reason, .. } => {
+                    if let Some(field) = field {
+                        ext.set("field", *field);
+                    }
+                    if let Some(reason) = reason {
+                        ext.set("reason", *reason);
+                    }
+                }
+                Self::SoldOut { seats_available } => ext.set("seatsAvailable", *seats_available),
+                Self::Internal(_) => ext.set("requestId", current_request_id()),
+                _ => {}
+            }
+        })
+    }
+}
+
+/// Lets binaries and scripts use `?` on domain results.
+impl From<AppError> for anyhow::Error {
+    fn from(err: AppError) -> Self {
+        match err {
+            AppError::Internal(err) => err,
+            other => anyhow::anyhow!("{} ({})", other.message(), other.code()),
+        }
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(err: AppError) -> Self {
+        err.extend()
+    }
+}

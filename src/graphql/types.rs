@@ -1,0 +1,220 @@
+//! GraphQL shapes of the domain's rows.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, Enum, ID, Object, OutputType, SimpleObject};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::loaders::{EventLoader, UserLoader};
+use crate::db::models;
+use crate::domain::auth::IssuedTokens;
+use crate::domain::pagination::{Cursor, Page};
+use crate::error::{AppError, AppResult};
+use crate::realtime::SeatUpdate;
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "models::Role")]
+pub enum Role {
+    User,
+    Organizer,
+    Admin,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "models::EventStatus")]
+pub enum EventStatus {
+    Published,
+    Cancelled,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "models::BookingStatus")]
+pub enum BookingStatus {
+    Confirmed,
+    Cancelled,
+}
+
+pub fn parse_id(id: &ID, field: &'static str) -> AppResult<Uuid> {
+    id.parse().map_err(|_| AppError::bad_input(field, format!("`{field}` is not a valid id")))
+}
+
+async fn load_user(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<models::User> {
+    ctx.data_unchecked::<DataLoader<UserLoader>>()
+        .load_one(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound("user").into())
+}
+
+async fn load_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<models::Event> {
+    ctx.data_unchecked::<DataLoader<EventLoader>>()
+        .load_one(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound("event").into())
+}
+
+#[Object(name = "User")]
+impl models::User {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn email(&self) -> &str {
+        &self.email
+    }
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn role(&self) -> Role {
+        self.role.into()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+}
+
+#[Object(name = "Event")]
+impl models::Event {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn title(&self) -> &str {
+        &self.title
+    }
+    async fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+    async fn category(&self) -> &str {
+        &self.category
+    }
+    async fn venue(&self) -> &str {
+        &self.venue
+    }
+    async fn starts_at(&self) -> DateTime<Utc> {
+        self.starts_at
+    }
+    async fn ends_at(&self) -> DateTime<Utc> {
+        self.ends_at
+    }
+    async fn capacity(&self) -> i32 {
+        self.capacity
+    }
+    async fn seats_available(&self) -> i32 {
+        self.seats_available
+    }
+    async fn sold_out(&self) -> bool {
+        self.seats_available == 0
+    }
+    /// Most seats one booking may take.
+    async fn max_per_booking(&self) -> i32 {
+        self.max_per_booking
+    }
+    async fn status(&self) -> EventStatus {
+        self.status.into()
+    }
+    /// Increases by one with every change to the event; matches `SeatAvailability.version`.
+    async fn version(&self) -> i32 {
+        self.version
+    }
+    async fn organizer(&self, ctx: &Context<'_>) -> async_graphql::Result<models::User> {
+        load_user(ctx, self.organizer_id).await
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.updated_at
+    }
+}
+
+#[Object(name = "Booking")]
+impl models::Booking {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+    async fn event(&self, ctx: &Context<'_>) -> async_graphql::Result<models::Event> {
+        load_event(ctx, self.event_id).await
+    }
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<models::User> {
+        load_user(ctx, self.user_id).await
+    }
+    async fn quantity(&self) -> i32 {
+        self.quantity
+    }
+    async fn status(&self) -> BookingStatus {
+        self.status.into()
+    }
+    async fn idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+    async fn cancelled_at(&self) -> Option<DateTime<Utc>> {
+        self.cancelled_at
+    }
+}
+
+/// An event's seat counts at one version.
+#[derive(SimpleObject, Clone)]
+pub struct SeatAvailability {
+    pub event_id: ID,
+    pub capacity: i32,
+    pub seats_available: i32,
+    pub sold_out: bool,
+    pub version: i32,
+}
+
+impl From<SeatUpdate> for SeatAvailability {
+    fn from(update: SeatUpdate) -> Self {
+        Self {
+            event_id: ID(update.event_id.to_string()),
+            capacity: update.capacity,
+            seats_available: update.seats_available,
+            sold_out: update.seats_available == 0,
+            version: update.version,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct AuthPayload {
+    /// Send as `Authorization: Bearer <accessToken>`.
+    pub access_token: String,
+    /// Single use: `refreshToken` returns a new one with each new access token.
+    pub refresh_token: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i32,
+    pub user: models::User,
+}
+
+impl From<IssuedTokens> for AuthPayload {
+    fn from(issued: IssuedTokens) -> Self {
+        Self {
+            access_token: issued.access_token,
+            refresh_token: issued.refresh_token,
+            expires_in: issued.expires_in,
+            user: issued.user,
+        }
+    }
+}
+
+/// A Relay connection over one page of rows.
+pub fn connection<T: OutputType>(
+    page: Page<T>,
+    had_cursor: bool,
+    cursor_of: impl Fn(&T) -> Cursor,
+) -> Connection<String, T> {
+    let mut connection = Connection::new(had_cursor, page.has_next_page);
+    connection
+        .edges
+        .extend(page.items.into_iter().map(|item| Edge::new(cursor_of(&item).encode(), item)));
+    connection
+}
+
+pub fn event_cursor(event: &models::Event) -> Cursor {
+    Cursor { at: event.starts_at, id: event.id }
+}
+
+pub fn booking_cursor(booking: &models::Booking) -> Cursor {
+    Cursor { at: booking.created_at, id: booking.id }
+}

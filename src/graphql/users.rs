@@ -1,0 +1,97 @@
+use async_graphql::{Context, ID, InputObject, Object};
+
+use super::context::ContextExt;
+use super::types::{AuthPayload, Role, parse_id};
+use crate::db::models::{self, User};
+use crate::domain::{auth, users};
+
+#[derive(InputObject)]
+pub struct RegisterInput {
+    pub email: String,
+    /// 8 to 128 characters.
+    pub password: String,
+    pub name: String,
+}
+
+#[derive(InputObject)]
+pub struct LoginInput {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Default)]
+pub struct UserQuery;
+
+#[Object]
+impl UserQuery {
+    /// The signed-in user; null when anonymous.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
+        Ok(ctx.viewer()?.map(|viewer| viewer.user.clone()))
+    }
+}
+
+#[derive(Default)]
+pub struct UserMutation;
+
+#[Object]
+impl UserMutation {
+    /// Creates a USER account and signs it in.
+    async fn register(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterInput,
+    ) -> async_graphql::Result<AuthPayload> {
+        let app = ctx.app();
+        let new = users::NewUser {
+            email: &input.email,
+            password: &input.password,
+            name: &input.name,
+            role: models::Role::User,
+        };
+        let user = users::create_user(&app.db, &app.passwords, new).await?;
+        let mut conn = app.conn().await?;
+        Ok(auth::start_session(&mut conn, &app.tokens, user).await?.into())
+    }
+
+    async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {
+        let app = ctx.app();
+        let mut conn = app.conn().await?;
+        let issued =
+            auth::login(&mut conn, &app.passwords, &app.tokens, &input.email, &input.password)
+                .await?;
+        Ok(issued.into())
+    }
+
+    /// Exchanges a refresh token for new tokens. Each refresh token works once; reusing one
+    /// ends the session it belongs to.
+    async fn refresh_token(
+        &self,
+        ctx: &Context<'_>,
+        refresh_token: String,
+    ) -> async_graphql::Result<AuthPayload> {
+        let app = ctx.app();
+        let mut conn = app.conn().await?;
+        Ok(auth::refresh(&mut conn, &app.tokens, &refresh_token).await?.into())
+    }
+
+    /// Ends the current session: its access and refresh tokens stop working.
+    async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        let viewer = ctx.require_viewer()?;
+        let mut conn = ctx.app().conn().await?;
+        auth::revoke_session(&mut conn, viewer.session_id).await?;
+        Ok(true)
+    }
+
+    /// ADMIN only.
+    async fn set_user_role(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+        role: Role,
+    ) -> async_graphql::Result<User> {
+        let viewer = ctx.require_viewer()?;
+        let user_id = parse_id(&user_id, "userId")?;
+        let mut conn = ctx.app().conn().await?;
+        Ok(users::set_role(&mut conn, viewer, user_id, role.into()).await?)
+    }
+}

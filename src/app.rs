@@ -35,7 +35,9 @@ impl App {
         let bus = match &config.redis_url {
             Some(url) => Bus::with_redis(url, &config.redis_prefix)?,
             None => {
-                tracing::info!("REDIS_URL is not set: using the in-process bus (single instance only)");
+                tracing::info!(
+                    "REDIS_URL is not set: using the in-process bus (single instance only)"
+                );
                 Bus::in_process()
             }
         };

@@ -41,7 +41,12 @@ pub struct PasswordHashing {
 
 impl Default for PasswordHashing {
     fn default() -> Self {
-        Self { memory_kib: 19 * 1024, iterations: 2, parallelism: 1, max_concurrent: 4 }
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+            max_concurrent: 4,
+        }
     }
 }
 
@@ -64,7 +69,11 @@ pub enum ConfigError {
     #[error("{0} is required (see README, \"Configuration\")")]
     Missing(&'static str),
     #[error("{name} has an invalid value {value:?}: {reason}")]
-    Invalid { name: &'static str, value: String, reason: String },
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
 }
 
 /// Used only when EVENTLY_ENV=development and JWT_SECRET is unset.
@@ -125,9 +134,11 @@ impl Config {
             redis_prefix: lookup("REDIS_PREFIX").unwrap_or_else(|| "evently:".into()),
             jwt_secret,
             access_token_ttl: Duration::from_secs(parse_or(&lookup, "ACCESS_TOKEN_TTL_SECS", 900)?),
-            refresh_token_ttl: Duration::from_secs(
-                parse_or(&lookup, "REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?,
-            ),
+            refresh_token_ttl: Duration::from_secs(parse_or(
+                &lookup,
+                "REFRESH_TOKEN_TTL_SECS",
+                30 * 24 * 3600,
+            )?),
             password_hashing: PasswordHashing::default(),
         })
     }
@@ -162,20 +173,28 @@ mod tests {
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_lookup(|name| {
-            vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
         })
     }
 
     #[test]
     fn database_url_is_required() {
         let err = config(&[]).unwrap_err();
-        assert_eq!(err.to_string(), "DATABASE_URL is required (see README, \"Configuration\")");
+        assert_eq!(
+            err.to_string(),
+            "DATABASE_URL is required (see README, \"Configuration\")"
+        );
     }
 
     #[test]
     fn production_requires_a_jwt_secret() {
-        let err = config(&[("EVENTLY_ENV", "production"), ("DATABASE_URL", "postgres://db/x")])
-            .unwrap_err();
+        let err = config(&[
+            ("EVENTLY_ENV", "production"),
+            ("DATABASE_URL", "postgres://db/x"),
+        ])
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Missing("JWT_SECRET")), "{err}");
     }
 
@@ -188,17 +207,34 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_variable_and_hide_secrets() {
-        let err = config(&[("DATABASE_URL", "mysql://u:pw@h/db")]).unwrap_err().to_string();
-        assert!(err.starts_with("DATABASE_URL has an invalid value"), "{err}");
+        let err = config(&[("DATABASE_URL", "mysql://u:pw@h/db")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("DATABASE_URL has an invalid value"),
+            "{err}"
+        );
         assert!(!err.contains("pw"), "{err}");
         let err = config(&[("DATABASE_URL", "postgres://h/db"), ("JWT_SECRET", "short")])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("at least 32") && !err.contains("short"), "{err}");
-        let err = config(&[("DATABASE_URL", "postgres://h/db"), ("DATABASE_POOL_SIZE", "many")])
-            .unwrap_err()
-            .to_string();
+        assert!(
+            err.contains("at least 32") && !err.contains("short"),
+            "{err}"
+        );
+        let err = config(&[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("DATABASE_POOL_SIZE", "many"),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("DATABASE_POOL_SIZE"), "{err}");
-        assert!(config(&[("DATABASE_URL", "postgres://h/db"), ("EVENTLY_ENV", "staging")]).is_err());
+        assert!(
+            config(&[
+                ("DATABASE_URL", "postgres://h/db"),
+                ("EVENTLY_ENV", "staging")
+            ])
+            .is_err()
+        );
     }
 }

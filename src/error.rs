@@ -17,8 +17,14 @@ pub enum AppError {
     Unauthenticated(&'static str),
     Forbidden(&'static str),
     NotFound(&'static str),
-    BadUserInput { message: String, field: Option<&'static str>, reason: Option<&'static str> },
-    SoldOut { seats_available: i32 },
+    BadUserInput {
+        message: String,
+        field: Option<&'static str>,
+        reason: Option<&'static str>,
+    },
+    SoldOut {
+        seats_available: i32,
+    },
     Conflict(String),
     Unavailable,
     Internal(anyhow::Error),
@@ -28,13 +34,21 @@ pub type AppResult<T> = Result<T, AppError>;
 
 impl AppError {
     pub fn bad_input(field: &'static str, message: impl Into<String>) -> Self {
-        Self::BadUserInput { message: message.into(), field: Some(field), reason: None }
+        Self::BadUserInput {
+            message: message.into(),
+            field: Some(field),
+            reason: None,
+        }
     }
 
     /// A request that is well-formed but not possible in the current state of the thing it
     /// names (a cancelled or past event); `reason` is a stable machine-readable word.
     pub fn not_possible(reason: &'static str, message: impl Into<String>) -> Self {
-        Self::BadUserInput { message: message.into(), field: None, reason: Some(reason) }
+        Self::BadUserInput {
+            message: message.into(),
+            field: None,
+            reason: Some(reason),
+        }
     }
 
     /// What a client is told. Internal errors say nothing about their cause.
@@ -91,7 +105,9 @@ impl From<diesel_async::pooled_connection::bb8::RunError> for AppError {
 
 /// The request id of the current task, or a fresh one when none is set (e.g. background work).
 pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_else(|_| Uuid::new_v4().to_string())
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| Uuid::new_v4().to_string())
 }
 
 impl ErrorExtensions for AppError {

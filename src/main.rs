@@ -81,11 +81,26 @@ async fn main() -> anyhow::Result<()> {
             println!("applied {applied} migration(s)");
             Ok(())
         }
-        Command::CreateUser { email, password, name, role } => {
+        Command::CreateUser {
+            email,
+            password,
+            name,
+            role,
+        } => {
             let app = App::build(config).await?;
-            let new = users::NewUser { email: &email, password: &password, name: &name, role: role.into() };
+            let new = users::NewUser {
+                email: &email,
+                password: &password,
+                name: &name,
+                role: role.into(),
+            };
             let user = users::create_user(&app.db, &app.passwords, new).await?;
-            println!("created {} {} ({})", user.role.as_str(), user.email, user.id);
+            println!(
+                "created {} {} ({})",
+                user.role.as_str(),
+                user.email,
+                user.id
+            );
             Ok(())
         }
         Command::SeedDemo => {
@@ -98,7 +113,12 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("demo accounts (email / password / role):");
             for account in &seed::DEMO_ACCOUNTS {
-                println!("  {:<24} {:<22} {}", account.email, account.password, account.role.as_str());
+                println!(
+                    "  {:<24} {:<22} {}",
+                    account.email,
+                    account.password,
+                    account.role.as_str()
+                );
             }
             Ok(())
         }
@@ -108,7 +128,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     if config.uses_development_secret() {
-        tracing::warn!("JWT_SECRET is not set: using the development secret (EVENTLY_ENV=development)");
+        tracing::warn!(
+            "JWT_SECRET is not set: using the development secret (EVENTLY_ENV=development)"
+        );
     }
     let applied = db::run_migrations(&config.database_url).await?;
     if applied > 0 {

@@ -56,7 +56,11 @@ impl Passwords {
 
     pub async fn hash(&self, password: &str) -> AppResult<String> {
         validate_password(password)?;
-        let _permit = self.permits.acquire().await.map_err(|e| AppError::Internal(e.into()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| AppError::Internal(e.into()))?;
         let argon2 = self.argon2.clone();
         let password = password.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -72,7 +76,11 @@ impl Passwords {
 
     /// `hash` is `None` when the account does not exist; the work is done all the same.
     pub async fn verify(&self, password: &str, hash: Option<&str>) -> AppResult<bool> {
-        let _permit = self.permits.acquire().await.map_err(|e| AppError::Internal(e.into()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| AppError::Internal(e.into()))?;
         let exists = hash.is_some();
         let hash = hash.map_or_else(|| self.dummy_hash.as_str().to_owned(), str::to_owned);
         let argon2 = self.argon2.clone();
@@ -198,16 +206,19 @@ pub async fn start_session(
     let (refresh_token, hash) = new_refresh_token();
     let session_id = session.id;
     conn.transaction(async move |conn| {
-            diesel::insert_into(sessions::table).values(&session).execute(conn).await?;
-            diesel::insert_into(refresh_tokens::table)
-                .values((
-                    refresh_tokens::token_hash.eq(hash),
-                    refresh_tokens::session_id.eq(session.id),
-                ))
-                .execute(conn)
-                .await?;
-            Ok::<_, AppError>(())
-        })
+        diesel::insert_into(sessions::table)
+            .values(&session)
+            .execute(conn)
+            .await?;
+        diesel::insert_into(refresh_tokens::table)
+            .values((
+                refresh_tokens::token_hash.eq(hash),
+                refresh_tokens::session_id.eq(session.id),
+            ))
+            .execute(conn)
+            .await?;
+        Ok::<_, AppError>(())
+    })
     .await?;
     Ok(IssuedTokens {
         access_token: tokens.issue_access_token(&user, session_id)?,
@@ -252,52 +263,54 @@ pub async fn refresh(
     let refresh_ttl = tokens.refresh_ttl;
     let outcome = conn
         .transaction(async move |conn| {
-                let session_id: Option<Uuid> = diesel::update(
-                    refresh_tokens::table
-                        .filter(refresh_tokens::token_hash.eq(&presented))
-                        .filter(refresh_tokens::used_at.is_null()),
-                )
-                .set(refresh_tokens::used_at.eq(diesel::dsl::now))
-                .returning(refresh_tokens::session_id)
-                .get_result(conn)
-                .await
-                .optional()?;
-                let Some(session_id) = session_id else {
-                    let reused: Option<Uuid> = refresh_tokens::table
-                        .filter(refresh_tokens::token_hash.eq(&presented))
-                        .select(refresh_tokens::session_id)
-                        .first(conn)
-                        .await
-                        .optional()?;
-                    if let Some(session_id) = reused {
-                        revoke_session(conn, session_id).await?;
-                        return Ok(Err(true));
-                    }
-                    return Ok(Err(false));
-                };
-                let live: Option<User> = sessions::table
-                    .inner_join(users::table)
-                    .filter(sessions::id.eq(session_id))
-                    .filter(sessions::revoked_at.is_null())
-                    .filter(sessions::expires_at.gt(diesel::dsl::now))
-                    .select(User::as_select())
+            let session_id: Option<Uuid> = diesel::update(
+                refresh_tokens::table
+                    .filter(refresh_tokens::token_hash.eq(&presented))
+                    .filter(refresh_tokens::used_at.is_null()),
+            )
+            .set(refresh_tokens::used_at.eq(diesel::dsl::now))
+            .returning(refresh_tokens::session_id)
+            .get_result(conn)
+            .await
+            .optional()?;
+            let Some(session_id) = session_id else {
+                let reused: Option<Uuid> = refresh_tokens::table
+                    .filter(refresh_tokens::token_hash.eq(&presented))
+                    .select(refresh_tokens::session_id)
                     .first(conn)
                     .await
                     .optional()?;
-                let Some(user) = live else { return Ok(Err(false)) };
-                diesel::insert_into(refresh_tokens::table)
-                    .values((
-                        refresh_tokens::token_hash.eq(new_hash),
-                        refresh_tokens::session_id.eq(session_id),
-                    ))
-                    .execute(conn)
-                    .await?;
-                diesel::update(sessions::table.find(session_id))
-                    .set(sessions::expires_at.eq(Utc::now() + refresh_ttl))
-                    .execute(conn)
-                    .await?;
-                Ok::<_, AppError>(Ok((user, session_id)))
-            })
+                if let Some(session_id) = reused {
+                    revoke_session(conn, session_id).await?;
+                    return Ok(Err(true));
+                }
+                return Ok(Err(false));
+            };
+            let live: Option<User> = sessions::table
+                .inner_join(users::table)
+                .filter(sessions::id.eq(session_id))
+                .filter(sessions::revoked_at.is_null())
+                .filter(sessions::expires_at.gt(diesel::dsl::now))
+                .select(User::as_select())
+                .first(conn)
+                .await
+                .optional()?;
+            let Some(user) = live else {
+                return Ok(Err(false));
+            };
+            diesel::insert_into(refresh_tokens::table)
+                .values((
+                    refresh_tokens::token_hash.eq(new_hash),
+                    refresh_tokens::session_id.eq(session_id),
+                ))
+                .execute(conn)
+                .await?;
+            diesel::update(sessions::table.find(session_id))
+                .set(sessions::expires_at.eq(Utc::now() + refresh_ttl))
+                .execute(conn)
+                .await?;
+            Ok::<_, AppError>(Ok((user, session_id)))
+        })
         .await?;
     match outcome {
         Ok((user, session_id)) => Ok(IssuedTokens {
@@ -310,14 +323,18 @@ pub async fn refresh(
             if reused {
                 tracing::warn!("refresh token presented twice; session revoked");
             }
-            Err(AppError::Unauthenticated("invalid or expired refresh token"))
+            Err(AppError::Unauthenticated(
+                "invalid or expired refresh token",
+            ))
         }
     }
 }
 
 pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> AppResult<bool> {
     let revoked = diesel::update(
-        sessions::table.find(session_id).filter(sessions::revoked_at.is_null()),
+        sessions::table
+            .find(session_id)
+            .filter(sessions::revoked_at.is_null()),
     )
     .set(sessions::revoked_at.eq(diesel::dsl::now))
     .execute(conn)
@@ -342,6 +359,11 @@ pub async fn authenticate(
         .first(conn)
         .await
         .optional()?;
-    user.map(|user| Viewer { user, session_id: claims.sid })
-        .ok_or(AppError::Unauthenticated("session has ended; sign in again"))
+    user.map(|user| Viewer {
+        user,
+        session_id: claims.sid,
+    })
+    .ok_or(AppError::Unauthenticated(
+        "session has ended; sign in again",
+    ))
 }

@@ -41,7 +41,10 @@ pub async fn book_seats(
     request: BookingRequest,
 ) -> AppResult<BookingChange> {
     if request.quantity < 1 {
-        return Err(AppError::bad_input("quantity", "quantity must be at least 1"));
+        return Err(AppError::bad_input(
+            "quantity",
+            "quantity must be at least 1",
+        ));
     }
     if let Some(key) = &request.idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
@@ -55,86 +58,92 @@ pub async fn book_seats(
     let request = &request;
     let attempt = conn
         .transaction(async move |conn| {
-                if let Some(existing) = find_by_key(conn, user_id, request).await? {
-                    return Ok(Attempt::Existing(existing));
-                }
-                let event = events::table
-                    .find(request.event_id)
-                    .select(Event::as_select())
-                    .first(conn)
-                    .await
-                    .optional()?
-                    .ok_or(AppError::NotFound("event"))?;
-                if let Some(reason) = unbookable_reason(&event) {
-                    return Err(reason);
-                }
-                if request.quantity > event.max_per_booking {
-                    return Err(AppError::bad_input(
-                        "quantity",
-                        format!("at most {} seats per booking", event.max_per_booking),
-                    ));
-                }
-                let booking = Booking {
-                    id: Uuid::new_v4(),
-                    event_id: event.id,
-                    user_id,
-                    quantity: request.quantity,
-                    status: BookingStatus::Confirmed,
-                    idempotency_key: request.idempotency_key.clone(),
-                    created_at: Utc::now(),
-                    cancelled_at: None,
-                };
-                // A concurrent request with the same key waits here on the unique index and,
-                // once that one commits, inserts nothing.
-                let inserted: Option<Booking> = diesel::insert_into(bookings::table)
-                    .values(&booking)
-                    .on_conflict(on_constraint("bookings_user_idempotency_key"))
-                    .do_nothing()
-                    .returning(Booking::as_returning())
-                    .get_result(conn)
-                    .await
-                    .optional()?;
-                let Some(booking) = inserted else {
-                    return find_by_key(conn, user_id, request)
-                        .await?
-                        .map(Attempt::Existing)
-                        .ok_or_else(|| anyhow::anyhow!("idempotency conflict without a row").into());
-                };
-                // The event row is locked last and held only until commit.
-                let taken: Option<Event> = diesel::update(
-                    events::table
-                        .find(event.id)
-                        .filter(events::status.eq(EventStatus::Published))
-                        .filter(events::starts_at.gt(diesel::dsl::now))
-                        .filter(events::seats_available.ge(request.quantity)),
-                )
-                .set((
-                    events::seats_available.eq(events::seats_available - request.quantity),
-                    events::version.eq(events::version + 1),
-                    events::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(Event::as_returning())
+            if let Some(existing) = find_by_key(conn, user_id, request).await? {
+                return Ok(Attempt::Existing(existing));
+            }
+            let event = events::table
+                .find(request.event_id)
+                .select(Event::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("event"))?;
+            if let Some(reason) = unbookable_reason(&event) {
+                return Err(reason);
+            }
+            if request.quantity > event.max_per_booking {
+                return Err(AppError::bad_input(
+                    "quantity",
+                    format!("at most {} seats per booking", event.max_per_booking),
+                ));
+            }
+            let booking = Booking {
+                id: Uuid::new_v4(),
+                event_id: event.id,
+                user_id,
+                quantity: request.quantity,
+                status: BookingStatus::Confirmed,
+                idempotency_key: request.idempotency_key.clone(),
+                created_at: Utc::now(),
+                cancelled_at: None,
+            };
+            // A concurrent request with the same key waits here on the unique index and,
+            // once that one commits, inserts nothing.
+            let inserted: Option<Booking> = diesel::insert_into(bookings::table)
+                .values(&booking)
+                .on_conflict(on_constraint("bookings_user_idempotency_key"))
+                .do_nothing()
+                .returning(Booking::as_returning())
                 .get_result(conn)
                 .await
                 .optional()?;
-                match taken {
-                    Some(event) => Ok(Attempt::Created(booking, event)),
-                    None => {
-                        let now = events::table
-                            .find(event.id)
-                            .select(Event::as_select())
-                            .first(conn)
-                            .await?;
-                        Err(unbookable_reason(&now).unwrap_or(AppError::SoldOut {
-                            seats_available: now.seats_available,
-                        }))
-                    }
+            let Some(booking) = inserted else {
+                return find_by_key(conn, user_id, request)
+                    .await?
+                    .map(Attempt::Existing)
+                    .ok_or_else(|| anyhow::anyhow!("idempotency conflict without a row").into());
+            };
+            // The event row is locked last and held only until commit.
+            let taken: Option<Event> = diesel::update(
+                events::table
+                    .find(event.id)
+                    .filter(events::status.eq(EventStatus::Published))
+                    .filter(events::starts_at.gt(diesel::dsl::now))
+                    .filter(events::seats_available.ge(request.quantity)),
+            )
+            .set((
+                events::seats_available.eq(events::seats_available - request.quantity),
+                events::version.eq(events::version + 1),
+                events::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(Event::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+            match taken {
+                Some(event) => Ok(Attempt::Created(booking, event)),
+                None => {
+                    let now = events::table
+                        .find(event.id)
+                        .select(Event::as_select())
+                        .first(conn)
+                        .await?;
+                    Err(unbookable_reason(&now).unwrap_or(AppError::SoldOut {
+                        seats_available: now.seats_available,
+                    }))
                 }
-            })
+            }
+        })
         .await?;
     match attempt {
-        Attempt::Created(booking, event) => Ok(BookingChange { booking, event: Some(event) }),
-        Attempt::Existing(booking) => Ok(BookingChange { booking, event: None }),
+        Attempt::Created(booking, event) => Ok(BookingChange {
+            booking,
+            event: Some(event),
+        }),
+        Attempt::Existing(booking) => Ok(BookingChange {
+            booking,
+            event: None,
+        }),
     }
 }
 
@@ -145,7 +154,9 @@ async fn find_by_key(
     user_id: Uuid,
     request: &BookingRequest,
 ) -> AppResult<Option<Booking>> {
-    let Some(key) = &request.idempotency_key else { return Ok(None) };
+    let Some(key) = &request.idempotency_key else {
+        return Ok(None);
+    };
     let existing: Option<Booking> = bookings::table
         .filter(bookings::user_id.eq(user_id))
         .filter(bookings::idempotency_key.eq(key))
@@ -186,44 +197,53 @@ pub async fn cancel_booking(
         return Err(AppError::Forbidden("you can only cancel your own bookings"));
     }
     if booking.status == BookingStatus::Cancelled {
-        return Ok(BookingChange { booking, event: None });
+        return Ok(BookingChange {
+            booking,
+            event: None,
+        });
     }
     conn.transaction(async move |conn| {
-            let event = lock_event(conn, booking.event_id).await?;
-            if event.starts_at <= Utc::now() {
-                return Err(AppError::not_possible(
-                    "EVENT_STARTED",
-                    "bookings cannot be cancelled once the event has started",
-                ));
-            }
-            let cancelled: Option<Booking> = diesel::update(
-                bookings::table
-                    .find(id)
-                    .filter(bookings::status.eq(BookingStatus::Confirmed)),
-            )
+        let event = lock_event(conn, booking.event_id).await?;
+        if event.starts_at <= Utc::now() {
+            return Err(AppError::not_possible(
+                "EVENT_STARTED",
+                "bookings cannot be cancelled once the event has started",
+            ));
+        }
+        let cancelled: Option<Booking> = diesel::update(
+            bookings::table
+                .find(id)
+                .filter(bookings::status.eq(BookingStatus::Confirmed)),
+        )
+        .set((
+            bookings::status.eq(BookingStatus::Cancelled),
+            bookings::cancelled_at.eq(diesel::dsl::now),
+        ))
+        .returning(Booking::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some(cancelled) = cancelled else {
+            // Someone else cancelled it first; report the booking as it now stands.
+            return Ok(BookingChange {
+                booking: find_booking(conn, id).await?,
+                event: None,
+            });
+        };
+        let event = diesel::update(events::table.find(event.id))
             .set((
-                bookings::status.eq(BookingStatus::Cancelled),
-                bookings::cancelled_at.eq(diesel::dsl::now),
+                events::seats_available.eq(events::seats_available + cancelled.quantity),
+                events::version.eq(events::version + 1),
+                events::updated_at.eq(diesel::dsl::now),
             ))
-            .returning(Booking::as_returning())
+            .returning(Event::as_returning())
             .get_result(conn)
-            .await
-            .optional()?;
-            let Some(cancelled) = cancelled else {
-                // Someone else cancelled it first; report the booking as it now stands.
-                return Ok(BookingChange { booking: find_booking(conn, id).await?, event: None });
-            };
-            let event = diesel::update(events::table.find(event.id))
-                .set((
-                    events::seats_available.eq(events::seats_available + cancelled.quantity),
-                    events::version.eq(events::version + 1),
-                    events::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(Event::as_returning())
-                .get_result(conn)
-                .await?;
-            Ok(BookingChange { booking: cancelled, event: Some(event) })
+            .await?;
+        Ok(BookingChange {
+            booking: cancelled,
+            event: Some(event),
         })
+    })
     .await
 }
 
@@ -232,7 +252,9 @@ pub async fn user_bookings(
     user_id: Uuid,
     page: PageRequest,
 ) -> AppResult<Page<Booking>> {
-    let query = bookings::table.filter(bookings::user_id.eq(user_id)).into_boxed();
+    let query = bookings::table
+        .filter(bookings::user_id.eq(user_id))
+        .into_boxed();
     list_newest_first(conn, query, page).await
 }
 
@@ -250,9 +272,13 @@ pub async fn event_bookings(
         .optional()?
         .ok_or(AppError::NotFound("event"))?;
     if !viewer.is_admin() && organizer_id != viewer.id() {
-        return Err(AppError::Forbidden("only the event's organizer or an admin can see its bookings"));
+        return Err(AppError::Forbidden(
+            "only the event's organizer or an admin can see its bookings",
+        ));
     }
-    let query = bookings::table.filter(bookings::event_id.eq(event_id)).into_boxed();
+    let query = bookings::table
+        .filter(bookings::event_id.eq(event_id))
+        .into_boxed();
     list_newest_first(conn, query, page).await
 }
 
@@ -263,9 +289,9 @@ async fn list_newest_first(
 ) -> AppResult<Page<Booking>> {
     if let Some(cursor) = page.after {
         query = query.filter(
-            bookings::created_at
-                .lt(cursor.at)
-                .or(bookings::created_at.eq(cursor.at).and(bookings::id.lt(cursor.id))),
+            bookings::created_at.lt(cursor.at).or(bookings::created_at
+                .eq(cursor.at)
+                .and(bookings::id.lt(cursor.id))),
         );
     }
     let rows = query

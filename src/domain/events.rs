@@ -51,7 +51,10 @@ pub struct EventPatch {
 
 /// Escapes LIKE wildcards so a search for "100%" means the text "100%".
 fn like_pattern(text: &str) -> String {
-    let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
     format!("%{escaped}%")
 }
 
@@ -67,7 +70,12 @@ pub async fn list_events(
     if let Some(category) = filter.category.as_deref().map(str::trim) {
         query = query.filter(lower(events::category).eq(category.to_lowercase()));
     }
-    if let Some(search) = filter.search.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    if let Some(search) = filter
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let pattern = like_pattern(search);
         query = query.filter(
             events::title
@@ -84,9 +92,9 @@ pub async fn list_events(
     }
     if let Some(cursor) = page.after {
         query = query.filter(
-            events::starts_at
-                .gt(cursor.at)
-                .or(events::starts_at.eq(cursor.at).and(events::id.gt(cursor.id))),
+            events::starts_at.gt(cursor.at).or(events::starts_at
+                .eq(cursor.at)
+                .and(events::id.gt(cursor.id))),
         );
     }
     let rows = query
@@ -98,22 +106,33 @@ pub async fn list_events(
 }
 
 pub async fn find_event(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<Option<Event>> {
-    Ok(events::table.find(id).select(Event::as_select()).first(conn).await.optional()?)
+    Ok(events::table
+        .find(id)
+        .select(Event::as_select())
+        .first(conn)
+        .await
+        .optional()?)
 }
 
 pub async fn events_by_id(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
 ) -> QueryResult<std::collections::HashMap<Uuid, Event>> {
-    let rows: Vec<Event> =
-        events::table.filter(events::id.eq_any(ids)).select(Event::as_select()).load(conn).await?;
+    let rows: Vec<Event> = events::table
+        .filter(events::id.eq_any(ids))
+        .select(Event::as_select())
+        .load(conn)
+        .await?;
     Ok(rows.into_iter().map(|event| (event.id, event)).collect())
 }
 
 fn required_text(field: &'static str, value: &str, max: usize) -> AppResult<String> {
     let value = value.trim();
     if value.is_empty() || value.chars().count() > max {
-        return Err(AppError::bad_input(field, format!("{field} must be 1 to {max} characters")));
+        return Err(AppError::bad_input(
+            field,
+            format!("{field} must be 1 to {max} characters"),
+        ));
     }
     Ok(value.to_owned())
 }
@@ -121,33 +140,46 @@ fn required_text(field: &'static str, value: &str, max: usize) -> AppResult<Stri
 fn optional_text(value: Option<String>) -> AppResult<Option<String>> {
     match value.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(text) if text.chars().count() > 5000 => {
-            Err(AppError::bad_input("description", "description must be at most 5000 characters"))
-        }
+        Some(text) if text.chars().count() > 5000 => Err(AppError::bad_input(
+            "description",
+            "description must be at most 5000 characters",
+        )),
         Some(text) => Ok(Some(text.to_owned())),
     }
 }
 
 fn check_capacity(capacity: i32) -> AppResult<()> {
     if !(1..=MAX_CAPACITY).contains(&capacity) {
-        return Err(AppError::bad_input("capacity", format!("capacity must be 1 to {MAX_CAPACITY}")));
+        return Err(AppError::bad_input(
+            "capacity",
+            format!("capacity must be 1 to {MAX_CAPACITY}"),
+        ));
     }
     Ok(())
 }
 
 fn check_max_per_booking(max: i32) -> AppResult<()> {
     if !(1..=100).contains(&max) {
-        return Err(AppError::bad_input("maxPerBooking", "maxPerBooking must be 1 to 100"));
+        return Err(AppError::bad_input(
+            "maxPerBooking",
+            "maxPerBooking must be 1 to 100",
+        ));
     }
     Ok(())
 }
 
 fn check_schedule(starts_at: DateTime<Utc>, ends_at: DateTime<Utc>) -> AppResult<()> {
     if starts_at <= Utc::now() {
-        return Err(AppError::bad_input("startsAt", "startsAt must be in the future"));
+        return Err(AppError::bad_input(
+            "startsAt",
+            "startsAt must be in the future",
+        ));
     }
     if ends_at < starts_at {
-        return Err(AppError::bad_input("endsAt", "endsAt must not be before startsAt"));
+        return Err(AppError::bad_input(
+            "endsAt",
+            "endsAt must not be before startsAt",
+        ));
     }
     Ok(())
 }
@@ -158,7 +190,9 @@ pub async fn create_event(
     new: NewEvent,
 ) -> AppResult<Event> {
     if !actor.can_organize() {
-        return Err(AppError::Forbidden("only organizers and admins can create events"));
+        return Err(AppError::Forbidden(
+            "only organizers and admins can create events",
+        ));
     }
     check_capacity(new.capacity)?;
     let max_per_booking = new.max_per_booking.unwrap_or(DEFAULT_MAX_PER_BOOKING);
@@ -207,7 +241,9 @@ fn ensure_can_manage(actor: &Viewer, event: &Event) -> AppResult<()> {
     if actor.is_admin() || (actor.can_organize() && event.organizer_id == actor.id()) {
         Ok(())
     } else {
-        Err(AppError::Forbidden("only the event's organizer or an admin can do this"))
+        Err(AppError::Forbidden(
+            "only the event's organizer or an admin can do this",
+        ))
     }
 }
 
@@ -218,67 +254,69 @@ pub async fn update_event(
     patch: EventPatch,
 ) -> AppResult<Event> {
     if !actor.can_organize() {
-        return Err(AppError::Forbidden("only organizers and admins can update events"));
+        return Err(AppError::Forbidden(
+            "only organizers and admins can update events",
+        ));
     }
     conn.transaction(async move |conn| {
-            let current = lock_event(conn, id).await?;
-            ensure_can_manage(actor, &current)?;
-            if current.status == EventStatus::Cancelled {
-                return Err(AppError::not_possible(
-                    "EVENT_CANCELLED",
-                    "a cancelled event cannot be changed",
-                ));
-            }
-            let starts_at = patch.starts_at.unwrap_or(current.starts_at);
-            let ends_at = patch.ends_at.unwrap_or(current.ends_at);
-            if patch.starts_at.is_some() || patch.ends_at.is_some() {
-                check_schedule(starts_at, ends_at)?;
-            }
-            let capacity = patch.capacity.unwrap_or(current.capacity);
-            check_capacity(capacity)?;
-            let booked = current.capacity - current.seats_available;
-            if capacity < booked {
-                return Err(AppError::bad_input(
-                    "capacity",
-                    format!("capacity cannot go below the {booked} seats already booked"),
-                ));
-            }
-            let max_per_booking = patch.max_per_booking.unwrap_or(current.max_per_booking);
-            check_max_per_booking(max_per_booking)?;
-            let title = match &patch.title {
-                Some(title) => required_text("title", title, 200)?,
-                None => current.title.clone(),
-            };
-            let category = match &patch.category {
-                Some(category) => required_text("category", category, 50)?,
-                None => current.category.clone(),
-            };
-            let venue = match &patch.venue {
-                Some(venue) => required_text("venue", venue, 200)?,
-                None => current.venue.clone(),
-            };
-            let description = match patch.description {
-                Some(description) => optional_text(description)?,
-                None => current.description.clone(),
-            };
-            Ok(diesel::update(events::table.find(id))
-                .set((
-                    events::title.eq(title),
-                    events::description.eq(description),
-                    events::category.eq(category),
-                    events::venue.eq(venue),
-                    events::starts_at.eq(starts_at),
-                    events::ends_at.eq(ends_at),
-                    events::capacity.eq(capacity),
-                    events::seats_available.eq(capacity - booked),
-                    events::max_per_booking.eq(max_per_booking),
-                    events::version.eq(events::version + 1),
-                    events::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(Event::as_returning())
-                .get_result(conn)
-                .await?)
-        })
+        let current = lock_event(conn, id).await?;
+        ensure_can_manage(actor, &current)?;
+        if current.status == EventStatus::Cancelled {
+            return Err(AppError::not_possible(
+                "EVENT_CANCELLED",
+                "a cancelled event cannot be changed",
+            ));
+        }
+        let starts_at = patch.starts_at.unwrap_or(current.starts_at);
+        let ends_at = patch.ends_at.unwrap_or(current.ends_at);
+        if patch.starts_at.is_some() || patch.ends_at.is_some() {
+            check_schedule(starts_at, ends_at)?;
+        }
+        let capacity = patch.capacity.unwrap_or(current.capacity);
+        check_capacity(capacity)?;
+        let booked = current.capacity - current.seats_available;
+        if capacity < booked {
+            return Err(AppError::bad_input(
+                "capacity",
+                format!("capacity cannot go below the {booked} seats already booked"),
+            ));
+        }
+        let max_per_booking = patch.max_per_booking.unwrap_or(current.max_per_booking);
+        check_max_per_booking(max_per_booking)?;
+        let title = match &patch.title {
+            Some(title) => required_text("title", title, 200)?,
+            None => current.title.clone(),
+        };
+        let category = match &patch.category {
+            Some(category) => required_text("category", category, 50)?,
+            None => current.category.clone(),
+        };
+        let venue = match &patch.venue {
+            Some(venue) => required_text("venue", venue, 200)?,
+            None => current.venue.clone(),
+        };
+        let description = match patch.description {
+            Some(description) => optional_text(description)?,
+            None => current.description.clone(),
+        };
+        Ok(diesel::update(events::table.find(id))
+            .set((
+                events::title.eq(title),
+                events::description.eq(description),
+                events::category.eq(category),
+                events::venue.eq(venue),
+                events::starts_at.eq(starts_at),
+                events::ends_at.eq(ends_at),
+                events::capacity.eq(capacity),
+                events::seats_available.eq(capacity - booked),
+                events::max_per_booking.eq(max_per_booking),
+                events::version.eq(events::version + 1),
+                events::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(Event::as_returning())
+            .get_result(conn)
+            .await?)
+    })
     .await
 }
 
@@ -297,43 +335,57 @@ pub async fn cancel_event(
     id: Uuid,
 ) -> AppResult<CancelledEvent> {
     conn.transaction(async move |conn| {
-            let current = lock_event(conn, id).await?;
-            ensure_can_manage(actor, &current)?;
-            if current.status == EventStatus::Cancelled {
-                return Ok(CancelledEvent { event: current, changed: false, bookings_cancelled: 0 });
-            }
-            let bookings_cancelled = diesel::update(
-                bookings::table
-                    .filter(bookings::event_id.eq(id))
-                    .filter(bookings::status.eq(BookingStatus::Confirmed)),
-            )
+        let current = lock_event(conn, id).await?;
+        ensure_can_manage(actor, &current)?;
+        if current.status == EventStatus::Cancelled {
+            return Ok(CancelledEvent {
+                event: current,
+                changed: false,
+                bookings_cancelled: 0,
+            });
+        }
+        let bookings_cancelled = diesel::update(
+            bookings::table
+                .filter(bookings::event_id.eq(id))
+                .filter(bookings::status.eq(BookingStatus::Confirmed)),
+        )
+        .set((
+            bookings::status.eq(BookingStatus::Cancelled),
+            bookings::cancelled_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+        let event = diesel::update(events::table.find(id))
             .set((
-                bookings::status.eq(BookingStatus::Cancelled),
-                bookings::cancelled_at.eq(diesel::dsl::now),
+                events::status.eq(EventStatus::Cancelled),
+                events::seats_available.eq(events::capacity),
+                events::version.eq(events::version + 1),
+                events::updated_at.eq(diesel::dsl::now),
             ))
-            .execute(conn)
+            .returning(Event::as_returning())
+            .get_result(conn)
             .await?;
-            let event = diesel::update(events::table.find(id))
-                .set((
-                    events::status.eq(EventStatus::Cancelled),
-                    events::seats_available.eq(events::capacity),
-                    events::version.eq(events::version + 1),
-                    events::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(Event::as_returning())
-                .get_result(conn)
-                .await?;
-            Ok(CancelledEvent { event, changed: true, bookings_cancelled })
+        Ok(CancelledEvent {
+            event,
+            changed: true,
+            bookings_cancelled,
         })
+    })
     .await
 }
 
 /// Why an event cannot be booked right now, if it cannot.
 pub(super) fn unbookable_reason(event: &Event) -> Option<AppError> {
     if event.status == EventStatus::Cancelled {
-        Some(AppError::not_possible("EVENT_CANCELLED", "this event has been cancelled"))
+        Some(AppError::not_possible(
+            "EVENT_CANCELLED",
+            "this event has been cancelled",
+        ))
     } else if event.starts_at <= Utc::now() {
-        Some(AppError::not_possible("EVENT_STARTED", "this event has already started"))
+        Some(AppError::not_possible(
+            "EVENT_STARTED",
+            "this event has already started",
+        ))
     } else {
         None
     }

@@ -40,7 +40,10 @@ impl PageRequest {
             ));
         }
         let after = after.map(Cursor::decode).transpose()?;
-        Ok(Self { first: i64::from(first), after })
+        Ok(Self {
+            first: i64::from(first),
+            after,
+        })
     }
 
     /// Rows to fetch: one more than asked, to learn whether another page follows.
@@ -51,7 +54,10 @@ impl PageRequest {
     pub fn finish<T>(&self, mut rows: Vec<T>) -> Page<T> {
         let has_next_page = rows.len() as i64 > self.first;
         rows.truncate(self.first as usize);
-        Page { items: rows, has_next_page }
+        Page {
+            items: rows,
+            has_next_page,
+        }
     }
 }
 
@@ -65,7 +71,11 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
         let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
-        let at = micros.parse().ok().and_then(DateTime::from_timestamp_micros).ok_or_else(invalid)?;
+        let at = micros
+            .parse()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(invalid)?;
         let id = id.parse().map_err(|_| invalid())?;
         Ok(Self { at, id })
     }
@@ -77,7 +87,10 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let cursor = Cursor { at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(), id: Uuid::new_v4() };
+        let cursor = Cursor {
+            at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: Uuid::new_v4(),
+        };
         assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
         for bad in ["", "!!", "bm9wZQ", &URL_SAFE_NO_PAD.encode("12:not-a-uuid")] {
             let err = Cursor::decode(bad).unwrap_err();
@@ -90,7 +103,9 @@ mod tests {
         assert_eq!(PageRequest::new(None, None).unwrap().first, 20);
         assert!(PageRequest::new(Some(-1), None).is_err());
         assert!(PageRequest::new(Some(101), None).is_err());
-        let page = PageRequest::new(Some(2), None).unwrap().finish(vec![1, 2, 3]);
+        let page = PageRequest::new(Some(2), None)
+            .unwrap()
+            .finish(vec![1, 2, 3]);
         assert_eq!((page.items, page.has_next_page), (vec![1, 2], true));
     }
 }

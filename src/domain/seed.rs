@@ -21,10 +21,30 @@ pub struct DemoAccount {
 }
 
 pub const DEMO_ACCOUNTS: [DemoAccount; 4] = [
-    DemoAccount { email: "admin@evently.test", password: "admin-demo-pass", name: "Ada Admin", role: Role::Admin },
-    DemoAccount { email: "organizer@evently.test", password: "organizer-demo-pass", name: "Olu Organizer", role: Role::Organizer },
-    DemoAccount { email: "stage@evently.test", password: "stage-demo-pass", name: "Sam Stage", role: Role::Organizer },
-    DemoAccount { email: "user@evently.test", password: "user-demo-pass", name: "Uma User", role: Role::User },
+    DemoAccount {
+        email: "admin@evently.test",
+        password: "admin-demo-pass",
+        name: "Ada Admin",
+        role: Role::Admin,
+    },
+    DemoAccount {
+        email: "organizer@evently.test",
+        password: "organizer-demo-pass",
+        name: "Olu Organizer",
+        role: Role::Organizer,
+    },
+    DemoAccount {
+        email: "stage@evently.test",
+        password: "stage-demo-pass",
+        name: "Sam Stage",
+        role: Role::Organizer,
+    },
+    DemoAccount {
+        email: "user@evently.test",
+        password: "user-demo-pass",
+        name: "Uma User",
+        role: Role::User,
+    },
 ];
 
 struct DemoEvent {
@@ -40,18 +60,126 @@ struct DemoEvent {
 }
 
 const DEMO_EVENTS: [DemoEvent; 12] = [
-    DemoEvent { title: "The Midnight Echoes — Live", category: "Music", venue: "Harbour Arena", days_ahead: 7, hours: 3, capacity: 5000, booked: 0, description: "Synth-pop headliners on their first tour in five years." },
-    DemoEvent { title: "Jazz at the Lighthouse", category: "Music", venue: "Lighthouse Club", days_ahead: 3, hours: 2, capacity: 120, booked: 117, description: "An intimate late set. Almost gone." },
-    DemoEvent { title: "Symphony No. 9 under the Stars", category: "Music", venue: "Riverside Park Bowl", days_ahead: 21, hours: 3, capacity: 2500, booked: 0, description: "Open-air Beethoven with the city orchestra and choir." },
-    DemoEvent { title: "City Derby: Reds vs Blues", category: "Sports", venue: "Harbour Arena", days_ahead: 10, hours: 2, capacity: 18000, booked: 0, description: "The season's biggest match." },
-    DemoEvent { title: "Championship Boxing Night", category: "Sports", venue: "Old Town Hall", days_ahead: 14, hours: 4, capacity: 800, booked: 795, description: "Title fight plus four undercard bouts." },
-    DemoEvent { title: "Hamlet", category: "Theatre", venue: "Royal Court Theatre", days_ahead: 5, hours: 3, capacity: 450, booked: 0, description: "A bold modern staging of the classic." },
-    DemoEvent { title: "The Improv Hour", category: "Comedy", venue: "Basement Laughs", days_ahead: 2, hours: 1, capacity: 60, booked: 58, description: "Your suggestions, their chaos." },
-    DemoEvent { title: "Stand-up Showcase", category: "Comedy", venue: "Basement Laughs", days_ahead: 9, hours: 2, capacity: 60, booked: 0, description: "Five rising comics, one night." },
-    DemoEvent { title: "RustConf Community Day", category: "Conference", venue: "Convention Centre Hall B", days_ahead: 30, hours: 8, capacity: 1000, booked: 0, description: "Talks, workshops and hallway track." },
-    DemoEvent { title: "Frontend Futures Summit", category: "Conference", venue: "Convention Centre Hall A", days_ahead: 45, hours: 8, capacity: 1500, booked: 0, description: "GraphQL, edge rendering and everything in between." },
-    DemoEvent { title: "Street Food Festival", category: "Festival", venue: "Riverside Park", days_ahead: 12, hours: 10, capacity: 3000, booked: 0, description: "Sixty stalls, live DJs, family friendly." },
-    DemoEvent { title: "Poetry Slam Finals", category: "Arts", venue: "Royal Court Theatre Studio", days_ahead: 6, hours: 2, capacity: 90, booked: 89, description: "One seat left for the finals." },
+    DemoEvent {
+        title: "The Midnight Echoes — Live",
+        category: "Music",
+        venue: "Harbour Arena",
+        days_ahead: 7,
+        hours: 3,
+        capacity: 5000,
+        booked: 0,
+        description: "Synth-pop headliners on their first tour in five years.",
+    },
+    DemoEvent {
+        title: "Jazz at the Lighthouse",
+        category: "Music",
+        venue: "Lighthouse Club",
+        days_ahead: 3,
+        hours: 2,
+        capacity: 120,
+        booked: 117,
+        description: "An intimate late set. Almost gone.",
+    },
+    DemoEvent {
+        title: "Symphony No. 9 under the Stars",
+        category: "Music",
+        venue: "Riverside Park Bowl",
+        days_ahead: 21,
+        hours: 3,
+        capacity: 2500,
+        booked: 0,
+        description: "Open-air Beethoven with the city orchestra and choir.",
+    },
+    DemoEvent {
+        title: "City Derby: Reds vs Blues",
+        category: "Sports",
+        venue: "Harbour Arena",
+        days_ahead: 10,
+        hours: 2,
+        capacity: 18000,
+        booked: 0,
+        description: "The season's biggest match.",
+    },
+    DemoEvent {
+        title: "Championship Boxing Night",
+        category: "Sports",
+        venue: "Old Town Hall",
+        days_ahead: 14,
+        hours: 4,
+        capacity: 800,
+        booked: 795,
+        description: "Title fight plus four undercard bouts.",
+    },
+    DemoEvent {
+        title: "Hamlet",
+        category: "Theatre",
+        venue: "Royal Court Theatre",
+        days_ahead: 5,
+        hours: 3,
+        capacity: 450,
+        booked: 0,
+        description: "A bold modern staging of the classic.",
+    },
+    DemoEvent {
+        title: "The Improv Hour",
+        category: "Comedy",
+        venue: "Basement Laughs",
+        days_ahead: 2,
+        hours: 1,
+        capacity: 60,
+        booked: 58,
+        description: "Your suggestions, their chaos.",
+    },
+    DemoEvent {
+        title: "Stand-up Showcase",
+        category: "Comedy",
+        venue: "Basement Laughs",
+        days_ahead: 9,
+        hours: 2,
+        capacity: 60,
+        booked: 0,
+        description: "Five rising comics, one night.",
+    },
+    DemoEvent {
+        title: "RustConf Community Day",
+        category: "Conference",
+        venue: "Convention Centre Hall B",
+        days_ahead: 30,
+        hours: 8,
+        capacity: 1000,
+        booked: 0,
+        description: "Talks, workshops and hallway track.",
+    },
+    DemoEvent {
+        title: "Frontend Futures Summit",
+        category: "Conference",
+        venue: "Convention Centre Hall A",
+        days_ahead: 45,
+        hours: 8,
+        capacity: 1500,
+        booked: 0,
+        description: "GraphQL, edge rendering and everything in between.",
+    },
+    DemoEvent {
+        title: "Street Food Festival",
+        category: "Festival",
+        venue: "Riverside Park",
+        days_ahead: 12,
+        hours: 10,
+        capacity: 3000,
+        booked: 0,
+        description: "Sixty stalls, live DJs, family friendly.",
+    },
+    DemoEvent {
+        title: "Poetry Slam Finals",
+        category: "Arts",
+        venue: "Royal Court Theatre Studio",
+        days_ahead: 6,
+        hours: 2,
+        capacity: 90,
+        booked: 89,
+        description: "One seat left for the finals.",
+    },
 ];
 
 /// Fixed ids make the seed idempotent and let documentation point at a demo event.
@@ -98,61 +226,64 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
     let mut conn = pool.get().await?;
     let events_created = conn
         .transaction(async move |conn| {
-                let mut created = 0;
-                let now = Utc::now();
-                for (index, demo) in DEMO_EVENTS.iter().enumerate() {
-                    // Whole hours in the evening keep the listing tidy.
-                    let day = (now + Duration::days(demo.days_ahead)).date_naive();
-                    let starts_at = day.and_hms_opt(19, 0, 0).unwrap_or_default().and_utc();
-                    let event = Event {
-                        id: demo_event_id(index),
-                        organizer_id: organizers[index % organizers.len()],
-                        title: demo.title.into(),
-                        description: Some(demo.description.into()),
-                        category: demo.category.into(),
-                        venue: demo.venue.into(),
-                        starts_at,
-                        ends_at: starts_at + Duration::hours(demo.hours),
-                        capacity: demo.capacity,
-                        seats_available: demo.capacity - demo.booked,
-                        max_per_booking: 10,
-                        status: EventStatus::Published,
-                        version: 1,
-                        created_at: now,
-                        updated_at: now,
-                    };
-                    let inserted = diesel::insert_into(events::table)
-                        .values(&event)
-                        .on_conflict_do_nothing()
+            let mut created = 0;
+            let now = Utc::now();
+            for (index, demo) in DEMO_EVENTS.iter().enumerate() {
+                // Whole hours in the evening keep the listing tidy.
+                let day = (now + Duration::days(demo.days_ahead)).date_naive();
+                let starts_at = day.and_hms_opt(19, 0, 0).unwrap_or_default().and_utc();
+                let event = Event {
+                    id: demo_event_id(index),
+                    organizer_id: organizers[index % organizers.len()],
+                    title: demo.title.into(),
+                    description: Some(demo.description.into()),
+                    category: demo.category.into(),
+                    venue: demo.venue.into(),
+                    starts_at,
+                    ends_at: starts_at + Duration::hours(demo.hours),
+                    capacity: demo.capacity,
+                    seats_available: demo.capacity - demo.booked,
+                    max_per_booking: 10,
+                    status: EventStatus::Published,
+                    version: 1,
+                    created_at: now,
+                    updated_at: now,
+                };
+                let inserted = diesel::insert_into(events::table)
+                    .values(&event)
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await?;
+                if inserted == 0 {
+                    continue;
+                }
+                created += 1;
+                // The seats already taken are real bookings, so the availability invariant
+                // holds for demo data too.
+                let mut remaining = demo.booked;
+                while remaining > 0 {
+                    let quantity = remaining.min(event.max_per_booking);
+                    remaining -= quantity;
+                    diesel::insert_into(bookings::table)
+                        .values(&Booking {
+                            id: Uuid::new_v4(),
+                            event_id: event.id,
+                            user_id: fan,
+                            quantity,
+                            status: BookingStatus::Confirmed,
+                            idempotency_key: None,
+                            created_at: now,
+                            cancelled_at: None,
+                        })
                         .execute(conn)
                         .await?;
-                    if inserted == 0 {
-                        continue;
-                    }
-                    created += 1;
-                    // The seats already taken are real bookings, so the availability invariant
-                    // holds for demo data too.
-                    let mut remaining = demo.booked;
-                    while remaining > 0 {
-                        let quantity = remaining.min(event.max_per_booking);
-                        remaining -= quantity;
-                        diesel::insert_into(bookings::table)
-                            .values(&Booking {
-                                id: Uuid::new_v4(),
-                                event_id: event.id,
-                                user_id: fan,
-                                quantity,
-                                status: BookingStatus::Confirmed,
-                                idempotency_key: None,
-                                created_at: now,
-                                cancelled_at: None,
-                            })
-                            .execute(conn)
-                            .await?;
-                    }
                 }
-                Ok::<_, crate::error::AppError>(created)
-            })
+            }
+            Ok::<_, crate::error::AppError>(created)
+        })
         .await?;
-    Ok(SeedReport { users_created, events_created })
+    Ok(SeedReport {
+        users_created,
+        events_created,
+    })
 }

@@ -26,17 +26,26 @@ pub fn normalize_email(email: &str) -> String {
 fn validate_email(email: &str) -> AppResult<()> {
     let valid = email.len() <= 254
         && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
+            !local.is_empty()
+                && domain.contains('.')
+                && !domain.starts_with('.')
                 && !domain.ends_with('.')
         })
         && !email.chars().any(|c| c.is_whitespace() || c.is_control());
-    if valid { Ok(()) } else { Err(AppError::bad_input("email", "email address is not valid")) }
+    if valid {
+        Ok(())
+    } else {
+        Err(AppError::bad_input("email", "email address is not valid"))
+    }
 }
 
 fn validate_name(name: &str) -> AppResult<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(AppError::bad_input("name", "name must be 1 to 100 printable characters"));
+        return Err(AppError::bad_input(
+            "name",
+            "name must be 1 to 100 printable characters",
+        ));
     }
     Ok(name.to_owned())
 }

@@ -29,7 +29,8 @@ pub trait ContextExt {
     }
 
     fn require_viewer(&self) -> AppResult<&Viewer> {
-        self.viewer()?.ok_or(AppError::Unauthenticated("sign in to do this"))
+        self.viewer()?
+            .ok_or(AppError::Unauthenticated("sign in to do this"))
     }
 }
 

@@ -20,7 +20,9 @@ impl Loader<Uuid> for UserLoader {
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, User>, Self::Error> {
         let mut conn = self.0.conn().await?;
-        users::users_by_id(&mut conn, keys).await.map_err(|e| AppError::from(e).into())
+        users::users_by_id(&mut conn, keys)
+            .await
+            .map_err(|e| AppError::from(e).into())
     }
 }
 
@@ -30,7 +32,9 @@ impl Loader<Uuid> for EventLoader {
 
     async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Event>, Self::Error> {
         let mut conn = self.0.conn().await?;
-        events::events_by_id(&mut conn, keys).await.map_err(|e| AppError::from(e).into())
+        events::events_by_id(&mut conn, keys)
+            .await
+            .map_err(|e| AppError::from(e).into())
     }
 }
 

@@ -28,7 +28,11 @@ use crate::app::AppState;
 pub struct Query(events::EventQuery, bookings::BookingQuery, users::UserQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(users::UserMutation, bookings::BookingMutation, events::EventMutation);
+pub struct Mutation(
+    users::UserMutation,
+    bookings::BookingMutation,
+    events::EventMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(subscription::AvailabilitySubscription);
@@ -37,8 +41,12 @@ pub type EventlySchema = Schema<Query, Mutation, Subscription>;
 
 /// The schema without application state: enough to print the SDL.
 pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
-    Schema::build(Query::default(), Mutation::default(), Subscription::default())
-        .extension(ErrorCodes)
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .extension(ErrorCodes)
 }
 
 pub fn build_schema(state: AppState) -> EventlySchema {
@@ -69,7 +77,11 @@ fn with_code(mut error: ServerError, code: &'static str) -> ServerError {
 }
 
 fn fill_codes(mut response: Response) -> Response {
-    response.errors = response.errors.into_iter().map(|e| with_code(e, "BAD_USER_INPUT")).collect();
+    response.errors = response
+        .errors
+        .into_iter()
+        .map(|e| with_code(e, "BAD_USER_INPUT"))
+        .collect();
     response
 }
 
@@ -95,7 +107,9 @@ impl Extension for ErrorCodes {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables).await.map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))
+        next.run(ctx, query, variables)
+            .await
+            .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))
     }
 
     async fn validation(
@@ -104,7 +118,19 @@ impl Extension for ErrorCodes {
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         next.run(ctx).await.map_err(|errors| {
-            errors.into_iter().map(|e| with_code(e, "GRAPHQL_VALIDATION_FAILED")).collect()
+            errors
+                .into_iter()
+                .map(|e| {
+                    // A value that does not fit its argument's type is the caller's input, as in
+                    // Apollo Server; every other rule broken is a problem with the document.
+                    let code = if e.message.starts_with("Invalid value for argument") {
+                        "BAD_USER_INPUT"
+                    } else {
+                        "GRAPHQL_VALIDATION_FAILED"
+                    };
+                    with_code(e, code)
+                })
+                .collect()
         })
     }
 }

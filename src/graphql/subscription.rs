@@ -24,7 +24,9 @@ impl AvailabilitySubscription {
         let updates = app.bus.subscribe(event_id);
         let current = {
             let mut conn = app.conn().await?;
-            events::find_event(&mut conn, event_id).await?.ok_or(AppError::NotFound("event"))?
+            events::find_event(&mut conn, event_id)
+                .await?
+                .ok_or(AppError::NotFound("event"))?
         };
         let first = SeatUpdate::from(&current);
         let mut last_version = first.version;
@@ -35,6 +37,8 @@ impl AvailabilitySubscription {
             }
             std::future::ready(newer)
         });
-        Ok(stream::once(std::future::ready(first)).chain(later).map(SeatAvailability::from))
+        Ok(stream::once(std::future::ready(first))
+            .chain(later)
+            .map(SeatAvailability::from))
     }
 }

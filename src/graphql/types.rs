@@ -36,7 +36,8 @@ pub enum BookingStatus {
 }
 
 pub fn parse_id(id: &ID, field: &'static str) -> AppResult<Uuid> {
-    id.parse().map_err(|_| AppError::bad_input(field, format!("`{field}` is not a valid id")))
+    id.parse()
+        .map_err(|_| AppError::bad_input(field, format!("`{field}` is not a valid id")))
 }
 
 async fn load_user(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<models::User> {
@@ -205,16 +206,24 @@ pub fn connection<T: OutputType>(
     cursor_of: impl Fn(&T) -> Cursor,
 ) -> Connection<String, T> {
     let mut connection = Connection::new(had_cursor, page.has_next_page);
-    connection
-        .edges
-        .extend(page.items.into_iter().map(|item| Edge::new(cursor_of(&item).encode(), item)));
+    connection.edges.extend(
+        page.items
+            .into_iter()
+            .map(|item| Edge::new(cursor_of(&item).encode(), item)),
+    );
     connection
 }
 
 pub fn event_cursor(event: &models::Event) -> Cursor {
-    Cursor { at: event.starts_at, id: event.id }
+    Cursor {
+        at: event.starts_at,
+        id: event.id,
+    }
 }
 
 pub fn booking_cursor(booking: &models::Booking) -> Cursor {
-    Cursor { at: booking.created_at, id: booking.id }
+    Cursor {
+        at: booking.created_at,
+        id: booking.id,
+    }
 }

@@ -50,15 +50,26 @@ impl UserMutation {
         };
         let user = users::create_user(&app.db, &app.passwords, new).await?;
         let mut conn = app.conn().await?;
-        Ok(auth::start_session(&mut conn, &app.tokens, user).await?.into())
+        Ok(auth::start_session(&mut conn, &app.tokens, user)
+            .await?
+            .into())
     }
 
-    async fn login(&self, ctx: &Context<'_>, input: LoginInput) -> async_graphql::Result<AuthPayload> {
+    async fn login(
+        &self,
+        ctx: &Context<'_>,
+        input: LoginInput,
+    ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let issued =
-            auth::login(&mut conn, &app.passwords, &app.tokens, &input.email, &input.password)
-                .await?;
+        let issued = auth::login(
+            &mut conn,
+            &app.passwords,
+            &app.tokens,
+            &input.email,
+            &input.password,
+        )
+        .await?;
         Ok(issued.into())
     }
 
@@ -71,7 +82,9 @@ impl UserMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        Ok(auth::refresh(&mut conn, &app.tokens, &refresh_token).await?.into())
+        Ok(auth::refresh(&mut conn, &app.tokens, &refresh_token)
+            .await?
+            .into())
     }
 
     /// Ends the current session: its access and refresh tokens stop working.

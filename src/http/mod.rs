@@ -4,13 +4,11 @@ pub mod graphiql;
 
 use std::time::Duration;
 
-use async_graphql::{BatchRequest, Data};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::{BatchRequest, Data};
 use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{
-    GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket,
-};
-use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -18,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -42,11 +41,18 @@ struct HttpState {
 }
 
 pub fn router(app: AppState) -> Router {
-    let state = HttpState { schema: build_schema(app.clone()), app };
+    let state = HttpState {
+        schema: build_schema(app.clone()),
+        app,
+    };
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID_HEADER]);
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            REQUEST_ID_HEADER,
+        ]);
     Router::new()
         .route(
             "/graphql",
@@ -60,7 +66,7 @@ pub fn router(app: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .with_state(state)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(cors)
         .layer(CatchPanicLayer::custom(|_| internal_error_response()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
@@ -73,29 +79,45 @@ pub fn router(app: AppState) -> Router {
 }
 
 fn request_id(headers: &HeaderMap) -> String {
-    headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// A GraphQL-shaped error for failures outside GraphQL execution.
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })))
+    (
+        status,
+        Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })),
+    )
         .into_response()
 }
 
 fn internal_error_response() -> Response {
-    error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_SERVER_ERROR", "Internal server error")
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "INTERNAL_SERVER_ERROR",
+        "Internal server error",
+    )
 }
 
 /// Extracts the bearer token from an `Authorization` value; any other scheme is not ours.
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Resolves the caller from an `Authorization` value. A bad token is remembered rather than
 /// refused here, so public queries still work and protected ones say why they refuse.
 async fn identify(app: &AppState, authorization: Option<&str>) -> Result<Caller, AppError> {
-    let Some(value) = authorization else { return Ok(Caller::Anonymous) };
+    let Some(value) = authorization else {
+        return Ok(Caller::Anonymous);
+    };
     let Some(token) = bearer_token(value) else {
         return Ok(Caller::Rejected("expected `Authorization: Bearer <token>`"));
     };
@@ -115,12 +137,17 @@ async fn graphql(
     let request = match request {
         Ok(request) => request.into_inner(),
         Err(rejection) => {
-            let message = format!("the request is not a valid GraphQL request: {}", rejection.0);
+            let message = format!(
+                "the request is not a valid GraphQL request: {}",
+                rejection.0
+            );
             return error_response(StatusCode::BAD_REQUEST, "BAD_REQUEST", &message);
         }
     };
     let request_id = request_id(&headers);
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
     REQUEST_ID
         .scope(request_id, async move {
             let caller = match identify(&state.app, authorization).await {
@@ -161,7 +188,11 @@ fn init_token(payload: &serde_json::Value) -> Option<String> {
         if key.eq_ignore_ascii_case("authorization") {
             Some(value.to_owned())
         } else if key == "authToken" {
-            Some(if bearer_token(value).is_some() { value.to_owned() } else { format!("Bearer {value}") })
+            Some(if bearer_token(value).is_some() {
+                value.to_owned()
+            } else {
+                format!("Bearer {value}")
+            })
         } else {
             None
         }
@@ -206,7 +237,11 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         .is_ok_and(|r| r.is_ok());
     let redis = state.app.bus.redis_health().await;
     let ready = postgres && redis != RedisHealth::Down;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "postgres": if postgres { "up" } else { "down" },
@@ -217,7 +252,9 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         },
     });
     let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -227,7 +264,9 @@ pub async fn serve(
     app: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

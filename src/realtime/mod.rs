@@ -71,7 +71,12 @@ struct RedisBus {
 impl Bus {
     /// A bus for a single instance: no other process hears its messages.
     pub fn in_process() -> Self {
-        Self { inner: Arc::new(Inner { channels: Mutex::default(), redis: None }) }
+        Self {
+            inner: Arc::new(Inner {
+                channels: Mutex::default(),
+                redis: None,
+            }),
+        }
     }
 
     /// A bus shared by every instance using the same Redis and key prefix. Start-up does not
@@ -86,7 +91,10 @@ impl Bus {
         let channel_prefix = format!("{key_prefix}seats:");
         let inner = Arc::new(Inner {
             channels: Mutex::default(),
-            redis: Some(RedisBus { pool, channel_prefix: channel_prefix.clone() }),
+            redis: Some(RedisBus {
+                pool,
+                channel_prefix: channel_prefix.clone(),
+            }),
         });
         tokio::spawn(listen(client, channel_prefix, Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -102,7 +110,11 @@ impl Bus {
                 .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
                 .subscribe()
         };
-        SeatUpdates { event_id, receiver: BroadcastStream::new(receiver), bus: self.clone() }
+        SeatUpdates {
+            event_id,
+            receiver: BroadcastStream::new(receiver),
+            bus: self.clone(),
+        }
     }
 
     /// Announces a committed change. Never fails the caller: the change is already durable, and
@@ -134,14 +146,20 @@ impl Bus {
     }
 
     pub async fn redis_health(&self) -> RedisHealth {
-        let Some(redis) = &self.inner.redis else { return RedisHealth::NotConfigured };
+        let Some(redis) = &self.inner.redis else {
+            return RedisHealth::NotConfigured;
+        };
         let ping = tokio::time::timeout(REDIS_TIMEOUT, async {
             let mut conn = redis.pool.get().await?;
             redis::cmd("PING").query_async::<String>(&mut *conn).await?;
             anyhow::Ok(())
         })
         .await;
-        if matches!(ping, Ok(Ok(()))) { RedisHealth::Up } else { RedisHealth::Down }
+        if matches!(ping, Ok(Ok(()))) {
+            RedisHealth::Up
+        } else {
+            RedisHealth::Down
+        }
     }
 
     /// Events with at least one subscriber on this instance.
@@ -151,9 +169,13 @@ impl Bus {
 }
 
 impl Inner {
-    fn lock_channels(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, broadcast::Sender<SeatUpdate>>> {
+    fn lock_channels(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, broadcast::Sender<SeatUpdate>>> {
         // The map stays consistent even if a holder panicked, so a poisoned lock is still usable.
-        self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn deliver_local(&self, update: &SeatUpdate) {
@@ -223,7 +245,10 @@ impl Drop for SeatUpdates {
     fn drop(&mut self) {
         let mut channels = self.bus.inner.lock_channels();
         // Our own receiver is still alive here, hence 1.
-        if channels.get(&self.event_id).is_some_and(|sender| sender.receiver_count() <= 1) {
+        if channels
+            .get(&self.event_id)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
             channels.remove(&self.event_id);
         }
     }

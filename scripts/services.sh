@@ -1,0 +1,66 @@
+# Sourced by dev.sh and test.sh: makes sure PostgreSQL and Redis are installed and running on
+# this machine, reusing running ones. Installs with apt-get when missing (Debian; needs root).
+set -euo pipefail
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    if [ -z "${EVENTLY_APT_UPDATED:-}" ]; then
+        as_root apt-get update -qq
+        export EVENTLY_APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+    if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+        return
+    fi
+    if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+        echo "==> installing PostgreSQL"
+        apt_install postgresql
+    fi
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    echo "==> starting PostgreSQL $version"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root pg_ctlcluster "$version" main start
+    for _ in $(seq 1 30); do
+        pg_isready -q -h 127.0.0.1 -p 5432 && break
+        sleep 1
+    done
+    pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL did not start" >&2; exit 1; }
+    # A fresh Debian cluster asks for a password over TCP; give the superuser the one our
+    # default URLs use (harmless where trust authentication is configured).
+    as_root runuser -u postgres -- psql -q -c "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
+}
+
+ensure_redis() {
+    if command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+        return
+    fi
+    if ! command -v redis-server >/dev/null; then
+        echo "==> installing Redis"
+        apt_install redis-server
+    fi
+    echo "==> starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    for _ in $(seq 1 30); do
+        redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && return
+        sleep 0.2
+    done
+    echo "Redis did not start" >&2
+    exit 1
+}
+
+ensure_chromium() {
+    if [ -x /usr/bin/chromium ]; then
+        return
+    fi
+    echo "==> installing Chromium (for the GraphiQL browser test)"
+    apt_install chromium
+}
+
+ensure_postgres
+ensure_redis

@@ -1,0 +1,339 @@
+//! The test harness: every test gets its own database, copied from a migrated template, its own
+//! Redis key prefix, and a real server on 127.0.0.1:0. Logs are hidden unless TEST_LOG is set.
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{Integer, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use evently::app::{App, AppState};
+use evently::config::{Config, PasswordHashing};
+use evently::db::models::Role;
+use evently::domain::{auth, users};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+/// The server the tests use; override with TEST_DATABASE_URL (any database on it: the harness
+/// creates its own).
+fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn database_url(name: &str) -> String {
+    let base = server_url();
+    let cut = base.rfind('/').unwrap_or(base.len());
+    format!("{}/{name}", &base[..cut])
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("evently=debug,info")
+            .try_init();
+    }
+});
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+/// Creates and migrates this process's template database once; also drops databases left by
+/// earlier test runs whose process is gone.
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let pid = std::process::id();
+            let mut admin = AsyncPgConnection::establish(&server_url())
+                .await
+                .expect("PostgreSQL must be running for the tests (see README)");
+            #[derive(QueryableByName)]
+            struct Name {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                datname: String,
+            }
+            let stale: Vec<Name> = diesel::sql_query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'evently\\_t\\_%' OR datname LIKE 'evently\\_tpl\\_%'",
+            )
+            .load(&mut admin)
+            .await
+            .unwrap();
+            for Name { datname } in stale {
+                let owner = datname.split('_').nth(2).and_then(|p| p.parse::<u32>().ok());
+                if owner.is_some_and(|p| p != pid && !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+                    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)")).await;
+                }
+            }
+            let name = format!("evently_tpl_{pid}");
+            admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.unwrap();
+            admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await.unwrap();
+            evently::db::run_migrations(&database_url(&name)).await.expect("migrations apply");
+            name
+        })
+        .await
+}
+
+/// A fresh, migrated, empty database; dropped when the returned guard is dropped.
+pub async fn fresh_database() -> TestDatabase {
+    let template = template().await;
+    let name = format!(
+        "evently_t_{}_{}",
+        std::process::id(),
+        &Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut admin = AsyncPgConnection::establish(&server_url()).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+        ))
+        .await
+        .unwrap();
+    TestDatabase {
+        url: database_url(&name),
+        name,
+    }
+}
+
+pub struct TestDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // A separate thread: this may run inside the test's runtime, which cannot block_on.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut admin = AsyncPgConnection::establish(&server_url()).await.ok()?;
+                admin.batch_execute(&sql).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
+    let mut config = Config::from_lookup(|name| match name {
+        "DATABASE_URL" => Some(database_url.to_owned()),
+        "JWT_SECRET" => Some("test-secret-test-secret-test-secret-0123".into()),
+        "DATABASE_POOL_SIZE" => Some("20".into()),
+        _ => None,
+    })
+    .unwrap();
+    if let Some(prefix) = redis_prefix {
+        config.redis_url = Some(redis_url());
+        config.redis_prefix = prefix.to_owned();
+    }
+    // The parameters travel inside each hash; cheap ones keep tests fast without changing code paths.
+    config.password_hashing = PasswordHashing {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+        max_concurrent: 4,
+    };
+    config
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub redis_prefix: Option<String>,
+    // Dropped last: the database outlives the server using it.
+    pub database: std::sync::Arc<TestDatabase>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: Uuid,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    /// A server on a fresh database, with Redis as its bus.
+    pub async fn spawn() -> Self {
+        let prefix = format!("evently:test:{}:", Uuid::new_v4().simple());
+        Self::start(std::sync::Arc::new(fresh_database().await), Some(prefix)).await
+    }
+
+    /// A server with the in-process bus (no REDIS_URL).
+    pub async fn spawn_without_redis() -> Self {
+        Self::start(std::sync::Arc::new(fresh_database().await), None).await
+    }
+
+    /// Another instance sharing this one's database and Redis prefix, as behind a load balancer.
+    pub async fn spawn_peer(&self) -> Self {
+        Self::start(self.database.clone(), self.redis_prefix.clone()).await
+    }
+
+    async fn start(database: std::sync::Arc<TestDatabase>, redis_prefix: Option<String>) -> Self {
+        LazyLock::force(&TRACING);
+        let state = App::build(test_config(&database.url, redis_prefix.as_deref()))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(evently::http::serve(
+            listener,
+            state.clone(),
+            std::future::pending(),
+        ));
+        Self {
+            addr,
+            base_url: format!("http://{addr}"),
+            state,
+            client: reqwest::Client::new(),
+            redis_prefix,
+            database,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/graphql/ws", self.addr)
+    }
+
+    /// Posts a GraphQL request and returns the JSON body.
+    pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request = self
+            .client
+            .post(format!("{}/graphql", self.base_url))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request reaches the server");
+        assert!(response.status().is_success(), "HTTP {}", response.status());
+        response.json().await.expect("a JSON body")
+    }
+
+    /// Like `gql`, but insists on success and returns `data`.
+    pub async fn gql_ok(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let body = self.gql(token, query, variables).await;
+        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+        body["data"].clone()
+    }
+
+    /// A user created directly through the domain layer, signed in.
+    pub async fn user(&self, role: Role) -> TestUser {
+        let email = format!(
+            "{}-{}@example.com",
+            role.as_str().to_lowercase(),
+            Uuid::new_v4().simple()
+        );
+        let new = users::NewUser {
+            email: &email,
+            password: "correct horse battery",
+            name: "Test User",
+            role,
+        };
+        let user = users::create_user(&self.state.db, &self.state.passwords, new)
+            .await
+            .unwrap();
+        let mut conn = self.state.conn().await.unwrap();
+        let issued = auth::start_session(&mut conn, &self.state.tokens, user)
+            .await
+            .unwrap();
+        TestUser {
+            id: issued.user.id,
+            token: issued.access_token,
+            refresh_token: issued.refresh_token,
+        }
+    }
+
+    /// Creates an upcoming event through the API and returns its id.
+    pub async fn event(&self, organizer: &TestUser, capacity: i32) -> String {
+        let data = self
+            .gql_ok(
+                Some(&organizer.token),
+                "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }",
+                json!({ "input": event_input("Test Event", capacity) }),
+            )
+            .await;
+        data["createEvent"]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn db(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.database.url)
+            .await
+            .unwrap()
+    }
+
+    /// Checks `seats_available + confirmed seats = capacity` for every event, in SQL.
+    pub async fn assert_invariant(&self) {
+        #[derive(QueryableByName, Debug)]
+        struct Row {
+            #[expect(dead_code, reason = "named in failure messages")]
+            #[diesel(sql_type = SqlUuid)]
+            id: Uuid,
+            #[diesel(sql_type = Integer)]
+            capacity: i32,
+            #[diesel(sql_type = Integer)]
+            seats_available: i32,
+            #[diesel(sql_type = Integer)]
+            confirmed: i32,
+        }
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT e.id, e.capacity, e.seats_available,
+                    COALESCE(SUM(b.quantity) FILTER (WHERE b.status = 'CONFIRMED'), 0)::int AS confirmed
+             FROM events e LEFT JOIN bookings b ON b.event_id = e.id GROUP BY e.id",
+        )
+        .load(&mut self.db().await)
+        .await
+        .unwrap();
+        for row in rows {
+            assert_eq!(
+                row.seats_available + row.confirmed,
+                row.capacity,
+                "invariant broken: {row:?}"
+            );
+        }
+    }
+
+    /// Counts rows matching a SQL condition on a table, for post-hoc checks.
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let row: Count = diesel::sql_query(format!("SELECT count(*) AS n FROM {sql}"))
+            .get_result(&mut self.db().await)
+            .await
+            .unwrap();
+        row.n
+    }
+}
+
+pub fn event_input(title: &str, capacity: i32) -> Value {
+    let starts = chrono::Utc::now() + chrono::Duration::days(7);
+    json!({
+        "title": title,
+        "category": "Music",
+        "venue": "Test Hall",
+        "startsAt": starts.to_rfc3339(),
+        "endsAt": (starts + chrono::Duration::hours(2)).to_rfc3339(),
+        "capacity": capacity,
+    })
+}
+
+/// The `extensions.code` of the first error, or panics if there is none.
+pub fn error_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+}
+
+pub const BOOK: &str =
+    "mutation($input: BookSeatsInput!) { bookSeats(input: $input) { id quantity status } }";
+pub const CANCEL: &str = "mutation($id: ID!) { cancelBooking(id: $id) { id status cancelledAt } }";

@@ -1,0 +1,11 @@
+//! Integration tests: a real server on a real socket, real PostgreSQL and Redis.
+
+mod authorization;
+mod browser;
+mod concurrency;
+mod errors;
+mod graphiql;
+mod helpers;
+mod journey;
+mod schema;
+mod websocket;

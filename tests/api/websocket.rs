@@ -1,0 +1,261 @@
+//! Subscriptions over real WebSockets, speaking graphql-transport-ws (and the legacy graphql-ws).
+
+use std::time::Duration;
+
+use evently::db::models::Role;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::helpers::{BOOK, TestApp};
+
+const SEATS: &str = "subscription($id: ID!) { seatAvailability(eventId: $id) { eventId capacity seatsAvailable soldOut version } }";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A small graphql-transport-ws / graphql-ws client, enough to drive the server like Apollo or urql would.
+pub struct WsClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    legacy: bool,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str, protocol: &str, init: Value) -> Result<Self, String> {
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
+        let mut client = Self {
+            socket,
+            legacy: protocol == "graphql-ws",
+        };
+        client
+            .send(json!({ "type": "connection_init", "payload": init }))
+            .await;
+        let ack = client.next_message().await?;
+        if ack["type"] != "connection_ack" {
+            return Err(format!("expected connection_ack, got {ack}"));
+        }
+        Ok(client)
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
+    }
+
+    /// The next protocol message, skipping keep-alives; `Err` when the server closes.
+    pub async fn next_message(&mut self) -> Result<Value, String> {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .map_err(|_| "no message within 10 s".to_owned())?;
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    match message["type"].as_str() {
+                        Some("ka") => continue,
+                        Some("ping") => self.send(json!({ "type": "pong" })).await,
+                        _ => return Ok(message),
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("stream ended".into()),
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
+        let kind = if self.legacy { "start" } else { "subscribe" };
+        self.send(json!({ "id": id, "type": kind, "payload": { "query": query, "variables": variables } })).await;
+    }
+
+    /// The payload of the next result for any operation.
+    pub async fn next_data(&mut self) -> Value {
+        let message = self.next_message().await.unwrap();
+        let kind = if self.legacy { "data" } else { "next" };
+        assert_eq!(message["type"], kind, "{message}");
+        message["payload"].clone()
+    }
+}
+
+async fn seats(client: &mut WsClient) -> (i64, i64) {
+    let data = client.next_data().await;
+    let seats = &data["data"]["seatAvailability"];
+    (
+        seats["seatsAvailable"].as_i64().unwrap(),
+        seats["version"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_the_current_count_then_every_change() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 10).await;
+    let init = json!({ "Authorization": format!("Bearer {}", buyer.token) });
+    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
+        .await
+        .unwrap();
+    client
+        .subscribe("1", SEATS, json!({ "id": event_id }))
+        .await;
+    let first = client.next_data().await;
+    assert_eq!(
+        first["data"]["seatAvailability"],
+        json!({ "eventId": event_id, "capacity": 10, "seatsAvailable": 10, "soldOut": false, "version": 1 })
+    );
+
+    let booked = app
+        .gql_ok(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": event_id, "quantity": 3 } }),
+        )
+        .await;
+    assert_eq!(seats(&mut client).await, (7, 2));
+    app.gql_ok(
+        Some(&buyer.token),
+        BOOK,
+        json!({ "input": { "eventId": event_id, "quantity": 7 } }),
+    )
+    .await;
+    let sold_out = client.next_data().await;
+    assert_eq!(sold_out["data"]["seatAvailability"]["soldOut"], true);
+    let id = booked["bookSeats"]["id"].as_str().unwrap();
+    app.gql_ok(
+        Some(&buyer.token),
+        "mutation($id: ID!) { cancelBooking(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await;
+    assert_eq!(seats(&mut client).await, (3, 4));
+    app.gql_ok(
+        Some(&organizer.token),
+        "mutation($id: ID!) { updateEvent(id: $id, input: { capacity: 20 }) { id } }",
+        json!({ "id": event_id }),
+    )
+    .await;
+    assert_eq!(seats(&mut client).await, (13, 5));
+    app.gql_ok(
+        Some(&organizer.token),
+        "mutation($id: ID!) { cancelEvent(id: $id) { id } }",
+        json!({ "id": event_id }),
+    )
+    .await;
+    assert_eq!(seats(&mut client).await, (20, 6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_see_each_others_changes_through_redis() {
+    let first = TestApp::spawn().await;
+    let second = first.spawn_peer().await;
+    let organizer = first.user(Role::Organizer).await;
+    let buyer = first.user(Role::User).await;
+    let event_id = first.event(&organizer, 50).await;
+    let mut on_first = WsClient::connect(&first.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    let mut on_second = WsClient::connect(&second.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    on_first
+        .subscribe("a", SEATS, json!({ "id": event_id }))
+        .await;
+    on_second
+        .subscribe("b", SEATS, json!({ "id": event_id }))
+        .await;
+    assert_eq!(seats(&mut on_first).await, (50, 1));
+    assert_eq!(seats(&mut on_second).await, (50, 1));
+
+    // A booking on the second instance reaches the first instance's subscriber, and vice versa.
+    second
+        .gql_ok(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": event_id, "quantity": 5 } }),
+        )
+        .await;
+    assert_eq!(seats(&mut on_first).await, (45, 2));
+    assert_eq!(seats(&mut on_second).await, (45, 2));
+    first
+        .gql_ok(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": event_id, "quantity": 2 } }),
+        )
+        .await;
+    assert_eq!(seats(&mut on_second).await, (43, 3));
+    assert_eq!(seats(&mut on_first).await, (43, 3));
+}
+
+#[tokio::test]
+async fn the_legacy_graphql_ws_protocol_works_too() {
+    let app = TestApp::spawn_without_redis().await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 8).await;
+    let mut client = WsClient::connect(
+        &app.ws_url(),
+        "graphql-ws",
+        json!({ "authToken": organizer.token }),
+    )
+    .await
+    .unwrap();
+    client
+        .subscribe("1", SEATS, json!({ "id": event_id }))
+        .await;
+    assert_eq!(seats(&mut client).await, (8, 1));
+    app.gql_ok(
+        Some(&organizer.token),
+        BOOK,
+        json!({ "input": { "eventId": event_id, "quantity": 2 } }),
+    )
+    .await;
+    assert_eq!(seats(&mut client).await, (6, 2));
+}
+
+#[tokio::test]
+async fn a_bad_token_in_connection_init_is_refused() {
+    let app = TestApp::spawn_without_redis().await;
+    let refused = WsClient::connect(
+        &app.ws_url(),
+        "graphql-transport-ws",
+        json!({ "Authorization": "Bearer forged" }),
+    )
+    .await;
+    assert!(refused.is_err(), "a forged token must not be acknowledged");
+}
+
+#[tokio::test]
+async fn subscribing_to_an_unknown_event_is_an_error_with_a_code() {
+    let app = TestApp::spawn_without_redis().await;
+    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    client
+        .subscribe("1", SEATS, json!({ "id": uuid::Uuid::new_v4() }))
+        .await;
+    let message = client.next_message().await.unwrap();
+    let errors = if message["type"] == "next" {
+        &message["payload"]["errors"]
+    } else {
+        &message["payload"]
+    };
+    assert_eq!(errors[0]["extensions"]["code"], "NOT_FOUND", "{message}");
+    assert_eq!(
+        app.state.bus.local_channel_count(),
+        0,
+        "the failed subscription left no channel behind"
+    );
+}

@@ -15,6 +15,10 @@ apt_install() {
 }
 
 ensure_postgres() {
+    if ! command -v psql >/dev/null; then
+        echo "==> installing the PostgreSQL client"
+        apt_install postgresql-client
+    fi
     if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
         return
     fi
@@ -24,8 +28,12 @@ ensure_postgres() {
     fi
     local version
     version=$(ls /etc/postgresql | sort -V | tail -n 1)
-    echo "==> starting PostgreSQL $version"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || as_root pg_ctlcluster "$version" main start
+    if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+        echo "==> starting PostgreSQL $version"
+        # The package's own start may have beaten us to it; the wait below is what counts.
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start 2>/dev/null \
+            || as_root pg_ctlcluster "$version" main start || true
+    fi
     for _ in $(seq 1 30); do
         pg_isready -q -h 127.0.0.1 -p 5432 && break
         sleep 1
@@ -44,8 +52,10 @@ ensure_redis() {
         echo "==> installing Redis"
         apt_install redis-server
     fi
-    echo "==> starting Redis"
-    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+        echo "==> starting Redis"
+        redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null || true
+    fi
     for _ in $(seq 1 30); do
         redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && return
         sleep 0.2

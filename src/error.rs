@@ -112,10 +112,11 @@ pub fn current_request_id() -> String {
 
 impl ErrorExtensions for AppError {
     fn extend(&self) -> async_graphql::Error {
+        let request_id = matches!(self, Self::Internal(_)).then(current_request_id);
         let message = match self {
             Self::Internal(err) => {
-                let request_id = current_request_id();
-                tracing::error!(%request_id, error = ?err, "internal error");
+                let request_id = request_id.as_deref().unwrap_or_default();
+                tracing::error!(request_id, error = ?err, "internal error");
                 format!("Internal server error (request id {request_id})")
             }
             Self::Unavailable => {
@@ -136,7 +137,7 @@ impl ErrorExtensions for AppError {
                     }
                 }
                 Self::SoldOut { seats_available } => ext.set("seatsAvailable", *seats_available),
-                Self::Internal(_) => ext.set("requestId", current_request_id()),
+                Self::Internal(_) => ext.set("requestId", request_id.clone().unwrap_or_default()),
                 _ => {}
             }
         })

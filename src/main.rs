@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use evently::app::App;
 use evently::config::Config;
 use evently::db::{self, models};
+use evently::domain::auth::Passwords;
 use evently::domain::{seed, users};
 
 #[derive(Parser)]
@@ -105,8 +106,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::SeedDemo => {
             db::run_migrations(&config.database_url).await?;
-            let app = App::build(config).await?;
-            let report = seed::seed_demo(&app.db, &app.passwords).await?;
+            let (pool, passwords) = accounts(&config).await?;
+            let report = seed::seed_demo(&pool, &passwords).await?;
             println!(
                 "demo data: {} user(s) and {} event(s) created (existing ones kept)",
                 report.users_created, report.events_created
@@ -124,6 +125,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::PrintSchema => unreachable!("handled above"),
     }
+}
+
+/// What the account commands need: the database and the password hasher, not the bus.
+async fn accounts(config: &Config) -> anyhow::Result<(db::DbPool, Passwords)> {
+    let pool = db::build_pool(&config.database_url, 2).await?;
+    Ok((pool, Passwords::new(config.password_hashing)?))
 }
 
 async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {

@@ -47,7 +47,9 @@ pub async fn book_seats(
         ));
     }
     if let Some(key) = &request.idempotency_key
-        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN)
+        && (key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+            || key.chars().any(char::is_control))
     {
         return Err(AppError::bad_input(
             "idempotencyKey",
@@ -109,7 +111,8 @@ pub async fn book_seats(
                     .find(event.id)
                     .filter(events::status.eq(EventStatus::Published))
                     .filter(events::starts_at.gt(diesel::dsl::now))
-                    .filter(events::seats_available.ge(request.quantity)),
+                    .filter(events::seats_available.ge(request.quantity))
+                    .filter(events::max_per_booking.ge(request.quantity)),
             )
             .set((
                 events::seats_available.eq(events::seats_available - request.quantity),
@@ -128,8 +131,18 @@ pub async fn book_seats(
                         .select(Event::as_select())
                         .first(conn)
                         .await?;
-                    Err(unbookable_reason(&now).unwrap_or(AppError::SoldOut {
-                        seats_available: now.seats_available,
+                    // The maximum may have been lowered since it was checked above.
+                    Err(unbookable_reason(&now).unwrap_or_else(|| {
+                        if request.quantity > now.max_per_booking {
+                            AppError::bad_input(
+                                "quantity",
+                                format!("at most {} seats per booking", now.max_per_booking),
+                            )
+                        } else {
+                            AppError::SoldOut {
+                                seats_available: now.seats_available,
+                            }
+                        }
                     }))
                 }
             }

@@ -63,6 +63,11 @@ pub async fn list_events(
     filter: &EventFilter,
     page: PageRequest,
 ) -> AppResult<Page<Event>> {
+    for (field, value) in [("category", &filter.category), ("search", &filter.search)] {
+        if let Some(value) = value {
+            reject_control_chars(field, value, false)?;
+        }
+    }
     let mut query = events::table
         .select(Event::as_select())
         .filter(events::status.eq(filter.status.unwrap_or(EventStatus::Published)))
@@ -126,6 +131,22 @@ pub async fn events_by_id(
     Ok(rows.into_iter().map(|event| (event.id, event)).collect())
 }
 
+/// Control characters have no place in a title or a filter, and PostgreSQL refuses NUL outright.
+pub(super) fn reject_control_chars(
+    field: &'static str,
+    value: &str,
+    allow_newlines: bool,
+) -> AppResult<()> {
+    let bad = |c: char| c.is_control() && !(allow_newlines && matches!(c, '\n' | '\r' | '\t'));
+    if value.chars().any(bad) {
+        return Err(AppError::bad_input(
+            field,
+            format!("{field} contains control characters"),
+        ));
+    }
+    Ok(())
+}
+
 fn required_text(field: &'static str, value: &str, max: usize) -> AppResult<String> {
     let value = value.trim();
     if value.is_empty() || value.chars().count() > max {
@@ -134,6 +155,7 @@ fn required_text(field: &'static str, value: &str, max: usize) -> AppResult<Stri
             format!("{field} must be 1 to {max} characters"),
         ));
     }
+    reject_control_chars(field, value, false)?;
     Ok(value.to_owned())
 }
 
@@ -144,7 +166,10 @@ fn optional_text(value: Option<String>) -> AppResult<Option<String>> {
             "description",
             "description must be at most 5000 characters",
         )),
-        Some(text) => Ok(Some(text.to_owned())),
+        Some(text) => {
+            reject_control_chars("description", text, true)?;
+            Ok(Some(text.to_owned()))
+        }
     }
 }
 

@@ -71,11 +71,15 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
         let (micros, id) = text.split_once(':').ok_or_else(invalid)?;
-        let at = micros
+        let at: DateTime<Utc> = micros
             .parse()
             .ok()
             .and_then(DateTime::from_timestamp_micros)
             .ok_or_else(invalid)?;
+        // Only ever issued for real rows; anything outside PostgreSQL's range is forged.
+        if !(1..=9999).contains(&chrono::Datelike::year(&at)) {
+            return Err(invalid());
+        }
         let id = id.parse().map_err(|_| invalid())?;
         Ok(Self { at, id })
     }
@@ -92,7 +96,14 @@ mod tests {
             id: Uuid::new_v4(),
         };
         assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
-        for bad in ["", "!!", "bm9wZQ", &URL_SAFE_NO_PAD.encode("12:not-a-uuid")] {
+        let forged = URL_SAFE_NO_PAD.encode(format!("-200000000000000000:{}", Uuid::nil()));
+        for bad in [
+            "",
+            "!!",
+            "bm9wZQ",
+            &URL_SAFE_NO_PAD.encode("12:not-a-uuid"),
+            &forged,
+        ] {
             let err = Cursor::decode(bad).unwrap_err();
             assert_eq!(err.code(), "BAD_USER_INPUT", "{bad}");
         }

@@ -1,7 +1,7 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 
-use super::context::ContextExt;
+use super::context::{ContextExt, require_viewer};
 use super::types::{booking_cursor, connection, parse_id};
 use crate::db::models::Booking;
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
@@ -29,7 +29,7 @@ impl BookingQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Booking>> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = bookings::user_bookings(&mut conn, viewer.id(), page).await?;
@@ -44,7 +44,7 @@ impl BookingQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, Booking>> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let event_id = parse_id(&event_id, "eventId")?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
@@ -73,7 +73,7 @@ impl BookingMutation {
         ctx: &Context<'_>,
         input: BookSeatsInput,
     ) -> async_graphql::Result<Booking> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let request = BookingRequest {
             event_id: parse_id(&input.event_id, "eventId")?,
             quantity: input.quantity,
@@ -86,7 +86,7 @@ impl BookingMutation {
 
     /// The booking's owner or an admin. Cancelling again returns the cancelled booking.
     async fn cancel_booking(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Booking> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let mut conn = ctx.app().conn().await?;
         let change = bookings::cancel_booking(&mut conn, viewer, id).await?;

@@ -3,7 +3,7 @@
 use async_graphql::Context;
 
 use crate::app::AppState;
-use crate::domain::Viewer;
+use crate::domain::{Viewer, auth};
 use crate::error::{AppError, AppResult};
 
 /// Who is calling. A token that was sent but is not valid is remembered as such, so that
@@ -11,27 +11,39 @@ use crate::error::{AppError, AppResult};
 #[derive(Debug, Clone)]
 pub enum Caller {
     Anonymous,
+    /// Checked for this HTTP request.
     Signed(Box<Viewer>),
+    /// A WebSocket connection's token. A connection outlives logouts, role changes and the
+    /// token's expiry, so it is checked again for every operation.
+    Connection(String),
     Rejected(&'static str),
 }
 
 pub trait ContextExt {
     fn app(&self) -> &AppState;
     fn caller(&self) -> &Caller;
+}
 
-    /// The signed-in user, or `None` when anonymous; an invalid token is an error.
-    fn viewer(&self) -> AppResult<Option<&Viewer>> {
-        match self.caller() {
-            Caller::Anonymous => Ok(None),
-            Caller::Signed(viewer) => Ok(Some(viewer)),
-            Caller::Rejected(why) => Err(AppError::Unauthenticated(why)),
+/// The signed-in user, or `None` when anonymous; an invalid or no longer valid token is an error.
+pub async fn viewer(ctx: &Context<'_>) -> AppResult<Option<Viewer>> {
+    match ctx.caller() {
+        Caller::Anonymous => Ok(None),
+        Caller::Signed(viewer) => Ok(Some(viewer.as_ref().clone())),
+        Caller::Connection(token) => {
+            let app = ctx.app();
+            let mut conn = app.conn().await?;
+            Ok(Some(
+                auth::authenticate(&mut conn, &app.tokens, token).await?,
+            ))
         }
+        Caller::Rejected(why) => Err(AppError::Unauthenticated(why)),
     }
+}
 
-    fn require_viewer(&self) -> AppResult<&Viewer> {
-        self.viewer()?
-            .ok_or(AppError::Unauthenticated("sign in to do this"))
-    }
+pub async fn require_viewer(ctx: &Context<'_>) -> AppResult<Viewer> {
+    viewer(ctx)
+        .await?
+        .ok_or(AppError::Unauthenticated("sign in to do this"))
 }
 
 impl ContextExt for Context<'_> {

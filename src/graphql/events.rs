@@ -2,7 +2,7 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use chrono::{DateTime, Utc};
 
-use super::context::ContextExt;
+use super::context::{ContextExt, require_viewer};
 use super::types::{EventStatus, connection, event_cursor, parse_id};
 use crate::db::models::Event;
 use crate::domain::events::{self, EventPatch, NewEvent};
@@ -93,7 +93,7 @@ impl EventMutation {
         ctx: &Context<'_>,
         input: CreateEventInput,
     ) -> async_graphql::Result<Event> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let new = NewEvent {
             title: input.title,
             description: input.description,
@@ -115,7 +115,7 @@ impl EventMutation {
         id: ID,
         input: UpdateEventInput,
     ) -> async_graphql::Result<Event> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let patch = EventPatch {
             title: input.title,
@@ -140,7 +140,7 @@ impl EventMutation {
 
     /// Cancels the event and every booking of it. Repeating it returns the cancelled event.
     async fn cancel_event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Event> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;

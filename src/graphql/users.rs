@@ -1,6 +1,6 @@
 use async_graphql::{Context, ID, InputObject, Object};
 
-use super::context::ContextExt;
+use super::context::{ContextExt, require_viewer, viewer};
 use super::types::{AuthPayload, Role, parse_id};
 use crate::db::models::{self, User};
 use crate::domain::{auth, users};
@@ -26,7 +26,7 @@ pub struct UserQuery;
 impl UserQuery {
     /// The signed-in user; null when anonymous.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        Ok(ctx.viewer()?.map(|viewer| viewer.user.clone()))
+        Ok(viewer(ctx).await?.map(|viewer| viewer.user))
     }
 }
 
@@ -89,7 +89,7 @@ impl UserMutation {
 
     /// Ends the current session: its access and refresh tokens stop working.
     async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let mut conn = ctx.app().conn().await?;
         auth::revoke_session(&mut conn, viewer.session_id).await?;
         Ok(true)
@@ -102,7 +102,7 @@ impl UserMutation {
         user_id: ID,
         role: Role,
     ) -> async_graphql::Result<User> {
-        let viewer = ctx.require_viewer()?;
+        let viewer = &require_viewer(ctx).await?;
         let user_id = parse_id(&user_id, "userId")?;
         let mut conn = ctx.app().conn().await?;
         Ok(users::set_role(&mut conn, viewer, user_id, role.into()).await?)

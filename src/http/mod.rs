@@ -210,8 +210,13 @@ async fn graphql_ws(
             let app = state.app.clone();
             GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
                 .on_connection_init(move |payload| async move {
-                    let caller = match identify(&app, init_token(&payload).as_deref()).await {
+                    let authorization = init_token(&payload);
+                    let caller = match identify(&app, authorization.as_deref()).await {
                         Ok(Caller::Rejected(why)) => return Err(async_graphql::Error::new(why)),
+                        Ok(Caller::Signed(_)) => {
+                            let token = authorization.as_deref().and_then(bearer_token);
+                            Caller::Connection(token.unwrap_or_default().to_owned())
+                        }
                         Ok(caller) => caller,
                         Err(error) => return Err(error.into()),
                     };

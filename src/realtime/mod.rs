@@ -112,7 +112,7 @@ impl Bus {
         };
         SeatUpdates {
             event_id,
-            receiver: BroadcastStream::new(receiver),
+            receiver: Some(BroadcastStream::new(receiver)),
             bus: self.clone(),
         }
     }
@@ -221,7 +221,8 @@ async fn listen(client: redis::Client, channel_prefix: String, bus: Weak<Inner>)
 /// A subscriber's view of one event's channel.
 pub struct SeatUpdates {
     event_id: Uuid,
-    receiver: BroadcastStream<SeatUpdate>,
+    /// `Some` until dropped: taken in `drop` so that it is gone before the count is read.
+    receiver: Option<BroadcastStream<SeatUpdate>>,
     bus: Bus,
 }
 
@@ -229,8 +230,11 @@ impl Stream for SeatUpdates {
     type Item = SeatUpdate;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(receiver) = self.receiver.as_mut() else {
+            return Poll::Ready(None);
+        };
         loop {
-            match Pin::new(&mut self.receiver).poll_next(cx) {
+            match Pin::new(&mut *receiver).poll_next(cx) {
                 Poll::Ready(Some(Ok(update))) => return Poll::Ready(Some(update)),
                 // Lagged: the missed messages are superseded by the ones still buffered.
                 Poll::Ready(Some(Err(_))) => continue,
@@ -244,10 +248,11 @@ impl Stream for SeatUpdates {
 impl Drop for SeatUpdates {
     fn drop(&mut self) {
         let mut channels = self.bus.inner.lock_channels();
-        // Our own receiver is still alive here, hence 1.
+        // Dropped under the lock, so two subscribers leaving together cannot both count the other.
+        drop(self.receiver.take());
         if channels
             .get(&self.event_id)
-            .is_some_and(|sender| sender.receiver_count() <= 1)
+            .is_some_and(|sender| sender.receiver_count() == 0)
         {
             channels.remove(&self.event_id);
         }

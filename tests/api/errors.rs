@@ -197,6 +197,56 @@ async fn invalid_events_and_accounts_are_refused_with_a_code() {
 }
 
 #[tokio::test]
+async fn nul_bytes_and_control_characters_are_refused_not_stored() {
+    let app = TestApp::spawn_without_redis().await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 10).await;
+    let search = "query($s: String) { events(filter: { search: $s }) { edges { cursor } } }";
+    assert_eq!(
+        error_code(&app.gql(None, search, json!({ "s": "jazz\u{0}" })).await),
+        "BAD_USER_INPUT"
+    );
+    let mut input = crate::helpers::event_input("Bad\u{0}title", 10);
+    let create = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
+    assert_eq!(
+        error_code(
+            &app.gql(
+                Some(&organizer.token),
+                create,
+                json!({ "input": input.clone() })
+            )
+            .await
+        ),
+        "BAD_USER_INPUT"
+    );
+    input["title"] = json!("Fine");
+    input["description"] = json!("line one\nline two\u{0}");
+    assert_eq!(
+        error_code(
+            &app.gql(Some(&organizer.token), create, json!({ "input": input }))
+                .await
+        ),
+        "BAD_USER_INPUT"
+    );
+    let key = json!({ "input": { "eventId": event_id, "idempotencyKey": "k\u{0}" } });
+    assert_eq!(
+        error_code(&app.gql(Some(&organizer.token), BOOK, key).await),
+        "BAD_USER_INPUT"
+    );
+    let login = "mutation($i: LoginInput!) { login(input: $i) { accessToken } }";
+    let body = app
+        .gql(
+            None,
+            login,
+            json!({ "i": { "email": "a\u{0}@b.co", "password": "whatever-long" } }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "UNAUTHENTICATED");
+    assert_eq!(app.count("events").await, 1);
+    assert_eq!(app.count("bookings").await, 0);
+}
+
+#[tokio::test]
 async fn malformed_http_requests_get_a_graphql_shaped_400() {
     let app = TestApp::spawn_without_redis().await;
     for body in ["{not json", r#"{"query": 5}"#, "\u{0}"] {

@@ -259,3 +259,37 @@ async fn subscribing_to_an_unknown_event_is_an_error_with_a_code() {
         "the failed subscription left no channel behind"
     );
 }
+
+#[tokio::test]
+async fn an_open_connection_loses_its_rights_when_the_session_ends() {
+    let app = TestApp::spawn_without_redis().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 10).await;
+    let init = json!({ "Authorization": format!("Bearer {}", buyer.token) });
+    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
+        .await
+        .unwrap();
+    let book = json!({ "input": { "eventId": event_id } });
+    client.subscribe("1", BOOK, book.clone()).await;
+    assert_eq!(
+        client.next_data().await["data"]["bookSeats"]["status"],
+        "CONFIRMED"
+    );
+    assert_eq!(client.next_message().await.unwrap()["type"], "complete");
+
+    app.gql_ok(Some(&buyer.token), "mutation { logout }", json!({}))
+        .await;
+    client.subscribe("2", BOOK, book).await;
+    let refused = client.next_message().await.unwrap();
+    let errors = if refused["type"] == "next" {
+        &refused["payload"]["errors"]
+    } else {
+        &refused["payload"]
+    };
+    assert_eq!(
+        errors[0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{refused}"
+    );
+    assert_eq!(app.count("bookings").await, 1);
+}

@@ -289,16 +289,7 @@ pub async fn refresh(
                 }
                 return Ok(Err(false));
             };
-            let live: Option<User> = sessions::table
-                .inner_join(users::table)
-                .filter(sessions::id.eq(session_id))
-                .filter(sessions::revoked_at.is_null())
-                .filter(sessions::expires_at.gt(diesel::dsl::now))
-                .select(User::as_select())
-                .first(conn)
-                .await
-                .optional()?;
-            let Some(user) = live else {
+            let Some(user) = live_session_user(conn, session_id).await? else {
                 return Ok(Err(false));
             };
             diesel::insert_into(refresh_tokens::table)
@@ -345,6 +336,22 @@ pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> A
     Ok(revoked > 0)
 }
 
+/// The user of a session that is neither revoked nor expired.
+async fn live_session_user(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
+) -> AppResult<Option<User>> {
+    Ok(sessions::table
+        .inner_join(users::table)
+        .filter(sessions::id.eq(session_id))
+        .filter(sessions::revoked_at.is_null())
+        .filter(sessions::expires_at.gt(diesel::dsl::now))
+        .select(User::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
 /// Resolves a bearer token to its user, provided its session is still live.
 pub async fn authenticate(
     conn: &mut AsyncPgConnection,
@@ -352,16 +359,9 @@ pub async fn authenticate(
     access_token: &str,
 ) -> AppResult<Viewer> {
     let claims = tokens.decode(access_token)?;
-    let user: Option<User> = sessions::table
-        .inner_join(users::table)
-        .filter(sessions::id.eq(claims.sid))
-        .filter(sessions::user_id.eq(claims.sub))
-        .filter(sessions::revoked_at.is_null())
-        .filter(sessions::expires_at.gt(diesel::dsl::now))
-        .select(User::as_select())
-        .first(conn)
-        .await
-        .optional()?;
+    let user = live_session_user(conn, claims.sid)
+        .await?
+        .filter(|user| user.id == claims.sub);
     user.map(|user| Viewer {
         user,
         session_id: claims.sid,

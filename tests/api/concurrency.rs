@@ -6,6 +6,23 @@ use serde_json::json;
 
 use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code};
 
+/// `n` one-seat bookings spread over `buyers`, all sent together once awaited.
+fn book_one_seat_each<'a>(
+    app: &'a TestApp,
+    buyers: &'a [TestUser],
+    event_id: &'a str,
+    n: usize,
+) -> impl Iterator<Item = impl Future<Output = serde_json::Value> + 'a> {
+    (0..n).map(move |i| {
+        let token = &buyers[i % buyers.len()].token;
+        app.gql(
+            Some(token),
+            BOOK,
+            json!({ "input": { "eventId": event_id } }),
+        )
+    })
+}
+
 async fn users(app: &TestApp, n: usize) -> Vec<TestUser> {
     join_all((0..n).map(|_| app.user(Role::User))).await
 }
@@ -16,19 +33,7 @@ async fn three_hundred_buyers_on_fifty_seats_sell_exactly_fifty() {
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 50).await;
     let buyers = users(&app, 30).await;
-    let attempts = (0..300).map(|i| {
-        let app = &app;
-        let buyer = &buyers[i % buyers.len()];
-        let event_id = &event_id;
-        async move {
-            app.gql(
-                Some(&buyer.token),
-                BOOK,
-                json!({ "input": { "eventId": event_id } }),
-            )
-            .await
-        }
-    });
+    let attempts = book_one_seat_each(&app, &buyers, &event_id, 300);
     let results = join_all(attempts).await;
     let confirmed = results.iter().filter(|r| r.get("errors").is_none()).count();
     let sold_out = results
@@ -131,17 +136,7 @@ async fn bookings_racing_a_capacity_reduction_never_oversell() {
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 100).await;
     let buyers = users(&app, 10).await;
-    let bookings = (0..80).map(|i| {
-        let (app, buyer, event_id) = (&app, &buyers[i % 10], &event_id);
-        async move {
-            app.gql(
-                Some(&buyer.token),
-                BOOK,
-                json!({ "input": { "eventId": event_id } }),
-            )
-            .await
-        }
-    });
+    let bookings = book_one_seat_each(&app, &buyers, &event_id, 80);
     let reductions = (0..5).map(|i| {
         let (app, organizer, event_id) = (&app, &organizer, &event_id);
         async move {
@@ -174,17 +169,7 @@ async fn cancelling_an_event_while_buyers_book_leaves_no_confirmed_booking() {
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 500).await;
     let buyers = users(&app, 10).await;
-    let bookings = (0..100).map(|i| {
-        let (app, buyer, event_id) = (&app, &buyers[i % 10], &event_id);
-        async move {
-            app.gql(
-                Some(&buyer.token),
-                BOOK,
-                json!({ "input": { "eventId": event_id } }),
-            )
-            .await
-        }
-    });
+    let bookings = book_one_seat_each(&app, &buyers, &event_id, 100);
     let cancel = app.gql(
         Some(&organizer.token),
         "mutation($id: ID!) { cancelEvent(id: $id) { status seatsAvailable } }",

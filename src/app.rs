@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::db::{self, DbConn, DbPool};
 use crate::domain::auth::{Passwords, Tokens};
+use crate::domain::onsale::Onsale;
 use crate::error::AppResult;
 use crate::realtime::Bus;
 
@@ -15,6 +16,7 @@ pub struct App {
     pub bus: Bus,
     pub passwords: Passwords,
     pub tokens: Tokens,
+    pub onsale: Onsale,
 }
 
 #[derive(Clone)]
@@ -44,6 +46,7 @@ impl App {
         Ok(AppState(Arc::new(App {
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
+            onsale: Onsale::new(db.clone(), config.group_commit),
             config,
             db,
             bus,

@@ -55,6 +55,8 @@ pub struct Config {
     pub env: Environment,
     pub database_url: String,
     pub database_pool_size: u32,
+    /// Commit concurrent bookings of one event together (see `domain::onsale`).
+    pub group_commit: bool,
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so deployments (and tests) can share one Redis.
     pub redis_prefix: String,
@@ -130,6 +132,7 @@ impl Config {
             env,
             database_url,
             database_pool_size: parse_or(&lookup, "DATABASE_POOL_SIZE", 16)?,
+            group_commit: parse_or(&lookup, "EVENTLY_GROUP_COMMIT", true)?,
             redis_url,
             redis_prefix: lookup("REDIS_PREFIX").unwrap_or_else(|| "evently:".into()),
             jwt_secret,

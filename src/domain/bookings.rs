@@ -35,11 +35,8 @@ enum Attempt {
     Existing(Booking),
 }
 
-pub async fn book_seats(
-    conn: &mut AsyncPgConnection,
-    viewer: &Viewer,
-    request: BookingRequest,
-) -> AppResult<BookingChange> {
+/// Checks what can be checked without the database.
+pub(super) fn validate(request: &BookingRequest) -> AppResult<()> {
     if request.quantity < 1 {
         return Err(AppError::bad_input(
             "quantity",
@@ -56,20 +53,26 @@ pub async fn book_seats(
             format!("idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
         ));
     }
-    let user_id = viewer.id();
+    Ok(())
+}
+
+/// Books seats in a transaction of its own. The onsale path ([`super::onsale`]) batches
+/// bookings and falls back to this one when a batch cannot be committed as a whole.
+pub async fn book_seats(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    request: BookingRequest,
+) -> AppResult<BookingChange> {
+    validate(&request)?;
     let request = &request;
     let attempt = conn
         .transaction(async move |conn| {
+            // Every transaction that changes an event's seats locks its row first, so batches,
+            // single bookings and cancellations queue in one order and cannot deadlock.
+            let event = lock_event(conn, request.event_id).await?;
             if let Some(existing) = find_by_key(conn, user_id, request).await? {
                 return Ok(Attempt::Existing(existing));
             }
-            let event = events::table
-                .find(request.event_id)
-                .select(Event::as_select())
-                .first(conn)
-                .await
-                .optional()?
-                .ok_or(AppError::NotFound("event"))?;
             if let Some(reason) = unbookable_reason(&event) {
                 return Err(reason);
             }
@@ -89,8 +92,8 @@ pub async fn book_seats(
                 created_at: Utc::now(),
                 cancelled_at: None,
             };
-            // A concurrent request with the same key waits here on the unique index and,
-            // once that one commits, inserts nothing.
+            // A concurrent request with the same key for another event waits here on the
+            // unique index and, once that one commits, inserts nothing.
             let inserted: Option<Booking> = diesel::insert_into(bookings::table)
                 .values(&booking)
                 .on_conflict(on_constraint("bookings_user_idempotency_key"))
@@ -105,7 +108,6 @@ pub async fn book_seats(
                     .map(Attempt::Existing)
                     .ok_or_else(|| anyhow::anyhow!("idempotency conflict without a row").into());
             };
-            // The event row is locked last and held only until commit.
             let taken: Option<Event> = diesel::update(
                 events::table
                     .find(event.id)
@@ -123,28 +125,12 @@ pub async fn book_seats(
             .get_result(conn)
             .await
             .optional()?;
+            // The row is locked and was checked above, so only the seat count can refuse.
             match taken {
                 Some(event) => Ok(Attempt::Created(booking, event)),
-                None => {
-                    let now = events::table
-                        .find(event.id)
-                        .select(Event::as_select())
-                        .first(conn)
-                        .await?;
-                    // The maximum may have been lowered since it was checked above.
-                    Err(unbookable_reason(&now).unwrap_or_else(|| {
-                        if request.quantity > now.max_per_booking {
-                            AppError::bad_input(
-                                "quantity",
-                                format!("at most {} seats per booking", now.max_per_booking),
-                            )
-                        } else {
-                            AppError::SoldOut {
-                                seats_available: now.seats_available,
-                            }
-                        }
-                    }))
-                }
+                None => Err(AppError::SoldOut {
+                    seats_available: event.seats_available,
+                }),
             }
         })
         .await?;
@@ -162,7 +148,7 @@ pub async fn book_seats(
 
 /// The booking already made under this request's idempotency key, if any. The same key for a
 /// different request is a conflict, not a replay.
-async fn find_by_key(
+pub(super) async fn find_by_key(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     request: &BookingRequest,

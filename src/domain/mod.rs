@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod bookings;
 pub mod events;
+pub mod onsale;
 pub mod pagination;
 pub mod seed;
 pub mod users;

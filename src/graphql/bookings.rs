@@ -59,6 +59,7 @@ pub struct BookingMutation;
 impl BookingMutation {
     fn publish(ctx: &Context<'_>, change: BookingChange) -> Booking {
         if let Some(event) = &change.event {
+            ctx.app().onsale.observe(event);
             ctx.app().bus.publish(SeatUpdate::from(event));
         }
         change.booking
@@ -79,8 +80,7 @@ impl BookingMutation {
             quantity: input.quantity,
             idempotency_key: input.idempotency_key,
         };
-        let mut conn = ctx.app().conn().await?;
-        let change = bookings::book_seats(&mut conn, viewer, request).await?;
+        let change = ctx.app().onsale.book(viewer.id(), request).await?;
         Ok(Self::publish(ctx, change))
     }
 

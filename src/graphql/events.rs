@@ -134,6 +134,7 @@ impl EventMutation {
         let app = ctx.app();
         let mut conn = app.conn().await?;
         let event = events::update_event(&mut conn, viewer, id, patch).await?;
+        app.onsale.observe(&event);
         app.bus.publish(SeatUpdate::from(&event));
         Ok(event)
     }
@@ -147,6 +148,7 @@ impl EventMutation {
         let cancelled = events::cancel_event(&mut conn, viewer, id).await?;
         if cancelled.changed {
             tracing::info!(event_id = %id, bookings = cancelled.bookings_cancelled, "event cancelled");
+            app.onsale.observe(&cancelled.event);
             app.bus.publish(SeatUpdate::from(&cancelled.event));
         }
         Ok(cancelled.event)

@@ -7,5 +7,6 @@ mod errors;
 mod graphiql;
 mod helpers;
 mod journey;
+mod onsale;
 mod schema;
 mod websocket;

@@ -1,0 +1,419 @@
+//! The onsale path: group commit for bookings.
+//!
+//! When thousands of buyers hit one event at once, one transaction per booking queues them all
+//! on the event row's lock, and PostgreSQL commits only about a thousand of them a second. So
+//! each instance keeps one queue per event: a worker takes whatever bookings have arrived while
+//! the previous batch was committing and commits them together, with one lock of the event row,
+//! one multi-row `INSERT` and one conditional `UPDATE`. Nobody waits for a timer: a lone booking
+//! is committed at once, and batches grow only as fast as requests pile up.
+//!
+//! The guard is still PostgreSQL's. Seats are counted against the locked row, the `UPDATE`
+//! still says `WHERE seats_available >= taken`, and the CHECK constraints still hold, so several
+//! instances batching the same event stay correct. Each caller gets its own answer only after
+//! the batch has committed, so "confirmed" always means durable. Anything unusual (a race on an
+//! idempotency key with another instance, a database error) rolls the batch back and replays
+//! its bookings one by one through [`book_seats`], which gives each its own precise answer.
+//!
+//! Once a batch finds the event sold out, the instance remembers it briefly and answers
+//! SOLD_OUT without touching PostgreSQL. The hint only ever refuses, never confirms; it lapses
+//! after [`SOLD_OUT_HINT_TTL`] and is dropped as soon as this instance sees seats come back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::bookings::{BookingChange, BookingRequest, book_seats, find_by_key, validate};
+use super::events::{lock_event, unbookable_reason};
+use crate::db::DbPool;
+use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
+use crate::db::schema::{bookings, events};
+use crate::error::{AppError, AppResult};
+
+/// The most bookings committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+/// How long a sold-out event is answered from memory before PostgreSQL is asked again.
+pub const SOLD_OUT_HINT_TTL: Duration = Duration::from_millis(250);
+/// Bookings waiting for one event's worker; senders wait when it is full.
+const QUEUE_CAPACITY: usize = 4096;
+/// A worker with nothing to do for this long stops; the next booking starts a new one.
+const WORKER_IDLE: Duration = Duration::from_secs(30);
+
+struct Job {
+    user_id: Uuid,
+    request: BookingRequest,
+    reply: oneshot::Sender<AppResult<BookingChange>>,
+}
+
+/// Books seats through per-event batches, or one transaction per booking when group commit
+/// is switched off.
+#[derive(Clone)]
+pub struct Onsale {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DbPool,
+    group_commit: bool,
+    queues: Mutex<HashMap<Uuid, mpsc::Sender<Job>>>,
+    sold_out: Mutex<HashMap<Uuid, Instant>>,
+}
+
+impl Onsale {
+    pub fn new(db: DbPool, group_commit: bool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                group_commit,
+                queues: Mutex::default(),
+                sold_out: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Books seats for `user_id`. Same contract as [`book_seats`]: a booking and, when this call
+    /// changed availability, the event to publish. In a batch only the last booking carries the
+    /// event, so one message goes out per commit.
+    pub async fn book(&self, user_id: Uuid, request: BookingRequest) -> AppResult<BookingChange> {
+        validate(&request)?;
+        if self.inner.known_sold_out(request.event_id) {
+            return self.refuse_sold_out(user_id, &request).await;
+        }
+        if !self.inner.group_commit {
+            let mut conn = self.inner.db.get().await?;
+            let event_id = request.event_id;
+            let change = book_seats(&mut conn, user_id, request).await;
+            if let Err(AppError::SoldOut { seats_available: 0 }) = &change {
+                self.inner.mark_sold_out(event_id);
+            }
+            return change;
+        }
+        let (reply, answer) = oneshot::channel();
+        let mut job = Job {
+            user_id,
+            request,
+            reply,
+        };
+        loop {
+            let queue = self.inner.queue(job.request.event_id);
+            match queue.send(job).await {
+                Ok(()) => break,
+                // The worker stopped for idleness between our lookup and our send.
+                Err(mpsc::error::SendError(returned)) => job = returned,
+            }
+        }
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the booking worker stopped without answering"))?
+    }
+
+    /// Whether this instance currently answers SOLD_OUT for the event without asking PostgreSQL.
+    pub fn known_sold_out(&self, event_id: Uuid) -> bool {
+        self.inner.known_sold_out(event_id)
+    }
+
+    /// Seats came back or the event changed: stop answering from memory.
+    pub fn observe(&self, event: &Event) {
+        if event.seats_available > 0 || event.status != EventStatus::Published {
+            self.inner.lock_hints().remove(&event.id);
+        }
+    }
+
+    /// A sold-out answer without a transaction. A retried request whose idempotency key already
+    /// booked seats still gets its booking back, which takes one indexed read.
+    async fn refuse_sold_out(
+        &self,
+        user_id: Uuid,
+        request: &BookingRequest,
+    ) -> AppResult<BookingChange> {
+        if request.idempotency_key.is_some() {
+            let mut conn = self.inner.db.get().await?;
+            if let Some(booking) = find_by_key(&mut conn, user_id, request).await? {
+                return Ok(BookingChange {
+                    booking,
+                    event: None,
+                });
+            }
+        }
+        Err(AppError::SoldOut { seats_available: 0 })
+    }
+}
+
+impl Inner {
+    fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Instant>> {
+        self.sold_out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn known_sold_out(&self, event_id: Uuid) -> bool {
+        let mut hints = self.lock_hints();
+        match hints.get(&event_id) {
+            Some(at) if at.elapsed() < SOLD_OUT_HINT_TTL => true,
+            Some(_) => {
+                hints.remove(&event_id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark_sold_out(&self, event_id: Uuid) {
+        self.lock_hints().insert(event_id, Instant::now());
+    }
+
+    fn note(&self, event: &Event) {
+        let mut hints = self.lock_hints();
+        if event.seats_available == 0 && event.status == EventStatus::Published {
+            hints.insert(event.id, Instant::now());
+        } else {
+            hints.remove(&event.id);
+        }
+    }
+
+    fn queue(self: &Arc<Self>, event_id: Uuid) -> mpsc::Sender<Job> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues
+            .entry(event_id)
+            .or_insert_with(|| {
+                let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+                tokio::spawn(run_worker(self.clone(), event_id, receiver));
+                sender
+            })
+            .clone()
+    }
+}
+
+async fn run_worker(inner: Arc<Inner>, event_id: Uuid, mut receiver: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let first = match tokio::time::timeout(WORKER_IDLE, receiver.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(_idle) => {
+                // Unlist the queue, then finish whatever was sent before it was unlisted;
+                // later senders find the channel closed and start a new worker.
+                inner
+                    .queues
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&event_id);
+                receiver.close();
+                continue;
+            }
+        };
+        jobs.push(first);
+        while jobs.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        commit(&inner, event_id, &mut jobs).await;
+    }
+}
+
+/// Commits one batch and answers every job in it.
+async fn commit(inner: &Inner, event_id: Uuid, jobs: &mut Vec<Job>) {
+    let batch: Vec<(Uuid, &BookingRequest)> =
+        jobs.iter().map(|j| (j.user_id, &j.request)).collect();
+    let outcome = match inner.db.get().await {
+        Ok(mut conn) => book_batch(&mut conn, event_id, &batch).await,
+        Err(error) => Err(error.into()),
+    };
+    drop(batch);
+    match outcome {
+        Ok((results, event)) => {
+            if let Some(event) = &event {
+                inner.note(event);
+            }
+            for (job, result) in jobs.drain(..).zip(results) {
+                // The caller may have gone away; the booking stands either way.
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(
+                ?error,
+                size = jobs.len(),
+                "batch failed; booking one by one"
+            );
+            for job in jobs.drain(..) {
+                let result = match inner.db.get().await {
+                    Ok(mut conn) => book_seats(&mut conn, job.user_id, job.request).await,
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(AppError::SoldOut { seats_available: 0 }) = &result {
+                    inner.mark_sold_out(event_id);
+                }
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// What one booking request in a batch comes to, before anything is written.
+enum Outcome {
+    New(Booking),
+    Replay(Booking),
+    Refused(AppError),
+}
+
+/// Books a batch of requests for one event in one transaction. Returns each request's result
+/// in order and the event as this transaction left it (`None` if nothing was booked). An
+/// `Err` means nothing was written and the batch should be replayed one by one.
+pub async fn book_batch(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    batch: &[(Uuid, &BookingRequest)],
+) -> AppResult<(Vec<AppResult<BookingChange>>, Option<Event>)> {
+    conn.transaction(async move |conn| {
+        let event = lock_event(conn, event_id).await?;
+        let mut known = previous_bookings(conn, batch).await?;
+        let mut remaining = event.seats_available;
+        let now = Utc::now();
+        let outcomes: Vec<Outcome> = batch
+            .iter()
+            .map(|&(user_id, request)| {
+                let key = request.idempotency_key.clone().map(|k| (user_id, k));
+                if let Some(booking) = key.as_ref().and_then(|k| known.get(k)) {
+                    return replay(booking, request);
+                }
+                if let Some(reason) = unbookable_reason(&event) {
+                    return Outcome::Refused(reason);
+                }
+                if request.quantity > event.max_per_booking {
+                    return Outcome::Refused(AppError::bad_input(
+                        "quantity",
+                        format!("at most {} seats per booking", event.max_per_booking),
+                    ));
+                }
+                if request.quantity > remaining {
+                    return Outcome::Refused(AppError::SoldOut {
+                        seats_available: remaining,
+                    });
+                }
+                remaining -= request.quantity;
+                let booking = Booking {
+                    id: Uuid::new_v4(),
+                    event_id,
+                    user_id,
+                    quantity: request.quantity,
+                    status: BookingStatus::Confirmed,
+                    idempotency_key: request.idempotency_key.clone(),
+                    created_at: now,
+                    cancelled_at: None,
+                };
+                if let Some(key) = key {
+                    known.insert(key, booking.clone());
+                }
+                Outcome::New(booking)
+            })
+            .collect();
+
+        let new: Vec<&Booking> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::New(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        if new.is_empty() {
+            let results = outcomes.into_iter().map(|o| into_result(o, None)).collect();
+            return Ok((results, Some(event)));
+        }
+        let taken: i32 = new.iter().map(|b| b.quantity).sum();
+        let count = i32::try_from(new.len()).expect("batches are small");
+        // Another path may have used one of these idempotency keys since we looked: then
+        // fewer rows come back and the batch is replayed one by one, which sorts it out.
+        let inserted = diesel::insert_into(bookings::table)
+            .values(new)
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+        if inserted != count as usize {
+            return Err(anyhow::anyhow!("an idempotency key was used concurrently").into());
+        }
+        let updated: Option<Event> = diesel::update(
+            events::table
+                .find(event_id)
+                .filter(events::status.eq(EventStatus::Published))
+                .filter(events::starts_at.gt(diesel::dsl::now))
+                .filter(events::seats_available.ge(taken)),
+        )
+        .set((
+            events::seats_available.eq(events::seats_available - taken),
+            // One step per booking, as if they had been committed one at a time.
+            events::version.eq(events::version + count),
+            events::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(Event::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some(updated) = updated else {
+            return Err(anyhow::anyhow!("the event changed under its lock").into());
+        };
+        let last_new = outcomes
+            .iter()
+            .rposition(|o| matches!(o, Outcome::New(_)))
+            .expect("at least one booking is new");
+        let results = outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| into_result(o, (i == last_new).then(|| updated.clone())))
+            .collect();
+        Ok((results, Some(updated)))
+    })
+    .await
+}
+
+/// Bookings already made under the idempotency keys in this batch.
+async fn previous_bookings(
+    conn: &mut AsyncPgConnection,
+    batch: &[(Uuid, &BookingRequest)],
+) -> AppResult<HashMap<(Uuid, String), Booking>> {
+    let keyed: Vec<(Uuid, &str)> = batch
+        .iter()
+        .filter_map(|(user, r)| r.idempotency_key.as_deref().map(|k| (*user, k)))
+        .collect();
+    if keyed.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let users: Vec<Uuid> = keyed.iter().map(|(u, _)| *u).collect();
+    let keys: Vec<&str> = keyed.iter().map(|(_, k)| *k).collect();
+    let rows: Vec<Booking> = bookings::table
+        .filter(bookings::user_id.eq_any(users))
+        .filter(bookings::idempotency_key.eq_any(keys))
+        .select(Booking::as_select())
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|b| Some(((b.user_id, b.idempotency_key.clone()?), b)))
+        .collect())
+}
+
+fn replay(booking: &Booking, request: &BookingRequest) -> Outcome {
+    if booking.event_id != request.event_id || booking.quantity != request.quantity {
+        Outcome::Refused(AppError::Conflict(
+            "this idempotencyKey was already used for a different booking request".into(),
+        ))
+    } else {
+        Outcome::Replay(booking.clone())
+    }
+}
+
+fn into_result(outcome: Outcome, event: Option<Event>) -> AppResult<BookingChange> {
+    match outcome {
+        Outcome::New(booking) => Ok(BookingChange { booking, event }),
+        Outcome::Replay(booking) => Ok(BookingChange {
+            booking,
+            event: None,
+        }),
+        Outcome::Refused(error) => Err(error),
+    }
+}

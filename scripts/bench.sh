@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs a load scenario against a release build of Evently on this machine, and writes the
+# results (JSON, markdown, PNG) to bench/results/.
+#
+#   scripts/bench.sh onsale|browse|fanout|mixed|baseline [bench options]
+#   scripts/bench.sh all          # every scenario with its defaults
+#
+# Each invocation starts its own server on a fresh database (evently_bench), with the demo
+# data, Redis pub/sub and the rate limits switched off (a load tool is one client doing the
+# work of thousands). `onsale` kills the server with SIGKILL at the end and then checks that
+# every booking a client heard "confirmed" is in PostgreSQL. See bench/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_postgres
+ensure_redis
+command -v pgbench >/dev/null || apt_install postgresql-contrib
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
+# Thousands of WebSocket connections need as many file descriptors on each side.
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/evently-target}"
+cargo build --release --locked --quiet -p evently -p evently-bench
+bin="$CARGO_TARGET_DIR/release"
+
+port="${BENCH_PORT:-8099}"
+admin_url="postgres://postgres:postgres@127.0.0.1:5432/postgres"
+export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/evently_bench"
+export BENCH_DATABASE_URL="$DATABASE_URL"
+export BENCH_URL="http://127.0.0.1:$port"
+export EVENTLY_LISTEN="127.0.0.1:$port"
+export REDIS_URL="${REDIS_URL-redis://127.0.0.1:6379}"
+export REDIS_PREFIX="evently:bench:$$:"
+export JWT_SECRET="bench-only-secret-bench-only-secret-0000"
+export RUST_LOG="${RUST_LOG:-warn}"
+export RATE_LIMIT_ENABLED=false
+mkdir -p bench/results
+log="bench/results/server.log"
+
+server_pid=""
+stop_server() {
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+    fi
+    server_pid=""
+}
+trap stop_server EXIT
+
+start_server() {
+    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS evently_bench WITH (FORCE)" -c "CREATE DATABASE evently_bench"
+    "$bin/evently" seed-demo >/dev/null
+    "$bin/evently" serve >>"$log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return; fi
+        sleep 0.1
+    done
+    echo "the server did not start; see $log" >&2
+    exit 1
+}
+
+run() {
+    local scenario=$1
+    shift
+    start_server
+    echo "==> $scenario"
+    "$bin/bench" --server-pid "$server_pid" "$scenario" "$@"
+    stop_server
+}
+
+scenario="${1:-}"
+[ -n "$scenario" ] || { sed -n '2,12p' "$0"; exit 2; }
+shift
+case "$scenario" in
+    all)
+        run browse "$@"
+        run fanout "$@"
+        run mixed "$@"
+        run onsale "$@"
+        ;;
+    *) run "$scenario" "$@" ;;
+esac

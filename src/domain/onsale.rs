@@ -18,7 +18,8 @@
 //! SOLD_OUT without touching PostgreSQL. The hint only ever refuses, never confirms; it lapses
 //! after [`SOLD_OUT_HINT_TTL`] and is dropped as soon as this instance sees seats come back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,9 +31,9 @@ use uuid::Uuid;
 
 use super::bookings::{BookingChange, BookingRequest, book_seats, find_by_key, validate};
 use super::events::{lock_event, unbookable_reason};
-use crate::db::DbPool;
 use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
 use crate::db::schema::{bookings, events};
+use crate::db::{DbConn, DbPool};
 use crate::error::{AppError, AppResult};
 
 /// The most bookings committed in one transaction.
@@ -61,7 +62,19 @@ struct Inner {
     db: DbPool,
     group_commit: bool,
     queues: Mutex<HashMap<Uuid, mpsc::Sender<Job>>>,
-    sold_out: Mutex<HashMap<Uuid, Instant>>,
+    sold_out: Mutex<HashMap<Uuid, SoldOut>>,
+}
+
+/// What this instance knows about a sold-out event.
+struct SoldOut {
+    /// When PostgreSQL last said so.
+    at: Instant,
+    /// The event's version then; `None` when only a refusal was seen.
+    version: Option<i32>,
+    /// Fingerprints of the idempotency keys booked for the event as of `version`, so that a
+    /// retried request that did book can be told apart from a new one without a query.
+    /// `None` until loaded.
+    keys: Option<Arc<HashSet<u64>>>,
 }
 
 impl Onsale {
@@ -81,6 +94,9 @@ impl Onsale {
     /// event, so one message goes out per commit.
     pub async fn book(&self, user_id: Uuid, request: BookingRequest) -> AppResult<BookingChange> {
         validate(&request)?;
+        if self.refuses(user_id, &request) {
+            return Err(AppError::SoldOut { seats_available: 0 });
+        }
         if self.inner.known_sold_out(request.event_id) {
             return self.refuse_sold_out(user_id, &request).await;
         }
@@ -117,6 +133,27 @@ impl Onsale {
         self.inner.known_sold_out(event_id)
     }
 
+    /// True when the request is certain to be refused SOLD_OUT: the event is known to be sold
+    /// out and the request is not a retry of one that booked. Needs neither the database nor
+    /// the user's session, so callers may ask before looking the session up.
+    pub fn refuses(&self, user_id: Uuid, request: &BookingRequest) -> bool {
+        if validate(request).is_err() {
+            return false; // The booking path says what is wrong with it.
+        }
+        let hints = self.inner.lock_hints();
+        let Some(hint) = hints.get(&request.event_id) else {
+            return false;
+        };
+        if hint.at.elapsed() >= SOLD_OUT_HINT_TTL {
+            return false;
+        }
+        match (&request.idempotency_key, &hint.keys) {
+            (None, _) => true,
+            (Some(key), Some(keys)) => !keys.contains(&fingerprint(user_id, key)),
+            (Some(_), None) => false,
+        }
+    }
+
     /// Seats came back or the event changed: stop answering from memory.
     pub fn observe(&self, event: &Event) {
         if event.seats_available > 0 || event.status != EventStatus::Published {
@@ -145,32 +182,47 @@ impl Onsale {
 }
 
 impl Inner {
-    fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Instant>> {
+    fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SoldOut>> {
         self.sold_out.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A lapsed hint is kept, not trusted: if the next batch finds the event still sold out
+    /// at the same version, its idempotency keys need not be loaded again.
     fn known_sold_out(&self, event_id: Uuid) -> bool {
-        let mut hints = self.lock_hints();
-        match hints.get(&event_id) {
-            Some(at) if at.elapsed() < SOLD_OUT_HINT_TTL => true,
-            Some(_) => {
-                hints.remove(&event_id);
-                false
-            }
-            None => false,
-        }
+        self.lock_hints()
+            .get(&event_id)
+            .is_some_and(|hint| hint.at.elapsed() < SOLD_OUT_HINT_TTL)
     }
 
     fn mark_sold_out(&self, event_id: Uuid) {
-        self.lock_hints().insert(event_id, Instant::now());
+        let hint = SoldOut {
+            at: Instant::now(),
+            version: None,
+            keys: None,
+        };
+        self.lock_hints().insert(event_id, hint);
     }
 
-    fn note(&self, event: &Event) {
+    /// Records the event as a committed batch left it, loading the idempotency keys booked
+    /// for it when it has just sold out.
+    fn note(self: &Arc<Self>, event: &Event) {
         let mut hints = self.lock_hints();
-        if event.seats_available == 0 && event.status == EventStatus::Published {
-            hints.insert(event.id, Instant::now());
-        } else {
+        if event.seats_available > 0 || event.status != EventStatus::Published {
             hints.remove(&event.id);
+            return;
+        }
+        let now = Instant::now();
+        match hints.get_mut(&event.id) {
+            Some(hint) if hint.version == Some(event.version) => hint.at = now,
+            _ => {
+                let hint = SoldOut {
+                    at: now,
+                    version: Some(event.version),
+                    keys: None,
+                };
+                hints.insert(event.id, hint);
+                tokio::spawn(load_keys(self.clone(), event.id, event.version));
+            }
         }
     }
 
@@ -189,6 +241,9 @@ impl Inner {
 
 async fn run_worker(inner: Arc<Inner>, event_id: Uuid, mut receiver: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
+    // Held while the worker is busy, so a batch never queues for a connection behind the
+    // requests it is serving.
+    let mut conn: Option<DbConn> = None;
     loop {
         let first = match tokio::time::timeout(WORKER_IDLE, receiver.recv()).await {
             Ok(Some(job)) => job,
@@ -202,6 +257,7 @@ async fn run_worker(inner: Arc<Inner>, event_id: Uuid, mut receiver: mpsc::Recei
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&event_id);
                 receiver.close();
+                conn = None;
                 continue;
             }
         };
@@ -212,17 +268,29 @@ async fn run_worker(inner: Arc<Inner>, event_id: Uuid, mut receiver: mpsc::Recei
                 Err(_) => break,
             }
         }
-        commit(&inner, event_id, &mut jobs).await;
+        if conn.is_none() {
+            conn = inner.db.get_owned().await.ok();
+        }
+        let healthy = commit(&inner, conn.as_deref_mut(), event_id, &mut jobs).await;
+        if !healthy {
+            conn = None;
+        }
     }
 }
 
-/// Commits one batch and answers every job in it.
-async fn commit(inner: &Inner, event_id: Uuid, jobs: &mut Vec<Job>) {
+/// Commits one batch and answers every job in it. Returns false when the batch failed, so
+/// the worker does not keep a connection that may be broken.
+async fn commit(
+    inner: &Arc<Inner>,
+    conn: Option<&mut AsyncPgConnection>,
+    event_id: Uuid,
+    jobs: &mut Vec<Job>,
+) -> bool {
     let batch: Vec<(Uuid, &BookingRequest)> =
         jobs.iter().map(|j| (j.user_id, &j.request)).collect();
-    let outcome = match inner.db.get().await {
-        Ok(mut conn) => book_batch(&mut conn, event_id, &batch).await,
-        Err(error) => Err(error.into()),
+    let outcome = match conn {
+        Some(conn) => book_batch(conn, event_id, &batch).await,
+        None => Err(AppError::Unavailable),
     };
     drop(batch);
     match outcome {
@@ -234,6 +302,7 @@ async fn commit(inner: &Inner, event_id: Uuid, jobs: &mut Vec<Job>) {
                 // The caller may have gone away; the booking stands either way.
                 let _ = job.reply.send(result);
             }
+            true
         }
         Err(error) => {
             tracing::warn!(
@@ -251,8 +320,44 @@ async fn commit(inner: &Inner, event_id: Uuid, jobs: &mut Vec<Job>) {
                 }
                 let _ = job.reply.send(result);
             }
+            false
         }
     }
+}
+
+/// Loads the fingerprints of the idempotency keys booked for a sold-out event. Nobody can
+/// book it until seats come back, which changes its version, so the set stays complete for
+/// as long as the hint it belongs to.
+async fn load_keys(inner: Arc<Inner>, event_id: Uuid, version: i32) {
+    let rows: AppResult<Vec<(Uuid, Option<String>)>> = async {
+        let mut conn = inner.db.get().await?;
+        Ok(bookings::table
+            .filter(bookings::event_id.eq(event_id))
+            .filter(bookings::idempotency_key.is_not_null())
+            .select((bookings::user_id, bookings::idempotency_key))
+            .load(&mut conn)
+            .await?)
+    }
+    .await;
+    let Ok(rows) = rows else {
+        return; // Keyed requests keep asking PostgreSQL.
+    };
+    let keys: HashSet<u64> = rows
+        .iter()
+        .filter_map(|(user, key)| Some(fingerprint(*user, key.as_deref()?)))
+        .collect();
+    if let Some(hint) = inner.lock_hints().get_mut(&event_id)
+        && hint.version == Some(version)
+    {
+        hint.keys = Some(Arc::new(keys));
+    }
+}
+
+/// A collision only sends a request the slow way, never refuses a retry.
+fn fingerprint(user_id: Uuid, key: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (user_id, key).hash(&mut hasher);
+    hasher.finish()
 }
 
 /// What one booking request in a batch comes to, before anything is written.

@@ -1,11 +1,12 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 
-use super::context::{ContextExt, require_viewer};
+use super::context::{ContextExt, require_viewer, token_claims};
 use super::types::{booking_cursor, connection, parse_id};
 use crate::db::models::Booking;
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
 use crate::domain::pagination::PageRequest;
+use crate::error::AppError;
 use crate::realtime::SeatUpdate;
 
 #[derive(InputObject)]
@@ -74,13 +75,21 @@ impl BookingMutation {
         ctx: &Context<'_>,
         input: BookSeatsInput,
     ) -> async_graphql::Result<Booking> {
-        let viewer = &require_viewer(ctx).await?;
         let request = BookingRequest {
             event_id: parse_id(&input.event_id, "eventId")?,
             quantity: input.quantity,
             idempotency_key: input.idempotency_key,
         };
-        let change = ctx.app().onsale.book(viewer.id(), request).await?;
+        let onsale = &ctx.app().onsale;
+        // After a sell-out most requests are refusals; a signed token is enough to refuse
+        // (it changes nothing), so the session is looked up only for a booking that may go through.
+        if let Some(claims) = token_claims(ctx)?
+            && onsale.refuses(claims.sub, &request)
+        {
+            return Err(AppError::SoldOut { seats_available: 0 }.into());
+        }
+        let viewer = require_viewer(ctx).await?;
+        let change = onsale.book(viewer.id(), request).await?;
         Ok(Self::publish(ctx, change))
     }
 

@@ -1,9 +1,11 @@
 //! What a resolver knows about the request: the app, the caller and the per-request loaders.
 
 use async_graphql::Context;
+use tokio::sync::OnceCell;
 
 use crate::app::AppState;
-use crate::domain::{Viewer, auth};
+use crate::domain::Viewer;
+use crate::domain::auth::{self, Claims};
 use crate::error::{AppError, AppResult};
 
 /// Who is calling. A token that was sent but is not valid is remembered as such, so that
@@ -11,8 +13,9 @@ use crate::error::{AppError, AppResult};
 #[derive(Debug, Clone)]
 pub enum Caller {
     Anonymous,
-    /// Checked for this HTTP request.
-    Signed(Box<Viewer>),
+    /// An HTTP request's token, with a valid signature. Its session and user are looked up
+    /// when an operation first needs them, once per request (see [`ViewerCache`]).
+    Token(String),
     /// A WebSocket connection's token. A connection outlives logouts, role changes and the
     /// token's expiry, so it is checked again for every operation.
     Connection(String),
@@ -24,17 +27,36 @@ pub trait ContextExt {
     fn caller(&self) -> &Caller;
 }
 
+/// The user an HTTP request's token stands for, looked up once per request.
+#[derive(Default)]
+pub struct ViewerCache(OnceCell<Viewer>);
+
 /// The signed-in user, or `None` when anonymous; an invalid or no longer valid token is an error.
 pub async fn viewer(ctx: &Context<'_>) -> AppResult<Option<Viewer>> {
+    let token = match ctx.caller() {
+        Caller::Anonymous => return Ok(None),
+        Caller::Token(token) | Caller::Connection(token) => token,
+        Caller::Rejected(why) => return Err(AppError::Unauthenticated(why)),
+    };
+    let lookup = async {
+        let app = ctx.app();
+        let mut conn = app.conn().await?;
+        auth::authenticate(&mut conn, &app.tokens, token).await
+    };
+    match ctx.data_opt::<ViewerCache>() {
+        Some(cache) => Ok(Some(cache.0.get_or_try_init(|| lookup).await?.clone())),
+        None => Ok(Some(lookup.await?)),
+    }
+}
+
+/// The claims of the caller's token, checked for signature and expiry but not against its
+/// session: enough to refuse a request without a database read (a refusal changes nothing),
+/// never enough to carry one out. `None` when anonymous.
+pub fn token_claims(ctx: &Context<'_>) -> AppResult<Option<Claims>> {
     match ctx.caller() {
         Caller::Anonymous => Ok(None),
-        Caller::Signed(viewer) => Ok(Some(viewer.as_ref().clone())),
-        Caller::Connection(token) => {
-            let app = ctx.app();
-            let mut conn = app.conn().await?;
-            Ok(Some(
-                auth::authenticate(&mut conn, &app.tokens, token).await?,
-            ))
+        Caller::Token(token) | Caller::Connection(token) => {
+            ctx.app().tokens.decode(token).map(Some)
         }
         Caller::Rejected(why) => Err(AppError::Unauthenticated(why)),
     }

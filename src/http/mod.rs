@@ -24,7 +24,7 @@ use tower_http::trace::TraceLayer;
 use crate::app::AppState;
 use crate::domain::auth;
 use crate::error::{AppError, REQUEST_ID};
-use crate::graphql::context::Caller;
+use crate::graphql::context::{Caller, ViewerCache};
 use crate::graphql::loaders::request_loaders;
 use crate::graphql::{EventlySchema, build_schema};
 use crate::realtime::RedisHealth;
@@ -112,20 +112,21 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Resolves the caller from an `Authorization` value. A bad token is remembered rather than
-/// refused here, so public queries still work and protected ones say why they refuse.
-async fn identify(app: &AppState, authorization: Option<&str>) -> Result<Caller, AppError> {
+/// Resolves the caller from an `Authorization` value. Only the token's signature, expiry and
+/// claims are checked here; whether its session is still live is asked of PostgreSQL when an
+/// operation first needs the user. A bad token is remembered rather than refused, so public
+/// queries still work and protected ones say why they refuse.
+fn identify(app: &AppState, authorization: Option<&str>) -> Caller {
     let Some(value) = authorization else {
-        return Ok(Caller::Anonymous);
+        return Caller::Anonymous;
     };
     let Some(token) = bearer_token(value) else {
-        return Ok(Caller::Rejected("expected `Authorization: Bearer <token>`"));
+        return Caller::Rejected("expected `Authorization: Bearer <token>`");
     };
-    let mut conn = app.conn().await?;
-    match auth::authenticate(&mut conn, &app.tokens, token).await {
-        Ok(viewer) => Ok(Caller::Signed(Box::new(viewer))),
-        Err(AppError::Unauthenticated(why)) => Ok(Caller::Rejected(why)),
-        Err(other) => Err(other),
+    match app.tokens.decode(token) {
+        Ok(_) => Caller::Token(token.to_owned()),
+        Err(AppError::Unauthenticated(why)) => Caller::Rejected(why),
+        Err(_) => Caller::Rejected("invalid or expired access token"),
     }
 }
 
@@ -150,23 +151,14 @@ async fn graphql(
         .map(|v| v.to_str().unwrap_or(""));
     REQUEST_ID
         .scope(request_id, async move {
-            let caller = match identify(&state.app, authorization).await {
-                Ok(caller) => caller,
-                Err(error) => {
-                    let error: async_graphql::Error = error.into();
-                    let status = match error.extensions.as_ref().and_then(|e| e.get("code")) {
-                        Some(async_graphql::Value::String(code)) if code == "SERVICE_UNAVAILABLE" => {
-                            StatusCode::SERVICE_UNAVAILABLE
-                        }
-                        _ => StatusCode::INTERNAL_SERVER_ERROR,
-                    };
-                    let body = json!({ "errors": [{ "message": error.message, "extensions": error.extensions }] });
-                    return (status, Json(body)).into_response();
-                }
-            };
+            let caller = identify(&state.app, authorization);
             let with_context = |request: async_graphql::Request| {
                 let (users, events) = request_loaders(&state.app);
-                request.data(caller.clone()).data(users).data(events)
+                request
+                    .data(caller.clone())
+                    .data(ViewerCache::default())
+                    .data(users)
+                    .data(events)
             };
             let request = match request {
                 BatchRequest::Single(request) => BatchRequest::Single(with_context(request)),
@@ -211,14 +203,15 @@ async fn graphql_ws(
             GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
                 .on_connection_init(move |payload| async move {
                     let authorization = init_token(&payload);
-                    let caller = match identify(&app, authorization.as_deref()).await {
-                        Ok(Caller::Rejected(why)) => return Err(async_graphql::Error::new(why)),
-                        Ok(Caller::Signed(_)) => {
-                            let token = authorization.as_deref().and_then(bearer_token);
-                            Caller::Connection(token.unwrap_or_default().to_owned())
+                    // A connection is refused at once if its token's session is over.
+                    let caller = match identify(&app, authorization.as_deref()) {
+                        Caller::Rejected(why) => return Err(async_graphql::Error::new(why)),
+                        Caller::Token(token) => {
+                            let mut conn = app.conn().await?;
+                            auth::authenticate(&mut conn, &app.tokens, &token).await?;
+                            Caller::Connection(token)
                         }
-                        Ok(caller) => caller,
-                        Err(error) => return Err(error.into()),
+                        caller => caller,
                     };
                     let (users, events) = request_loaders(&app);
                     let mut data = Data::default();

@@ -140,6 +140,23 @@ async fn a_sold_out_event_is_refused_from_memory_until_a_seat_comes_back() {
     assert_eq!(error_code(&refused), "SOLD_OUT");
     assert_eq!(refused["errors"][0]["extensions"]["seatsAvailable"], 0);
 
+    let retry = |key: &str| BookingRequest {
+        event_id: event_id.parse().unwrap(),
+        quantity: 1,
+        idempotency_key: Some(key.to_owned()),
+    };
+    let unkeyed = BookingRequest {
+        idempotency_key: None,
+        ..retry("")
+    };
+    assert!(
+        app.state.onsale.refuses(buyer.id, &unkeyed),
+        "refused from memory"
+    );
+    assert!(
+        !app.state.onsale.refuses(buyer.id, &retry("first")),
+        "a retry is never refused from memory"
+    );
     // A retry of a booking that went through still gets its booking back, not SOLD_OUT.
     assert_eq!(outcome(&book("first").await), Ok(first.clone()));
     assert_eq!(error_code(&book("fourth").await), "SOLD_OUT");

@@ -14,7 +14,7 @@ use crate::report::{Report, table};
 #[derive(clap::Args)]
 pub struct Options {
     /// Client counts to run pgbench with.
-    #[arg(long, value_delimiter = ',', default_values_t = [8, 128])]
+    #[arg(long, value_delimiter = ',', default_values_t = [8, 64])]
     pub clients: Vec<u32>,
     /// Seconds per pgbench run.
     #[arg(long, default_value_t = 10)]

@@ -2,11 +2,13 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 
 use super::context::{ContextExt, require_viewer};
-use super::types::{booking_cursor, connection, parse_id};
+use super::types::{booking_cursor, connection, page_complexity, parse_id};
 use crate::db::models::Booking;
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
 use crate::domain::pagination::PageRequest;
+use crate::error::AppError;
 use crate::realtime::SeatUpdate;
+use crate::security::rate_limit::Bucket;
 
 #[derive(InputObject)]
 pub struct BookSeatsInput {
@@ -23,6 +25,7 @@ pub struct BookingQuery;
 #[Object]
 impl BookingQuery {
     /// The signed-in user's bookings, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn my_bookings(
         &self,
         ctx: &Context<'_>,
@@ -37,6 +40,7 @@ impl BookingQuery {
     }
 
     /// An event's bookings, newest first: for its organizer and admins.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn event_bookings(
         &self,
         ctx: &Context<'_>,
@@ -74,6 +78,12 @@ impl BookingMutation {
         input: BookSeatsInput,
     ) -> async_graphql::Result<Booking> {
         let viewer = &require_viewer(ctx).await?;
+        let app = ctx.app();
+        let limit = app.config.rate_limits.booking;
+        app.rate_limiter
+            .check(Bucket::Booking, limit, &viewer.id().to_string())
+            .await
+            .map_err(AppError::from)?;
         let request = BookingRequest {
             event_id: parse_id(&input.event_id, "eventId")?,
             quantity: input.quantity,

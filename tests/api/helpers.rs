@@ -8,7 +8,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Integer, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use evently::app::{App, AppState};
-use evently::config::{Config, PasswordHashing};
+use evently::config::{Config, PasswordHashing, RateLimit, RateLimits};
 use evently::db::models::Role;
 use evently::domain::{auth, users};
 use serde_json::{Value, json};
@@ -140,6 +140,15 @@ pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
         parallelism: 1,
         max_concurrent: 4,
     };
+    // Tests sign in hundreds of users from 127.0.0.1; the limits stay on (so their code runs)
+    // but out of reach. Rate-limit tests set strict ones with `TestApp::spawn_with`.
+    let generous = RateLimit::per(1_000_000, 60);
+    config.rate_limits = RateLimits {
+        login: generous,
+        register: generous,
+        booking: generous,
+        requests: generous,
+    };
     config
 }
 
@@ -163,25 +172,38 @@ pub struct TestUser {
 impl TestApp {
     /// A server on a fresh database, with Redis as its bus.
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like `spawn`, with the test's own settings (strict limits, production mode...).
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
         let prefix = format!("evently:test:{}:", Uuid::new_v4().simple());
-        Self::start(std::sync::Arc::new(fresh_database().await), Some(prefix)).await
+        let database = std::sync::Arc::new(fresh_database().await);
+        let mut config = test_config(&database.url, Some(&prefix));
+        configure(&mut config);
+        Self::start(database, config).await
     }
 
     /// A server with the in-process bus (no REDIS_URL).
     pub async fn spawn_without_redis() -> Self {
-        Self::start(std::sync::Arc::new(fresh_database().await), None).await
+        let database = std::sync::Arc::new(fresh_database().await);
+        let config = test_config(&database.url, None);
+        Self::start(database, config).await
     }
 
-    /// Another instance sharing this one's database and Redis prefix, as behind a load balancer.
+    /// Another instance with this one's configuration, database and Redis prefix, as behind a
+    /// load balancer.
     pub async fn spawn_peer(&self) -> Self {
-        Self::start(self.database.clone(), self.redis_prefix.clone()).await
+        Self::start(self.database.clone(), self.state.config.clone()).await
     }
 
-    async fn start(database: std::sync::Arc<TestDatabase>, redis_prefix: Option<String>) -> Self {
+    async fn start(database: std::sync::Arc<TestDatabase>, config: Config) -> Self {
         LazyLock::force(&TRACING);
-        let state = App::build(test_config(&database.url, redis_prefix.as_deref()))
-            .await
-            .unwrap();
+        let redis_prefix = config
+            .redis_url
+            .is_some()
+            .then(|| config.redis_prefix.clone());
+        let state = App::build(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(evently::http::serve(

@@ -1,0 +1,152 @@
+//! Sliding-window rate limits shared by every instance through Redis, with an in-process
+//! window per instance when Redis is not configured or not answering.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::SharedRedis;
+use crate::config::RateLimit;
+use crate::error::AppError;
+
+/// A sorted set per key holds the times of the requests in the window (scored in
+/// milliseconds by Redis's own clock, so instances need not agree on the time). Returns 0
+/// when the request is admitted (and recorded), else the milliseconds until a slot frees.
+const SLIDING_WINDOW: &str = r"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, time[1] .. time[2] .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+";
+
+/// Local windows are swept of idle keys once they number this many.
+const LOCAL_SWEEP_AT: usize = 10_000;
+
+/// What a limit counts: it names the Redis key and the error message.
+#[derive(Debug, Clone, Copy)]
+pub enum Bucket {
+    Login,
+    Register,
+    Booking,
+    Requests,
+}
+
+impl Bucket {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::Register => "register",
+            Self::Booking => "booking",
+            Self::Requests => "requests",
+        }
+    }
+}
+
+/// Refused: retry after this many whole seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub retry_after_secs: u64,
+}
+
+impl From<Limited> for AppError {
+    fn from(limited: Limited) -> Self {
+        AppError::RateLimited {
+            retry_after_secs: limited.retry_after_secs,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimiter {
+    redis: SharedRedis,
+    script: Arc<redis::Script>,
+    local: Arc<Mutex<HashMap<String, VecDeque<Instant>>>>,
+}
+
+impl RateLimiter {
+    pub fn new(redis: SharedRedis) -> Self {
+        Self {
+            redis,
+            script: Arc::new(redis::Script::new(SLIDING_WINDOW)),
+            local: Arc::default(),
+        }
+    }
+
+    /// Counts one request by `client` against `limit`; `None` (a disabled limit) costs nothing.
+    pub async fn check(
+        &self,
+        bucket: Bucket,
+        limit: Option<RateLimit>,
+        client: &str,
+    ) -> Result<(), Limited> {
+        let Some(limit) = limit else {
+            return Ok(());
+        };
+        let key = self
+            .redis
+            .key(&format!("ratelimit:{}:{client}", bucket.name()));
+        let window_ms = limit.window.as_millis() as u64;
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let script = self.script.clone();
+        let shared = self
+            .redis
+            .run(|mut conn| {
+                let key = key.clone();
+                async move {
+                    script
+                        .key(key)
+                        .arg(window_ms)
+                        .arg(limit.max)
+                        .arg(nonce)
+                        .invoke_async::<u64>(&mut conn)
+                        .await
+                }
+            })
+            .await;
+        let wait_ms = match shared {
+            Some(wait_ms) => wait_ms,
+            None => self.check_locally(key, limit),
+        };
+        if wait_ms == 0 {
+            Ok(())
+        } else {
+            Err(Limited {
+                retry_after_secs: wait_ms.div_ceil(1000).max(1),
+            })
+        }
+    }
+
+    fn check_locally(&self, key: String, limit: RateLimit) -> u64 {
+        let now = Instant::now();
+        let mut windows = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= LOCAL_SWEEP_AT {
+            windows.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|last| now.duration_since(*last) < Duration::from_secs(3600))
+            });
+        }
+        let times = windows.entry(key).or_default();
+        while times
+            .front()
+            .is_some_and(|first| now.duration_since(*first) >= limit.window)
+        {
+            times.pop_front();
+        }
+        if times.len() < limit.max as usize {
+            times.push_back(now);
+            return 0;
+        }
+        let oldest = times.front().copied().unwrap_or(now);
+        let wait = limit.window.saturating_sub(now.duration_since(oldest));
+        (wait.as_millis() as u64).max(1)
+    }
+}

@@ -80,8 +80,8 @@ pub fn router(app: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .with_state(state)
-        .layer(middleware::map_response(payload_too_large_as_graphql))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
+        .layer(middleware::map_response(payload_too_large_as_graphql))
         .layer(cors)
         .layer(default_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(default_header(header::X_FRAME_OPTIONS, "DENY"))
@@ -102,11 +102,13 @@ fn default_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLay
     SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
 }
 
-/// The body-limit layer answers 413 with an empty body; clients get a GraphQL-shaped one.
+/// The body-limit layer answers 413 in plain text; clients get a GraphQL-shaped answer.
 async fn payload_too_large_as_graphql(response: Response) -> Response {
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE
-        && !response.headers().contains_key(header::CONTENT_TYPE)
-    {
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
         return payload_too_large();
     }
     response

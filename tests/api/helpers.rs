@@ -124,7 +124,7 @@ impl Drop for TestDatabase {
 pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
     let mut config = Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(database_url.to_owned()),
-        "JWT_SECRET" => Some("test-secret-test-secret-test-secret-0123".into()),
+        "JWT_SECRET" => Some(TEST_JWT_SECRET.into()),
         "DATABASE_POOL_SIZE" => Some("20".into()),
         _ => None,
     })
@@ -359,3 +359,90 @@ pub fn error_code(body: &Value) -> &str {
 pub const BOOK: &str =
     "mutation($input: BookSeatsInput!) { bookSeats(input: $input) { id quantity status } }";
 pub const CANCEL: &str = "mutation($id: ID!) { cancelBooking(id: $id) { id status cancelledAt } }";
+
+impl TestApp {
+    /// Row counts and a checksum of every row of every table: equal fingerprints mean
+    /// nothing was written in between.
+    pub async fn fingerprint(&self) -> String {
+        #[derive(QueryableByName)]
+        struct Fingerprint {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            fingerprint: String,
+        }
+        let tables = ["users", "sessions", "refresh_tokens", "events", "bookings"];
+        let parts = tables
+            .iter()
+            .map(|table| {
+                format!(
+                    "'{table}:' || (SELECT count(*) FROM {table}) || ':' || \
+                     (SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t)"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" || ' ' || ");
+        let row: Fingerprint = diesel::sql_query(format!("SELECT {parts} AS fingerprint"))
+            .get_result(&mut self.db().await)
+            .await
+            .unwrap();
+        row.fingerprint
+    }
+
+    /// Posts raw bytes to /graphql; returns the status, headers and body (JSON when it is JSON).
+    pub async fn post_raw(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        token: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/graphql", self.base_url))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request reaches the server");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, body)
+    }
+
+    /// Posts a JSON value (a request, a batch, anything) to /graphql.
+    pub async fn post_json(&self, body: &Value, token: Option<&str>) -> (u16, Value) {
+        let (status, _, body) = self
+            .post_raw("application/json", body.to_string(), token)
+            .await;
+        (status, body)
+    }
+}
+
+/// Signs `claims` as a token the server would issue, unless told otherwise.
+pub fn sign(
+    claims: &Value,
+    kid: Option<&str>,
+    secret: &str,
+    alg: jsonwebtoken::Algorithm,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// The claims of a valid access token for `user` in `session`.
+pub fn claims(user: Uuid, session: Uuid) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({
+        "sub": user, "sid": session, "role": "USER", "jti": Uuid::new_v4(),
+        "iat": now, "nbf": now, "exp": now + 900, "iss": "evently", "aud": "evently-api",
+    })
+}

@@ -6,6 +6,7 @@ mod concurrency;
 mod errors;
 mod graphiql;
 mod helpers;
+mod hostile;
 mod journey;
 mod schema;
 mod websocket;

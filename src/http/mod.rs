@@ -222,8 +222,8 @@ async fn identify(app: &AppState, authorization: Option<&str>) -> Result<Caller,
 /// Whether a body could not be read because it outgrew the body limit (sent without a
 /// `Content-Length`, so the limit only shows while reading). The limit error arrives wrapped
 /// in I/O and axum errors, whose `source` chains skip it, so its description is matched.
-fn body_too_large(error: &impl std::fmt::Debug) -> bool {
-    format!("{error:?}").contains("LengthLimitError")
+fn body_too_large(error: &impl std::fmt::Display) -> bool {
+    error.to_string().contains("length limit exceeded")
 }
 
 async fn graphql(

@@ -82,6 +82,8 @@ fn nesting(query: &str) -> usize {
 struct Counts {
     aliases: usize,
     directives: usize,
+    /// `__schema` or `__type` fields.
+    introspection: usize,
 }
 
 fn count_selection_set(set: &Positioned<SelectionSet>, counts: &mut Counts) {
@@ -90,6 +92,8 @@ fn count_selection_set(set: &Positioned<SelectionSet>, counts: &mut Counts) {
         match &selection.node {
             Selection::Field(field) => {
                 counts.aliases += usize::from(field.node.alias.is_some());
+                let name = field.node.name.node.as_str();
+                counts.introspection += usize::from(name == "__schema" || name == "__type");
                 count_selection_set(&field.node.selection_set, counts);
             }
             Selection::InlineFragment(fragment) => {
@@ -152,6 +156,13 @@ impl Extension for DocumentLimits {
             }
         })?;
         let counts = count(&document);
+        // With introspection off async-graphql answers `__schema` with null; say why instead.
+        if !self.introspection && counts.introspection > 0 {
+            return Err(limit_error(
+                "INTROSPECTION_DISABLED",
+                "introspection is disabled on this server",
+            ));
+        }
         if self.max_aliases > 0 && counts.aliases > self.max_aliases {
             return Err(limit_error(
                 "TOO_MANY_ALIASES",
@@ -185,14 +196,6 @@ impl Extension for DocumentLimits {
                     let code = match error.message.as_str() {
                         "Query is too complex." => "QUERY_TOO_COMPLEX",
                         "Query is nested too deep." => "QUERY_TOO_DEEP",
-                        m if !self.introspection
-                            && (m.contains("\"__schema\"") || m.contains("\"__type\"")) =>
-                        {
-                            return limit_error(
-                                "INTROSPECTION_DISABLED",
-                                "introspection is disabled on this server",
-                            );
-                        }
                         _ => return error,
                     };
                     let message = error.message.clone();

@@ -194,7 +194,14 @@ impl TestApp {
     /// Another instance with this one's configuration, database and Redis prefix, as behind a
     /// load balancer.
     pub async fn spawn_peer(&self) -> Self {
-        Self::start(self.database.clone(), self.state.config.clone()).await
+        self.spawn_peer_with(|_| {}).await
+    }
+
+    /// A peer whose configuration differs, e.g. after a deployment changed it.
+    pub async fn spawn_peer_with(&self, configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.state.config.clone();
+        configure(&mut config);
+        Self::start(self.database.clone(), config).await
     }
 
     async fn start(database: std::sync::Arc<TestDatabase>, config: Config) -> Self {

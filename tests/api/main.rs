@@ -9,4 +9,5 @@ mod helpers;
 mod hostile;
 mod journey;
 mod schema;
+mod security;
 mod websocket;

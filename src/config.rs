@@ -438,4 +438,78 @@ mod tests {
             .is_err()
         );
     }
+
+    #[test]
+    fn production_hides_the_schema_and_allows_no_other_origin_by_default() {
+        let production = config(&[
+            ("EVENTLY_ENV", "production"),
+            ("DATABASE_URL", "postgres://h/db"),
+            ("JWT_SECRET", "a-production-secret-of-32-characters"),
+        ])
+        .unwrap();
+        assert!(!production.graphql.introspection && !production.graphql.suggestions);
+        assert_eq!(production.cors_allowed_origins, Some(vec![]));
+        let development = config(&[("DATABASE_URL", "postgres://h/db")]).unwrap();
+        assert!(development.graphql.introspection && development.graphql.suggestions);
+        assert_eq!(development.cors_allowed_origins, None);
+        let overridden = config(&[
+            ("EVENTLY_ENV", "production"),
+            ("DATABASE_URL", "postgres://h/db"),
+            ("JWT_SECRET", "a-production-secret-of-32-characters"),
+            ("GRAPHQL_INTROSPECTION", "true"),
+            (
+                "CORS_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example/",
+            ),
+        ])
+        .unwrap();
+        assert!(overridden.graphql.introspection);
+        assert_eq!(
+            overridden.cors_allowed_origins,
+            Some(vec!["https://a.example".into(), "https://b.example".into()])
+        );
+    }
+
+    #[test]
+    fn rate_limits_are_count_per_seconds_or_off() {
+        let db = ("DATABASE_URL", "postgres://h/db");
+        let limits = config(&[
+            db,
+            ("RATE_LIMIT_LOGIN", "5/30"),
+            ("RATE_LIMIT_REQUESTS", "0"),
+        ])
+        .unwrap()
+        .rate_limits;
+        assert_eq!(limits.login, RateLimit::per(5, 30));
+        assert_eq!(limits.requests, None);
+        assert_eq!(limits.booking, RateLimit::per(30, 60));
+        for bad in ["5", "5/0", "0/60", "many/60", "5/60/2"] {
+            let err = config(&[db, ("RATE_LIMIT_BOOKING", bad)]).unwrap_err();
+            assert!(
+                err.to_string().starts_with("RATE_LIMIT_BOOKING"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn previous_jwt_keys_and_proxies_are_checked() {
+        let db = ("DATABASE_URL", "postgres://h/db");
+        let old = "an-old-secret-of-at-least-32-characters";
+        let config_with =
+            |value: &str| config(&[db, ("JWT_KID", "k2"), ("JWT_PREVIOUS_SECRETS", value)]);
+        let keys = config_with(&format!("k1:{old}"))
+            .unwrap()
+            .jwt_previous_secrets;
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].0.as_str(), keys[0].1.expose()), ("k1", old));
+        for bad in ["k1:short", &format!("k2:{old}"), old, &format!(":{old}")] {
+            let err = config_with(bad).unwrap_err().to_string();
+            assert!(err.starts_with("JWT_PREVIOUS_SECRETS"), "{err}");
+            assert!(!err.contains(old), "secrets stay hidden: {err}");
+        }
+        let proxies = config(&[db, ("TRUSTED_PROXIES", "10.0.0.1, ::1")]).unwrap();
+        assert_eq!(proxies.trusted_proxies.len(), 2);
+        assert!(config(&[db, ("TRUSTED_PROXIES", "10.0.0.0/8")]).is_err());
+    }
 }

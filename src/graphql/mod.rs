@@ -55,15 +55,13 @@ pub fn build_schema(state: AppState) -> EventlySchema {
     let limits = &state.config.graphql;
     let mut builder = schema_builder()
         .extension(DocumentLimits {
+            max_depth: limits.max_depth,
             max_document_bytes: limits.max_document_bytes,
             max_aliases: limits.max_aliases,
             max_directives: limits.max_directives,
             introspection: limits.introspection,
         })
         .extension(state.persisted_queries.clone());
-    if limits.max_depth > 0 {
-        builder = builder.limit_depth(limits.max_depth);
-    }
     if limits.max_complexity > 0 {
         builder = builder.limit_complexity(limits.max_complexity);
     }

@@ -1,14 +1,15 @@
-//! Limits on the GraphQL document itself, for every transport: its size and nesting (checked
-//! before parsing), its aliases and directives (after), and a code for each limit of
-//! async-graphql's own (depth, complexity, introspection) so clients can tell them apart.
+//! Limits on the GraphQL document itself, for every transport: its size and bracket nesting
+//! (checked before parsing), its field depth, aliases and directives (after), and a code for
+//! async-graphql's own complexity limit so clients can tell the limits apart.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
 };
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{Positioned, ServerError, ServerResult, ValidationResult, Variables};
+use async_graphql::{Name, Positioned, ServerError, ServerResult, ValidationResult, Variables};
 
 /// Brackets of any kind open at once. Far above what a depth-limited query needs, far below
 /// what could exhaust the parser's stack.
@@ -16,6 +17,8 @@ const MAX_NESTING: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct DocumentLimits {
+    /// Field nesting outside introspection; `0`: none.
+    pub max_depth: usize,
     pub max_document_bytes: usize,
     pub max_aliases: usize,
     pub max_directives: usize,
@@ -93,7 +96,7 @@ fn count_selection_set(set: &Positioned<SelectionSet>, counts: &mut Counts) {
             Selection::Field(field) => {
                 counts.aliases += usize::from(field.node.alias.is_some());
                 let name = field.node.name.node.as_str();
-                counts.introspection += usize::from(name == "__schema" || name == "__type");
+                counts.introspection += usize::from(is_introspection(name));
                 count_selection_set(&field.node.selection_set, counts);
             }
             Selection::InlineFragment(fragment) => {
@@ -102,6 +105,56 @@ fn count_selection_set(set: &Positioned<SelectionSet>, counts: &mut Counts) {
             Selection::FragmentSpread(_) => {}
         }
     }
+}
+
+fn is_introspection(name: &str) -> bool {
+    name == "__schema" || name == "__type"
+}
+
+/// The deepest field nesting of a selection set, following fragments (each measured once, so
+/// fragments spread many times cannot make this slow) and not counting introspection, which
+/// tools such as GraphiQL send nested deeper than any real query.
+fn depth(
+    document: &ExecutableDocument,
+    set: &SelectionSet,
+    fragments: &mut HashMap<Name, usize>,
+) -> usize {
+    set.items
+        .iter()
+        .map(|selection| match &selection.node {
+            Selection::Field(field) if is_introspection(&field.node.name.node) => 0,
+            Selection::Field(field) => {
+                1 + depth(document, &field.node.selection_set.node, fragments)
+            }
+            Selection::InlineFragment(fragment) => {
+                depth(document, &fragment.node.selection_set.node, fragments)
+            }
+            Selection::FragmentSpread(spread) => {
+                let name = &spread.node.fragment_name.node;
+                if let Some(known) = fragments.get(name) {
+                    return *known;
+                }
+                // A cycle (already refused by the parser's recursion check) counts as flat.
+                fragments.insert(name.clone(), 0);
+                let measured = document.fragments.get(name).map_or(0, |fragment| {
+                    depth(document, &fragment.node.selection_set.node, fragments)
+                });
+                fragments.insert(name.clone(), measured);
+                measured
+            }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+fn max_depth(document: &ExecutableDocument) -> usize {
+    let mut fragments = HashMap::new();
+    document
+        .operations
+        .iter()
+        .map(|(_, operation)| depth(document, &operation.node.selection_set.node, &mut fragments))
+        .max()
+        .unwrap_or(0)
 }
 
 fn count(document: &ExecutableDocument) -> Counts {
@@ -155,6 +208,18 @@ impl Extension for DocumentLimits {
                 error
             }
         })?;
+        if self.max_depth > 0 {
+            let depth = max_depth(&document);
+            if depth > self.max_depth {
+                return Err(limit_error(
+                    "QUERY_TOO_DEEP",
+                    format!(
+                        "the query nests fields {depth} deep; the limit is {}",
+                        self.max_depth
+                    ),
+                ));
+            }
+        }
         let counts = count(&document);
         // With introspection off async-graphql answers `__schema` with null; say why instead.
         if !self.introspection && counts.introspection > 0 {
@@ -195,7 +260,6 @@ impl Extension for DocumentLimits {
                 .map(|error| {
                     let code = match error.message.as_str() {
                         "Query is too complex." => "QUERY_TOO_COMPLEX",
-                        "Query is nested too deep." => "QUERY_TOO_DEEP",
                         _ => return error,
                     };
                     let message = error.message.clone();

@@ -553,3 +553,61 @@ async fn revoking_a_users_sessions_ends_them_on_every_instance() {
         .await;
     assert_eq!(error_code(&unknown), "NOT_FOUND");
 }
+
+/// graphql-js's `getIntrospectionQuery()`, which GraphiQL sends to draw its docs: deep (its
+/// `TypeRef` fragment nests `ofType` eight times) but harmless, so depth is not counted inside
+/// introspection, as in GraphQL Armor.
+const INTROSPECTION_QUERY: &str = r#"
+query IntrospectionQuery {
+  __schema {
+    description
+    queryType { name } mutationType { name } subscriptionType { name }
+    types { ...FullType }
+    directives { name description isRepeatable locations args(includeDeprecated: true) { ...InputValue } }
+  }
+}
+fragment FullType on __Type {
+  kind name description specifiedByURL
+  fields(includeDeprecated: true) {
+    name description args(includeDeprecated: true) { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason
+  }
+  inputFields(includeDeprecated: true) { ...InputValue }
+  interfaces { ...TypeRef }
+  enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason }
+  possibleTypes { ...TypeRef }
+}
+fragment InputValue on __InputValue {
+  name description type { ...TypeRef } defaultValue isDeprecated deprecationReason
+}
+fragment TypeRef on __Type {
+  kind name
+  ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name
+    ofType { kind name ofType { kind name ofType { kind name } } } } } } } }
+}
+"#;
+
+#[tokio::test]
+async fn graphiqls_introspection_passes_the_default_limits_but_deep_queries_do_not() {
+    let app = TestApp::spawn_without_redis().await;
+    let schema = app.gql_ok(None, INTROSPECTION_QUERY, json!({})).await;
+    let types = schema["__schema"]["types"].as_array().unwrap();
+    assert!(types.iter().any(|t| t["name"] == "Booking"));
+
+    // Depth still counts everywhere else, through fragments and inline fragments too.
+    let deep = TestApp::spawn_with(|c| c.graphql.max_depth = 4).await;
+    let user = deep.user(Role::User).await;
+    for query in [
+        "{ myBookings { edges { node { event { title } } } } }",
+        "{ myBookings { edges { ...E } } } fragment E on BookingEdge { node { event { title } } }",
+        "{ myBookings { edges { ... on BookingEdge { node { event { title } } } } } }",
+    ] {
+        let body = deep.gql(Some(&user.token), query, json!({})).await;
+        assert_eq!(error_code(&body), "QUERY_TOO_DEEP", "{query}: {body}");
+    }
+    deep.gql_ok(
+        Some(&user.token),
+        "{ myBookings { edges { node { id } } } }",
+        json!({}),
+    )
+    .await;
+}

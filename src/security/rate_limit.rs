@@ -27,8 +27,10 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
 ";
 
-/// Local windows are swept of idle keys once they number this many.
+/// Local windows are swept of idle keys once they number this many, at most once per
+/// `LOCAL_SWEEP_EVERY`, so a flood from many addresses cannot make every check a full scan.
 const LOCAL_SWEEP_AT: usize = 10_000;
+const LOCAL_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// What a limit counts: it names the Redis key and the error message.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +70,13 @@ impl From<Limited> for AppError {
 pub struct RateLimiter {
     redis: SharedRedis,
     script: Arc<redis::Script>,
-    local: Arc<Mutex<HashMap<String, VecDeque<Instant>>>>,
+    local: Arc<Mutex<LocalWindows>>,
+}
+
+struct LocalWindows {
+    /// Per key: the window's length and the times of the requests in it.
+    windows: HashMap<String, (Duration, VecDeque<Instant>)>,
+    swept_at: Instant,
 }
 
 impl RateLimiter {
@@ -76,7 +84,10 @@ impl RateLimiter {
         Self {
             redis,
             script: Arc::new(redis::Script::new(SLIDING_WINDOW)),
-            local: Arc::default(),
+            local: Arc::new(Mutex::new(LocalWindows {
+                windows: HashMap::new(),
+                swept_at: Instant::now(),
+            })),
         }
     }
 
@@ -126,15 +137,22 @@ impl RateLimiter {
 
     fn check_locally(&self, key: String, limit: RateLimit) -> u64 {
         let now = Instant::now();
-        let mut windows = self.local.lock().unwrap_or_else(|e| e.into_inner());
-        if windows.len() >= LOCAL_SWEEP_AT {
-            windows.retain(|_, times| {
+        let mut local = self.local.lock().unwrap_or_else(|e| e.into_inner());
+        if local.windows.len() >= LOCAL_SWEEP_AT
+            && now.duration_since(local.swept_at) >= LOCAL_SWEEP_EVERY
+        {
+            local.swept_at = now;
+            local.windows.retain(|_, (length, times)| {
                 times
                     .back()
-                    .is_some_and(|last| now.duration_since(*last) < Duration::from_secs(3600))
+                    .is_some_and(|last| now.duration_since(*last) < *length)
             });
         }
-        let times = windows.entry(key).or_default();
+        let (length, times) = local
+            .windows
+            .entry(key)
+            .or_insert_with(|| (limit.window, VecDeque::new()));
+        *length = limit.window;
         while times
             .front()
             .is_some_and(|first| now.duration_since(*first) >= limit.window)
@@ -148,5 +166,33 @@ impl RateLimiter {
         let oldest = times.front().copied().unwrap_or(now);
         let wait = limit.window.saturating_sub(now.duration_since(oldest));
         (wait.as_millis() as u64).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_in_process_window_admits_up_to_the_limit_per_key() {
+        let limiter = RateLimiter::new(SharedRedis::none());
+        let limit = RateLimit::per(3, 60);
+        for _ in 0..3 {
+            limiter.check(Bucket::Login, limit, "ip:a").await.unwrap();
+        }
+        let refused = limiter
+            .check(Bucket::Login, limit, "ip:a")
+            .await
+            .unwrap_err();
+        assert!((1..=60).contains(&refused.retry_after_secs), "{refused:?}");
+        // Other clients and other buckets have windows of their own; no limit, no window.
+        limiter.check(Bucket::Login, limit, "ip:b").await.unwrap();
+        limiter
+            .check(Bucket::Register, limit, "ip:a")
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            limiter.check(Bucket::Login, None, "ip:a").await.unwrap();
+        }
     }
 }

@@ -611,3 +611,116 @@ async fn graphiqls_introspection_passes_the_default_limits_but_deep_queries_do_n
     )
     .await;
 }
+
+/// A Redis of this test's own, so the test can stop it without touching the shared one.
+struct OwnRedis {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh)");
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        // Ready when it answers PING; bounded, so a broken start fails the test.
+        for _ in 0..100 {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+            {
+                return Self { child, url };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    async fn stop(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn limits_keep_working_when_redis_goes_away() {
+    let redis = OwnRedis::start().await;
+    let url = redis.url.clone();
+    let app = TestApp::spawn_with(|c| {
+        c.redis_url = Some(url);
+        c.rate_limits.login = RateLimit::per(2, 60);
+    })
+    .await;
+    for _ in 0..2 {
+        let body = app
+            .gql(None, LOGIN, login("victim@x.co", "guess-guess"))
+            .await;
+        assert_eq!(error_code(&body), "UNAUTHENTICATED");
+    }
+    retry_after(
+        &app.gql(None, LOGIN, login("victim@x.co", "guess")).await,
+        60,
+    );
+
+    redis.stop().await;
+    // This instance now counts on its own, from zero: every answer is still a clear one.
+    for _ in 0..2 {
+        let body = app
+            .gql(None, LOGIN, login("victim@x.co", "guess-guess"))
+            .await;
+        assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
+    }
+    retry_after(
+        &app.gql(None, LOGIN, login("victim@x.co", "guess")).await,
+        60,
+    );
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "readiness reports Redis down");
+}
+
+#[tokio::test]
+async fn over_websocket_sign_in_attempts_are_counted_per_account() {
+    let app = TestApp::spawn_with(|c| c.rate_limits.login = RateLimit::per(2, 60)).await;
+    let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    for (n, email) in ["victim@x.co", "VICTIM@x.co", "victim@x.co", "other@x.co"]
+        .iter()
+        .enumerate()
+    {
+        socket
+            .subscribe(&n.to_string(), LOGIN, login(email, "guess-guess"))
+            .await;
+        let message = socket.next_message().await.unwrap();
+        assert_eq!(message["type"], "next", "{message}");
+        codes.push(message["payload"]["errors"][0]["extensions"]["code"].clone());
+        assert_eq!(socket.next_message().await.unwrap()["type"], "complete");
+    }
+    assert_eq!(
+        codes,
+        [
+            "UNAUTHENTICATED",
+            "UNAUTHENTICATED",
+            "RATE_LIMITED",
+            "UNAUTHENTICATED"
+        ]
+    );
+}

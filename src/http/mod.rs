@@ -34,7 +34,7 @@ use crate::security::client::{ClientIp, client_ip};
 use crate::security::rate_limit::Bucket;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-/// JSON answers are never framed, sniffed, cached or allowed to run anything.
+/// Answers of the API load nothing and may not be framed (GraphiQL's page sets its own policy).
 const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 
 #[derive(Clone)]

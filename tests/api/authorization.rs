@@ -303,6 +303,11 @@ fn guarded_operations() -> Vec<Guarded> {
             },
             expected: [UA, FB, FB, FB, FB, "OK"],
         },
+        Guarded {
+            name: "logout",
+            request: |_| ("mutation { logout }", json!({})),
+            expected: [UA, "OK", "OK", "OK", "OK", "OK"],
+        },
     ]
 }
 

@@ -724,3 +724,53 @@ async fn over_websocket_sign_in_attempts_are_counted_per_account() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_login_costs_the_same_whether_or_not_the_account_exists() {
+    // OWASP's argon2id parameters, as in production, so hashing dominates each attempt.
+    let app = TestApp::spawn_with(|c| {
+        c.password_hashing = evently::config::PasswordHashing::default();
+    })
+    .await;
+    let register = json!({ "input": { "email": "real@x.co", "password": "the-real-password", "name": "Real" } });
+    app.gql_ok(None, REGISTER, register).await;
+    #[derive(diesel::QueryableByName)]
+    struct Hash {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        password_hash: String,
+    }
+    let stored: Hash = diesel_async::RunQueryDsl::get_result(
+        diesel::sql_query("SELECT password_hash FROM users"),
+        &mut app.db().await,
+    )
+    .await
+    .unwrap();
+    assert!(
+        stored
+            .password_hash
+            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{}",
+        stored.password_hash
+    );
+
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for _ in 0..5 {
+        for (email, times) in [("real@x.co", &mut known), ("nobody@x.co", &mut unknown)] {
+            let started = std::time::Instant::now();
+            let body = app.gql(None, LOGIN, login(email, "a-wrong-password")).await;
+            times.push(started.elapsed());
+            assert_eq!(error_code(&body), "UNAUTHENTICATED");
+            assert_eq!(body["errors"][0]["message"], "invalid email or password");
+        }
+    }
+    known.sort();
+    unknown.sort();
+    let (known, unknown) = (known[2].as_secs_f64(), unknown[2].as_secs_f64());
+    // Skipping the hash for unknown emails would make them tens of times faster.
+    let ratio = unknown / known;
+    assert!(
+        (0.5..2.0).contains(&ratio),
+        "median {unknown:.4} s for an unknown email, {known:.4} s for a wrong password"
+    );
+}

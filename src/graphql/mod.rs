@@ -24,6 +24,7 @@ use futures_util::StreamExt;
 
 use crate::app::AppState;
 use crate::security::document::DocumentLimits;
+use crate::security::rate_limit::WebSocketBudget;
 
 #[derive(MergedObject, Default)]
 pub struct Query(events::EventQuery, bookings::BookingQuery, users::UserQuery);
@@ -61,7 +62,8 @@ pub fn build_schema(state: AppState) -> EventlySchema {
             max_directives: limits.max_directives,
             introspection: limits.introspection,
         })
-        .extension(state.persisted_queries.clone());
+        .extension(state.persisted_queries.clone())
+        .extension(WebSocketBudget);
     if limits.max_complexity > 0 {
         builder = builder.limit_complexity(limits.max_complexity);
     }

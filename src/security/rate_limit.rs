@@ -5,9 +5,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
+};
+use async_graphql::{Pos, Request, ServerResult};
+
 use super::SharedRedis;
+use crate::app::AppState;
 use crate::config::RateLimit;
 use crate::error::AppError;
+use crate::graphql::context::Caller;
 
 /// A sorted set per key holds the times of the requests in the window (scored in
 /// milliseconds by Redis's own clock, so instances need not agree on the time). Returns 0
@@ -166,6 +173,47 @@ impl RateLimiter {
         let oldest = times.front().copied().unwrap_or(now);
         let wait = limit.window.saturating_sub(now.duration_since(oldest));
         (wait.as_millis() as u64).max(1)
+    }
+}
+
+/// Charges each operation of a signed-in WebSocket connection to its user's request budget,
+/// as every HTTP request is: one connection must not become an unmetered channel. (HTTP
+/// requests are charged by the HTTP layer; their caller is not in the session data.)
+pub struct WebSocketBudget;
+
+impl ExtensionFactory for WebSocketBudget {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(WebSocketBudget)
+    }
+}
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for WebSocketBudget {
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        if let (Some(Caller::Connection(token)), Some(app)) =
+            (ctx.data_opt::<Caller>(), ctx.data_opt::<AppState>())
+        {
+            let limit = app.config.rate_limits.requests;
+            if limit.is_some()
+                && let Ok(claims) = app.tokens.decode(token)
+            {
+                let client = format!("user:{}", claims.sub);
+                if let Err(limited) = app
+                    .rate_limiter
+                    .check(Bucket::Requests, limit, &client)
+                    .await
+                {
+                    let error: async_graphql::Error = AppError::from(limited).into();
+                    return Err(error.into_server_error(Pos::default()));
+                }
+            }
+        }
+        next.run(ctx, request).await
     }
 }
 

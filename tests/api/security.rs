@@ -774,3 +774,32 @@ async fn a_failed_login_costs_the_same_whether_or_not_the_account_exists() {
         "median {unknown:.4} s for an unknown email, {known:.4} s for a wrong password"
     );
 }
+
+#[tokio::test]
+async fn websocket_operations_count_against_the_users_request_budget() {
+    let app = TestApp::spawn_with(|c| c.rate_limits.requests = RateLimit::per(3, 60)).await;
+    let user = app.user(Role::User).await;
+    let init = json!({ "Authorization": format!("Bearer {}", user.token) });
+    let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
+        .await
+        .unwrap();
+    // One HTTP request and two operations on the socket use up the user's three.
+    app.gql_ok(Some(&user.token), "{ me { id } }", json!({}))
+        .await;
+    for id in ["1", "2", "3"] {
+        socket.subscribe(id, "{ me { id } }", json!({})).await;
+        let message = socket.next_message().await.unwrap();
+        if id == "3" {
+            let errors = if message["type"] == "next" {
+                &message["payload"]["errors"]
+            } else {
+                &message["payload"]
+            };
+            assert_eq!(errors[0]["extensions"]["code"], "RATE_LIMITED", "{message}");
+            assert!(errors[0]["extensions"]["retryAfter"].as_u64().is_some());
+        } else {
+            assert_eq!(message["payload"]["data"]["me"]["id"], json!(user.id));
+            assert_eq!(socket.next_message().await.unwrap()["type"], "complete");
+        }
+    }
+}

@@ -24,6 +24,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
+use crate::config::Environment;
 use crate::domain::auth;
 use crate::error::{AppError, REQUEST_ID};
 use crate::graphql::context::Caller;
@@ -61,6 +62,7 @@ pub fn router(app: AppState) -> Router {
             REQUEST_ID_HEADER,
         ])
         .max_age(Duration::from_secs(600));
+    let production = app.config.env == Environment::Production;
     let state = HttpState {
         schema: build_schema(app.clone()),
         app,
@@ -73,7 +75,7 @@ pub fn router(app: AppState) -> Router {
             state.clone(),
             request_budget,
         ));
-    Router::new()
+    let router = Router::new()
         .merge(api)
         .route("/graphiql/{file}", get(graphiql::graphiql_asset))
         .route("/healthz", get(healthz))
@@ -94,7 +96,16 @@ pub fn router(app: AppState) -> Router {
                 request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("http", method = %request.method(), uri = %request.uri(), request_id)
         }))
-        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid));
+    // Production sits behind TLS; browsers ignore the header over plain HTTP anyway.
+    if production {
+        router.layer(default_header(
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=31536000; includeSubDomains",
+        ))
+    } else {
+        router
+    }
 }
 
 /// A header every response carries unless its handler set its own (GraphiQL sets a CSP).

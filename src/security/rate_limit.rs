@@ -136,6 +136,7 @@ impl RateLimiter {
         if wait_ms == 0 {
             Ok(())
         } else {
+            tracing::debug!(bucket = bucket.name(), client, wait_ms, "rate limited");
             Err(Limited {
                 retry_after_secs: wait_ms.div_ceil(1000).max(1),
             })

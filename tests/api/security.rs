@@ -369,6 +369,7 @@ async fn responses_carry_security_headers() {
         );
     }
     assert_eq!(api.headers()["cache-control"], "no-store");
+    assert!(api.headers().get("strict-transport-security").is_none());
     let graphiql = app
         .client
         .get(format!("{}/graphql", app.base_url))

@@ -13,9 +13,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
+    Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest, NextValidation,
 };
-use async_graphql::{Request, ServerError, ServerResult};
+use async_graphql::{Request, ServerError, ServerResult, ValidationResult};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -92,8 +92,18 @@ impl PersistedQueries {
 
 impl ExtensionFactory for PersistedQueries {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(self.clone())
+        Arc::new(PersistedQueriesForRequest {
+            inner: self.inner.clone(),
+            to_register: Mutex::default(),
+        })
     }
+}
+
+/// The extension as one request sees it: a query sent with its hash is registered only once
+/// it has parsed and validated, so nobody can fill the store with garbage.
+struct PersistedQueriesForRequest {
+    inner: Arc<Inner>,
+    to_register: Mutex<Option<(String, String)>>,
 }
 
 fn bad_request(message: &str) -> ServerError {
@@ -150,7 +160,12 @@ impl Inner {
             .await;
     }
 
-    async fn prepare(&self, mut request: Request) -> ServerResult<Request> {
+    /// Resolves the request's persisted query; returns the (hash, query) to register once the
+    /// query proves valid.
+    async fn prepare(
+        &self,
+        mut request: Request,
+    ) -> ServerResult<(Request, Option<(String, String)>)> {
         let persisted = match request.extensions.remove("persistedQuery") {
             None => None,
             Some(value) => {
@@ -183,10 +198,10 @@ impl Inner {
                 None => sha256_hex(&request.query),
             };
             request.query = allowlist.get(&hash).ok_or_else(not_allowed)?.clone();
-            return Ok(request);
+            return Ok((request, None));
         }
         let Some(hash) = persisted else {
-            return Ok(request);
+            return Ok((request, None));
         };
         if !self.automatic {
             return Err(limit_error(
@@ -198,24 +213,43 @@ impl Inner {
             request.query = self.lookup(&hash).await.ok_or_else(|| {
                 limit_error("PERSISTED_QUERY_NOT_FOUND", "PersistedQueryNotFound")
             })?;
+            Ok((request, None))
         } else if hash == sha256_hex(&request.query) {
-            self.register(&hash, &request.query).await;
+            let query = request.query.clone();
+            Ok((request, Some((hash, query))))
         } else {
-            return Err(bad_request("provided sha does not match query"));
+            Err(bad_request("provided sha does not match query"))
         }
-        Ok(request)
     }
 }
 
 #[async_graphql::async_trait::async_trait]
-impl Extension for PersistedQueries {
+impl Extension for PersistedQueriesForRequest {
     async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        let request = self.inner.prepare(request).await?;
+        let (request, to_register) = self.inner.prepare(request).await?;
+        *self.to_register.lock().unwrap_or_else(|e| e.into_inner()) = to_register;
         next.run(ctx, request).await
+    }
+
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        let to_register = self
+            .to_register
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((hash, query)) = to_register {
+            self.inner.register(&hash, &query).await;
+        }
+        Ok(result)
     }
 }

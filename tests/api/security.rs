@@ -239,6 +239,24 @@ async fn automatic_persisted_queries_follow_apollos_protocol_across_instances() 
     // Registered through Redis, so the other instance knows it too.
     let (_, replayed) = second.post_json(&by_hash, None).await;
     assert_eq!(replayed, registered);
+
+    // Only queries that parse and validate are kept.
+    let invalid = "{ nope }";
+    let persisted = json!({ "version": 1, "sha256Hash": sha256(invalid) });
+    let (_, body) = first
+        .post_json(
+            &json!({ "query": invalid, "extensions": { "persistedQuery": persisted } }),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    let (_, body) = first
+        .post_json(
+            &json!({ "extensions": { "persistedQuery": persisted } }),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(&body), "PERSISTED_QUERY_NOT_FOUND");
 }
 
 #[tokio::test]

@@ -23,6 +23,7 @@ use async_graphql::{
 use futures_util::StreamExt;
 
 use crate::app::AppState;
+use crate::security::deadline::OperationDeadline;
 use crate::security::document::DocumentLimits;
 use crate::security::rate_limit::WebSocketBudget;
 
@@ -64,6 +65,9 @@ pub fn build_schema(state: AppState) -> EventlySchema {
         })
         .extension(state.persisted_queries.clone())
         .extension(WebSocketBudget);
+    if let Some(timeout) = limits.timeout {
+        builder = builder.extension(OperationDeadline(timeout));
+    }
     if limits.max_complexity > 0 {
         builder = builder.limit_complexity(limits.max_complexity);
     }

@@ -32,6 +32,7 @@ use crate::graphql::loaders::request_loaders;
 use crate::graphql::{EventlySchema, build_schema};
 use crate::realtime::RedisHealth;
 use crate::security::client::{ClientIp, client_ip};
+use crate::security::deadline::OverHttp;
 use crate::security::rate_limit::Bucket;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -292,7 +293,11 @@ async fn graphql(
             };
             let with_context = |request: async_graphql::Request| {
                 let (users, events) = request_loaders(&state.app);
-                let request = request.data(caller.clone()).data(users).data(events);
+                let request = request
+                    .data(caller.clone())
+                    .data(users)
+                    .data(events)
+                    .data(OverHttp);
                 match client {
                     Some(ip) => request.data(ip),
                     None => request,

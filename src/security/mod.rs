@@ -2,6 +2,7 @@
 //! queries and limits on GraphQL documents. README, "Security model", describes them all.
 
 pub mod client;
+pub mod deadline;
 pub mod document;
 pub mod persisted;
 pub mod rate_limit;

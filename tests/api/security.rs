@@ -822,3 +822,44 @@ async fn websocket_operations_count_against_the_users_request_budget() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_websocket_operation_past_its_deadline_gets_a_timeout_code_and_changes_nothing() {
+    let app = TestApp::spawn_with(|c| c.graphql.timeout = Some(Duration::from_millis(300))).await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 10).await;
+    let init = json!({ "Authorization": format!("Bearer {}", buyer.token) });
+    let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
+        .await
+        .unwrap();
+    let before = app.fingerprint().await;
+    let mut blocker = app.db().await;
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut blocker,
+        &format!("BEGIN; SELECT id FROM events WHERE id = '{event_id}' FOR UPDATE;"),
+    )
+    .await
+    .unwrap();
+    let book = json!({ "input": { "eventId": event_id } });
+    socket.subscribe("1", BOOK, book.clone()).await;
+    let message = socket.next_message().await.unwrap();
+    assert_eq!(message["type"], "next", "{message}");
+    assert_eq!(
+        message["payload"]["errors"][0]["extensions"]["code"],
+        "TIMEOUT"
+    );
+    assert_eq!(socket.next_message().await.unwrap()["type"], "complete");
+    diesel_async::SimpleAsyncConnection::batch_execute(&mut blocker, "ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(app.fingerprint().await, before);
+    // The socket keeps working afterwards.
+    socket.subscribe("2", BOOK, book).await;
+    let booked = socket.next_data().await;
+    assert_eq!(
+        booked["data"]["bookSeats"]["status"], "CONFIRMED",
+        "{booked}"
+    );
+    app.assert_invariant().await;
+}

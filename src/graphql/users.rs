@@ -23,20 +23,26 @@ pub struct LoginInput {
     pub password: String,
 }
 
-/// Counts a sign-in attempt against the caller's IP address. Over WebSocket the address is not
-/// known here, so attempts are counted per account (`account`) instead.
+/// Counts a sign-in attempt against the caller's IP address. Over WebSocket the address is
+/// known only if the connection's data carries a `ClientIp`; until then login attempts are
+/// counted per account, and registrations share one budget (`account: None`), so a socket
+/// cannot mint accounts faster than the limit allows.
 async fn limit_by_client(
     ctx: &Context<'_>,
     bucket: Bucket,
     limit: Option<RateLimit>,
-    account: &str,
+    account: Option<&str>,
 ) -> Result<(), AppError> {
     if limit.is_none() {
         return Ok(());
     }
-    let client = match ctx.data_opt::<ClientIp>() {
-        Some(ClientIp(ip)) => format!("ip:{ip}"),
-        None => format!("account:{}", users::normalize_email(account)),
+    let client = match (ctx.data_opt::<ClientIp>(), account) {
+        (Some(ClientIp(ip)), _) => format!("ip:{ip}"),
+        (None, Some(email)) => {
+            let email: String = users::normalize_email(email).chars().take(254).collect();
+            format!("account:{email}")
+        }
+        (None, None) => "websocket".to_owned(),
     };
     ctx.app().rate_limiter.check(bucket, limit, &client).await?;
     Ok(())
@@ -66,7 +72,7 @@ impl UserMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
         let limit = app.config.rate_limits.register;
-        limit_by_client(ctx, Bucket::Register, limit, &input.email).await?;
+        limit_by_client(ctx, Bucket::Register, limit, None).await?;
         let new = users::NewUser {
             email: &input.email,
             password: &input.password,
@@ -87,7 +93,7 @@ impl UserMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
         let limit = app.config.rate_limits.login;
-        limit_by_client(ctx, Bucket::Login, limit, &input.email).await?;
+        limit_by_client(ctx, Bucket::Login, limit, Some(&input.email)).await?;
         let mut conn = app.conn().await?;
         let issued = auth::login(
             &mut conn,

@@ -715,8 +715,12 @@ async fn limits_keep_working_when_redis_goes_away() {
 }
 
 #[tokio::test]
-async fn over_websocket_sign_in_attempts_are_counted_per_account() {
-    let app = TestApp::spawn_with(|c| c.rate_limits.login = RateLimit::per(2, 60)).await;
+async fn over_websocket_logins_are_counted_per_account_and_registrations_together() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limits.login = RateLimit::per(2, 60);
+        c.rate_limits.register = RateLimit::per(2, 3600);
+    })
+    .await;
     let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
         .await
         .unwrap();
@@ -742,6 +746,20 @@ async fn over_websocket_sign_in_attempts_are_counted_per_account() {
             "UNAUTHENTICATED"
         ]
     );
+
+    // Registrations over any socket share one budget: a new socket does not reset it.
+    let mut outcomes = Vec::new();
+    for n in 0..3 {
+        let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+            .await
+            .unwrap();
+        let input = json!({ "input": { "email": format!("ws{n}@x.co"), "password": "long-enough", "name": "W" } });
+        socket.subscribe("r", REGISTER, input).await;
+        let message = socket.next_message().await.unwrap();
+        outcomes.push(message["payload"]["errors"][0]["extensions"]["code"].clone());
+    }
+    assert_eq!(outcomes, [Value::Null, Value::Null, json!("RATE_LIMITED")]);
+    assert_eq!(app.count("users").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

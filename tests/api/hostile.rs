@@ -281,3 +281,40 @@ async fn hostile_requests_get_their_documented_error_and_change_nothing() {
     let healthy = app.gql_ok(Some(&alice.token), ME, json!({})).await;
     assert_eq!(healthy["me"]["role"], "USER");
 }
+
+#[tokio::test]
+async fn a_brute_force_login_is_cut_off_and_changes_nothing() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limits.login = evently::config::RateLimit::per(5, 60);
+    })
+    .await;
+    app.gql_ok(
+        None,
+        REGISTER,
+        json!({ "input": { "email": "target@x.co", "password": "the-real-password", "name": "T" } }),
+    )
+    .await;
+    let before = app.fingerprint().await;
+    let mut codes = Vec::new();
+    for n in 0..20 {
+        let input =
+            json!({ "input": { "email": "target@x.co", "password": format!("guess-{n:04}") } });
+        let body = app.gql(None, LOGIN, input).await;
+        codes.push(crate::helpers::error_code(&body).to_owned());
+    }
+    let expected: Vec<_> = (0..20)
+        .map(|n| {
+            if n < 5 {
+                "UNAUTHENTICATED"
+            } else {
+                "RATE_LIMITED"
+            }
+        })
+        .collect();
+    assert_eq!(codes, expected);
+    // Even the right password waits out the window: guessing it later gains nothing now.
+    let right = json!({ "input": { "email": "target@x.co", "password": "the-real-password" } });
+    let body = app.gql(None, LOGIN, right).await;
+    assert_eq!(crate::helpers::error_code(&body), "RATE_LIMITED");
+    assert_eq!(app.fingerprint().await, before);
+}

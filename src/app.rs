@@ -9,6 +9,9 @@ use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::onsale::Onsale;
 use crate::error::AppResult;
 use crate::realtime::Bus;
+use crate::security::SharedRedis;
+use crate::security::persisted::{PersistedQueries, load_allowlist};
+use crate::security::rate_limit::RateLimiter;
 
 pub struct App {
     pub config: Config,
@@ -17,6 +20,8 @@ pub struct App {
     pub passwords: Passwords,
     pub tokens: Tokens,
     pub onsale: Onsale,
+    pub rate_limiter: RateLimiter,
+    pub persisted_queries: PersistedQueries,
 }
 
 #[derive(Clone)]
@@ -43,10 +48,25 @@ impl App {
                 Bus::in_process()
             }
         };
+        let shared = match &config.redis_url {
+            Some(url) => SharedRedis::new(url, &config.redis_prefix)?,
+            None => SharedRedis::none(),
+        };
+        let allowlist = match &config.graphql.persisted_query_allowlist {
+            Some(path) => Some(load_allowlist(path)?),
+            None => None,
+        };
         Ok(AppState(Arc::new(App {
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
             onsale: Onsale::new(db.clone(), config.group_commit),
+            rate_limiter: RateLimiter::new(shared.clone()),
+            persisted_queries: PersistedQueries::new(
+                shared,
+                config.graphql.automatic_persisted_queries,
+                config.graphql.max_document_bytes,
+                allowlist,
+            ),
             config,
             db,
             bus,

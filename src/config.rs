@@ -2,6 +2,8 @@
 //! message naming the variable; secrets never reach `Debug` output or logs.
 
 use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +52,69 @@ impl Default for PasswordHashing {
     }
 }
 
+/// At most `max` requests in any `window`; `None` where a limit is disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl RateLimit {
+    pub const fn per(max: u32, window_secs: u64) -> Option<Self> {
+        Some(Self {
+            max,
+            window: Duration::from_secs(window_secs),
+        })
+    }
+}
+
+/// The sliding-window limits (README, "Security model"). Each is `COUNT/SECONDS` or `0` (off).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimits {
+    /// `login` attempts per client IP.
+    pub login: Option<RateLimit>,
+    /// `register` attempts per client IP.
+    pub register: Option<RateLimit>,
+    /// `bookSeats` calls per signed-in user.
+    pub booking: Option<RateLimit>,
+    /// HTTP requests per client (the user when the token is valid, else the IP).
+    pub requests: Option<RateLimit>,
+}
+
+impl RateLimits {
+    /// No limits at all.
+    pub const fn off() -> Self {
+        Self {
+            login: None,
+            register: None,
+            booking: None,
+            requests: None,
+        }
+    }
+}
+
+/// Limits on what one GraphQL request may ask for; `0` turns a limit off where noted.
+#[derive(Debug, Clone)]
+pub struct GraphqlLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+    pub max_aliases: usize,
+    /// Directives in the whole document.
+    pub max_directives: usize,
+    /// Bytes of the query text, checked before parsing.
+    pub max_document_bytes: usize,
+    /// Operations in one batched HTTP request.
+    pub max_batch: usize,
+    pub timeout: Option<Duration>,
+    pub max_body_bytes: usize,
+    pub introspection: bool,
+    pub suggestions: bool,
+    /// Apollo automatic persisted queries (clients may register queries by hash).
+    pub automatic_persisted_queries: bool,
+    /// A JSON file `{ "<sha256>": "<query>" }`: when set, only these operations run.
+    pub persisted_query_allowlist: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub env: Environment,
@@ -61,9 +126,21 @@ pub struct Config {
     /// Prefix of every Redis key and channel, so deployments (and tests) can share one Redis.
     pub redis_prefix: String,
     pub jwt_secret: Secret,
+    /// Key id (`kid` header) of `jwt_secret`, which signs new tokens.
+    pub jwt_kid: String,
+    /// Retired signing keys still accepted for verification, by key id.
+    pub jwt_previous_secrets: Vec<(String, Secret)>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    pub jwt_leeway: Duration,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
     pub password_hashing: PasswordHashing,
+    pub rate_limits: RateLimits,
+    /// Peers whose `X-Forwarded-For` is believed (load balancers); empty: use the socket address.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// `None` allows any origin.
+    pub cors_allowed_origins: Option<Vec<String>>,
+    pub graphql: GraphqlLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +205,69 @@ impl Config {
             (None, Environment::Development) => Secret::new(DEVELOPMENT_JWT_SECRET),
             (None, Environment::Production) => return Err(ConfigError::Missing("JWT_SECRET")),
         };
+        let jwt_kid = lookup("JWT_KID").unwrap_or_else(|| "k1".into());
+        let jwt_previous_secrets = match lookup("JWT_PREVIOUS_SECRETS") {
+            None => Vec::new(),
+            Some(list) => parse_previous_secrets(&list, &jwt_kid)?,
+        };
+        let development = env == Environment::Development;
+        let cors_allowed_origins = match lookup("CORS_ALLOWED_ORIGINS") {
+            None if development => None,
+            None => Some(Vec::new()),
+            Some(list) if list.trim() == "*" => None,
+            Some(list) => Some(
+                list.split(',')
+                    .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+                    .filter(|origin| !origin.is_empty())
+                    .map(|origin| {
+                        axum::http::HeaderValue::from_str(&origin)
+                            .map(|_| origin.clone())
+                            .map_err(|_| ConfigError::Invalid {
+                                name: "CORS_ALLOWED_ORIGINS",
+                                value: origin,
+                                reason: "not a valid origin".into(),
+                            })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        let trusted_proxies = match lookup("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|ip| !ip.is_empty())
+                .map(|ip| {
+                    ip.parse().map_err(|_| ConfigError::Invalid {
+                        name: "TRUSTED_PROXIES",
+                        value: ip.to_owned(),
+                        reason: "expected comma-separated IP addresses".into(),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let rate_limits = RateLimits {
+            login: rate_limit(&lookup, "RATE_LIMIT_LOGIN", RateLimit::per(10, 60))?,
+            register: rate_limit(&lookup, "RATE_LIMIT_REGISTER", RateLimit::per(10, 3600))?,
+            booking: rate_limit(&lookup, "RATE_LIMIT_BOOKING", RateLimit::per(30, 60))?,
+            requests: rate_limit(&lookup, "RATE_LIMIT_REQUESTS", RateLimit::per(600, 60))?,
+        };
+        let timeout_ms: u64 = parse_or(&lookup, "GRAPHQL_TIMEOUT_MS", 15_000)?;
+        let graphql = GraphqlLimits {
+            max_depth: parse_or(&lookup, "GRAPHQL_MAX_DEPTH", 10)?,
+            max_complexity: parse_or(&lookup, "GRAPHQL_MAX_COMPLEXITY", 5000)?,
+            max_aliases: parse_or(&lookup, "GRAPHQL_MAX_ALIASES", 15)?,
+            max_directives: parse_or(&lookup, "GRAPHQL_MAX_DIRECTIVES", 50)?,
+            max_document_bytes: parse_or(&lookup, "GRAPHQL_MAX_DOCUMENT_BYTES", 32 * 1024)?,
+            max_batch: parse_or(&lookup, "GRAPHQL_MAX_BATCH", 10)?,
+            timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
+            max_body_bytes: parse_or(&lookup, "HTTP_MAX_BODY_BYTES", 1024 * 1024)?,
+            introspection: parse_or(&lookup, "GRAPHQL_INTROSPECTION", development)?,
+            suggestions: parse_or(&lookup, "GRAPHQL_FIELD_SUGGESTIONS", development)?,
+            automatic_persisted_queries: parse_or(&lookup, "GRAPHQL_APQ", true)?,
+            persisted_query_allowlist: lookup("GRAPHQL_PERSISTED_QUERIES_ALLOWLIST")
+                .map(PathBuf::from),
+        };
         Ok(Self {
             env,
             database_url,
@@ -136,6 +276,9 @@ impl Config {
             redis_url,
             redis_prefix: lookup("REDIS_PREFIX").unwrap_or_else(|| "evently:".into()),
             jwt_secret,
+            jwt_kid,
+            jwt_previous_secrets,
+            jwt_leeway: Duration::from_secs(parse_or(&lookup, "JWT_LEEWAY_SECS", 10)?),
             access_token_ttl: Duration::from_secs(parse_or(&lookup, "ACCESS_TOKEN_TTL_SECS", 900)?),
             refresh_token_ttl: Duration::from_secs(parse_or(
                 &lookup,
@@ -143,12 +286,70 @@ impl Config {
                 30 * 24 * 3600,
             )?),
             password_hashing: PasswordHashing::default(),
+            rate_limits,
+            trusted_proxies,
+            cors_allowed_origins,
+            graphql,
         })
     }
 
     pub fn uses_development_secret(&self) -> bool {
         self.jwt_secret.expose() == DEVELOPMENT_JWT_SECRET
     }
+}
+
+/// `kid:secret,kid:secret`: keys that signed tokens still in circulation.
+fn parse_previous_secrets(
+    list: &str,
+    current_kid: &str,
+) -> Result<Vec<(String, Secret)>, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name: "JWT_PREVIOUS_SECRETS",
+        value: "(hidden)".into(),
+        reason: reason.into(),
+    };
+    let mut keys = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (kid, secret) = entry
+            .split_once(':')
+            .ok_or_else(|| invalid("expected `kid:secret` entries separated by commas"))?;
+        if kid.is_empty() || kid == current_kid {
+            return Err(invalid(
+                "each key id must be non-empty and differ from JWT_KID",
+            ));
+        }
+        if secret.len() < 32 {
+            return Err(invalid("every secret must be at least 32 characters"));
+        }
+        keys.push((kid.to_owned(), Secret::new(secret)));
+    }
+    Ok(keys)
+}
+
+/// `COUNT/SECONDS`, or `0` / `off` to disable.
+fn rate_limit(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: Option<RateLimit>,
+) -> Result<Option<RateLimit>, ConfigError> {
+    let Some(value) = lookup(name) else {
+        return Ok(default);
+    };
+    if matches!(value.trim(), "0" | "off") {
+        return Ok(None);
+    }
+    let parsed = value.trim().split_once('/').and_then(|(max, secs)| {
+        let max: u32 = max.trim().parse().ok()?;
+        let secs: u64 = secs.trim().parse().ok()?;
+        (max > 0 && secs > 0)
+            .then(|| RateLimit::per(max, secs))
+            .flatten()
+    });
+    parsed.map(Some).ok_or_else(|| ConfigError::Invalid {
+        name,
+        value,
+        reason: "expected COUNT/SECONDS (e.g. 10/60), or 0 to disable".into(),
+    })
 }
 
 fn parse_or<T>(
@@ -239,5 +440,79 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn production_hides_the_schema_and_allows_no_other_origin_by_default() {
+        let production = config(&[
+            ("EVENTLY_ENV", "production"),
+            ("DATABASE_URL", "postgres://h/db"),
+            ("JWT_SECRET", "a-production-secret-of-32-characters"),
+        ])
+        .unwrap();
+        assert!(!production.graphql.introspection && !production.graphql.suggestions);
+        assert_eq!(production.cors_allowed_origins, Some(vec![]));
+        let development = config(&[("DATABASE_URL", "postgres://h/db")]).unwrap();
+        assert!(development.graphql.introspection && development.graphql.suggestions);
+        assert_eq!(development.cors_allowed_origins, None);
+        let overridden = config(&[
+            ("EVENTLY_ENV", "production"),
+            ("DATABASE_URL", "postgres://h/db"),
+            ("JWT_SECRET", "a-production-secret-of-32-characters"),
+            ("GRAPHQL_INTROSPECTION", "true"),
+            (
+                "CORS_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example/",
+            ),
+        ])
+        .unwrap();
+        assert!(overridden.graphql.introspection);
+        assert_eq!(
+            overridden.cors_allowed_origins,
+            Some(vec!["https://a.example".into(), "https://b.example".into()])
+        );
+    }
+
+    #[test]
+    fn rate_limits_are_count_per_seconds_or_off() {
+        let db = ("DATABASE_URL", "postgres://h/db");
+        let limits = config(&[
+            db,
+            ("RATE_LIMIT_LOGIN", "5/30"),
+            ("RATE_LIMIT_REQUESTS", "0"),
+        ])
+        .unwrap()
+        .rate_limits;
+        assert_eq!(limits.login, RateLimit::per(5, 30));
+        assert_eq!(limits.requests, None);
+        assert_eq!(limits.booking, RateLimit::per(30, 60));
+        for bad in ["5", "5/0", "0/60", "many/60", "5/60/2"] {
+            let err = config(&[db, ("RATE_LIMIT_BOOKING", bad)]).unwrap_err();
+            assert!(
+                err.to_string().starts_with("RATE_LIMIT_BOOKING"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn previous_jwt_keys_and_proxies_are_checked() {
+        let db = ("DATABASE_URL", "postgres://h/db");
+        let old = "an-old-secret-of-at-least-32-characters";
+        let config_with =
+            |value: &str| config(&[db, ("JWT_KID", "k2"), ("JWT_PREVIOUS_SECRETS", value)]);
+        let keys = config_with(&format!("k1:{old}"))
+            .unwrap()
+            .jwt_previous_secrets;
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].0.as_str(), keys[0].1.expose()), ("k1", old));
+        for bad in ["k1:short", &format!("k2:{old}"), old, &format!(":{old}")] {
+            let err = config_with(bad).unwrap_err().to_string();
+            assert!(err.starts_with("JWT_PREVIOUS_SECRETS"), "{err}");
+            assert!(!err.contains(old), "secrets stay hidden: {err}");
+        }
+        let proxies = config(&[db, ("TRUSTED_PROXIES", "10.0.0.1, ::1")]).unwrap();
+        assert_eq!(proxies.trusted_proxies.len(), 2);
+        assert!(config(&[db, ("TRUSTED_PROXIES", "10.0.0.0/8")]).is_err());
     }
 }

@@ -26,6 +26,10 @@ pub enum AppError {
         seats_available: i32,
     },
     Conflict(String),
+    /// A rate limit was reached; the client may retry after this many seconds.
+    RateLimited {
+        retry_after_secs: u64,
+    },
     Unavailable,
     Internal(anyhow::Error),
 }
@@ -60,6 +64,9 @@ impl AppError {
             Self::SoldOut { seats_available } => {
                 format!("not enough seats left: {seats_available} available")
             }
+            Self::RateLimited { retry_after_secs } => {
+                format!("too many requests: retry in {retry_after_secs} s")
+            }
             Self::Unavailable => "the service is busy, try again shortly".to_owned(),
             Self::Internal(_) => "internal server error".to_owned(),
         }
@@ -73,6 +80,7 @@ impl AppError {
             Self::BadUserInput { .. } => "BAD_USER_INPUT",
             Self::SoldOut { .. } => "SOLD_OUT",
             Self::Conflict(_) => "CONFLICT",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Unavailable => "SERVICE_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
@@ -137,6 +145,7 @@ impl ErrorExtensions for AppError {
                     }
                 }
                 Self::SoldOut { seats_available } => ext.set("seatsAvailable", *seats_available),
+                Self::RateLimited { retry_after_secs } => ext.set("retryAfter", *retry_after_secs),
                 Self::Internal(_) => ext.set("requestId", request_id.clone().unwrap_or_default()),
                 _ => {}
             }

@@ -1,5 +1,6 @@
 //! Passwords (argon2id), access tokens (HS256 JWT) and sessions with rotating refresh tokens.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,17 +115,22 @@ pub struct Claims {
     pub role: String,
     pub jti: Uuid,
     pub iat: i64,
+    pub nbf: i64,
     pub exp: i64,
     pub iss: String,
     pub aud: String,
 }
 
-/// Signs and checks access tokens.
+/// Signs access tokens with the current key and checks them against every key not yet
+/// retired, chosen by the token's `kid` header. Only HS256 is accepted: a token naming any
+/// other algorithm (`none` included) fails before its signature is looked at.
 #[derive(Clone)]
 pub struct Tokens {
+    kid: String,
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    decoding: Arc<HashMap<String, DecodingKey>>,
     validation: Validation,
+    leeway: i64,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
 }
@@ -133,14 +139,27 @@ impl Tokens {
     pub fn new(config: &Config) -> Self {
         let secret = config.jwt_secret.expose().as_bytes();
         let mut validation = Validation::new(JwtAlgorithm::HS256);
+        validation.algorithms = vec![JwtAlgorithm::HS256];
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
-        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "nbf", "sub", "iss", "aud"]);
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.leeway = config.jwt_leeway.as_secs();
+        let mut decoding = HashMap::new();
+        decoding.insert(config.jwt_kid.clone(), DecodingKey::from_secret(secret));
+        for (kid, previous) in &config.jwt_previous_secrets {
+            decoding.insert(
+                kid.clone(),
+                DecodingKey::from_secret(previous.expose().as_bytes()),
+            );
+        }
         Self {
+            kid: config.jwt_kid.clone(),
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            decoding: Arc::new(decoding),
             validation,
+            leeway: config.jwt_leeway.as_secs() as i64,
             access_ttl: config.access_token_ttl,
             refresh_ttl: config.refresh_token_ttl,
         }
@@ -154,18 +173,36 @@ impl Tokens {
             role: user.role.as_str().to_owned(),
             jti: Uuid::new_v4(),
             iat: now,
+            nbf: now,
             exp: now + self.access_ttl.as_secs() as i64,
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
         };
-        jsonwebtoken::encode(&Header::new(JwtAlgorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(JwtAlgorithm::HS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
             .map_err(|e| AppError::Internal(e.into()))
     }
 
     pub fn decode(&self, token: &str) -> AppResult<Claims> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        const INVALID: AppError = AppError::Unauthenticated("invalid or expired access token");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| INVALID)?;
+        if header.alg != JwtAlgorithm::HS256 {
+            return Err(INVALID);
+        }
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.decoding.get(kid))
+            .ok_or(INVALID)?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|data| data.claims)
-            .map_err(|_| AppError::Unauthenticated("invalid or expired access token"))
+            .map_err(|_| INVALID)?;
+        // jsonwebtoken does not check `iat`; a token from the future was not issued by us.
+        if claims.iat > Utc::now().timestamp() + self.leeway {
+            return Err(INVALID);
+        }
+        Ok(claims)
     }
 }
 
@@ -369,4 +406,38 @@ pub async fn authenticate(
     .ok_or(AppError::Unauthenticated(
         "session has ended; sign in again",
     ))
+}
+
+/// Ends every live session of a user (ADMIN only), e.g. after an account was compromised.
+/// PostgreSQL is the record: each request and each WebSocket operation re-reads the session,
+/// so every instance honours this at once. Returns how many sessions were ended.
+pub async fn revoke_user_sessions(
+    conn: &mut AsyncPgConnection,
+    actor: &Viewer,
+    user_id: Uuid,
+) -> AppResult<i32> {
+    if !actor.is_admin() {
+        return Err(AppError::Forbidden("only admins can revoke sessions"));
+    }
+    conn.transaction(async move |conn| {
+        let exists: Option<Uuid> = users::table
+            .find(user_id)
+            .select(users::id)
+            .first(conn)
+            .await
+            .optional()?;
+        if exists.is_none() {
+            return Err(AppError::NotFound("user"));
+        }
+        let revoked = diesel::update(
+            sessions::table
+                .filter(sessions::user_id.eq(user_id))
+                .filter(sessions::revoked_at.is_null()),
+        )
+        .set(sessions::revoked_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .await?;
+        Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
+    })
+    .await
 }

@@ -58,6 +58,8 @@ fn like_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
+const MAX_FILTER_LEN: usize = 200;
+
 pub async fn list_events(
     conn: &mut AsyncPgConnection,
     filter: &EventFilter,
@@ -65,6 +67,13 @@ pub async fn list_events(
 ) -> AppResult<Page<Event>> {
     for (field, value) in [("category", &filter.category), ("search", &filter.search)] {
         if let Some(value) = value {
+            // Longer than any title, venue or category: a huge pattern only makes the scan slow.
+            if value.chars().count() > MAX_FILTER_LEN {
+                return Err(AppError::bad_input(
+                    field,
+                    format!("{field} must be at most {MAX_FILTER_LEN} characters"),
+                ));
+            }
             reject_control_chars(field, value, false)?;
         }
     }

@@ -241,8 +241,8 @@ impl Inner {
 
 async fn run_worker(inner: Arc<Inner>, event_id: Uuid, mut receiver: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    // Held while the worker is busy, so a batch never queues for a connection behind the
-    // requests it is serving.
+    // Held from one batch to the next while more are waiting, so a busy worker never queues
+    // for a connection behind the requests it is serving; given back when the queue is empty.
     let mut conn: Option<DbConn> = None;
     loop {
         let first = match tokio::time::timeout(WORKER_IDLE, receiver.recv()).await {
@@ -257,7 +257,6 @@ async fn run_worker(inner: Arc<Inner>, event_id: Uuid, mut receiver: mpsc::Recei
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&event_id);
                 receiver.close();
-                conn = None;
                 continue;
             }
         };
@@ -272,7 +271,7 @@ async fn run_worker(inner: Arc<Inner>, event_id: Uuid, mut receiver: mpsc::Recei
             conn = inner.db.get_owned().await.ok();
         }
         let healthy = commit(&inner, conn.as_deref_mut(), event_id, &mut jobs).await;
-        if !healthy {
+        if !healthy || receiver.is_empty() {
             conn = None;
         }
     }
@@ -286,10 +285,17 @@ async fn commit(
     event_id: Uuid,
     jobs: &mut Vec<Job>,
 ) -> bool {
+    // A caller that gave up (its request timed out or its client left) before the event was
+    // locked gets no booking, as if its own transaction had been rolled back.
+    jobs.retain(|job| !job.reply.is_closed());
+    if jobs.is_empty() {
+        return true;
+    }
     let batch: Vec<(Uuid, &BookingRequest)> =
         jobs.iter().map(|j| (j.user_id, &j.request)).collect();
+    let abandoned = |i: usize| jobs[i].reply.is_closed();
     let outcome = match conn {
-        Some(conn) => book_batch(conn, event_id, &batch).await,
+        Some(conn) => book_batch(conn, event_id, &batch, abandoned).await,
         None => Err(AppError::Unavailable),
     };
     drop(batch);
@@ -310,7 +316,7 @@ async fn commit(
                 size = jobs.len(),
                 "batch failed; booking one by one"
             );
-            for job in jobs.drain(..) {
+            for job in jobs.drain(..).filter(|job| !job.reply.is_closed()) {
                 let result = match inner.db.get().await {
                     Ok(mut conn) => book_seats(&mut conn, job.user_id, job.request).await,
                     Err(error) => Err(error.into()),
@@ -368,21 +374,28 @@ enum Outcome {
 }
 
 /// Books a batch of requests for one event in one transaction. Returns each request's result
-/// in order and the event as this transaction left it (`None` if nothing was booked). An
-/// `Err` means nothing was written and the batch should be replayed one by one.
+/// in order and the event as this transaction left it. `abandoned(i)` says, once the event is
+/// locked, whether request `i`'s caller has gone; such requests are left out. An `Err` means
+/// nothing was written and the batch should be replayed one by one.
 pub async fn book_batch(
     conn: &mut AsyncPgConnection,
     event_id: Uuid,
     batch: &[(Uuid, &BookingRequest)],
+    abandoned: impl Fn(usize) -> bool + Send,
 ) -> AppResult<(Vec<AppResult<BookingChange>>, Option<Event>)> {
     conn.transaction(async move |conn| {
         let event = lock_event(conn, event_id).await?;
+        let gone: Vec<bool> = (0..batch.len()).map(&abandoned).collect();
         let mut known = previous_bookings(conn, batch).await?;
         let mut remaining = event.seats_available;
         let now = Utc::now();
         let outcomes: Vec<Outcome> = batch
             .iter()
-            .map(|&(user_id, request)| {
+            .zip(gone)
+            .map(|(&(user_id, request), gone)| {
+                if gone {
+                    return Outcome::Refused(AppError::Unavailable);
+                }
                 let key = request.idempotency_key.clone().map(|k| (user_id, k));
                 if let Some(booking) = key.as_ref().and_then(|k| known.get(k)) {
                     return replay(booking, request);

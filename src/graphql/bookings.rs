@@ -2,12 +2,13 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 
 use super::context::{ContextExt, require_viewer, token_claims};
-use super::types::{booking_cursor, connection, parse_id};
+use super::types::{booking_cursor, connection, page_complexity, parse_id};
 use crate::db::models::Booking;
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
 use crate::domain::pagination::PageRequest;
 use crate::error::AppError;
 use crate::realtime::SeatUpdate;
+use crate::security::rate_limit::Bucket;
 
 #[derive(InputObject)]
 pub struct BookSeatsInput {
@@ -24,6 +25,7 @@ pub struct BookingQuery;
 #[Object]
 impl BookingQuery {
     /// The signed-in user's bookings, newest first.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn my_bookings(
         &self,
         ctx: &Context<'_>,
@@ -38,6 +40,7 @@ impl BookingQuery {
     }
 
     /// An event's bookings, newest first: for its organizer and admins.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn event_bookings(
         &self,
         ctx: &Context<'_>,
@@ -80,16 +83,21 @@ impl BookingMutation {
             quantity: input.quantity,
             idempotency_key: input.idempotency_key,
         };
-        let onsale = &ctx.app().onsale;
+        let app = ctx.app();
         // After a sell-out most requests are refusals; a signed token is enough to refuse
         // (it changes nothing), so the session is looked up only for a booking that may go through.
         if let Some(claims) = token_claims(ctx)?
-            && onsale.refuses(claims.sub, &request)
+            && app.onsale.refuses(claims.sub, &request)
         {
             return Err(AppError::SoldOut { seats_available: 0 }.into());
         }
         let viewer = require_viewer(ctx).await?;
-        let change = onsale.book(viewer.id(), request).await?;
+        let limit = app.config.rate_limits.booking;
+        app.rate_limiter
+            .check(Bucket::Booking, limit, &viewer.id().to_string())
+            .await
+            .map_err(AppError::from)?;
+        let change = app.onsale.book(viewer.id(), request).await?;
         Ok(Self::publish(ctx, change))
     }
 

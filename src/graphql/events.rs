@@ -3,7 +3,7 @@ use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use chrono::{DateTime, Utc};
 
 use super::context::{ContextExt, require_viewer};
-use super::types::{EventStatus, connection, event_cursor, parse_id};
+use super::types::{EventStatus, connection, event_cursor, page_complexity, parse_id};
 use crate::db::models::Event;
 use crate::domain::events::{self, EventPatch, NewEvent};
 use crate::domain::pagination::PageRequest;
@@ -54,6 +54,7 @@ pub struct EventQuery;
 #[Object]
 impl EventQuery {
     /// Events ordered by start time, then id. Lists published events unless `filter.status` says otherwise.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
     async fn events(
         &self,
         ctx: &Context<'_>,

@@ -23,6 +23,9 @@ use async_graphql::{
 use futures_util::StreamExt;
 
 use crate::app::AppState;
+use crate::security::deadline::OperationDeadline;
+use crate::security::document::DocumentLimits;
+use crate::security::rate_limit::WebSocketBudget;
 
 #[derive(MergedObject, Default)]
 pub struct Query(events::EventQuery, bookings::BookingQuery, users::UserQuery);
@@ -49,8 +52,32 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     .extension(ErrorCodes)
 }
 
+/// The served schema, with the limits of `config.graphql` (README, "Security model").
 pub fn build_schema(state: AppState) -> EventlySchema {
-    schema_builder().data(state).finish()
+    let limits = &state.config.graphql;
+    let mut builder = schema_builder()
+        .extension(DocumentLimits {
+            max_depth: limits.max_depth,
+            max_document_bytes: limits.max_document_bytes,
+            max_aliases: limits.max_aliases,
+            max_directives: limits.max_directives,
+            introspection: limits.introspection,
+        })
+        .extension(state.persisted_queries.clone())
+        .extension(WebSocketBudget);
+    if let Some(timeout) = limits.timeout {
+        builder = builder.extension(OperationDeadline(timeout));
+    }
+    if limits.max_complexity > 0 {
+        builder = builder.limit_complexity(limits.max_complexity);
+    }
+    if !limits.introspection {
+        builder = builder.disable_introspection();
+    }
+    if !limits.suggestions {
+        builder = builder.disable_suggestions();
+    }
+    builder.data(state).finish()
 }
 
 pub fn sdl() -> String {

@@ -6,6 +6,7 @@ use async_graphql::{Context, Enum, ID, Object, OutputType, SimpleObject};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::context::viewer;
 use super::loaders::{EventLoader, UserLoader};
 use crate::db::models;
 use crate::domain::auth::IssuedTokens;
@@ -35,16 +36,45 @@ pub enum BookingStatus {
     Cancelled,
 }
 
+/// A page of `first` rows (default 20, at most 100) costs that many times one row, so the
+/// complexity limit bounds the rows a query can fan out to, not just its field count.
+pub fn page_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let rows = first
+        .unwrap_or(crate::domain::pagination::DEFAULT_PAGE_SIZE)
+        .clamp(1, crate::domain::pagination::MAX_PAGE_SIZE);
+    (rows as usize).saturating_mul(child_complexity)
+}
+
 pub fn parse_id(id: &ID, field: &'static str) -> AppResult<Uuid> {
     id.parse()
         .map_err(|_| AppError::bad_input(field, format!("`{field}` is not a valid id")))
 }
 
-async fn load_user(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<models::User> {
+async fn load_user(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<UserNode> {
     ctx.data_unchecked::<DataLoader<UserLoader>>()
         .load_one(id)
         .await?
+        .map(UserNode::other)
         .ok_or_else(|| AppError::NotFound("user").into())
+}
+
+/// A user as the API shows it. Whether the email may be shown is known where the user is
+/// reached: the caller's own account (`me`, a sign-in's payload) shows it; anyone else's
+/// shows it only to admins and to that user.
+pub struct UserNode {
+    user: models::User,
+    own: bool,
+}
+
+impl UserNode {
+    /// The caller's own account.
+    pub fn own(user: models::User) -> Self {
+        Self { user, own: true }
+    }
+    /// An account reached through something else (an organizer, a booking's user).
+    pub fn other(user: models::User) -> Self {
+        Self { user, own: false }
+    }
 }
 
 async fn load_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<models::Event> {
@@ -55,21 +85,27 @@ async fn load_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<models
 }
 
 #[Object(name = "User")]
-impl models::User {
+impl UserNode {
     async fn id(&self) -> ID {
-        ID(self.id.to_string())
+        ID(self.user.id.to_string())
     }
-    async fn email(&self) -> &str {
-        &self.email
+    /// Shown to the user themselves and to admins; null for everyone else.
+    async fn email(&self, ctx: &Context<'_>) -> Option<&str> {
+        let visible = self.own
+            || match viewer(ctx).await {
+                Ok(Some(viewer)) => viewer.id() == self.user.id || viewer.is_admin(),
+                _ => false,
+            };
+        visible.then_some(self.user.email.as_str())
     }
     async fn name(&self) -> &str {
-        &self.name
+        &self.user.name
     }
     async fn role(&self) -> Role {
-        self.role.into()
+        self.user.role.into()
     }
     async fn created_at(&self) -> DateTime<Utc> {
-        self.created_at
+        self.user.created_at
     }
 }
 
@@ -116,7 +152,7 @@ impl models::Event {
     async fn version(&self) -> i32 {
         self.version
     }
-    async fn organizer(&self, ctx: &Context<'_>) -> async_graphql::Result<models::User> {
+    async fn organizer(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
         load_user(ctx, self.organizer_id).await
     }
     async fn created_at(&self) -> DateTime<Utc> {
@@ -135,7 +171,7 @@ impl models::Booking {
     async fn event(&self, ctx: &Context<'_>) -> async_graphql::Result<models::Event> {
         load_event(ctx, self.event_id).await
     }
-    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<models::User> {
+    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
         load_user(ctx, self.user_id).await
     }
     async fn quantity(&self) -> i32 {
@@ -185,7 +221,7 @@ pub struct AuthPayload {
     pub refresh_token: String,
     /// Seconds until the access token expires.
     pub expires_in: i32,
-    pub user: models::User,
+    pub user: UserNode,
 }
 
 impl From<IssuedTokens> for AuthPayload {
@@ -194,7 +230,7 @@ impl From<IssuedTokens> for AuthPayload {
             access_token: issued.access_token,
             refresh_token: issued.refresh_token,
             expires_in: issued.expires_in,
-            user: issued.user,
+            user: UserNode::own(issued.user),
         }
     }
 }

@@ -1,9 +1,13 @@
 use async_graphql::{Context, ID, InputObject, Object};
 
 use super::context::{ContextExt, require_viewer, viewer};
-use super::types::{AuthPayload, Role, parse_id};
-use crate::db::models::{self, User};
+use super::types::{AuthPayload, Role, UserNode, parse_id};
+use crate::config::RateLimit;
+use crate::db::models;
 use crate::domain::{auth, users};
+use crate::error::AppError;
+use crate::security::client::ClientIp;
+use crate::security::rate_limit::Bucket;
 
 #[derive(InputObject)]
 pub struct RegisterInput {
@@ -19,14 +23,39 @@ pub struct LoginInput {
     pub password: String,
 }
 
+/// Counts a sign-in attempt against the caller's IP address. Over WebSocket the address is
+/// known only if the connection's data carries a `ClientIp`; until then login attempts are
+/// counted per account, and registrations share one budget (`account: None`), so a socket
+/// cannot mint accounts faster than the limit allows.
+async fn limit_by_client(
+    ctx: &Context<'_>,
+    bucket: Bucket,
+    limit: Option<RateLimit>,
+    account: Option<&str>,
+) -> Result<(), AppError> {
+    if limit.is_none() {
+        return Ok(());
+    }
+    let client = match (ctx.data_opt::<ClientIp>(), account) {
+        (Some(ClientIp(ip)), _) => format!("ip:{ip}"),
+        (None, Some(email)) => {
+            let email: String = users::normalize_email(email).chars().take(254).collect();
+            format!("account:{email}")
+        }
+        (None, None) => "websocket".to_owned(),
+    };
+    ctx.app().rate_limiter.check(bucket, limit, &client).await?;
+    Ok(())
+}
+
 #[derive(Default)]
 pub struct UserQuery;
 
 #[Object]
 impl UserQuery {
     /// The signed-in user; null when anonymous.
-    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<User>> {
-        Ok(viewer(ctx).await?.map(|viewer| viewer.user))
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserNode>> {
+        Ok(viewer(ctx).await?.map(|viewer| UserNode::own(viewer.user)))
     }
 }
 
@@ -42,6 +71,8 @@ impl UserMutation {
         input: RegisterInput,
     ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
+        let limit = app.config.rate_limits.register;
+        limit_by_client(ctx, Bucket::Register, limit, None).await?;
         let new = users::NewUser {
             email: &input.email,
             password: &input.password,
@@ -61,6 +92,8 @@ impl UserMutation {
         input: LoginInput,
     ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
+        let limit = app.config.rate_limits.login;
+        limit_by_client(ctx, Bucket::Login, limit, Some(&input.email)).await?;
         let mut conn = app.conn().await?;
         let issued = auth::login(
             &mut conn,
@@ -95,16 +128,30 @@ impl UserMutation {
         Ok(true)
     }
 
+    /// ADMIN only. Ends every session of the user, on every instance at once; returns how
+    /// many were live.
+    async fn revoke_user_sessions(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+    ) -> async_graphql::Result<i32> {
+        let viewer = &require_viewer(ctx).await?;
+        let user_id = parse_id(&user_id, "userId")?;
+        let mut conn = ctx.app().conn().await?;
+        Ok(auth::revoke_user_sessions(&mut conn, viewer, user_id).await?)
+    }
+
     /// ADMIN only.
     async fn set_user_role(
         &self,
         ctx: &Context<'_>,
         user_id: ID,
         role: Role,
-    ) -> async_graphql::Result<User> {
+    ) -> async_graphql::Result<UserNode> {
         let viewer = &require_viewer(ctx).await?;
         let user_id = parse_id(&user_id, "userId")?;
         let mut conn = ctx.app().conn().await?;
-        Ok(users::set_role(&mut conn, viewer, user_id, role.into()).await?)
+        let user = users::set_role(&mut conn, viewer, user_id, role.into()).await?;
+        Ok(UserNode::other(user))
     }
 }

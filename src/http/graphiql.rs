@@ -6,7 +6,7 @@ use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
-/// The page only loads same-origin files. `subscriptionUrl` makes GraphiQL's bundled
+/// The page only loads same-origin files (its Content-Security-Policy says so too). `subscriptionUrl` makes GraphiQL's bundled
 /// graphql-ws client send the headers-editor contents (e.g. `Authorization`) as the
 /// `connection_init` payload, so subscriptions authenticate like queries do.
 const PAGE: &str = r#"<!doctype html>
@@ -24,24 +24,32 @@ const PAGE: &str = r#"<!doctype html>
   <script src="/graphiql/react.production.min.js"></script>
   <script src="/graphiql/react-dom.production.min.js"></script>
   <script src="/graphiql/graphiql.min.js"></script>
-  <script>
-    const wsProtocol = location.protocol === "https:" ? "wss:" : "ws:";
-    const fetcher = GraphiQL.createFetcher({
-      url: "/graphql",
-      subscriptionUrl: `${wsProtocol}//${location.host}/graphql/ws`,
-    });
-    ReactDOM.createRoot(document.getElementById("graphiql")).render(
-      React.createElement(GraphiQL, {
-        fetcher,
-        defaultQuery: "{\n  events(first: 5) {\n    edges {\n      node {\n        id\n        title\n        seatsAvailable\n      }\n    }\n  }\n}\n",
-        isHeadersEditorEnabled: true,
-        shouldPersistHeaders: true,
-      }),
-    );
-  </script>
+  <script src="/graphiql/evently-graphiql.js"></script>
 </body>
 </html>
 "#;
+
+/// The page's own script, served as a file so the Content-Security-Policy can forbid inline
+/// scripts.
+const PAGE_SCRIPT: &str = r#"const wsProtocol = location.protocol === "https:" ? "wss:" : "ws:";
+const fetcher = GraphiQL.createFetcher({
+  url: "/graphql",
+  subscriptionUrl: `${wsProtocol}//${location.host}/graphql/ws`,
+});
+ReactDOM.createRoot(document.getElementById("graphiql")).render(
+  React.createElement(GraphiQL, {
+    fetcher,
+    defaultQuery: "{\n  events(first: 5) {\n    edges {\n      node {\n        id\n        title\n        seatsAvailable\n      }\n    }\n  }\n}\n",
+    isHeadersEditorEnabled: true,
+    shouldPersistHeaders: true,
+  }),
+);
+"#;
+
+/// Everything the page needs comes from this server; inline styles are GraphiQL's own.
+const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+    img-src 'self' data:; font-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
+    base-uri 'none'; form-action 'none'";
 
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
@@ -51,13 +59,14 @@ const CSS: &str = "text/css; charset=utf-8";
 const CACHE_CONTROL: &str = "public, max-age=86400";
 
 /// GET /graphql (browser): the GraphiQL page.
-pub async fn graphiql_page() -> Html<&'static str> {
-    Html(PAGE)
+pub async fn graphiql_page() -> impl IntoResponse {
+    ([(header::CONTENT_SECURITY_POLICY, PAGE_CSP)], Html(PAGE))
 }
 
 /// GET /graphiql/{file}: one vendored asset, 404 for anything else.
 pub async fn graphiql_asset(Path(file): Path<String>) -> Response {
     let (body, content_type): (&'static [u8], &str) = match file.as_str() {
+        "evently-graphiql.js" => (PAGE_SCRIPT.as_bytes(), JS),
         "graphiql.min.js" => (include_bytes!("../../assets/graphiql/graphiql.min.js"), JS),
         "graphiql.min.css" => (
             include_bytes!("../../assets/graphiql/graphiql.min.css"),

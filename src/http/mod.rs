@@ -2,37 +2,42 @@
 
 pub mod graphiql;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::{BatchRequest, Data};
 use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{Request, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
+use crate::config::Environment;
 use crate::domain::auth;
 use crate::error::{AppError, REQUEST_ID};
 use crate::graphql::context::{Caller, ViewerCache};
 use crate::graphql::loaders::request_loaders;
 use crate::graphql::{EventlySchema, build_schema};
 use crate::realtime::RedisHealth;
+use crate::security::client::{ClientIp, client_ip};
+use crate::security::deadline::OverHttp;
+use crate::security::rate_limit::Bucket;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-/// GraphQL documents and variables are small; anything bigger is a mistake or an attack.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Answers of the API load nothing and may not be framed (GraphiQL's page sets its own policy).
+const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 
 #[derive(Clone)]
 struct HttpState {
@@ -41,33 +46,50 @@ struct HttpState {
 }
 
 pub fn router(app: AppState) -> Router {
-    let state = HttpState {
-        schema: build_schema(app.clone()),
-        app,
-    };
+    let max_body_bytes = app.config.graphql.max_body_bytes;
     let cors = CorsLayer::new()
-        .allow_origin(Any)
+        .allow_origin(match &app.config.cors_allowed_origins {
+            None => AllowOrigin::from(Any),
+            Some(origins) => AllowOrigin::list(
+                origins
+                    .iter()
+                    .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+            ),
+        })
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             REQUEST_ID_HEADER,
-        ]);
-    Router::new()
-        .route(
-            "/graphql",
-            get(graphiql::graphiql_page)
-                .post(graphql)
-                .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, REQUEST_TIMEOUT)),
-        )
+        ])
+        .max_age(Duration::from_secs(600));
+    let production = app.config.env == Environment::Production;
+    let state = HttpState {
+        schema: build_schema(app.clone()),
+        app,
+    };
+    // The request budget covers the API, not the probes or GraphiQL's static files.
+    let api = Router::new()
+        .route("/graphql", get(graphiql::graphiql_page).post(graphql))
         .route("/graphql/ws", get(graphql_ws))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_budget,
+        ));
+    let router = Router::new()
+        .merge(api)
         .route("/graphiql/{file}", get(graphiql::graphiql_asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .with_state(state)
-        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(RequestBodyLimitLayer::new(max_body_bytes))
+        .layer(middleware::map_response(payload_too_large_as_graphql))
         .layer(cors)
+        .layer(default_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(default_header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(default_header(header::REFERRER_POLICY, "no-referrer"))
+        .layer(default_header(header::CONTENT_SECURITY_POLICY, API_CSP))
         .layer(CatchPanicLayer::custom(|_| internal_error_response()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
@@ -75,7 +97,87 @@ pub fn router(app: AppState) -> Router {
                 request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("http", method = %request.method(), uri = %request.uri(), request_id)
         }))
-        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid));
+    // Production sits behind TLS; browsers ignore the header over plain HTTP anyway.
+    if production {
+        router.layer(default_header(
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=31536000; includeSubDomains",
+        ))
+    } else {
+        router
+    }
+}
+
+/// A header every response carries unless its handler set its own (GraphiQL sets a CSP).
+fn default_header(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+}
+
+/// The body-limit layer answers 413 in plain text; clients get a GraphQL-shaped answer.
+async fn payload_too_large_as_graphql(response: Response) -> Response {
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !json {
+        return payload_too_large();
+    }
+    response
+}
+
+fn payload_too_large() -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "PAYLOAD_TOO_LARGE",
+        "the request body is too large",
+    )
+}
+
+/// Records the client's address for the handlers, then charges the request to the client's
+/// budget: the user when the bearer token is genuine (checked without the database), else
+/// the address. Over budget: 429 with `Retry-After`.
+async fn request_budget(
+    State(state): State<HttpState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let app = &state.app;
+    let ip = client_ip(&request, &app.config.trusted_proxies);
+    if let Some(ip) = ip {
+        request.extensions_mut().insert(ip);
+    }
+    let limit = app.config.rate_limits.requests;
+    if limit.is_some() {
+        let user = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_token)
+            .and_then(|token| app.tokens.decode(token).ok())
+            .map(|claims| claims.sub);
+        let client = match (user, ip) {
+            (Some(user), _) => format!("user:{user}"),
+            (None, Some(ClientIp(ip))) => format!("ip:{ip}"),
+            (None, None) => "ip:unknown".to_owned(),
+        };
+        if let Err(limited) = app
+            .rate_limiter
+            .check(Bucket::Requests, limit, &client)
+            .await
+        {
+            let error: async_graphql::Error = AppError::from(limited).into();
+            let body =
+                json!({ "errors": [{ "message": error.message, "extensions": error.extensions }] });
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(limited.retry_after_secs),
+            );
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 fn request_id(headers: &HeaderMap) -> String {
@@ -130,14 +232,25 @@ fn identify(app: &AppState, authorization: Option<&str>) -> Caller {
     }
 }
 
+/// Whether a body could not be read because it outgrew the body limit (sent without a
+/// `Content-Length`, so the limit only shows while reading). The limit error arrives wrapped
+/// in I/O and axum errors, whose `source` chains skip it, so its description is matched.
+fn body_too_large(error: &impl std::fmt::Display) -> bool {
+    error.to_string().contains("length limit exceeded")
+}
+
 async fn graphql(
     State(state): State<HttpState>,
+    client: Option<Extension<ClientIp>>,
     headers: HeaderMap,
     request: Result<GraphQLBatchRequest, GraphQLRejection>,
 ) -> Response {
     let request = match request {
         Ok(request) => request.into_inner(),
         Err(rejection) => {
+            if body_too_large(&rejection.0) {
+                return payload_too_large();
+            }
             let message = format!(
                 "the request is not a valid GraphQL request: {}",
                 rejection.0
@@ -145,6 +258,20 @@ async fn graphql(
             return error_response(StatusCode::BAD_REQUEST, "BAD_REQUEST", &message);
         }
     };
+    let limits = &state.app.config.graphql;
+    if let BatchRequest::Batch(requests) = &request
+        && limits.max_batch > 0
+        && requests.len() > limits.max_batch
+    {
+        let message = format!(
+            "a batch may hold at most {} operations; this one has {}",
+            limits.max_batch,
+            requests.len()
+        );
+        return error_response(StatusCode::BAD_REQUEST, "BATCH_TOO_LARGE", &message);
+    }
+    let timeout = limits.timeout;
+    let client = client.map(|Extension(ip)| ip);
     let request_id = request_id(&headers);
     let authorization = headers
         .get(header::AUTHORIZATION)
@@ -154,11 +281,16 @@ async fn graphql(
             let caller = identify(&state.app, authorization);
             let with_context = |request: async_graphql::Request| {
                 let (users, events) = request_loaders(&state.app);
-                request
+                let request = request
                     .data(caller.clone())
                     .data(ViewerCache::default())
                     .data(users)
                     .data(events)
+                    .data(OverHttp);
+                match client {
+                    Some(ip) => request.data(ip),
+                    None => request,
+                }
             };
             let request = match request {
                 BatchRequest::Single(request) => BatchRequest::Single(with_context(request)),
@@ -166,7 +298,28 @@ async fn graphql(
                     BatchRequest::Batch(requests.into_iter().map(with_context).collect())
                 }
             };
-            GraphQLResponse::from(state.schema.execute_batch(request).await).into_response()
+            let execution = state.schema.execute_batch(request);
+            let response = match timeout {
+                None => execution.await,
+                Some(limit) => match tokio::time::timeout(limit, execution).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        tracing::warn!(
+                            timeout_ms = limit.as_millis() as u64,
+                            "GraphQL request timed out"
+                        );
+                        let message =
+                            format!("the request took longer than {} ms", limit.as_millis());
+                        return error_response(StatusCode::GATEWAY_TIMEOUT, "TIMEOUT", &message);
+                    }
+                },
+            };
+            let mut response = GraphQLResponse::from(response).into_response();
+            // Answers depend on the caller's token: no shared cache may keep them.
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
         })
         .await
 }
@@ -262,9 +415,13 @@ pub async fn serve(
     app: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address is the client's identity for rate limits (see `security::client`).
+    axum::serve(
+        listener,
+        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

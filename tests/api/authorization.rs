@@ -1,9 +1,11 @@
-//! Each guarded operation tried by callers who may not perform it; nothing changes.
+//! Each guarded operation tried by every kind of caller, over HTTP and over WebSocket: those
+//! who may not perform it get the exact code and change nothing.
 
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
 use crate::helpers::{BOOK, CANCEL, TestApp, error_code, event_input};
+use crate::websocket::WsClient;
 
 const UPDATE: &str =
     "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Hijacked\" }) { title } }";
@@ -180,5 +182,253 @@ async fn only_admins_change_roles_and_changes_apply_at_once() {
     assert_eq!(
         code(&app, Some(&admin.token), SET_ROLE, missing).await,
         "NOT_FOUND"
+    );
+}
+
+/// The callers of the role matrix, in order: anonymous, the USER who owns the booking,
+/// another USER, the ORGANIZER who owns the event, another ORGANIZER, an ADMIN.
+const CALLERS: [&str; 6] = [
+    "anonymous",
+    "user",
+    "other user",
+    "organizer",
+    "other organizer",
+    "admin",
+];
+
+struct World {
+    /// Tokens in `CALLERS` order (`None` for anonymous).
+    tokens: [Option<String>; 6],
+    alice: uuid::Uuid,
+    bob: uuid::Uuid,
+    event_id: String,
+    booking_id: String,
+}
+
+async fn world(app: &TestApp) -> World {
+    let alice = app.user(Role::User).await;
+    let bob = app.user(Role::User).await;
+    let organizer = app.user(Role::Organizer).await;
+    let rival = app.user(Role::Organizer).await;
+    let admin = app.user(Role::Admin).await;
+    let event_id = app.event(&organizer, 50).await;
+    let booked = app
+        .gql_ok(
+            Some(&alice.token),
+            BOOK,
+            json!({ "input": { "eventId": event_id } }),
+        )
+        .await;
+    World {
+        tokens: [
+            None,
+            Some(alice.token),
+            Some(bob.token),
+            Some(organizer.token),
+            Some(rival.token),
+            Some(admin.token),
+        ],
+        alice: alice.id,
+        bob: bob.id,
+        booking_id: booked["bookSeats"]["id"].as_str().unwrap().to_owned(),
+        event_id,
+    }
+}
+
+/// One guarded operation: its document and variables in a world, and the outcome expected
+/// for each caller ("OK" or an error code).
+struct Guarded {
+    name: &'static str,
+    request: fn(&World) -> (&'static str, Value),
+    expected: [&'static str; 6],
+}
+
+const UA: &str = "UNAUTHENTICATED";
+const FB: &str = "FORBIDDEN";
+
+fn guarded_operations() -> Vec<Guarded> {
+    vec![
+        Guarded {
+            name: "me",
+            request: |_| ("{ me { id } }", json!({})),
+            expected: ["OK"; 6],
+        },
+        Guarded {
+            name: "myBookings",
+            request: |_| ("{ myBookings { edges { node { id } } } }", json!({})),
+            expected: [UA, "OK", "OK", "OK", "OK", "OK"],
+        },
+        Guarded {
+            name: "eventBookings",
+            request: |w| (EVENT_BOOKINGS, json!({ "id": w.event_id })),
+            expected: [UA, FB, FB, "OK", FB, "OK"],
+        },
+        Guarded {
+            name: "bookSeats",
+            request: |w| (BOOK, json!({ "input": { "eventId": w.event_id } })),
+            expected: [UA, "OK", "OK", "OK", "OK", "OK"],
+        },
+        Guarded {
+            name: "cancelBooking",
+            request: |w| (CANCEL, json!({ "id": w.booking_id })),
+            expected: [UA, "OK", FB, FB, FB, "OK"],
+        },
+        Guarded {
+            name: "createEvent",
+            request: |_| (CREATE, json!({ "input": event_input("Matrix", 5) })),
+            expected: [UA, FB, FB, "OK", "OK", "OK"],
+        },
+        Guarded {
+            name: "updateEvent",
+            request: |w| (UPDATE, json!({ "id": w.event_id })),
+            expected: [UA, FB, FB, "OK", FB, "OK"],
+        },
+        Guarded {
+            name: "cancelEvent",
+            request: |w| (CANCEL_EVENT, json!({ "id": w.event_id })),
+            expected: [UA, FB, FB, "OK", FB, "OK"],
+        },
+        Guarded {
+            name: "setUserRole",
+            request: |w| (SET_ROLE, json!({ "id": w.bob, "role": "USER" })),
+            expected: [UA, FB, FB, FB, FB, "OK"],
+        },
+        Guarded {
+            name: "revokeUserSessions",
+            request: |w| {
+                (
+                    "mutation($id: ID!) { revokeUserSessions(userId: $id) }",
+                    json!({ "id": w.alice }),
+                )
+            },
+            expected: [UA, FB, FB, FB, FB, "OK"],
+        },
+        Guarded {
+            name: "logout",
+            request: |_| ("mutation { logout }", json!({})),
+            expected: [UA, "OK", "OK", "OK", "OK", "OK"],
+        },
+    ]
+}
+
+/// "OK", or the code of the first error.
+fn outcome(body: &Value) -> String {
+    match body["errors"][0]["extensions"]["code"].as_str() {
+        Some(code) => code.to_owned(),
+        None if body["data"].is_object() => "OK".to_owned(),
+        None => format!("no data and no code: {body}"),
+    }
+}
+
+/// Runs one operation over an open WebSocket and returns `{data, errors}` like HTTP would.
+async fn over_websocket(client: &mut WsClient, id: &str, query: &str, variables: Value) -> Value {
+    client.subscribe(id, query, variables).await;
+    let message = client.next_message().await.unwrap();
+    match message["type"].as_str() {
+        Some("next") => {
+            let complete = client.next_message().await.unwrap();
+            assert_eq!(complete["type"], "complete", "{complete}");
+            message["payload"].clone()
+        }
+        Some("error") => json!({ "errors": message["payload"] }),
+        _ => panic!("unexpected message {message}"),
+    }
+}
+
+async fn connect(app: &TestApp, token: Option<&str>) -> WsClient {
+    let init = match token {
+        Some(token) => json!({ "Authorization": format!("Bearer {token}") }),
+        None => json!({}),
+    };
+    WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_guarded_operation_for_every_role_over_http_and_websocket() {
+    let app = TestApp::spawn_without_redis().await;
+    let mut mismatches = Vec::new();
+    for op in guarded_operations() {
+        for transport in ["http", "websocket"] {
+            // A fresh world per operation and transport, so one caller's success (a cancelled
+            // event, revoked sessions) cannot change what the next caller meets.
+            let world = world(&app).await;
+            let (query, variables) = (op.request)(&world);
+            for (index, token) in world.tokens.iter().enumerate() {
+                let body = if transport == "http" {
+                    app.gql(token.as_deref(), query, variables.clone()).await
+                } else {
+                    let mut client = connect(&app, token.as_deref()).await;
+                    over_websocket(&mut client, "1", query, variables.clone()).await
+                };
+                let got = outcome(&body);
+                if got != op.expected[index] {
+                    mismatches.push(format!(
+                        "{} as {} over {transport}: expected {}, got {got}",
+                        op.name, CALLERS[index], op.expected[index]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    app.assert_invariant().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_are_shown_only_to_their_owner_and_admins() {
+    let app = TestApp::spawn_without_redis().await;
+    let world = world(&app).await;
+    let email_of = |data: Value| data["me"]["email"].as_str().unwrap().to_owned();
+    let me = "{ me { email } }";
+    let organizer_email = email_of(app.gql_ok(world.tokens[3].as_deref(), me, json!({})).await);
+    let alice_email = email_of(app.gql_ok(world.tokens[1].as_deref(), me, json!({})).await);
+    let organizer_of = "query($id: ID!) { event(id: $id) { organizer { name email } } }";
+    let expected = [
+        Value::Null,
+        Value::Null,
+        Value::Null,
+        json!(organizer_email),
+        Value::Null,
+        json!(organizer_email),
+    ];
+    for transport in ["http", "websocket"] {
+        for (index, token) in world.tokens.iter().enumerate() {
+            let variables = json!({ "id": world.event_id });
+            let body = if transport == "http" {
+                app.gql(token.as_deref(), organizer_of, variables).await
+            } else {
+                let mut client = connect(&app, token.as_deref()).await;
+                over_websocket(&mut client, "1", organizer_of, variables).await
+            };
+            assert!(body.get("errors").is_none(), "{body}");
+            let organizer = &body["data"]["event"]["organizer"];
+            assert_eq!(organizer["name"], "Test User");
+            assert_eq!(
+                organizer["email"], expected[index],
+                "{} over {transport}",
+                CALLERS[index]
+            );
+        }
+    }
+    // The organizer sees who booked, but not their email; an admin sees both.
+    let bookings =
+        "query($id: ID!) { eventBookings(eventId: $id) { edges { node { user { id email } } } } }";
+    let variables = json!({ "id": world.event_id });
+    let seen_by_organizer = app
+        .gql_ok(world.tokens[3].as_deref(), bookings, variables.clone())
+        .await;
+    let user = &seen_by_organizer["eventBookings"]["edges"][0]["node"]["user"];
+    assert_eq!(
+        (&user["id"], &user["email"]),
+        (&json!(world.alice), &Value::Null)
+    );
+    let seen_by_admin = app
+        .gql_ok(world.tokens[5].as_deref(), bookings, variables)
+        .await;
+    assert_eq!(
+        seen_by_admin["eventBookings"]["edges"][0]["node"]["user"]["email"],
+        json!(alice_email)
     );
 }

@@ -8,7 +8,7 @@ use diesel::QueryableByName;
 use diesel::sql_types::{Integer, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use evently::app::{App, AppState};
-use evently::config::{Config, PasswordHashing};
+use evently::config::{Config, PasswordHashing, RateLimit, RateLimits};
 use evently::db::models::Role;
 use evently::domain::{auth, users};
 use serde_json::{Value, json};
@@ -124,7 +124,7 @@ impl Drop for TestDatabase {
 pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
     let mut config = Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(database_url.to_owned()),
-        "JWT_SECRET" => Some("test-secret-test-secret-test-secret-0123".into()),
+        "JWT_SECRET" => Some(TEST_JWT_SECRET.into()),
         "DATABASE_POOL_SIZE" => Some("20".into()),
         _ => None,
     })
@@ -139,6 +139,15 @@ pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
         iterations: 1,
         parallelism: 1,
         max_concurrent: 4,
+    };
+    // Tests sign in hundreds of users from 127.0.0.1; the limits stay on (so their code runs)
+    // but out of reach. Rate-limit tests set strict ones with `TestApp::spawn_with`.
+    let generous = RateLimit::per(1_000_000, 60);
+    config.rate_limits = RateLimits {
+        login: generous,
+        register: generous,
+        booking: generous,
+        requests: generous,
     };
     config
 }
@@ -163,25 +172,45 @@ pub struct TestUser {
 impl TestApp {
     /// A server on a fresh database, with Redis as its bus.
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like `spawn`, with the test's own settings (strict limits, production mode...).
+    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
         let prefix = format!("evently:test:{}:", Uuid::new_v4().simple());
-        Self::start(std::sync::Arc::new(fresh_database().await), Some(prefix)).await
+        let database = std::sync::Arc::new(fresh_database().await);
+        let mut config = test_config(&database.url, Some(&prefix));
+        configure(&mut config);
+        Self::start(database, config).await
     }
 
     /// A server with the in-process bus (no REDIS_URL).
     pub async fn spawn_without_redis() -> Self {
-        Self::start(std::sync::Arc::new(fresh_database().await), None).await
+        let database = std::sync::Arc::new(fresh_database().await);
+        let config = test_config(&database.url, None);
+        Self::start(database, config).await
     }
 
-    /// Another instance sharing this one's database and Redis prefix, as behind a load balancer.
+    /// Another instance with this one's configuration, database and Redis prefix, as behind a
+    /// load balancer.
     pub async fn spawn_peer(&self) -> Self {
-        Self::start(self.database.clone(), self.redis_prefix.clone()).await
+        self.spawn_peer_with(|_| {}).await
     }
 
-    async fn start(database: std::sync::Arc<TestDatabase>, redis_prefix: Option<String>) -> Self {
+    /// A peer whose configuration differs, e.g. after a deployment changed it.
+    pub async fn spawn_peer_with(&self, configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.state.config.clone();
+        configure(&mut config);
+        Self::start(self.database.clone(), config).await
+    }
+
+    async fn start(database: std::sync::Arc<TestDatabase>, config: Config) -> Self {
         LazyLock::force(&TRACING);
-        let state = App::build(test_config(&database.url, redis_prefix.as_deref()))
-            .await
-            .unwrap();
+        let redis_prefix = config
+            .redis_url
+            .is_some()
+            .then(|| config.redis_prefix.clone());
+        let state = App::build(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(evently::http::serve(
@@ -337,3 +366,90 @@ pub fn error_code(body: &Value) -> &str {
 pub const BOOK: &str =
     "mutation($input: BookSeatsInput!) { bookSeats(input: $input) { id quantity status } }";
 pub const CANCEL: &str = "mutation($id: ID!) { cancelBooking(id: $id) { id status cancelledAt } }";
+
+impl TestApp {
+    /// Row counts and a checksum of every row of every table: equal fingerprints mean
+    /// nothing was written in between.
+    pub async fn fingerprint(&self) -> String {
+        #[derive(QueryableByName)]
+        struct Fingerprint {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            fingerprint: String,
+        }
+        let tables = ["users", "sessions", "refresh_tokens", "events", "bookings"];
+        let parts = tables
+            .iter()
+            .map(|table| {
+                format!(
+                    "'{table}:' || (SELECT count(*) FROM {table}) || ':' || \
+                     (SELECT coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t)"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" || ' ' || ");
+        let row: Fingerprint = diesel::sql_query(format!("SELECT {parts} AS fingerprint"))
+            .get_result(&mut self.db().await)
+            .await
+            .unwrap();
+        row.fingerprint
+    }
+
+    /// Posts raw bytes to /graphql; returns the status, headers and body (JSON when it is JSON).
+    pub async fn post_raw(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        token: Option<&str>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/graphql", self.base_url))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("request reaches the server");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, body)
+    }
+
+    /// Posts a JSON value (a request, a batch, anything) to /graphql.
+    pub async fn post_json(&self, body: &Value, token: Option<&str>) -> (u16, Value) {
+        let (status, _, body) = self
+            .post_raw("application/json", body.to_string(), token)
+            .await;
+        (status, body)
+    }
+}
+
+/// Signs `claims` as a token the server would issue, unless told otherwise.
+pub fn sign(
+    claims: &Value,
+    kid: Option<&str>,
+    secret: &str,
+    alg: jsonwebtoken::Algorithm,
+) -> String {
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+pub const TEST_JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// The claims of a valid access token for `user` in `session`.
+pub fn claims(user: Uuid, session: Uuid) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({
+        "sub": user, "sid": session, "role": "USER", "jti": Uuid::new_v4(),
+        "iat": now, "nbf": now, "exp": now + 900, "iss": "evently", "aud": "evently-api",
+    })
+}

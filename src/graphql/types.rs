@@ -180,8 +180,13 @@ impl models::Booking {
     async fn status(&self) -> BookingStatus {
         self.status.into()
     }
-    async fn idempotency_key(&self) -> Option<&str> {
-        self.idempotency_key.as_deref()
+    /// Shown to the booking's owner and to admins; null for the event's organizer.
+    async fn idempotency_key(&self, ctx: &Context<'_>) -> Option<&str> {
+        let visible = match viewer(ctx).await {
+            Ok(Some(viewer)) => viewer.id() == self.user_id || viewer.is_admin(),
+            _ => false,
+        };
+        self.idempotency_key.as_deref().filter(|_| visible)
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at

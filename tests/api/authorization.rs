@@ -431,4 +431,38 @@ async fn emails_are_shown_only_to_their_owner_and_admins() {
         seen_by_admin["eventBookings"]["edges"][0]["node"]["user"]["email"],
         json!(alice_email)
     );
+
+    // A booking's idempotency key is its owner's (and admins') business too.
+    let keyed = app
+        .gql_ok(
+            world.tokens[1].as_deref(),
+            "mutation($input: BookSeatsInput!) { bookSeats(input: $input) { idempotencyKey } }",
+            json!({ "input": { "eventId": world.event_id, "idempotencyKey": "alice-checkout-1" } }),
+        )
+        .await;
+    assert_eq!(keyed["bookSeats"]["idempotencyKey"], "alice-checkout-1");
+    let keys =
+        "query($id: ID!) { eventBookings(eventId: $id) { edges { node { idempotencyKey } } } }";
+    let variables = json!({ "id": world.event_id });
+    let keys_of = |data: Value| {
+        data["eventBookings"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|edge| edge["node"]["idempotencyKey"].clone())
+            .collect::<Vec<_>>()
+    };
+    let organizer_sees = keys_of(
+        app.gql_ok(world.tokens[3].as_deref(), keys, variables.clone())
+            .await,
+    );
+    assert_eq!(organizer_sees, [Value::Null, Value::Null]);
+    let admin_sees = keys_of(
+        app.gql_ok(world.tokens[5].as_deref(), keys, variables)
+            .await,
+    );
+    assert!(
+        admin_sees.contains(&json!("alice-checkout-1")),
+        "{admin_sees:?}"
+    );
 }

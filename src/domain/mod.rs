@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bookings;
 pub mod events;
 pub mod pagination;
+pub mod resync;
 pub mod seed;
 pub mod users;
 

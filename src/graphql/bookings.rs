@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 
@@ -6,7 +8,7 @@ use super::types::{booking_cursor, connection, parse_id};
 use crate::db::models::Booking;
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
 use crate::domain::pagination::PageRequest;
-use crate::realtime::SeatUpdate;
+use crate::realtime::{SeatUpdate, Update};
 
 #[derive(InputObject)]
 pub struct BookSeatsInput {
@@ -57,9 +59,14 @@ impl BookingQuery {
 pub struct BookingMutation;
 
 impl BookingMutation {
+    /// Announces a change that happened (a replayed request changes nothing): the event's seat
+    /// counts to its watchers, the booking to its owner's `myBookingUpdates`.
     fn publish(ctx: &Context<'_>, change: BookingChange) -> Booking {
         if let Some(event) = &change.event {
-            ctx.app().bus.publish(SeatUpdate::from(event));
+            ctx.app().bus.publish_all(vec![
+                Update::Seats(SeatUpdate::from(event)),
+                Update::Booking(Arc::new(change.booking.clone())),
+            ]);
         }
         change.booking
     }

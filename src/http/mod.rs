@@ -1,14 +1,15 @@
 //! HTTP surface: GraphQL over POST, GraphiQL on GET, subscriptions over WebSocket, probes.
 
 pub mod graphiql;
+pub mod ws;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::{BatchRequest, Data};
+use async_graphql::BatchRequest;
 use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::{State, WebSocketUpgrade};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -38,12 +39,19 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 struct HttpState {
     app: AppState,
     schema: EventlySchema,
+    sockets: Arc<ws::Sockets>,
 }
 
 pub fn router(app: AppState) -> Router {
+    let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
+    router_with(app, sockets)
+}
+
+fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
     let state = HttpState {
         schema: build_schema(app.clone()),
         app,
+        sockets,
     };
     let cors = CorsLayer::new()
         .allow_origin(Any)
@@ -60,7 +68,7 @@ pub fn router(app: AppState) -> Router {
                 .post(graphql)
                 .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, REQUEST_TIMEOUT)),
         )
-        .route("/graphql/ws", get(graphql_ws))
+        .route("/graphql/ws", get(ws::graphql_ws))
         .route("/graphiql/{file}", get(graphiql::graphiql_asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -199,56 +207,25 @@ fn init_token(payload: &serde_json::Value) -> Option<String> {
     })
 }
 
-async fn graphql_ws(
-    State(state): State<HttpState>,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let app = state.app.clone();
-            GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let authorization = init_token(&payload);
-                    let caller = match identify(&app, authorization.as_deref()).await {
-                        Ok(Caller::Rejected(why)) => return Err(async_graphql::Error::new(why)),
-                        Ok(Caller::Signed(_)) => {
-                            let token = authorization.as_deref().and_then(bearer_token);
-                            Caller::Connection(token.unwrap_or_default().to_owned())
-                        }
-                        Ok(caller) => caller,
-                        Err(error) => return Err(error.into()),
-                    };
-                    let (users, events) = request_loaders(&app);
-                    let mut data = Data::default();
-                    data.insert(caller);
-                    data.insert(users);
-                    data.insert(events);
-                    Ok(data)
-                })
-                .serve()
-        })
-}
-
 async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when PostgreSQL answers and Redis answers or is not configured.
+/// Ready when PostgreSQL answers. Redis down is `degraded`, still 200: bookings stay correct
+/// without it and live updates catch up when it is back, so taking every instance out of the
+/// load balancer on a Redis blip would turn a degradation into an outage.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let postgres = tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&state.app.db))
         .await
         .is_ok_and(|r| r.is_ok());
     let redis = state.app.bus.redis_health().await;
-    let ready = postgres && redis != RedisHealth::Down;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (status, word) = match (postgres, redis) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, RedisHealth::Down) => (StatusCode::OK, "degraded"),
+        (true, _) => (StatusCode::OK, "ready"),
     };
     let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
+        "status": word,
         "postgres": if postgres { "up" } else { "down" },
         "redis": match redis {
             RedisHealth::NotConfigured => "not_configured",
@@ -263,15 +240,25 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     response
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets requests in flight finish.
+/// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish and
+/// closes every WebSocket with 1001 once its operations in flight are done (or the drain time
+/// is up).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
+    let signalled = sockets.clone();
+    axum::serve(listener, router_with(app, sockets.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Upgraded connections are not HTTP requests any more: tell them separately.
+            signalled.begin_shutdown();
+        })
+        .await?;
+    sockets.shut_down().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -187,7 +187,7 @@ enum ClientMessage {
     },
     Subscribe {
         id: String,
-        payload: Box<async_graphql::Request>,
+        payload: OperationPayload,
     },
     Complete {
         id: String,
@@ -195,12 +195,45 @@ enum ClientMessage {
     // The legacy protocol's names.
     Start {
         id: String,
-        payload: Box<async_graphql::Request>,
+        payload: OperationPayload,
     },
     Stop {
         id: String,
     },
     ConnectionTerminate,
+}
+
+/// A `subscribe` payload as the protocol defines it: `query` is required, `variables` and
+/// `extensions` are objects when present.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OperationPayload {
+    query: String,
+    #[serde(default)]
+    operation_name: Option<String>,
+    #[serde(default)]
+    variables: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "accepted as the protocol allows; no extension is used"
+    )]
+    extensions: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl From<OperationPayload> for async_graphql::Request {
+    fn from(payload: OperationPayload) -> Self {
+        let mut request = async_graphql::Request::new(payload.query);
+        if let Some(name) = payload.operation_name {
+            request = request.operation_name(name);
+        }
+        if let Some(variables) = payload.variables {
+            request = request.variables(async_graphql::Variables::from_json(
+                serde_json::Value::Object(variables),
+            ));
+        }
+        request
+    }
 }
 
 #[derive(Serialize)]
@@ -369,10 +402,10 @@ impl Connection {
             }
             ClientMessage::Pong { .. } if !legacy => Ok(()),
             ClientMessage::Subscribe { id, payload } if !legacy => {
-                self.on_subscribe(socket, id, *payload).await
+                self.on_subscribe(socket, id, payload.into()).await
             }
             ClientMessage::Start { id, payload } if legacy => {
-                self.on_subscribe(socket, id, *payload).await
+                self.on_subscribe(socket, id, payload.into()).await
             }
             ClientMessage::Complete { id } if !legacy => {
                 self.forget(&id);

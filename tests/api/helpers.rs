@@ -121,7 +121,7 @@ impl Drop for TestDatabase {
     }
 }
 
-pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
+pub fn test_config(database_url: &str, redis: Option<(&str, &str)>) -> Config {
     let mut config = Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(database_url.to_owned()),
         "JWT_SECRET" => Some("test-secret-test-secret-test-secret-0123".into()),
@@ -129,8 +129,8 @@ pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
         _ => None,
     })
     .unwrap();
-    if let Some(prefix) = redis_prefix {
-        config.redis_url = Some(redis_url());
+    if let Some((url, prefix)) = redis {
+        config.redis_url = Some(url.to_owned());
         config.redis_prefix = prefix.to_owned();
     }
     // The parameters travel inside each hash; cheap ones keep tests fast without changing code paths.
@@ -148,7 +148,11 @@ pub struct TestApp {
     pub base_url: String,
     pub state: AppState,
     pub client: reqwest::Client,
-    pub redis_prefix: Option<String>,
+    /// Redis URL and key prefix, shared with peers.
+    pub redis: Option<(String, String)>,
+    /// Cancel to shut the server down gracefully; `server` then finishes.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub server: std::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
     // Dropped last: the database outlives the server using it.
     pub database: std::sync::Arc<TestDatabase>,
 }
@@ -163,38 +167,59 @@ pub struct TestUser {
 impl TestApp {
     /// A server on a fresh database, with Redis as its bus.
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Like `spawn`, with configuration changed by `tweak` first.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on_redis(&redis_url(), tweak).await
+    }
+
+    /// A server on a fresh database using the Redis at `url` (with its own key prefix).
+    pub async fn spawn_on_redis(url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
         let prefix = format!("evently:test:{}:", Uuid::new_v4().simple());
-        Self::start(std::sync::Arc::new(fresh_database().await), Some(prefix)).await
+        let database = std::sync::Arc::new(fresh_database().await);
+        Self::start(database, Some((url.to_owned(), prefix)), tweak).await
     }
 
     /// A server with the in-process bus (no REDIS_URL).
     pub async fn spawn_without_redis() -> Self {
-        Self::start(std::sync::Arc::new(fresh_database().await), None).await
+        Self::start(std::sync::Arc::new(fresh_database().await), None, |_| {}).await
     }
 
     /// Another instance sharing this one's database and Redis prefix, as behind a load balancer.
     pub async fn spawn_peer(&self) -> Self {
-        Self::start(self.database.clone(), self.redis_prefix.clone()).await
+        Self::start(self.database.clone(), self.redis.clone(), |_| {}).await
     }
 
-    async fn start(database: std::sync::Arc<TestDatabase>, redis_prefix: Option<String>) -> Self {
+    async fn start(
+        database: std::sync::Arc<TestDatabase>,
+        redis: Option<(String, String)>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         LazyLock::force(&TRACING);
-        let state = App::build(test_config(&database.url, redis_prefix.as_deref()))
-            .await
-            .unwrap();
+        let redis_ref = redis
+            .as_ref()
+            .map(|(url, prefix)| (url.as_str(), prefix.as_str()));
+        let mut config = test_config(&database.url, redis_ref);
+        tweak(&mut config);
+        let state = App::build(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(evently::http::serve(
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(evently::http::serve(
             listener,
             state.clone(),
-            std::future::pending(),
+            shutdown.clone().cancelled_owned(),
         ));
         Self {
             addr,
             base_url: format!("http://{addr}"),
             state,
             client: reqwest::Client::new(),
-            redis_prefix,
+            redis,
+            shutdown,
+            server: std::sync::Mutex::new(Some(server)),
             database,
         }
     }

@@ -9,3 +9,4 @@ mod helpers;
 mod journey;
 mod schema;
 mod websocket;
+mod ws_protocol;

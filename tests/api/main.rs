@@ -7,6 +7,7 @@ mod errors;
 mod graphiql;
 mod helpers;
 mod journey;
+mod live;
 mod schema;
 mod websocket;
 mod ws_protocol;

@@ -576,3 +576,109 @@ impl Drop for Updates {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seats(version: i32) -> Update {
+        Update::Seats(SeatUpdate {
+            event_id: Uuid::nil(),
+            capacity: 1000,
+            seats_available: 1000 - version,
+            version,
+        })
+    }
+
+    fn version(update: Option<Update>) -> Option<i32> {
+        match update {
+            Some(Update::Seats(seats)) => Some(seats.version),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_skips_to_the_newest_state() {
+        let bus = Bus::in_process();
+        let mut slow = bus.subscribe(Topic::Seats(Uuid::nil()));
+        // Far more than the channel holds, while the subscriber is not polled.
+        for v in 1..=(CHANNEL_CAPACITY as i32 * 3) {
+            bus.publish(seats(v));
+        }
+        assert_eq!(
+            version(slow.next().await),
+            Some(CHANNEL_CAPACITY as i32 * 3)
+        );
+        bus.publish(seats(1000));
+        assert_eq!(version(slow.next().await), Some(1000));
+    }
+
+    #[tokio::test]
+    async fn channels_exist_only_while_someone_listens() {
+        let bus = Bus::in_process();
+        let event = Uuid::new_v4();
+        let first = bus.subscribe(Topic::Seats(event));
+        let second = bus.subscribe(Topic::Seats(event));
+        let other = bus.subscribe(Topic::UserBookings(event));
+        assert_eq!(bus.local_channel_count(), 2);
+        drop(first);
+        assert_eq!(bus.local_channel_count(), 2);
+        drop((second, other));
+        assert_eq!(bus.local_channel_count(), 0);
+        // Publishing with no one listening is not an error and creates nothing.
+        bus.publish(seats(1));
+        assert_eq!(bus.local_channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn booking_changes_are_not_coalesced() {
+        let bus = Bus::in_process();
+        let user = Uuid::new_v4();
+        let mut feed = bus.subscribe(Topic::UserBookings(user));
+        let booking = |status| Booking {
+            id: Uuid::new_v4(),
+            event_id: Uuid::nil(),
+            user_id: user,
+            quantity: 1,
+            status,
+            idempotency_key: None,
+            created_at: Utc::now(),
+            cancelled_at: None,
+        };
+        let sent = [
+            booking(BookingStatus::Confirmed),
+            booking(BookingStatus::Cancelled),
+        ];
+        bus.publish_all(
+            sent.iter()
+                .cloned()
+                .map(|b| Update::Booking(Arc::new(b)))
+                .collect(),
+        );
+        for expected in &sent {
+            match feed.next().await {
+                Some(Update::Booking(got)) => assert_eq!(got.id, expected.id),
+                other => panic!("expected a booking, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_wire_format_round_trips() {
+        let update = SeatUpdate {
+            event_id: Uuid::new_v4(),
+            capacity: 10,
+            seats_available: 4,
+            version: 7,
+        };
+        let origin = Uuid::new_v4();
+        let text = serde_json::to_string(&EnvelopeRef {
+            origin,
+            update: WireRef::Seats(&update),
+        })
+        .unwrap();
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.origin, origin);
+        assert!(matches!(back.update, Wire::Seats(seats) if seats == update));
+    }
+}

@@ -423,9 +423,8 @@ async fn retry_unsent(bus: Weak<Inner>) {
                 tracing::debug!(%error, "republishing failed");
                 let mut unsent = lock(&redis.unsent);
                 for (key, pending) in batch {
-                    if !unsent.entries.contains_key(&key) {
-                        unsent.entries.insert(key, pending);
-                    }
+                    // A newer message kept meanwhile wins.
+                    unsent.entries.entry(key).or_insert(pending);
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

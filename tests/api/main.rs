@@ -8,6 +8,7 @@ mod graphiql;
 mod helpers;
 mod journey;
 mod live;
+mod reference_client;
 mod schema;
 mod websocket;
 mod ws_protocol;

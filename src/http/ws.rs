@@ -34,7 +34,7 @@ const TRANSPORT_WS: &str = "graphql-transport-ws";
 const LEGACY_WS: &str = "graphql-ws";
 /// Client messages are small GraphQL documents; per-connection buffers stay small with them.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// How long a closing connection waits for the client's close frame before dropping the TCP
 /// connection (dropping earlier could reset it before the client reads the close code).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);

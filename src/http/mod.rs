@@ -1,5 +1,6 @@
 //! HTTP surface: GraphQL over POST, GraphiQL on GET, subscriptions over WebSocket, probes.
 
+mod fanout;
 pub mod graphiql;
 pub mod ws;
 
@@ -40,6 +41,7 @@ struct HttpState {
     app: AppState,
     schema: EventlySchema,
     sockets: Arc<ws::Sockets>,
+    fanout: Arc<fanout::Fanout>,
 }
 
 pub fn router(app: AppState) -> Router {
@@ -48,8 +50,10 @@ pub fn router(app: AppState) -> Router {
 }
 
 fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
+    let schema = build_schema(app.clone());
     let state = HttpState {
-        schema: build_schema(app.clone()),
+        fanout: Arc::new(fanout::Fanout::new(schema.clone(), app.clone())),
+        schema,
         app,
         sockets,
     };

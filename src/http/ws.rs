@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use super::fanout::{Fanout, Frame};
 use super::{HttpState, bearer_token, identify, init_token};
 use crate::config::WebSocketConfig;
 use crate::error::REQUEST_ID;
@@ -262,7 +263,15 @@ fn stop(code: u16, reason: impl Into<String>) -> Stop {
     Stop::Close(code, reason.into())
 }
 
-type Operation = BoxStream<'static, Option<Response>>;
+/// What an operation produces: its own results, or a shared execution's (already serialized),
+/// then `End`.
+enum Output {
+    Own(Response),
+    Shared(Frame),
+    End,
+}
+
+type Operation = BoxStream<'static, Output>;
 
 struct Connection {
     state: HttpState,
@@ -402,10 +411,10 @@ impl Connection {
             }
             ClientMessage::Pong { .. } if !legacy => Ok(()),
             ClientMessage::Subscribe { id, payload } if !legacy => {
-                self.on_subscribe(socket, id, payload.into()).await
+                self.on_subscribe(socket, id, payload).await
             }
             ClientMessage::Start { id, payload } if legacy => {
-                self.on_subscribe(socket, id, payload.into()).await
+                self.on_subscribe(socket, id, payload).await
             }
             ClientMessage::Complete { id } if !legacy => {
                 self.forget(&id);
@@ -497,7 +506,7 @@ impl Connection {
         &mut self,
         socket: &mut WebSocket,
         id: String,
-        request: async_graphql::Request,
+        payload: OperationPayload,
     ) -> Result<(), Stop> {
         let Some(session) = &self.session else {
             return Err(stop(close::UNAUTHORIZED, "Unauthorized"));
@@ -537,13 +546,26 @@ impl Connection {
             )
             .await;
         }
-        let operation = self
-            .state
-            .schema
-            .execute_stream_with_session_data(request, session.clone())
-            .map(Some)
-            .chain(stream::once(async { None }))
-            .boxed();
+        let shared = Fanout::shareable(
+            &payload.query,
+            payload.operation_name.as_deref(),
+            payload.variables.as_ref(),
+        );
+        let results: Operation = match shared {
+            Some(key) => self
+                .state
+                .fanout
+                .join(key, move || payload.into())
+                .map(Output::Shared)
+                .boxed(),
+            None => self
+                .state
+                .schema
+                .execute_stream_with_session_data(payload, session.clone())
+                .map(Output::Own)
+                .boxed(),
+        };
+        let operation = results.chain(stream::once(async { Output::End })).boxed();
         self.operations.insert(id, operation);
         Ok(())
     }
@@ -561,32 +583,30 @@ impl Connection {
         &mut self,
         socket: &mut WebSocket,
         id: String,
-        output: Option<Response>,
+        output: Output,
     ) -> Result<(), Stop> {
-        let Some(response) = output else {
-            self.forget(&id);
-            return send(
-                socket,
-                self.config.idle_timeout,
-                message::<()>(Some(&id), "complete", None),
-            )
-            .await;
-        };
-        if ends_operation(&response) {
-            self.forget(&id);
-            let error = self.error_message(&id, &response.errors);
-            return send(socket, self.config.idle_timeout, error).await;
-        }
-        let kind = match self.protocol {
+        let patience = self.config.idle_timeout;
+        let next = match self.protocol {
             Protocol::TransportWs => "next",
             Protocol::Legacy => "data",
         };
-        let sent = send(
-            socket,
-            self.config.idle_timeout,
-            message(Some(&id), kind, Some(&response)),
-        )
-        .await;
+        let text = match output {
+            Output::End | Output::Shared(Frame::Complete) => {
+                self.forget(&id);
+                return send(socket, patience, message::<()>(Some(&id), "complete", None)).await;
+            }
+            Output::Own(response) if ends_operation(&response) => {
+                self.forget(&id);
+                return send(socket, patience, self.error_message(&id, &response.errors)).await;
+            }
+            Output::Shared(Frame::Error(errors)) => {
+                self.forget(&id);
+                return send(socket, patience, prebuilt(&id, "error", &errors)).await;
+            }
+            Output::Own(response) => message(Some(&id), next, Some(&response)),
+            Output::Shared(Frame::Next(payload)) => prebuilt(&id, next, &payload),
+        };
+        let sent = send(socket, patience, text).await;
         if self.draining {
             // A subscription that started during shutdown has had its first message.
             self.forget(&id);
@@ -595,6 +615,14 @@ impl Connection {
         }
         sent
     }
+}
+
+/// A message around a payload serialized once for many connections.
+fn prebuilt(id: &str, kind: &'static str, payload: &str) -> Message {
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".to_owned());
+    Message::text(format!(
+        r#"{{"id":{id},"type":"{kind}","payload":{payload}}}"#
+    ))
 }
 
 /// Sends one message. A client that stops reading would hold the task forever, so one that
@@ -617,7 +645,7 @@ fn message_with(
 /// A result with no data whose errors all come before execution (the document does not parse
 /// or validate: no `path`) or all refuse the caller (UNAUTHENTICATED: not signed in, token
 /// expired, session ended) is sent as an `error` message, which ends the operation.
-fn ends_operation(response: &Response) -> bool {
+pub(super) fn ends_operation(response: &Response) -> bool {
     if response.errors.is_empty() || !matches!(response.data, async_graphql::Value::Null) {
         return false;
     }

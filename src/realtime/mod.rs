@@ -339,6 +339,13 @@ impl Bus {
         }
     }
 
+    /// Subscribers of `topic` on this instance.
+    pub fn local_subscriber_count(&self, topic: Topic) -> usize {
+        lock(&self.inner.channels)
+            .get(&topic)
+            .map_or(0, broadcast::Sender::receiver_count)
+    }
+
     /// Topics with at least one subscriber on this instance.
     pub fn local_channel_count(&self) -> usize {
         lock(&self.inner.channels).len()

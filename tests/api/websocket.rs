@@ -357,3 +357,80 @@ async fn an_open_connection_loses_its_rights_when_the_session_ends() {
     );
     assert_eq!(app.count("bookings").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_seat_subscriptions_share_one_execution() {
+    let app = TestApp::spawn_without_redis().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 10).await;
+    let uuid: uuid::Uuid = event_id.parse().unwrap();
+    let topic = evently::realtime::Topic::Seats(uuid);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+            .await
+            .unwrap();
+        client
+            .subscribe("s", SEATS, json!({ "id": event_id }))
+            .await;
+        assert_eq!(seats(&mut client).await, (10, 1));
+        clients.push(client);
+    }
+    assert_eq!(app.state.bus.local_subscriber_count(topic), 1);
+    // Another selection is another execution.
+    let mut other = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    other
+        .subscribe(
+            "v",
+            "subscription($id: ID!) { seatAvailability(eventId: $id) { version } }",
+            json!({ "id": event_id }),
+        )
+        .await;
+    assert_eq!(
+        other.next_data().await["data"]["seatAvailability"]["version"],
+        1
+    );
+    assert_eq!(app.state.bus.local_subscriber_count(topic), 2);
+
+    app.gql_ok(
+        Some(&buyer.token),
+        BOOK,
+        json!({ "input": { "eventId": event_id, "quantity": 4 } }),
+    )
+    .await;
+    for client in &mut clients {
+        assert_eq!(seats(client).await, (6, 2));
+    }
+    // A late joiner starts from the current state, not the first one the execution sent.
+    let mut late = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    late.subscribe("s", SEATS, json!({ "id": event_id })).await;
+    assert_eq!(seats(&mut late).await, (6, 2));
+    // Completing one does not end the others.
+    clients[0]
+        .send(json!({ "id": "s", "type": "complete" }))
+        .await;
+    app.gql_ok(
+        Some(&buyer.token),
+        BOOK,
+        json!({ "input": { "eventId": event_id, "quantity": 1 } }),
+    )
+    .await;
+    assert_eq!(seats(&mut clients[1]).await, (5, 3));
+    assert_eq!(seats(&mut late).await, (5, 3));
+
+    // When everyone has left, the execution and the channel go away.
+    drop((clients, other, late));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.state.bus.local_channel_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the channel outlived its subscribers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -358,7 +358,12 @@ impl Connection {
                     let result = match frame {
                         None => return Stop::Gone,
                         Some(Err(error)) => return read_error(&error),
-                        Some(Ok(Message::Text(text))) => self.on_text(socket, text.as_str()).await,
+                        // Boxed, here and below: the task keeps room for its largest state
+                        // for its whole life, and an idle connection should not pay for the
+                        // token check's database query.
+                        Some(Ok(Message::Text(text))) => {
+                            Box::pin(self.on_text(socket, text.as_str())).await
+                        }
                         Some(Ok(Message::Binary(_))) => {
                             Err(stop(close::INVALID_MESSAGE, "Invalid message received: binary frames are not part of the protocol"))
                         }
@@ -370,7 +375,7 @@ impl Connection {
                     }
                 }
                 Some((id, output)) = self.operations.next(), if !self.operations.is_empty() => {
-                    if let Err(stop) = self.on_output(socket, id, output).await {
+                    if let Err(stop) = Box::pin(self.on_output(socket, id, output)).await {
                         return stop;
                     }
                     if self.draining && self.operations.is_empty() {

@@ -276,3 +276,63 @@ impl Stream for Subscriber {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Fanout;
+
+    fn key(query: &str, name: Option<&str>) -> Option<String> {
+        let variables = serde_json::json!({ "id": "e1" });
+        Fanout::shareable(query, name, variables.as_object())
+    }
+
+    #[test]
+    fn only_a_lone_seat_availability_field_is_shared() {
+        let seats =
+            "subscription($id: ID!) { seatAvailability(eventId: $id) { seatsAvailable version } }";
+        assert!(key(seats, None).is_some());
+        assert!(
+            key(
+                "subscription S($id: ID!) { a: seatAvailability(eventId: $id) { version } }",
+                Some("S")
+            )
+            .is_some()
+        );
+        // Caller-dependent or anything more: each connection runs its own.
+        for query in [
+            "subscription { myBookingUpdates { id } }",
+            "subscription($id: ID!) { eventUpdated(eventId: $id) { id } }",
+            "subscription($id: ID!) { seatAvailability(eventId: $id) { version } x: seatAvailability(eventId: $id) { version } }",
+            "subscription($id: ID!) @skip(if: false) { seatAvailability(eventId: $id) { version } }",
+            "subscription($id: ID!) { ...F } fragment F on Subscription { seatAvailability(eventId: $id) { version } }",
+            "query($id: ID!) { event(id: $id) { id } }",
+            "subscription {",
+        ] {
+            assert!(key(query, None).is_none(), "{query}");
+        }
+        assert!(
+            key(
+                "subscription S($id: ID!) { seatAvailability(eventId: $id) { version } }",
+                Some("T")
+            )
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn the_key_separates_documents_and_variables() {
+        let seats = "subscription($id: ID!) { seatAvailability(eventId: $id) { version } }";
+        let other = serde_json::json!({ "id": "e2" });
+        assert_ne!(
+            key(seats, None),
+            Fanout::shareable(seats, None, other.as_object())
+        );
+        assert_ne!(
+            key(seats, None),
+            key(
+                "subscription($id: ID!) { seatAvailability(eventId: $id) { capacity } }",
+                None
+            )
+        );
+    }
+}

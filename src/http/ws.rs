@@ -36,6 +36,7 @@ const LEGACY_WS: &str = "graphql-ws";
 /// Client messages are small GraphQL documents; per-connection buffers stay small with them.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const READ_BUFFER_BYTES: usize = 2 * 1024;
+const MAX_ID_BYTES: usize = 128;
 /// How long a closing connection waits for the client's close frame before dropping the TCP
 /// connection (dropping earlier could reset it before the client reads the close code).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -516,7 +517,8 @@ impl Connection {
         let Some(session) = &self.session else {
             return Err(stop(close::UNAUTHORIZED, "Unauthorized"));
         };
-        if id.is_empty() {
+        // Clients use UUIDs or counters; a long id is only a way to make the server hold more.
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
             return Err(stop(close::INVALID_MESSAGE, "Invalid message received"));
         }
         if self.operations.contains_key(&id) {

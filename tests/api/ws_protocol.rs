@@ -129,6 +129,10 @@ async fn invalid_messages_close_with_4400() {
     let after_init = [
         text(json!({ "type": "subscribe", "payload": { "query": QUERY } })),
         text(json!({ "id": "", "type": "subscribe", "payload": { "query": QUERY } })),
+        text(json!({ "id": "x".repeat(129), "type": "subscribe", "payload": { "query": QUERY } })),
+        text(
+            json!({ "id": "1", "type": "subscribe", "payload": { "query": QUERY, "variables": [] } }),
+        ),
         text(json!({ "id": "1", "type": "subscribe", "payload": { "variables": {} } })),
         text(json!({ "id": "1", "type": "subscribe", "payload": { "query": 7 } })),
         text(json!({ "id": "1", "type": "next", "payload": {} })),

@@ -15,8 +15,8 @@ use async_graphql::{Data, Response, ServerError};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::response::Response as HttpResponse;
-use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::StreamMap;
@@ -613,14 +613,22 @@ impl Connection {
             Output::Own(response) => message(Some(&id), next, Some(&response)),
             Output::Shared(Frame::Next(payload)) => prebuilt(&id, next, &payload),
         };
-        let sent = send(socket, patience, text).await;
-        if self.draining {
-            // A subscription that started during shutdown has had its first message.
-            self.forget(&id);
-        } else {
+        send(socket, patience, text).await?;
+        if !self.draining {
             self.answered.insert(id);
+            return Ok(());
         }
-        sent
+        // Shutting down: a query or mutation is complete now; a subscription that started
+        // during shutdown has had its first message and is dropped.
+        let finished = self
+            .operations
+            .remove(&id)
+            .is_some_and(|mut rest| matches!(rest.next().now_or_never(), Some(Some(Output::End))));
+        self.forget(&id);
+        if finished {
+            send(socket, patience, message::<()>(Some(&id), "complete", None)).await?;
+        }
+        Ok(())
     }
 }
 

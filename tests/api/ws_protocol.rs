@@ -389,3 +389,68 @@ async fn graceful_shutdown_closes_sockets_with_1001() {
         "no new connections after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_operation_in_flight_finish_before_closing() {
+    use diesel_async::SimpleAsyncConnection;
+
+    let app = TestApp::spawn_without_redis().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 5).await;
+    let mut client = acked(&app, json!({ "authToken": buyer.token })).await;
+    client
+        .subscribe("s", SEATS, json!({ "id": event_id }))
+        .await;
+    assert_eq!(seats(&mut client).await, (5, 1));
+
+    // Hold the event row, so the booking below waits in the database.
+    let mut blocker = app.db().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM events WHERE id = '{event_id}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    client
+        .subscribe(
+            "book",
+            "mutation($id: ID!) { bookSeats(input: { eventId: $id, quantity: 2 }) { status } }",
+            json!({ "id": event_id }),
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + crate::websocket::WAIT;
+    while app
+        .count("pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+        .await
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the booking never reached the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    app.shutdown.cancel();
+    // Draining: the subscription is gone, new operations are refused, the booking is awaited.
+    client.subscribe("late", QUERY, json!({})).await;
+    let refused = client.next_raw().await;
+    assert_eq!(refused["id"], "late", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"],
+        "SERVICE_UNAVAILABLE"
+    );
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let booked = client.next_raw().await;
+    assert_eq!(
+        booked,
+        json!({ "id": "book", "type": "next", "payload": { "data": { "bookSeats": { "status": "CONFIRMED" } } } })
+    );
+    assert_eq!(
+        client.next_raw().await,
+        json!({ "id": "book", "type": "complete" })
+    );
+    assert_eq!(client.closed().await, (1001, "server shutting down".into()));
+    assert_eq!(app.count("bookings").await, 1);
+}

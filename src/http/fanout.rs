@@ -279,7 +279,70 @@ impl Stream for Subscriber {
 
 #[cfg(test)]
 mod tests {
-    use super::Fanout;
+    use super::*;
+
+    fn subscriber(core: &Arc<Core>) -> Subscriber {
+        let shared = Arc::new(Shared {
+            core: core.clone(),
+            stop: CancellationToken::new(),
+        });
+        Subscriber {
+            first: lock(&core.latest).clone(),
+            receiver: BroadcastStream::new(core.sender.subscribe()),
+            done: false,
+            _shared: shared,
+        }
+    }
+
+    fn publish(core: &Core, frame: Frame) {
+        *lock(&core.latest) = Some(frame.clone());
+        let _ = core.sender.send(frame);
+    }
+
+    fn next(text: &str) -> Frame {
+        Frame::Next(text.into())
+    }
+
+    fn text(frame: Option<Frame>) -> String {
+        match frame {
+            Some(Frame::Next(text)) => text.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_gets_the_newest_result_and_still_the_end() {
+        let core = Arc::new(Core {
+            sender: broadcast::channel(CAPACITY).0,
+            latest: Mutex::new(None),
+        });
+        publish(&core, next("0"));
+        let mut late = subscriber(&core);
+        assert_eq!(
+            text(late.next().await),
+            "0",
+            "a joiner starts from the newest result"
+        );
+        for i in 1..=(CAPACITY * 3) {
+            publish(&core, next(&i.to_string()));
+        }
+        publish(&core, Frame::Complete);
+        assert_eq!(text(late.next().await), (CAPACITY * 3).to_string());
+        assert!(matches!(late.next().await, Some(Frame::Complete)));
+        assert!(late.next().await.is_none());
+    }
+
+    #[test]
+    fn the_last_subscriber_leaving_stops_the_execution() {
+        let core = Arc::new(Core {
+            sender: broadcast::channel(CAPACITY).0,
+            latest: Mutex::new(None),
+        });
+        let first = subscriber(&core);
+        let stop = first._shared.stop.clone();
+        drop(first);
+        assert!(stop.is_cancelled());
+    }
 
     fn key(query: &str, name: Option<&str>) -> Option<String> {
         let variables = serde_json::json!({ "id": "e1" });

@@ -551,7 +551,16 @@ impl Stream for Updates {
         let mut newest = None;
         loop {
             match Pin::new(&mut *receiver).poll_next(cx) {
-                Poll::Ready(Some(Ok(update))) if coalesce => newest = Some(update),
+                // Newest by version, not by arrival: a change from Redis can arrive after a
+                // later one delivered locally.
+                Poll::Ready(Some(Ok(update))) if coalesce => {
+                    if newest
+                        .as_ref()
+                        .is_none_or(|kept: &Update| kept.order().1 < update.order().1)
+                    {
+                        newest = Some(update);
+                    }
+                }
                 Poll::Ready(Some(Ok(update))) => return Poll::Ready(Some(update)),
                 // Lagged: the missed messages are superseded by the ones still buffered.
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
@@ -617,6 +626,16 @@ mod tests {
         );
         bus.publish(seats(1000));
         assert_eq!(version(slow.next().await), Some(1000));
+    }
+
+    #[tokio::test]
+    async fn skipping_keeps_the_highest_version_whatever_the_arrival_order() {
+        let bus = Bus::in_process();
+        let mut slow = bus.subscribe(Topic::Seats(Uuid::nil()));
+        for v in [3, 7, 5, 6] {
+            bus.publish(seats(v));
+        }
+        assert_eq!(version(slow.next().await), Some(7));
     }
 
     #[tokio::test]

@@ -387,3 +387,61 @@ async fn without_redis_bookings_and_local_subscribers_carry_on() {
     book(&app, &buyer.token, &event_id, 2).await;
     assert_eq!(seats(&mut client).await, (3, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscribers_on_two_instances_all_end_on_the_final_count() {
+    let first = TestApp::spawn().await;
+    let second = first.spawn_peer().await;
+    let organizer = first.user(Role::Organizer).await;
+    let event_id = first.event(&organizer, 100).await;
+    let mut subscribers = Vec::new();
+    for i in 0..40 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
+            .await
+            .unwrap();
+        // Half share one execution per instance, half run their own.
+        let query = if i % 4 < 2 {
+            SEATS
+        } else {
+            "subscription($id: ID!) { seatAvailability(eventId: $id) { seatsAvailable version } }"
+        };
+        client
+            .subscribe("s", query, json!({ "id": event_id }))
+            .await;
+        let first_message = client.next_data().await;
+        assert_eq!(first_message["data"]["seatAvailability"]["version"], 1);
+        subscribers.push(client);
+    }
+    let mut buyers = Vec::new();
+    for _ in 0..10 {
+        buyers.push(first.user(Role::User).await);
+    }
+    // Twenty bookings at once, half on each instance.
+    let bookings = buyers.iter().flat_map(|buyer| {
+        [&first, &second].map(|app| {
+            app.gql_ok(
+                Some(&buyer.token),
+                BOOK,
+                json!({ "input": { "eventId": event_id, "quantity": 1 } }),
+            )
+        })
+    });
+    futures_util::future::join_all(bookings).await;
+    let final_state = (80, 21);
+    for client in &mut subscribers {
+        let mut last_version = 1;
+        loop {
+            let data = client.next_data().await;
+            let seats = &data["data"]["seatAvailability"];
+            let version = seats["version"].as_i64().unwrap();
+            assert!(version > last_version, "{last_version} then {version}");
+            last_version = version;
+            if version == final_state.1 {
+                assert_eq!(seats["seatsAvailable"], final_state.0);
+                break;
+            }
+        }
+    }
+    first.assert_invariant().await;
+}

@@ -208,7 +208,7 @@ async fn a_client_without_a_known_subprotocol_is_closed_with_4406() {
 
 #[tokio::test]
 async fn ping_and_pong_work_both_ways_and_keep_the_connection_open() {
-    let idle = Duration::from_millis(900);
+    let idle = Duration::from_millis(1500);
     let app = TestApp::spawn_with(|config| {
         config.websocket.ping_interval = Duration::from_millis(200);
         config.websocket.idle_timeout = idle;

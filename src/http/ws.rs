@@ -30,6 +30,7 @@ use crate::config::WebSocketConfig;
 use crate::error::REQUEST_ID;
 use crate::graphql::context::Caller;
 use crate::graphql::loaders::request_loaders;
+use crate::realtime::Bus;
 
 const TRANSPORT_WS: &str = "graphql-transport-ws";
 const LEGACY_WS: &str = "graphql-ws";
@@ -93,29 +94,75 @@ impl Sockets {
         }
     }
 
-    /// Takes one of the user's connection slots, if any is left.
-    fn claim(self: &Arc<Self>, user: Uuid) -> Option<UserSlot> {
-        let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_user.entry(user).or_default();
-        if *count >= self.config.max_connections_per_user {
-            return None;
+    /// Takes one of the user's connection slots, if any is left: on this instance, and across
+    /// instances when Redis can say.
+    async fn claim(self: &Arc<Self>, bus: &Bus, user: Uuid) -> Option<UserSlot> {
+        {
+            let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+            let count = per_user.entry(user).or_default();
+            if *count >= self.config.max_connections_per_user {
+                return None;
+            }
+            *count += 1;
         }
-        *count += 1;
-        Some(UserSlot {
+        // Made before asking Redis, so the local count is given back whatever the answer.
+        let slot = UserSlot {
             sockets: self.clone(),
+            bus: bus.clone(),
             user,
-        })
+            connection: Uuid::new_v4(),
+            held_in_redis: false,
+        };
+        self.claim_shared(slot).await
+    }
+
+    async fn claim_shared(&self, mut slot: UserSlot) -> Option<UserSlot> {
+        let max = self.config.max_connections_per_user;
+        let claimed = slot
+            .bus
+            .claim_connection_slot(slot.user, slot.connection, max, self.slot_lease())
+            .await;
+        match claimed {
+            Some(false) => None,
+            Some(true) => {
+                slot.held_in_redis = true;
+                Some(slot)
+            }
+            None => Some(slot),
+        }
+    }
+
+    /// Renewed at every ping, and a connection silent for the idle timeout is closed, so a
+    /// lease this long outlives only connections whose instance died.
+    fn slot_lease(&self) -> Duration {
+        self.config.idle_timeout + self.config.ping_interval * 2
     }
 }
 
 /// A signed-in connection's place in its user's count, given back when the connection ends.
 struct UserSlot {
     sockets: Arc<Sockets>,
+    bus: Bus,
     user: Uuid,
+    connection: Uuid,
+    held_in_redis: bool,
+}
+
+impl UserSlot {
+    fn renew(&self) {
+        if self.held_in_redis {
+            let lease = self.sockets.slot_lease();
+            self.bus
+                .renew_connection_slot(self.user, self.connection, lease);
+        }
+    }
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
+        if self.held_in_redis {
+            self.bus.release_connection_slot(self.user, self.connection);
+        }
         let mut per_user = self
             .sockets
             .per_user
@@ -281,7 +328,7 @@ struct Connection {
     init_received: bool,
     /// Set once acknowledged: the caller and loaders every operation of the connection shares.
     session: Option<Arc<Data>>,
-    _user_slot: Option<UserSlot>,
+    user_slot: Option<UserSlot>,
     operations: StreamMap<String, Operation>,
     /// Operations that have produced a result; on shutdown these (subscriptions, now only
     /// listening) are dropped at once, while the others (queries and mutations in flight) may
@@ -298,7 +345,7 @@ impl Connection {
             protocol,
             init_received: false,
             session: None,
-            _user_slot: None,
+            user_slot: None,
             operations: StreamMap::new(),
             answered: HashSet::new(),
             draining: false,
@@ -339,6 +386,9 @@ impl Connection {
                 }
                 () = &mut idle => return stop(close::NORMAL, "idle timeout"),
                 _ = ping.tick() => {
+                    if let Some(slot) = &self.user_slot {
+                        slot.renew();
+                    }
                     let keep_alive = match self.protocol {
                         Protocol::TransportWs => message::<()>(None, "ping", None),
                         Protocol::Legacy => message::<()>(None, "ka", None),
@@ -454,13 +504,18 @@ impl Connection {
         let authorization = init_token(&payload);
         let caller = match identify(&self.state.app, authorization.as_deref()).await {
             Ok(Caller::Signed(viewer)) => {
-                let Some(slot) = self.state.sockets.claim(viewer.id()) else {
+                let Some(slot) = self
+                    .state
+                    .sockets
+                    .claim(&self.state.app.bus, viewer.id())
+                    .await
+                else {
                     return Err(stop(
                         close::TOO_MANY_INIT,
                         "Too many connections for this user",
                     ));
                 };
-                self._user_slot = Some(slot);
+                self.user_slot = Some(slot);
                 let token = authorization.as_deref().and_then(bearer_token);
                 Caller::Connection(token.unwrap_or_default().to_owned())
             }

@@ -12,6 +12,8 @@
 //! may have been missed (the Redis subscription was lost), every topic with local subscribers
 //! is re-read from PostgreSQL and pushed again.
 
+mod slots;
+
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};

@@ -189,7 +189,12 @@ impl TestApp {
 
     /// Another instance sharing this one's database and Redis prefix, as behind a load balancer.
     pub async fn spawn_peer(&self) -> Self {
-        Self::start(self.database.clone(), self.redis.clone(), |_| {}).await
+        self.spawn_peer_with(|_| {}).await
+    }
+
+    /// Like `spawn_peer`, with configuration changed by `tweak` first.
+    pub async fn spawn_peer_with(&self, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start(self.database.clone(), self.redis.clone(), tweak).await
     }
 
     async fn start(

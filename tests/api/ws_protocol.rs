@@ -351,7 +351,7 @@ async fn connections_per_user_are_limited() {
             Ok(_) => break,
             Err(error) if tokio::time::Instant::now() < deadline => {
                 assert!(error.contains("4429"), "{error}");
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(error) => panic!("the slot was never given back: {error}"),
         }
@@ -453,4 +453,70 @@ async fn shutdown_lets_an_operation_in_flight_finish_before_closing() {
     );
     assert_eq!(client.closed().await, (1001, "server shutting down".into()));
     assert_eq!(app.count("bookings").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_user_are_counted_across_instances() {
+    let one = |config: &mut evently::config::Config| {
+        config.websocket.max_connections_per_user = 1;
+    };
+    let first = TestApp::spawn_with(one).await;
+    let second = first.spawn_peer_with(one).await;
+    let user = first.user(Role::User).await;
+    let init = json!({ "Authorization": format!("Bearer {}", user.token) });
+    let held = acked(&first, init.clone()).await;
+    let mut refused = WsClient::open(&second.ws_url(), Some(TRANSPORT)).await;
+    refused
+        .send(json!({ "type": "connection_init", "payload": init }))
+        .await;
+    assert_eq!(
+        refused.closed().await,
+        (4429, "Too many connections for this user".into())
+    );
+    // Closing the first frees the slot for any instance.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + crate::websocket::WAIT;
+    loop {
+        match WsClient::connect(&second.ws_url(), TRANSPORT, init.clone()).await {
+            Ok(_) => break,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                assert!(error.contains("4429"), "{error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("the slot was never given back: {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dead_instances_connection_slots_expire_with_their_lease() {
+    let app = TestApp::spawn().await;
+    let bus = &app.state.bus;
+    let user = uuid::Uuid::new_v4();
+    let lease = Duration::from_millis(300);
+    let (held, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    assert_eq!(
+        bus.claim_connection_slot(user, held, 1, lease).await,
+        Some(true)
+    );
+    assert_eq!(
+        bus.claim_connection_slot(user, other, 1, lease).await,
+        Some(false)
+    );
+    // Nobody renews the first lease (its instance is gone): time alone frees the slot.
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    assert_eq!(
+        bus.claim_connection_slot(user, other, 1, lease).await,
+        Some(true)
+    );
+    // Without Redis there is nothing shared to ask.
+    let single = TestApp::spawn_without_redis().await;
+    assert_eq!(
+        single
+            .state
+            .bus
+            .claim_connection_slot(user, held, 1, lease)
+            .await,
+        None
+    );
 }

@@ -72,5 +72,14 @@ ensure_chromium() {
     apt_install chromium
 }
 
+# Node runs the reference graphql-ws client test (tests/js).
+ensure_node() {
+    if command -v node >/dev/null && command -v npm >/dev/null; then
+        return
+    fi
+    echo "==> installing Node.js and npm (for the reference WebSocket client test)"
+    apt_install nodejs npm
+}
+
 ensure_postgres
 ensure_redis

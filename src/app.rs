@@ -40,7 +40,7 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
         let db = db::build_pool(&config.database_url, config.database_pool_size).await?;
         let bus = match &config.redis_url {
-            Some(url) => Bus::with_redis(url, &config.redis_prefix)?,
+            Some(url) => Bus::with_redis(url, &config.redis_prefix, db.clone())?,
             None => {
                 tracing::info!(
                     "REDIS_URL is not set: using the in-process bus (single instance only)"

@@ -141,6 +141,79 @@ pub struct Config {
     /// `None` allows any origin.
     pub cors_allowed_origins: Option<Vec<String>>,
     pub graphql: GraphqlLimits,
+    pub websocket: WebSocketConfig,
+}
+
+/// Limits and timers of `/graphql/ws` connections.
+#[derive(Debug, Clone, Copy)]
+pub struct WebSocketConfig {
+    /// Operations (subscriptions, queries, mutations) open at once on one connection.
+    pub max_operations_per_connection: usize,
+    /// Signed-in connections one user may hold on one instance.
+    pub max_connections_per_user: usize,
+    /// How long a new connection may take to send `connection_init`.
+    pub init_timeout: Duration,
+    /// How often the server pings an idle connection.
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for operations in flight before closing sockets.
+    pub shutdown_drain: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_operations_per_connection: 100,
+            max_connections_per_user: 20,
+            init_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            shutdown_drain: Duration::from_secs(5),
+        }
+    }
+}
+
+impl WebSocketConfig {
+    fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let default = Self::default();
+        let secs = |name: &'static str, default: Duration| -> Result<Duration, ConfigError> {
+            let value: f64 = parse_or(lookup, name, default.as_secs_f64())?;
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| ConfigError::Invalid {
+                    name,
+                    value: value.to_string(),
+                    reason: "expected a positive number of seconds".into(),
+                })
+        };
+        let config = Self {
+            max_operations_per_connection: parse_or(
+                lookup,
+                "WS_MAX_OPERATIONS_PER_CONNECTION",
+                default.max_operations_per_connection,
+            )?,
+            max_connections_per_user: parse_or(
+                lookup,
+                "WS_MAX_CONNECTIONS_PER_USER",
+                default.max_connections_per_user,
+            )?,
+            init_timeout: secs("WS_INIT_TIMEOUT_SECS", default.init_timeout)?,
+            ping_interval: secs("WS_PING_INTERVAL_SECS", default.ping_interval)?,
+            idle_timeout: secs("WS_IDLE_TIMEOUT_SECS", default.idle_timeout)?,
+            shutdown_drain: secs("WS_SHUTDOWN_DRAIN_SECS", default.shutdown_drain)?,
+        };
+        if config.idle_timeout <= config.ping_interval {
+            return Err(ConfigError::Invalid {
+                name: "WS_IDLE_TIMEOUT_SECS",
+                value: config.idle_timeout.as_secs_f64().to_string(),
+                reason: "must be longer than WS_PING_INTERVAL_SECS, or every client times out"
+                    .into(),
+            });
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -290,6 +363,7 @@ impl Config {
             trusted_proxies,
             cors_allowed_origins,
             graphql,
+            websocket: WebSocketConfig::from_lookup(&lookup)?,
         })
     }
 
@@ -433,6 +507,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("DATABASE_POOL_SIZE"), "{err}");
+        let err = config(&[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("WS_PING_INTERVAL_SECS", "30"),
+            ("WS_IDLE_TIMEOUT_SECS", "20"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("WS_IDLE_TIMEOUT_SECS"), "{err}");
+        let err = config(&[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("WS_INIT_TIMEOUT_SECS", "0"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("WS_INIT_TIMEOUT_SECS"), "{err}");
         assert!(
             config(&[
                 ("DATABASE_URL", "postgres://h/db"),

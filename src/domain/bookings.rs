@@ -23,10 +23,14 @@ pub struct BookingRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// A booking and, when this call changed the event's availability, the event as committed
-/// (for publishing). A replayed idempotent request changes nothing.
+/// A booking and what this call changed, for publishing. A replayed idempotent request
+/// changes nothing.
 pub struct BookingChange {
     pub booking: Booking,
+    /// True when this call made or cancelled the booking.
+    pub changed: bool,
+    /// The event as committed, when this call is the one to announce its seat count (in a
+    /// batch, only the last booking is).
     pub event: Option<Event>,
 }
 
@@ -137,10 +141,12 @@ pub async fn book_seats(
     match attempt {
         Attempt::Created(booking, event) => Ok(BookingChange {
             booking,
+            changed: true,
             event: Some(event),
         }),
         Attempt::Existing(booking) => Ok(BookingChange {
             booking,
+            changed: false,
             event: None,
         }),
     }
@@ -198,6 +204,7 @@ pub async fn cancel_booking(
     if booking.status == BookingStatus::Cancelled {
         return Ok(BookingChange {
             booking,
+            changed: false,
             event: None,
         });
     }
@@ -226,6 +233,7 @@ pub async fn cancel_booking(
             // Someone else cancelled it first; report the booking as it now stands.
             return Ok(BookingChange {
                 booking: find_booking(conn, id).await?,
+                changed: false,
                 event: None,
             });
         };
@@ -240,6 +248,7 @@ pub async fn cancel_booking(
             .await?;
         Ok(BookingChange {
             booking: cancelled,
+            changed: true,
             event: Some(event),
         })
     })

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::pagination::{Page, PageRequest};
-use crate::db::models::{BookingStatus, Event, EventStatus};
+use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
 use crate::db::schema::{bookings, events};
 use crate::error::{AppError, AppResult};
 
@@ -359,7 +359,8 @@ pub async fn update_event(
 pub struct CancelledEvent {
     pub event: Event,
     pub changed: bool,
-    pub bookings_cancelled: usize,
+    /// The bookings this call cancelled, for telling their owners.
+    pub bookings: Vec<Booking>,
 }
 
 /// Cancels the event and, in the same transaction, every confirmed booking of it.
@@ -375,10 +376,10 @@ pub async fn cancel_event(
             return Ok(CancelledEvent {
                 event: current,
                 changed: false,
-                bookings_cancelled: 0,
+                bookings: Vec::new(),
             });
         }
-        let bookings_cancelled = diesel::update(
+        let bookings: Vec<Booking> = diesel::update(
             bookings::table
                 .filter(bookings::event_id.eq(id))
                 .filter(bookings::status.eq(BookingStatus::Confirmed)),
@@ -387,7 +388,8 @@ pub async fn cancel_event(
             bookings::status.eq(BookingStatus::Cancelled),
             bookings::cancelled_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .returning(Booking::as_returning())
+        .get_results(conn)
         .await?;
         let event = diesel::update(events::table.find(id))
             .set((
@@ -402,7 +404,7 @@ pub async fn cancel_event(
         Ok(CancelledEvent {
             event,
             changed: true,
-            bookings_cancelled,
+            bookings,
         })
     })
     .await

@@ -6,6 +6,7 @@ pub mod bookings;
 pub mod events;
 pub mod onsale;
 pub mod pagination;
+pub mod resync;
 pub mod seed;
 pub mod users;
 

@@ -173,6 +173,7 @@ impl Onsale {
             if let Some(booking) = find_by_key(&mut conn, user_id, request).await? {
                 return Ok(BookingChange {
                     booking,
+                    changed: false,
                     event: None,
                 });
             }
@@ -527,9 +528,14 @@ fn replay(booking: &Booking, request: &BookingRequest) -> Outcome {
 
 fn into_result(outcome: Outcome, event: Option<Event>) -> AppResult<BookingChange> {
     match outcome {
-        Outcome::New(booking) => Ok(BookingChange { booking, event }),
+        Outcome::New(booking) => Ok(BookingChange {
+            booking,
+            changed: true,
+            event,
+        }),
         Outcome::Replay(booking) => Ok(BookingChange {
             booking,
+            changed: false,
             event: None,
         }),
         Outcome::Refused(error) => Err(error),

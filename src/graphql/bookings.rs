@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 
@@ -7,7 +9,7 @@ use crate::db::models::Booking;
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
 use crate::domain::pagination::PageRequest;
 use crate::error::AppError;
-use crate::realtime::SeatUpdate;
+use crate::realtime::{SeatUpdate, Update};
 use crate::security::rate_limit::Bucket;
 
 #[derive(InputObject)]
@@ -61,10 +63,21 @@ impl BookingQuery {
 pub struct BookingMutation;
 
 impl BookingMutation {
+    /// Announces a change that happened (a replayed request changes nothing): the event's seat
+    /// counts to its watchers, the booking to its owner's `myBookingUpdates`.
     fn publish(ctx: &Context<'_>, change: BookingChange) -> Booking {
+        let app = ctx.app();
+        let mut updates = Vec::with_capacity(2);
+        // In a batch only the last booking carries the event: one seat count per commit.
         if let Some(event) = &change.event {
-            ctx.app().onsale.observe(event);
-            ctx.app().bus.publish(SeatUpdate::from(event));
+            app.onsale.observe(event);
+            updates.push(Update::Seats(SeatUpdate::from(event)));
+        }
+        if change.changed {
+            updates.push(Update::Booking(Arc::new(change.booking.clone())));
+        }
+        if !updates.is_empty() {
+            app.bus.publish_all(updates);
         }
         change.booking
     }

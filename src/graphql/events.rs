@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use chrono::{DateTime, Utc};
@@ -7,7 +9,7 @@ use super::types::{EventStatus, connection, event_cursor, page_complexity, parse
 use crate::db::models::Event;
 use crate::domain::events::{self, EventPatch, NewEvent};
 use crate::domain::pagination::PageRequest;
-use crate::realtime::SeatUpdate;
+use crate::realtime::{SeatUpdate, Update};
 
 #[derive(InputObject, Default)]
 pub struct EventFilter {
@@ -136,7 +138,10 @@ impl EventMutation {
         let mut conn = app.conn().await?;
         let event = events::update_event(&mut conn, viewer, id, patch).await?;
         app.onsale.observe(&event);
-        app.bus.publish(SeatUpdate::from(&event));
+        app.bus.publish_all(vec![
+            Update::Seats(SeatUpdate::from(&event)),
+            Update::Event(Arc::new(event.clone())),
+        ]);
         Ok(event)
     }
 
@@ -148,9 +153,19 @@ impl EventMutation {
         let mut conn = app.conn().await?;
         let cancelled = events::cancel_event(&mut conn, viewer, id).await?;
         if cancelled.changed {
-            tracing::info!(event_id = %id, bookings = cancelled.bookings_cancelled, "event cancelled");
+            tracing::info!(event_id = %id, bookings = cancelled.bookings.len(), "event cancelled");
             app.onsale.observe(&cancelled.event);
-            app.bus.publish(SeatUpdate::from(&cancelled.event));
+            // Each affected booking goes to its owner's `myBookingUpdates`.
+            let mut updates = Vec::with_capacity(cancelled.bookings.len() + 2);
+            updates.push(Update::Seats(SeatUpdate::from(&cancelled.event)));
+            updates.push(Update::Event(Arc::new(cancelled.event.clone())));
+            updates.extend(
+                cancelled
+                    .bookings
+                    .into_iter()
+                    .map(|booking| Update::Booking(Arc::new(booking))),
+            );
+            app.bus.publish_all(updates);
         }
         Ok(cancelled.event)
     }

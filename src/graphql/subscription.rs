@@ -1,14 +1,46 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
 use async_graphql::{Context, ID, Subscription};
 use futures_util::{Stream, StreamExt, stream};
+use uuid::Uuid;
 
-use super::context::ContextExt;
+use super::context::{Caller, ContextExt, require_viewer};
 use super::types::{SeatAvailability, parse_id};
-use crate::domain::events;
+use crate::app::AppState;
+use crate::db::models::{Booking, Event};
+use crate::domain::{auth, events};
 use crate::error::AppError;
-use crate::realtime::SeatUpdate;
+use crate::realtime::{SeatUpdate, Topic, Update, Updates, booking_rank};
+
+/// Bookings a `myBookingUpdates` subscription remembers the latest state of, to drop stale
+/// repeats; forgetting (past this many) only risks a harmless repeat.
+const MAX_REMEMBERED_BOOKINGS: usize = 10_000;
 
 #[derive(Default)]
 pub struct AvailabilitySubscription;
+
+/// Messages of one topic whose version is above the last one passed on.
+fn newer_than(
+    updates: Updates,
+    mut last_version: i32,
+    version: impl Fn(&Update) -> Option<i32> + Send + 'static,
+) -> impl Stream<Item = Update> + Send + 'static {
+    updates.filter(move |update| {
+        let newer = version(update).is_some_and(|v| v > last_version);
+        if newer {
+            last_version = version(update).unwrap_or(last_version);
+        }
+        std::future::ready(newer)
+    })
+}
+
+async fn current_event(app: &AppState, event_id: Uuid) -> async_graphql::Result<Event> {
+    let mut conn = app.conn().await?;
+    Ok(events::find_event(&mut conn, event_id)
+        .await?
+        .ok_or(AppError::NotFound("event"))?)
+}
 
 #[Subscription]
 impl AvailabilitySubscription {
@@ -21,24 +53,130 @@ impl AvailabilitySubscription {
         let event_id = parse_id(&event_id, "eventId")?;
         let app = ctx.app();
         // Attach before reading, so a change committed in between is not lost.
-        let updates = app.bus.subscribe(event_id);
-        let current = {
-            let mut conn = app.conn().await?;
-            events::find_event(&mut conn, event_id)
-                .await?
-                .ok_or(AppError::NotFound("event"))?
-        };
-        let first = SeatUpdate::from(&current);
-        let mut last_version = first.version;
-        let later = updates.filter(move |update| {
-            let newer = update.version > last_version;
-            if newer {
-                last_version = update.version;
-            }
-            std::future::ready(newer)
+        let updates = app.bus.subscribe(Topic::Seats(event_id));
+        let first = SeatUpdate::from(&current_event(app, event_id).await?);
+        let later = newer_than(updates, first.version, |update| match update {
+            Update::Seats(seats) => Some(seats.version),
+            _ => None,
+        })
+        .filter_map(|update| {
+            std::future::ready(match update {
+                Update::Seats(seats) => Some(seats),
+                _ => None,
+            })
         });
         Ok(stream::once(std::future::ready(first))
             .chain(later)
             .map(SeatAvailability::from))
+    }
+
+    /// The event now, then again whenever its details or status change (for instance when it
+    /// is cancelled). For seat counts, subscribe to `seatAvailability`: this one is not sent
+    /// for bookings, so its `seatsAvailable` is only as fresh as the last change of details.
+    async fn event_updated(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = Event> + use<>> {
+        let event_id = parse_id(&event_id, "eventId")?;
+        let app = ctx.app();
+        let updates = app.bus.subscribe(Topic::Event(event_id));
+        let first = current_event(app, event_id).await?;
+        let later = newer_than(updates, first.version, |update| match update {
+            Update::Event(event) => Some(event.version),
+            _ => None,
+        })
+        .filter_map(|update| {
+            std::future::ready(match update {
+                Update::Event(event) => Some(Event::clone(&event)),
+                _ => None,
+            })
+        });
+        Ok(stream::once(std::future::ready(first)).chain(later))
+    }
+
+    /// The signed-in user's bookings as they change: each new booking, and each cancellation
+    /// (by the user, an admin, or because the event was cancelled). Only changes are sent; read
+    /// `myBookings` for the list. Ends with an UNAUTHENTICATED error when the access token
+    /// expires or the session ends (sign in again and resubscribe).
+    async fn my_booking_updates(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Booking>> + use<>> {
+        let viewer = require_viewer(ctx).await?;
+        let app = ctx.app().clone();
+        let token = match ctx.caller() {
+            Caller::Connection(token) => Some(token.clone()),
+            _ => None,
+        };
+        let expires_in = token
+            .as_deref()
+            .and_then(|token| app.tokens.decode(token).ok())
+            .map_or(Duration::MAX, |claims| {
+                let left = claims.exp - chrono::Utc::now().timestamp();
+                Duration::from_secs(left.max(0).unsigned_abs())
+            });
+        let state = BookingWatch {
+            updates: app.bus.subscribe(Topic::UserBookings(viewer.id())),
+            expiry: Box::pin(tokio::time::sleep(
+                expires_in.min(Duration::from_secs(100 * 365 * 86_400)),
+            )),
+            seen: HashMap::new(),
+            app,
+            token,
+            ended: false,
+        };
+        Ok(stream::unfold(state, BookingWatch::next))
+    }
+}
+
+struct BookingWatch {
+    updates: Updates,
+    expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
+    seen: HashMap<Uuid, i64>,
+    app: AppState,
+    /// The connection's token, checked again before each message: a logout ends the stream.
+    token: Option<String>,
+    ended: bool,
+}
+
+impl BookingWatch {
+    async fn next(mut self) -> Option<(async_graphql::Result<Booking>, Self)> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let update = tokio::select! {
+                () = &mut self.expiry => {
+                    self.ended = true;
+                    let error = AppError::Unauthenticated("access token expired; sign in again");
+                    return Some((Err(error.into()), self));
+                }
+                update = self.updates.next() => update?,
+            };
+            let Update::Booking(booking) = update else {
+                continue;
+            };
+            let rank = booking_rank(&booking);
+            if self.seen.get(&booking.id).is_some_and(|seen| *seen >= rank) {
+                continue;
+            }
+            if self.seen.len() >= MAX_REMEMBERED_BOOKINGS {
+                self.seen.clear();
+            }
+            self.seen.insert(booking.id, rank);
+            if let Some(token) = &self.token {
+                let still_signed_in = match self.app.conn().await {
+                    Ok(mut conn) => auth::authenticate(&mut conn, &self.app.tokens, token).await,
+                    Err(error) => Err(error),
+                };
+                // Only a verdict on the session ends the stream, not a busy database.
+                if let Err(error @ AppError::Unauthenticated(_)) = still_signed_in {
+                    self.ended = true;
+                    return Some((Err(error.into()), self));
+                }
+            }
+            return Some((Ok(Booking::clone(&booking)), self));
+        }
     }
 }

@@ -1,15 +1,17 @@
 //! HTTP surface: GraphQL over POST, GraphiQL on GET, subscriptions over WebSocket, probes.
 
+mod fanout;
 pub mod graphiql;
+pub mod ws;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::{BatchRequest, Data};
+use async_graphql::BatchRequest;
 use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::{Request, State, WebSocketUpgrade};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -25,7 +27,6 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use crate::config::Environment;
-use crate::domain::auth;
 use crate::error::{AppError, REQUEST_ID};
 use crate::graphql::context::{Caller, ViewerCache};
 use crate::graphql::loaders::request_loaders;
@@ -43,9 +44,16 @@ const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 struct HttpState {
     app: AppState,
     schema: EventlySchema,
+    sockets: Arc<ws::Sockets>,
+    fanout: Arc<fanout::Fanout>,
 }
 
 pub fn router(app: AppState) -> Router {
+    let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
+    router_with(app, sockets)
+}
+
+fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
     let max_body_bytes = app.config.graphql.max_body_bytes;
     let cors = CorsLayer::new()
         .allow_origin(match &app.config.cors_allowed_origins {
@@ -64,14 +72,17 @@ pub fn router(app: AppState) -> Router {
         ])
         .max_age(Duration::from_secs(600));
     let production = app.config.env == Environment::Production;
+    let schema = build_schema(app.clone());
     let state = HttpState {
-        schema: build_schema(app.clone()),
+        fanout: Arc::new(fanout::Fanout::new(schema.clone(), app.clone())),
+        schema,
         app,
+        sockets,
     };
     // The request budget covers the API, not the probes or GraphiQL's static files.
     let api = Router::new()
         .route("/graphql", get(graphiql::graphiql_page).post(graphql))
-        .route("/graphql/ws", get(graphql_ws))
+        .route("/graphql/ws", get(ws::graphql_ws))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             request_budget,
@@ -344,57 +355,25 @@ fn init_token(payload: &serde_json::Value) -> Option<String> {
     })
 }
 
-async fn graphql_ws(
-    State(state): State<HttpState>,
-    protocol: GraphQLProtocol,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let app = state.app.clone();
-            GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
-                    let authorization = init_token(&payload);
-                    // A connection is refused at once if its token's session is over.
-                    let caller = match identify(&app, authorization.as_deref()) {
-                        Caller::Rejected(why) => return Err(async_graphql::Error::new(why)),
-                        Caller::Token(token) => {
-                            let mut conn = app.conn().await?;
-                            auth::authenticate(&mut conn, &app.tokens, &token).await?;
-                            Caller::Connection(token)
-                        }
-                        caller => caller,
-                    };
-                    let (users, events) = request_loaders(&app);
-                    let mut data = Data::default();
-                    data.insert(caller);
-                    data.insert(users);
-                    data.insert(events);
-                    Ok(data)
-                })
-                .serve()
-        })
-}
-
 async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when PostgreSQL answers and Redis answers or is not configured.
+/// Ready when PostgreSQL answers. Redis down is `degraded`, still 200: bookings stay correct
+/// without it and live updates catch up when it is back, so taking every instance out of the
+/// load balancer on a Redis blip would turn a degradation into an outage.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let postgres = tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&state.app.db))
         .await
         .is_ok_and(|r| r.is_ok());
     let redis = state.app.bus.redis_health().await;
-    let ready = postgres && redis != RedisHealth::Down;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let (status, word) = match (postgres, redis) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, RedisHealth::Down) => (StatusCode::OK, "degraded"),
+        (true, _) => (StatusCode::OK, "ready"),
     };
     let body = json!({
-        "status": if ready { "ready" } else { "unavailable" },
+        "status": word,
         "postgres": if postgres { "up" } else { "down" },
         "redis": match redis {
             RedisHealth::NotConfigured => "not_configured",
@@ -409,19 +388,29 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     response
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets requests in flight finish.
+/// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish and
+/// closes every WebSocket with 1001 once its operations in flight are done (or the drain time
+/// is up).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
+    let signalled = sockets.clone();
     // The peer address is the client's identity for rate limits (see `security::client`).
     axum::serve(
         listener,
-        router(app).into_make_service_with_connect_info::<SocketAddr>(),
+        router_with(app, sockets.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        // Upgraded connections are not HTTP requests any more: tell them separately.
+        signalled.begin_shutdown();
+    })
+    .await?;
+    sockets.shut_down().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,31 +1,48 @@
-//! The bus that carries availability changes to `seatAvailability` subscribers.
+//! The bus that carries committed changes to subscribers: seat counts, event details and each
+//! user's bookings.
 //!
-//! Each process keeps one local broadcast channel per event that has subscribers here, created
+//! Each process keeps one local broadcast channel per topic that has subscribers here, created
 //! for the first and dropped with the last. Publishing delivers to local subscribers at once and,
-//! with Redis configured, to every other process through Redis pub/sub, where one pattern
-//! subscription per process feeds the same local channels. Messages carry the event's `version`,
-//! so duplicates (a process hears its own messages back) and reordering are harmless: a
-//! subscriber forwards only versions above the last it sent.
+//! with Redis configured, to every other process through Redis pub/sub, where ONE connection per
+//! process holds the pattern subscriptions that feed the same local channels. A process skips
+//! its own messages when they come back from Redis (it delivered them already).
+//!
+//! Nothing here is the truth: messages carry the event's `version` (or, for bookings, a status
+//! that only moves forward), so duplicates and reordering are harmless, and whenever messages
+//! may have been missed (the Redis subscription was lost), every topic with local subscribers
+//! is re-read from PostgreSQL and pushed again.
+
+mod slots;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bb8_redis::RedisConnectionManager;
+use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use uuid::Uuid;
 
-use crate::db::models::Event;
+use crate::db::DbPool;
+use crate::db::models::{Booking, BookingStatus, Event};
+use crate::domain::{events, resync};
 
-/// Per-event buffer. A subscriber that falls further behind skips to the newest state.
+/// Per-topic buffer. A subscriber that falls behind on seat counts or event details skips to
+/// the newest state; booking changes are few per user, so 64 is plenty.
 const CHANNEL_CAPACITY: usize = 64;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How far before the moment the Redis subscription was lost the resync looks for booking
+/// changes: covers clock skew between instances and the database, and a loss noticed late.
+const RESYNC_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// Messages kept for republishing while Redis refuses them (the newest per topic or booking).
+const MAX_UNSENT: usize = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeatUpdate {
@@ -46,6 +63,111 @@ impl From<&Event> for SeatUpdate {
     }
 }
 
+/// What a subscriber listens to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// An event's seat counts.
+    Seats(Uuid),
+    /// An event's details and status.
+    Event(Uuid),
+    /// A user's bookings.
+    UserBookings(Uuid),
+}
+
+impl Topic {
+    fn channel(&self, prefix: &str) -> String {
+        match self {
+            Self::Seats(id) => format!("{prefix}seats:{id}"),
+            Self::Event(id) => format!("{prefix}events:{id}"),
+            Self::UserBookings(id) => format!("{prefix}user-bookings:{id}"),
+        }
+    }
+
+    /// Whether the newest message makes the older ones pointless (a full state, not a change).
+    fn newest_supersedes(&self) -> bool {
+        !matches!(self, Self::UserBookings(_))
+    }
+}
+
+/// One committed change. Cloned once per local subscriber, so the large ones are shared.
+#[derive(Debug, Clone)]
+pub enum Update {
+    Seats(SeatUpdate),
+    Event(Arc<Event>),
+    Booking(Arc<Booking>),
+}
+
+impl Update {
+    pub fn topic(&self) -> Topic {
+        match self {
+            Self::Seats(update) => Topic::Seats(update.event_id),
+            Self::Event(event) => Topic::Event(event.id),
+            Self::Booking(booking) => Topic::UserBookings(booking.user_id),
+        }
+    }
+
+    /// What a later message replaces, and how late this one is: the event's version, or the
+    /// booking's status (which only ever moves from CONFIRMED to CANCELLED).
+    fn order(&self) -> (UnsentKey, i64) {
+        match self {
+            Self::Seats(update) => (UnsentKey::Topic(self.topic()), update.version.into()),
+            Self::Event(event) => (UnsentKey::Topic(self.topic()), event.version.into()),
+            Self::Booking(booking) => (UnsentKey::Booking(booking.id), booking_rank(booking)),
+        }
+    }
+}
+
+/// Orders a booking's states: a subscriber never goes from CANCELLED back to CONFIRMED.
+pub fn booking_rank(booking: &Booking) -> i64 {
+    match booking.status {
+        BookingStatus::Confirmed => 0,
+        BookingStatus::Cancelled => 1,
+    }
+}
+
+impl From<SeatUpdate> for Update {
+    fn from(update: SeatUpdate) -> Self {
+        Self::Seats(update)
+    }
+}
+
+/// The message on the wire between instances.
+#[derive(Serialize)]
+struct EnvelopeRef<'a> {
+    origin: Uuid,
+    update: WireRef<'a>,
+}
+
+#[derive(Serialize)]
+enum WireRef<'a> {
+    Seats(&'a SeatUpdate),
+    Event(&'a Event),
+    Booking(&'a Booking),
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    origin: Uuid,
+    update: Wire,
+}
+
+#[derive(Deserialize)]
+enum Wire {
+    Seats(SeatUpdate),
+    Event(Event),
+    Booking(Booking),
+}
+
+impl From<Wire> for Update {
+    fn from(wire: Wire) -> Self {
+        match wire {
+            Wire::Seats(update) => Self::Seats(update),
+            Wire::Event(event) => Self::Event(Arc::new(event)),
+            Wire::Booking(booking) => Self::Booking(Arc::new(booking)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisHealth {
     NotConfigured,
@@ -59,13 +181,42 @@ pub struct Bus {
 }
 
 struct Inner {
-    channels: Mutex<HashMap<Uuid, broadcast::Sender<SeatUpdate>>>,
+    /// Tells this process's messages apart when Redis echoes them back.
+    origin: Uuid,
+    channels: Mutex<HashMap<Topic, broadcast::Sender<Update>>>,
     redis: Option<RedisBus>,
 }
 
 struct RedisBus {
     pool: bb8::Pool<RedisConnectionManager>,
-    channel_prefix: String,
+    prefix: String,
+    db: DbPool,
+    unsent: Mutex<Unsent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum UnsentKey {
+    Topic(Topic),
+    Booking(Uuid),
+}
+
+struct Pending {
+    channel: String,
+    payload: String,
+    rank: i64,
+}
+
+#[derive(Default)]
+struct Unsent {
+    entries: HashMap<UnsentKey, Pending>,
+    retrying: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps stay consistent even if a holder panicked, so a poisoned lock is still usable.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Bus {
@@ -73,6 +224,7 @@ impl Bus {
     pub fn in_process() -> Self {
         Self {
             inner: Arc::new(Inner {
+                origin: Uuid::new_v4(),
                 channels: Mutex::default(),
                 redis: None,
             }),
@@ -80,38 +232,41 @@ impl Bus {
     }
 
     /// A bus shared by every instance using the same Redis and key prefix. Start-up does not
-    /// wait for Redis: if it is down, bookings go on and the listener keeps reconnecting.
-    pub fn with_redis(url: &str, key_prefix: &str) -> anyhow::Result<Self> {
+    /// wait for Redis: if it is down, bookings go on and the listener keeps reconnecting. `db`
+    /// is where subscribers' state is re-read after the subscription was lost.
+    pub fn with_redis(url: &str, key_prefix: &str, db: DbPool) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let manager = RedisConnectionManager::new(url)?;
         let pool = bb8::Pool::builder()
             .max_size(8)
             .connection_timeout(REDIS_TIMEOUT)
             .build_unchecked(manager);
-        let channel_prefix = format!("{key_prefix}seats:");
         let inner = Arc::new(Inner {
+            origin: Uuid::new_v4(),
             channels: Mutex::default(),
             redis: Some(RedisBus {
                 pool,
-                channel_prefix: channel_prefix.clone(),
+                prefix: key_prefix.to_owned(),
+                db,
+                unsent: Mutex::default(),
             }),
         });
-        tokio::spawn(listen(client, channel_prefix, Arc::downgrade(&inner)));
+        let patterns = ["seats", "events", "user-bookings"]
+            .map(|kind| format!("{key_prefix}{kind}:*"))
+            .to_vec();
+        tokio::spawn(listen(client, patterns, Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
-    /// Attaches a subscriber to the event's channel. Read the current state only after this,
-    /// so no change can fall between the read and the subscription.
-    pub fn subscribe(&self, event_id: Uuid) -> SeatUpdates {
-        let receiver = {
-            let mut channels = self.inner.lock_channels();
-            channels
-                .entry(event_id)
-                .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-                .subscribe()
-        };
-        SeatUpdates {
-            event_id,
+    /// Attaches a subscriber to a topic. Read the current state only after this, so no change
+    /// can fall between the read and the subscription.
+    pub fn subscribe(&self, topic: Topic) -> Updates {
+        let receiver = lock(&self.inner.channels)
+            .entry(topic)
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe();
+        Updates {
+            topic,
             receiver: Some(BroadcastStream::new(receiver)),
             bus: self.clone(),
         }
@@ -119,30 +274,54 @@ impl Bus {
 
     /// Announces a committed change. Never fails the caller: the change is already durable, and
     /// a Redis problem only delays other instances' subscribers.
-    pub fn publish(&self, update: SeatUpdate) {
-        self.inner.deliver_local(&update);
-        if let Some(redis) = &self.inner.redis {
-            let pool = redis.pool.clone();
-            let channel = format!("{}{}", redis.channel_prefix, update.event_id);
-            tokio::spawn(async move {
-                let result = tokio::time::timeout(REDIS_TIMEOUT, async {
-                    let payload = serde_json::to_string(&update)?;
-                    let mut conn = pool.get().await?;
-                    redis::cmd("PUBLISH")
-                        .arg(&channel)
-                        .arg(payload)
-                        .query_async::<()>(&mut *conn)
-                        .await?;
-                    anyhow::Ok(())
-                })
-                .await;
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, "publishing to Redis failed"),
-                    Err(_) => tracing::warn!("publishing to Redis timed out"),
-                }
-            });
+    pub fn publish(&self, update: impl Into<Update>) {
+        self.publish_all(vec![update.into()]);
+    }
+
+    /// Announces several changes of one commit, sent to Redis in one round trip.
+    pub fn publish_all(&self, updates: Vec<Update>) {
+        if updates.is_empty() {
+            return;
         }
+        for update in &updates {
+            self.inner.deliver_local(update);
+        }
+        let Some(redis) = &self.inner.redis else {
+            return;
+        };
+        let batch: Vec<(UnsentKey, Pending)> = updates
+            .iter()
+            .filter_map(|update| {
+                let payload = serde_json::to_string(&EnvelopeRef {
+                    origin: self.inner.origin,
+                    update: match update {
+                        Update::Seats(seats) => WireRef::Seats(seats),
+                        Update::Event(event) => WireRef::Event(event),
+                        Update::Booking(booking) => WireRef::Booking(booking),
+                    },
+                })
+                .inspect_err(|error| tracing::error!(%error, "cannot serialize an update"))
+                .ok()?;
+                let (key, rank) = update.order();
+                let channel = update.topic().channel(&redis.prefix);
+                Some((
+                    key,
+                    Pending {
+                        channel,
+                        payload,
+                        rank,
+                    },
+                ))
+            })
+            .collect();
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let Some(redis) = &inner.redis else { return };
+            if let Err(error) = publish_batch(&redis.pool, &batch).await {
+                tracing::warn!(%error, "publishing to Redis failed; will retry");
+                inner.keep_unsent(batch);
+            }
+        });
     }
 
     pub async fn redis_health(&self) -> RedisHealth {
@@ -162,53 +341,141 @@ impl Bus {
         }
     }
 
-    /// Events with at least one subscriber on this instance.
+    /// Subscribers of `topic` on this instance.
+    pub fn local_subscriber_count(&self, topic: Topic) -> usize {
+        lock(&self.inner.channels)
+            .get(&topic)
+            .map_or(0, broadcast::Sender::receiver_count)
+    }
+
+    /// Topics with at least one subscriber on this instance.
     pub fn local_channel_count(&self) -> usize {
-        self.inner.lock_channels().len()
+        lock(&self.inner.channels).len()
     }
 }
 
-impl Inner {
-    fn lock_channels(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<Uuid, broadcast::Sender<SeatUpdate>>> {
-        // The map stays consistent even if a holder panicked, so a poisoned lock is still usable.
-        self.channels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+/// Sends messages to Redis in one pipeline.
+async fn publish_batch(
+    pool: &bb8::Pool<RedisConnectionManager>,
+    batch: &[(UnsentKey, Pending)],
+) -> anyhow::Result<()> {
+    // Generous for big batches (an event cancelled with thousands of bookings).
+    let limit = REDIS_TIMEOUT + Duration::from_millis(batch.len() as u64 / 10);
+    tokio::time::timeout(limit, async {
+        let mut pipe = redis::pipe();
+        for (_, pending) in batch {
+            pipe.cmd("PUBLISH")
+                .arg(&pending.channel)
+                .arg(&pending.payload)
+                .ignore();
+        }
+        let mut conn = pool.get().await?;
+        pipe.query_async::<()>(&mut *conn).await?;
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))?
+}
 
-    fn deliver_local(&self, update: &SeatUpdate) {
-        if let Some(sender) = self.lock_channels().get(&update.event_id) {
+impl Inner {
+    fn deliver_local(&self, update: &Update) {
+        if let Some(sender) = lock(&self.channels).get(&update.topic()) {
             // An error only means the last subscriber left a moment ago.
             let _ = sender.send(update.clone());
         }
     }
+
+    /// Keeps messages Redis refused, the newest per topic or booking, and makes sure a retry
+    /// loop is running. Without this, a failed PUBLISH while the other instances' subscriptions
+    /// stay up would leave their subscribers stale until the next change.
+    fn keep_unsent(self: &Arc<Self>, batch: Vec<(UnsentKey, Pending)>) {
+        let Some(redis) = &self.redis else { return };
+        let start = {
+            let mut unsent = lock(&redis.unsent);
+            for (key, pending) in batch {
+                match unsent.entries.get(&key) {
+                    Some(kept) if kept.rank >= pending.rank => {}
+                    None if unsent.entries.len() >= MAX_UNSENT => {
+                        tracing::warn!("too many unsent updates; dropping one");
+                    }
+                    _ => {
+                        unsent.entries.insert(key, pending);
+                    }
+                }
+            }
+            !std::mem::replace(&mut unsent.retrying, true)
+        };
+        if start {
+            tokio::spawn(retry_unsent(Arc::downgrade(self)));
+        }
+    }
 }
 
-/// Listens on Redis for every instance's messages, reconnecting with capped backoff.
-async fn listen(client: redis::Client, channel_prefix: String, bus: Weak<Inner>) {
-    let pattern = format!("{channel_prefix}*");
+async fn retry_unsent(bus: Weak<Inner>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(backoff).await;
+        let Some(inner) = bus.upgrade() else { return };
+        let Some(redis) = &inner.redis else { return };
+        let batch: Vec<(UnsentKey, Pending)> = std::mem::take(&mut lock(&redis.unsent).entries)
+            .into_iter()
+            .collect();
+        match publish_batch(&redis.pool, &batch).await {
+            Ok(()) => {
+                tracing::info!(
+                    count = batch.len(),
+                    "republished updates Redis refused earlier"
+                );
+                backoff = Duration::from_millis(200);
+            }
+            Err(error) => {
+                tracing::debug!(%error, "republishing failed");
+                let mut unsent = lock(&redis.unsent);
+                for (key, pending) in batch {
+                    // A newer message kept meanwhile wins.
+                    unsent.entries.entry(key).or_insert(pending);
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        let mut unsent = lock(&redis.unsent);
+        if unsent.entries.is_empty() {
+            unsent.retrying = false;
+            return;
+        }
+    }
+}
+
+/// Listens on Redis for every instance's messages, reconnecting with capped backoff. After
+/// every (re)subscription, local subscribers get their state again from the database, since
+/// messages published while the subscription was down are gone.
+async fn listen(client: redis::Client, patterns: Vec<String>, bus: Weak<Inner>) {
     let mut backoff = Duration::from_millis(100);
+    // Subscribers may attach before the first subscription is up.
+    let mut lost_at = Utc::now();
     loop {
         match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.psubscribe(&pattern).await {
+            Ok(mut pubsub) => match pubsub.psubscribe(&patterns).await {
                 Ok(()) => {
-                    tracing::info!("listening for seat updates on Redis");
+                    tracing::info!("listening for live updates on Redis");
                     backoff = Duration::from_millis(100);
+                    let Some(inner) = bus.upgrade() else { return };
+                    tokio::spawn(resync_local(inner, lost_at - RESYNC_MARGIN));
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
-                        let Some(bus) = bus.upgrade() else { return };
-                        match serde_json::from_slice::<SeatUpdate>(message.get_payload_bytes()) {
-                            Ok(update) => bus.deliver_local(&update),
-                            Err(error) => tracing::warn!(%error, "ignoring malformed seat update"),
+                        let Some(inner) = bus.upgrade() else { return };
+                        match serde_json::from_slice::<Envelope>(message.get_payload_bytes()) {
+                            Ok(envelope) if envelope.origin == inner.origin => {}
+                            Ok(envelope) => inner.deliver_local(&envelope.update.into()),
+                            Err(error) => tracing::warn!(%error, "ignoring a malformed update"),
                         }
                     }
+                    lost_at = Utc::now();
                     tracing::warn!("Redis subscription lost; reconnecting");
                 }
                 Err(error) => tracing::warn!(%error, "subscribing on Redis failed"),
             },
-            Err(error) => tracing::warn!(%error, "connecting to Redis for seat updates failed"),
+            Err(error) => tracing::warn!(%error, "connecting to Redis for live updates failed"),
         }
         if bus.strong_count() == 0 {
             return;
@@ -218,43 +485,227 @@ async fn listen(client: redis::Client, channel_prefix: String, bus: Weak<Inner>)
     }
 }
 
-/// A subscriber's view of one event's channel.
-pub struct SeatUpdates {
-    event_id: Uuid,
+/// Pushes the database's current state to every topic with local subscribers: seat counts and
+/// event details as they are now, and the bookings changed since `since`. Subscribers drop
+/// whatever is not newer than what they sent.
+async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
+    let Some(redis) = &inner.redis else { return };
+    let topics: Vec<Topic> = lock(&inner.channels).keys().copied().collect();
+    if topics.is_empty() {
+        return;
+    }
+    let mut event_ids = Vec::new();
+    let mut user_ids = Vec::new();
+    for topic in &topics {
+        match topic {
+            Topic::Seats(id) | Topic::Event(id) => event_ids.push(*id),
+            Topic::UserBookings(id) => user_ids.push(*id),
+        }
+    }
+    event_ids.sort_unstable();
+    event_ids.dedup();
+    let read = async {
+        let mut conn = redis.db.get().await?;
+        let events = events::events_by_id(&mut conn, &event_ids).await?;
+        let bookings = resync::bookings_changed_since(&mut conn, &user_ids, since)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        anyhow::Ok((events, bookings))
+    };
+    let (events, bookings) = match read.await {
+        Ok(state) => state,
+        Err(error) => {
+            tracing::warn!(%error, "cannot re-read live state after reconnecting to Redis");
+            return;
+        }
+    };
+    for event in events.into_values() {
+        inner.deliver_local(&Update::Seats(SeatUpdate::from(&event)));
+        inner.deliver_local(&Update::Event(Arc::new(event)));
+    }
+    for booking in bookings {
+        inner.deliver_local(&Update::Booking(Arc::new(booking)));
+    }
+    tracing::info!(
+        topics = topics.len(),
+        "re-sent live state after reconnecting to Redis"
+    );
+}
+
+/// A subscriber's view of one topic's channel. For seat counts and event details, a subscriber
+/// that was not polled for a while (a slow client) gets only the newest state, not a backlog.
+pub struct Updates {
+    topic: Topic,
     /// `Some` until dropped: taken in `drop` so that it is gone before the count is read.
-    receiver: Option<BroadcastStream<SeatUpdate>>,
+    receiver: Option<BroadcastStream<Update>>,
     bus: Bus,
 }
 
-impl Stream for SeatUpdates {
-    type Item = SeatUpdate;
+impl Stream for Updates {
+    type Item = Update;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let topic = self.topic;
+        let coalesce = topic.newest_supersedes();
         let Some(receiver) = self.receiver.as_mut() else {
             return Poll::Ready(None);
         };
+        let mut newest = None;
         loop {
             match Pin::new(&mut *receiver).poll_next(cx) {
+                // Newest by version, not by arrival: a change from Redis can arrive after a
+                // later one delivered locally.
+                Poll::Ready(Some(Ok(update))) if coalesce => {
+                    if newest
+                        .as_ref()
+                        .is_none_or(|kept: &Update| kept.order().1 < update.order().1)
+                    {
+                        newest = Some(update);
+                    }
+                }
                 Poll::Ready(Some(Ok(update))) => return Poll::Ready(Some(update)),
                 // Lagged: the missed messages are superseded by the ones still buffered.
-                Poll::Ready(Some(Err(_))) => continue,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    tracing::debug!(missed, ?topic, "a slow subscriber skipped updates");
+                }
+                Poll::Ready(None) => return Poll::Ready(newest),
+                Poll::Pending => {
+                    return match newest {
+                        Some(update) => Poll::Ready(Some(update)),
+                        None => Poll::Pending,
+                    };
+                }
             }
         }
     }
 }
 
-impl Drop for SeatUpdates {
+impl Drop for Updates {
     fn drop(&mut self) {
-        let mut channels = self.bus.inner.lock_channels();
+        let mut channels = lock(&self.bus.inner.channels);
         // Dropped under the lock, so two subscribers leaving together cannot both count the other.
         drop(self.receiver.take());
         if channels
-            .get(&self.event_id)
+            .get(&self.topic)
             .is_some_and(|sender| sender.receiver_count() == 0)
         {
-            channels.remove(&self.event_id);
+            channels.remove(&self.topic);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seats(version: i32) -> Update {
+        Update::Seats(SeatUpdate {
+            event_id: Uuid::nil(),
+            capacity: 1000,
+            seats_available: 1000 - version,
+            version,
+        })
+    }
+
+    fn version(update: Option<Update>) -> Option<i32> {
+        match update {
+            Some(Update::Seats(seats)) => Some(seats.version),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_skips_to_the_newest_state() {
+        let bus = Bus::in_process();
+        let mut slow = bus.subscribe(Topic::Seats(Uuid::nil()));
+        // Far more than the channel holds, while the subscriber is not polled.
+        for v in 1..=(CHANNEL_CAPACITY as i32 * 3) {
+            bus.publish(seats(v));
+        }
+        assert_eq!(
+            version(slow.next().await),
+            Some(CHANNEL_CAPACITY as i32 * 3)
+        );
+        bus.publish(seats(1000));
+        assert_eq!(version(slow.next().await), Some(1000));
+    }
+
+    #[tokio::test]
+    async fn skipping_keeps_the_highest_version_whatever_the_arrival_order() {
+        let bus = Bus::in_process();
+        let mut slow = bus.subscribe(Topic::Seats(Uuid::nil()));
+        for v in [3, 7, 5, 6] {
+            bus.publish(seats(v));
+        }
+        assert_eq!(version(slow.next().await), Some(7));
+    }
+
+    #[tokio::test]
+    async fn channels_exist_only_while_someone_listens() {
+        let bus = Bus::in_process();
+        let event = Uuid::new_v4();
+        let first = bus.subscribe(Topic::Seats(event));
+        let second = bus.subscribe(Topic::Seats(event));
+        let other = bus.subscribe(Topic::UserBookings(event));
+        assert_eq!(bus.local_channel_count(), 2);
+        drop(first);
+        assert_eq!(bus.local_channel_count(), 2);
+        drop((second, other));
+        assert_eq!(bus.local_channel_count(), 0);
+        // Publishing with no one listening is not an error and creates nothing.
+        bus.publish(seats(1));
+        assert_eq!(bus.local_channel_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn booking_changes_are_not_coalesced() {
+        let bus = Bus::in_process();
+        let user = Uuid::new_v4();
+        let mut feed = bus.subscribe(Topic::UserBookings(user));
+        let booking = |status| Booking {
+            id: Uuid::new_v4(),
+            event_id: Uuid::nil(),
+            user_id: user,
+            quantity: 1,
+            status,
+            idempotency_key: None,
+            created_at: Utc::now(),
+            cancelled_at: None,
+        };
+        let sent = [
+            booking(BookingStatus::Confirmed),
+            booking(BookingStatus::Cancelled),
+        ];
+        bus.publish_all(
+            sent.iter()
+                .cloned()
+                .map(|b| Update::Booking(Arc::new(b)))
+                .collect(),
+        );
+        for expected in &sent {
+            match feed.next().await {
+                Some(Update::Booking(got)) => assert_eq!(got.id, expected.id),
+                other => panic!("expected a booking, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_wire_format_round_trips() {
+        let update = SeatUpdate {
+            event_id: Uuid::new_v4(),
+            capacity: 10,
+            seats_available: 4,
+            version: 7,
+        };
+        let origin = Uuid::new_v4();
+        let text = serde_json::to_string(&EnvelopeRef {
+            origin,
+            update: WireRef::Seats(&update),
+        })
+        .unwrap();
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.origin, origin);
+        assert!(matches!(back.update, Wire::Seats(seats) if seats == update));
     }
 }

@@ -121,7 +121,7 @@ impl Drop for TestDatabase {
     }
 }
 
-pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
+pub fn test_config(database_url: &str, redis: Option<(&str, &str)>) -> Config {
     let mut config = Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(database_url.to_owned()),
         "JWT_SECRET" => Some(TEST_JWT_SECRET.into()),
@@ -129,8 +129,8 @@ pub fn test_config(database_url: &str, redis_prefix: Option<&str>) -> Config {
         _ => None,
     })
     .unwrap();
-    if let Some(prefix) = redis_prefix {
-        config.redis_url = Some(redis_url());
+    if let Some((url, prefix)) = redis {
+        config.redis_url = Some(url.to_owned());
         config.redis_prefix = prefix.to_owned();
     }
     // The parameters travel inside each hash; cheap ones keep tests fast without changing code paths.
@@ -157,7 +157,11 @@ pub struct TestApp {
     pub base_url: String,
     pub state: AppState,
     pub client: reqwest::Client,
-    pub redis_prefix: Option<String>,
+    /// Redis URL and key prefix, shared with peers.
+    pub redis: Option<(String, String)>,
+    /// Cancel to shut the server down gracefully; `server` then finishes.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub server: std::sync::Mutex<Option<tokio::task::JoinHandle<std::io::Result<()>>>>,
     // Dropped last: the database outlives the server using it.
     pub database: std::sync::Arc<TestDatabase>,
 }
@@ -175,20 +179,21 @@ impl TestApp {
         Self::spawn_with(|_| {}).await
     }
 
-    /// Like `spawn`, with the test's own settings (strict limits, production mode...).
-    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
+    /// Like `spawn`, with configuration changed by `tweak` first.
+    pub async fn spawn_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on_redis(&redis_url(), tweak).await
+    }
+
+    /// A server on a fresh database using the Redis at `url` (with its own key prefix).
+    pub async fn spawn_on_redis(url: &str, tweak: impl FnOnce(&mut Config)) -> Self {
         let prefix = format!("evently:test:{}:", Uuid::new_v4().simple());
         let database = std::sync::Arc::new(fresh_database().await);
-        let mut config = test_config(&database.url, Some(&prefix));
-        configure(&mut config);
-        Self::start(database, config).await
+        Self::start(database, Some((url.to_owned(), prefix)), tweak).await
     }
 
     /// A server with the in-process bus (no REDIS_URL).
     pub async fn spawn_without_redis() -> Self {
-        let database = std::sync::Arc::new(fresh_database().await);
-        let config = test_config(&database.url, None);
-        Self::start(database, config).await
+        Self::start(std::sync::Arc::new(fresh_database().await), None, |_| {}).await
     }
 
     /// Another instance with this one's configuration, database and Redis prefix, as behind a
@@ -197,33 +202,45 @@ impl TestApp {
         self.spawn_peer_with(|_| {}).await
     }
 
-    /// A peer whose configuration differs, e.g. after a deployment changed it.
-    pub async fn spawn_peer_with(&self, configure: impl FnOnce(&mut Config)) -> Self {
-        let mut config = self.state.config.clone();
-        configure(&mut config);
-        Self::start(self.database.clone(), config).await
+    /// A peer whose configuration is this one's changed by `tweak`, e.g. after a deployment
+    /// changed it.
+    pub async fn spawn_peer_with(&self, tweak: impl FnOnce(&mut Config)) -> Self {
+        let base = self.state.config.clone();
+        Self::start(self.database.clone(), self.redis.clone(), move |config| {
+            *config = base;
+            tweak(config);
+        })
+        .await
     }
 
-    async fn start(database: std::sync::Arc<TestDatabase>, config: Config) -> Self {
+    async fn start(
+        database: std::sync::Arc<TestDatabase>,
+        redis: Option<(String, String)>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         LazyLock::force(&TRACING);
-        let redis_prefix = config
-            .redis_url
-            .is_some()
-            .then(|| config.redis_prefix.clone());
+        let redis_ref = redis
+            .as_ref()
+            .map(|(url, prefix)| (url.as_str(), prefix.as_str()));
+        let mut config = test_config(&database.url, redis_ref);
+        tweak(&mut config);
         let state = App::build(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(evently::http::serve(
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(evently::http::serve(
             listener,
             state.clone(),
-            std::future::pending(),
+            shutdown.clone().cancelled_owned(),
         ));
         Self {
             addr,
             base_url: format!("http://{addr}"),
             state,
             client: reqwest::Client::new(),
-            redis_prefix,
+            redis,
+            shutdown,
+            server: std::sync::Mutex::new(Some(server)),
             database,
         }
     }

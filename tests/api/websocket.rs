@@ -12,8 +12,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::helpers::{BOOK, TestApp};
 
-const SEATS: &str = "subscription($id: ID!) { seatAvailability(eventId: $id) { eventId capacity seatsAvailable soldOut version } }";
-const WAIT: Duration = Duration::from_secs(10);
+pub const SEATS: &str = "subscription($id: ID!) { seatAvailability(eventId: $id) { eventId capacity seatsAvailable soldOut version } }";
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A small graphql-transport-ws / graphql-ws client, enough to drive the server like Apollo or urql would.
 pub struct WsClient {
@@ -45,11 +45,75 @@ impl WsClient {
         Ok(client)
     }
 
-    async fn send(&mut self, message: Value) {
+    /// Opens a connection without sending `connection_init`.
+    pub async fn open(url: &str, protocol: Option<&str>) -> Self {
+        let mut request = url.into_client_request().unwrap();
+        if let Some(protocol) = protocol {
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        }
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Self {
+            socket,
+            legacy: protocol == Some("graphql-ws"),
+        }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.send_frame(Message::text(message.to_string())).await;
+    }
+
+    pub async fn send_frame(&mut self, frame: Message) {
+        self.socket.send(frame).await.unwrap();
+    }
+
+    /// The next frame, whatever it is.
+    pub async fn next_frame(&mut self) -> Message {
         self.socket
-            .send(Message::text(message.to_string()))
+            .next()
             .await
-            .unwrap();
+            .expect("a frame")
+            .expect("a readable frame")
+    }
+
+    /// The next protocol message as it comes, pings included.
+    pub async fn next_raw(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("a message within 10 s");
+            match frame {
+                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for the server to close the connection, answering pings meanwhile, and returns
+    /// the close code and reason. Fails on any other message.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .expect("the server closes within 10 s");
+            match frame {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Some(Ok(Message::Text(text))) => {
+                    let message: Value = serde_json::from_str(&text).unwrap();
+                    match message["type"].as_str() {
+                        Some("ping") => self.send(json!({ "type": "pong" })).await,
+                        Some("ka") => {}
+                        _ => panic!("expected the connection to close, got {message}"),
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
     }
 
     /// The next protocol message, skipping keep-alives; `Err` when the server closes.
@@ -89,7 +153,7 @@ impl WsClient {
     }
 }
 
-async fn seats(client: &mut WsClient) -> (i64, i64) {
+pub async fn seats(client: &mut WsClient) -> (i64, i64) {
     let data = client.next_data().await;
     let seats = &data["data"]["seatAvailability"];
     (
@@ -292,4 +356,81 @@ async fn an_open_connection_loses_its_rights_when_the_session_ends() {
         "{refused}"
     );
     assert_eq!(app.count("bookings").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_seat_subscriptions_share_one_execution() {
+    let app = TestApp::spawn_without_redis().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 10).await;
+    let uuid: uuid::Uuid = event_id.parse().unwrap();
+    let topic = evently::realtime::Topic::Seats(uuid);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+            .await
+            .unwrap();
+        client
+            .subscribe("s", SEATS, json!({ "id": event_id }))
+            .await;
+        assert_eq!(seats(&mut client).await, (10, 1));
+        clients.push(client);
+    }
+    assert_eq!(app.state.bus.local_subscriber_count(topic), 1);
+    // Another selection is another execution.
+    let mut other = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    other
+        .subscribe(
+            "v",
+            "subscription($id: ID!) { seatAvailability(eventId: $id) { version } }",
+            json!({ "id": event_id }),
+        )
+        .await;
+    assert_eq!(
+        other.next_data().await["data"]["seatAvailability"]["version"],
+        1
+    );
+    assert_eq!(app.state.bus.local_subscriber_count(topic), 2);
+
+    app.gql_ok(
+        Some(&buyer.token),
+        BOOK,
+        json!({ "input": { "eventId": event_id, "quantity": 4 } }),
+    )
+    .await;
+    for client in &mut clients {
+        assert_eq!(seats(client).await, (6, 2));
+    }
+    // A late joiner starts from the current state, not the first one the execution sent.
+    let mut late = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    late.subscribe("s", SEATS, json!({ "id": event_id })).await;
+    assert_eq!(seats(&mut late).await, (6, 2));
+    // Completing one does not end the others.
+    clients[0]
+        .send(json!({ "id": "s", "type": "complete" }))
+        .await;
+    app.gql_ok(
+        Some(&buyer.token),
+        BOOK,
+        json!({ "input": { "eventId": event_id, "quantity": 1 } }),
+    )
+    .await;
+    assert_eq!(seats(&mut clients[1]).await, (5, 3));
+    assert_eq!(seats(&mut late).await, (5, 3));
+
+    // When everyone has left, the execution and the channel go away.
+    drop((clients, other, late));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while app.state.bus.local_channel_count() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the channel outlived its subscribers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

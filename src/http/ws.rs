@@ -1,0 +1,793 @@
+//! GraphQL over WebSocket: `graphql-transport-ws` as enisdenjo/graphql-ws PROTOCOL.md specifies
+//! it (close codes, `ping`/`pong` both ways, `error` messages), and the legacy `graphql-ws`
+//! (subscriptions-transport-ws) for older Apollo clients.
+//!
+//! One task per connection runs everything: reading frames, running its operations (each a
+//! stream from `Schema::execute_stream`), keep-alive and timeouts. Nothing is buffered per
+//! connection beyond what is being written: a client too slow to read stalls only its own task,
+//! and its subscriptions skip to the newest state meanwhile (see `realtime::Updates`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_graphql::{Data, Response, ServerError};
+use axum::Extension;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::{State, WebSocketUpgrade};
+use axum::response::Response as HttpResponse;
+use futures_util::stream::{self, BoxStream};
+use futures_util::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::StreamMap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use super::fanout::{Fanout, Frame};
+use super::{HttpState, bearer_token, identify, init_token};
+use crate::config::WebSocketConfig;
+use crate::domain::{Viewer, auth};
+use crate::error::{AppError, REQUEST_ID};
+use crate::graphql::context::Caller;
+use crate::graphql::loaders::request_loaders;
+use crate::realtime::Bus;
+use crate::security::client::ClientIp;
+
+/// A `connection_init` token, checked against its session.
+enum Checked {
+    Anonymous,
+    Signed(Viewer),
+    Rejected(&'static str),
+}
+
+const TRANSPORT_WS: &str = "graphql-transport-ws";
+const LEGACY_WS: &str = "graphql-ws";
+/// Client messages are small GraphQL documents; per-connection buffers stay small with them.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+const READ_BUFFER_BYTES: usize = 2 * 1024;
+const MAX_ID_BYTES: usize = 128;
+/// How long a closing connection waits for the client's close frame before dropping the TCP
+/// connection (dropping earlier could reset it before the client reads the close code).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Close codes of graphql-transport-ws, and the standard ones used here.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    pub const INVALID_MESSAGE: u16 = 4400;
+    pub const UNAUTHORIZED: u16 = 4401;
+    pub const FORBIDDEN: u16 = 4403;
+    pub const SUBPROTOCOL_NOT_ACCEPTABLE: u16 = 4406;
+    pub const INIT_TIMEOUT: u16 = 4408;
+    pub const SUBSCRIBER_EXISTS: u16 = 4409;
+    pub const TOO_MANY_INIT: u16 = 4429;
+    pub const INTERNAL_ERROR: u16 = 4500;
+}
+
+/// What every WebSocket connection of one server shares: its limits, the shutdown signal, the
+/// tracker shutdown waits on, and the count of signed-in connections per user.
+pub struct Sockets {
+    config: WebSocketConfig,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    per_user: Mutex<HashMap<Uuid, usize>>,
+}
+
+impl Sockets {
+    pub fn new(config: WebSocketConfig) -> Self {
+        Self {
+            config,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            per_user: Mutex::default(),
+        }
+    }
+
+    /// Asks every connection to finish its operations in flight and close with 1001.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Shuts down and waits for every connection (at most the drain time and a little more).
+    pub async fn shut_down(&self) {
+        self.begin_shutdown();
+        self.tracker.close();
+        let limit = self.config.shutdown_drain + CLOSE_GRACE + Duration::from_secs(1);
+        if tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("WebSocket connections still open after the shutdown drain");
+        }
+    }
+
+    /// Takes one of the user's connection slots, if any is left: on this instance, and across
+    /// instances when Redis can say.
+    async fn claim(self: &Arc<Self>, bus: &Bus, user: Uuid) -> Option<UserSlot> {
+        {
+            let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+            let count = per_user.entry(user).or_default();
+            if *count >= self.config.max_connections_per_user {
+                return None;
+            }
+            *count += 1;
+        }
+        // Made before asking Redis, so the local count is given back whatever the answer.
+        let slot = UserSlot {
+            sockets: self.clone(),
+            bus: bus.clone(),
+            user,
+            connection: Uuid::new_v4(),
+            held_in_redis: false,
+        };
+        self.claim_shared(slot).await
+    }
+
+    async fn claim_shared(&self, mut slot: UserSlot) -> Option<UserSlot> {
+        let max = self.config.max_connections_per_user;
+        let claimed = slot
+            .bus
+            .claim_connection_slot(slot.user, slot.connection, max, self.slot_lease())
+            .await;
+        match claimed {
+            Some(false) => None,
+            Some(true) => {
+                slot.held_in_redis = true;
+                Some(slot)
+            }
+            None => Some(slot),
+        }
+    }
+
+    /// Renewed at every ping, and a connection silent for the idle timeout is closed, so a
+    /// lease this long outlives only connections whose instance died.
+    fn slot_lease(&self) -> Duration {
+        self.config.idle_timeout + self.config.ping_interval * 2
+    }
+}
+
+/// A signed-in connection's place in its user's count, given back when the connection ends.
+struct UserSlot {
+    sockets: Arc<Sockets>,
+    bus: Bus,
+    user: Uuid,
+    connection: Uuid,
+    held_in_redis: bool,
+}
+
+impl UserSlot {
+    fn renew(&self) {
+        if self.held_in_redis {
+            let lease = self.sockets.slot_lease();
+            self.bus
+                .renew_connection_slot(self.user, self.connection, lease);
+        }
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if self.held_in_redis {
+            self.bus.release_connection_slot(self.user, self.connection);
+        }
+        let mut per_user = self
+            .sockets
+            .per_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_user.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                per_user.remove(&self.user);
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    TransportWs,
+    Legacy,
+}
+
+pub(super) async fn graphql_ws(
+    State(state): State<HttpState>,
+    client: Option<Extension<ClientIp>>,
+    upgrade: WebSocketUpgrade,
+) -> HttpResponse {
+    let upgrade = upgrade
+        .protocols([TRANSPORT_WS, LEGACY_WS])
+        .read_buffer_size(READ_BUFFER_BYTES)
+        // Written as soon as sent: nothing waits in a buffer, so nothing needs one.
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE_BYTES)
+        .max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES);
+    let protocol = match upgrade.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(TRANSPORT_WS) => Some(Protocol::TransportWs),
+        Some(LEGACY_WS) => Some(Protocol::Legacy),
+        _ => None,
+    };
+    let tracker = state.sockets.tracker.clone();
+    upgrade.on_upgrade(move |socket| {
+        tracker.track_future(async move {
+            let Some(protocol) = protocol else {
+                let reason = "Subprotocol not acceptable";
+                close_socket(socket, close::SUBPROTOCOL_NOT_ACCEPTABLE, reason).await;
+                return;
+            };
+            let connection_id = Uuid::new_v4().to_string();
+            let mut connection = Connection::new(state, protocol);
+            connection.client = client.map(|Extension(ip)| ip);
+            REQUEST_ID
+                .scope(connection_id, connection.run(socket))
+                .await;
+        })
+    })
+}
+
+/// Messages a client may send, in either protocol.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMessage {
+    ConnectionInit {
+        #[serde(default)]
+        payload: Option<serde_json::Value>,
+    },
+    Ping {
+        #[serde(default)]
+        payload: Option<serde_json::Value>,
+    },
+    Pong {
+        #[serde(default)]
+        #[expect(dead_code, reason = "a pong only proves the client is there")]
+        payload: Option<serde_json::Value>,
+    },
+    Subscribe {
+        id: String,
+        payload: OperationPayload,
+    },
+    Complete {
+        id: String,
+    },
+    // The legacy protocol's names.
+    Start {
+        id: String,
+        payload: OperationPayload,
+    },
+    Stop {
+        id: String,
+    },
+    ConnectionTerminate,
+}
+
+/// A `subscribe` payload as the protocol defines it: `query` is required, `variables` and
+/// `extensions` are objects when present.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OperationPayload {
+    query: String,
+    #[serde(default)]
+    operation_name: Option<String>,
+    #[serde(default)]
+    variables: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "accepted as the protocol allows; no extension is used"
+    )]
+    extensions: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl From<OperationPayload> for async_graphql::Request {
+    fn from(payload: OperationPayload) -> Self {
+        let mut request = async_graphql::Request::new(payload.query);
+        if let Some(name) = payload.operation_name {
+            request = request.operation_name(name);
+        }
+        if let Some(variables) = payload.variables {
+            request = request.variables(async_graphql::Variables::from_json(
+                serde_json::Value::Object(variables),
+            ));
+        }
+        request
+    }
+}
+
+#[derive(Serialize)]
+struct ServerMessage<'a, T: Serialize> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<T>,
+}
+
+fn message<T: Serialize>(id: Option<&str>, kind: &'static str, payload: Option<T>) -> Message {
+    let text = serde_json::to_string(&ServerMessage { id, kind, payload })
+        .unwrap_or_else(|_| format!(r#"{{"type":"{kind}"}}"#));
+    Message::text(text)
+}
+
+/// Why the loop stopped: a close frame to send, or a connection already gone.
+enum Stop {
+    Close(u16, String),
+    Gone,
+}
+
+fn stop(code: u16, reason: impl Into<String>) -> Stop {
+    Stop::Close(code, reason.into())
+}
+
+/// What an operation produces: its own results, or a shared execution's (already serialized),
+/// then `End`.
+enum Output {
+    Own(Response),
+    Shared(Frame),
+    End,
+}
+
+type Operation = BoxStream<'static, Output>;
+
+struct Connection {
+    state: HttpState,
+    config: WebSocketConfig,
+    protocol: Protocol,
+    init_received: bool,
+    /// Set once acknowledged: the caller and loaders every operation of the connection shares.
+    session: Option<Arc<Data>>,
+    user_slot: Option<UserSlot>,
+    /// The client's address, for per-address rate limits on what it does over the socket.
+    client: Option<ClientIp>,
+    operations: StreamMap<String, Operation>,
+    /// Operations that have produced a result; on shutdown these (subscriptions, now only
+    /// listening) are dropped at once, while the others (queries and mutations in flight) may
+    /// finish first.
+    answered: HashSet<String>,
+    draining: bool,
+}
+
+impl Connection {
+    fn new(state: HttpState, protocol: Protocol) -> Self {
+        Self {
+            config: state.sockets.config,
+            state,
+            protocol,
+            init_received: false,
+            session: None,
+            user_slot: None,
+            client: None,
+            operations: StreamMap::new(),
+            answered: HashSet::new(),
+            draining: false,
+        }
+    }
+
+    async fn run(mut self, mut socket: WebSocket) {
+        match self.serve(&mut socket).await {
+            Stop::Close(code, reason) => close_socket(socket, code, &reason).await,
+            Stop::Gone => {}
+        }
+    }
+
+    async fn serve(&mut self, socket: &mut WebSocket) -> Stop {
+        let shutdown = self.state.sockets.shutdown.clone();
+        let init_timeout = tokio::time::sleep(self.config.init_timeout);
+        let idle = tokio::time::sleep(self.config.idle_timeout);
+        let drain = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(init_timeout, idle, drain);
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + self.config.ping_interval,
+            self.config.ping_interval,
+        );
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled(), if !self.draining => {
+                    if let Some(stop) = self.start_draining() {
+                        return stop;
+                    }
+                    drain.as_mut().reset(Instant::now() + self.config.shutdown_drain);
+                }
+                () = &mut drain, if self.draining => {
+                    return stop(close::GOING_AWAY, "server shutting down");
+                }
+                () = &mut init_timeout, if !self.init_received => {
+                    return stop(close::INIT_TIMEOUT, "Connection initialisation timeout");
+                }
+                () = &mut idle => return stop(close::NORMAL, "idle timeout"),
+                _ = ping.tick() => {
+                    if let Some(slot) = &self.user_slot {
+                        slot.renew();
+                    }
+                    let keep_alive = match self.protocol {
+                        Protocol::TransportWs => message::<()>(None, "ping", None),
+                        Protocol::Legacy => message::<()>(None, "ka", None),
+                    };
+                    if let Err(stop) = send(socket, self.config.idle_timeout, keep_alive).await {
+                        return stop;
+                    }
+                    // Legacy clients never answer `ka`; a WebSocket ping gets a pong from any
+                    // client library, so silence still means the client is gone.
+                    if self.protocol == Protocol::Legacy
+                        && let Err(stop) = send(socket, self.config.idle_timeout, Message::Ping(Default::default())).await
+                    {
+                        return stop;
+                    }
+                }
+                frame = socket.recv() => {
+                    idle.as_mut().reset(Instant::now() + self.config.idle_timeout);
+                    let result = match frame {
+                        None => return Stop::Gone,
+                        Some(Err(error)) => return read_error(&error),
+                        // Boxed, here and below: the task keeps room for its largest state
+                        // for its whole life, and an idle connection should not pay for the
+                        // token check's database query.
+                        Some(Ok(Message::Text(text))) => {
+                            Box::pin(self.on_text(socket, text.as_str())).await
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            Err(stop(close::INVALID_MESSAGE, "Invalid message received: binary frames are not part of the protocol"))
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Ok(Message::Close(_))) => return Stop::Gone,
+                    };
+                    if let Err(stop) = result {
+                        return stop;
+                    }
+                }
+                Some((id, output)) = self.operations.next(), if !self.operations.is_empty() => {
+                    if let Err(stop) = Box::pin(self.on_output(socket, id, output)).await {
+                        return stop;
+                    }
+                    if self.draining && self.operations.is_empty() {
+                        return stop(close::GOING_AWAY, "server shutting down");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the subscriptions (clients resubscribe elsewhere) and keeps operations still
+    /// waiting for their result; closes at once when there are none.
+    fn start_draining(&mut self) -> Option<Stop> {
+        self.draining = true;
+        for id in std::mem::take(&mut self.answered) {
+            self.operations.remove(&id);
+        }
+        self.operations
+            .is_empty()
+            .then(|| stop(close::GOING_AWAY, "server shutting down"))
+    }
+
+    async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Stop> {
+        let Ok(message) = serde_json::from_str::<ClientMessage>(text) else {
+            return Err(stop(close::INVALID_MESSAGE, "Invalid message received"));
+        };
+        let legacy = self.protocol == Protocol::Legacy;
+        match message {
+            ClientMessage::ConnectionInit { payload } => self.on_init(socket, payload).await,
+            ClientMessage::Ping { payload } if !legacy => {
+                let payload = payload.filter(|p| !p.is_null());
+                send(
+                    socket,
+                    self.config.idle_timeout,
+                    message_with(None, "pong", payload),
+                )
+                .await
+            }
+            ClientMessage::Pong { .. } if !legacy => Ok(()),
+            ClientMessage::Subscribe { id, payload } if !legacy => {
+                self.on_subscribe(socket, id, payload).await
+            }
+            ClientMessage::Start { id, payload } if legacy => {
+                self.on_subscribe(socket, id, payload).await
+            }
+            ClientMessage::Complete { id } if !legacy => {
+                self.forget(&id);
+                Ok(())
+            }
+            ClientMessage::Stop { id } if legacy => {
+                self.forget(&id);
+                Ok(())
+            }
+            ClientMessage::ConnectionTerminate if legacy => Err(stop(close::NORMAL, "terminated")),
+            _ => Err(stop(close::INVALID_MESSAGE, "Invalid message received")),
+        }
+    }
+
+    async fn on_init(
+        &mut self,
+        socket: &mut WebSocket,
+        payload: Option<serde_json::Value>,
+    ) -> Result<(), Stop> {
+        if self.init_received {
+            return Err(stop(
+                close::TOO_MANY_INIT,
+                "Too many initialisation requests",
+            ));
+        }
+        self.init_received = true;
+        let payload = payload.unwrap_or(serde_json::Value::Null);
+        if !(payload.is_null() || payload.is_object()) {
+            return Err(stop(close::INVALID_MESSAGE, "Invalid message received"));
+        }
+        let authorization = init_token(&payload);
+        // A connection is refused at once if its token's session is over.
+        let checked = match identify(&self.state.app, authorization.as_deref()) {
+            Caller::Token(token) => {
+                let app = &self.state.app;
+                let viewer = match app.conn().await {
+                    Ok(mut conn) => auth::authenticate(&mut conn, &app.tokens, &token).await,
+                    Err(error) => Err(error),
+                };
+                match viewer {
+                    Ok(viewer) => Ok(Checked::Signed(viewer)),
+                    Err(AppError::Unauthenticated(why)) => Ok(Checked::Rejected(why)),
+                    Err(error) => Err(error),
+                }
+            }
+            Caller::Rejected(why) => Ok(Checked::Rejected(why)),
+            _ => Ok(Checked::Anonymous),
+        };
+        let caller = match checked {
+            Ok(Checked::Signed(viewer)) => {
+                let Some(slot) = self
+                    .state
+                    .sockets
+                    .claim(&self.state.app.bus, viewer.id())
+                    .await
+                else {
+                    return Err(stop(
+                        close::TOO_MANY_INIT,
+                        "Too many connections for this user",
+                    ));
+                };
+                self.user_slot = Some(slot);
+                let token = authorization.as_deref().and_then(bearer_token);
+                Caller::Connection(token.unwrap_or_default().to_owned())
+            }
+            Ok(Checked::Rejected(why)) => {
+                if self.protocol == Protocol::Legacy {
+                    let error = serde_json::json!({ "message": why });
+                    send(
+                        socket,
+                        self.config.idle_timeout,
+                        message_with(None, "connection_error", Some(error)),
+                    )
+                    .await?;
+                }
+                return Err(stop(close::FORBIDDEN, "Forbidden"));
+            }
+            Ok(Checked::Anonymous) => Caller::Anonymous,
+            Err(error) => {
+                tracing::warn!(
+                    code = error.code(),
+                    "cannot check a WebSocket connection's token"
+                );
+                return Err(stop(close::INTERNAL_ERROR, "Internal server error"));
+            }
+        };
+        let (users, events) = request_loaders(&self.state.app);
+        let mut data = Data::default();
+        data.insert(caller);
+        data.insert(users);
+        data.insert(events);
+        if let Some(ip) = self.client {
+            data.insert(ip);
+        }
+        self.session = Some(Arc::new(data));
+        send(
+            socket,
+            self.config.idle_timeout,
+            message::<()>(None, "connection_ack", None),
+        )
+        .await?;
+        if self.protocol == Protocol::Legacy {
+            send(
+                socket,
+                self.config.idle_timeout,
+                message::<()>(None, "ka", None),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(
+        &mut self,
+        socket: &mut WebSocket,
+        id: String,
+        payload: OperationPayload,
+    ) -> Result<(), Stop> {
+        let Some(session) = &self.session else {
+            return Err(stop(close::UNAUTHORIZED, "Unauthorized"));
+        };
+        // Clients use UUIDs or counters; a long id is only a way to make the server hold more.
+        if id.is_empty() || id.len() > MAX_ID_BYTES {
+            return Err(stop(close::INVALID_MESSAGE, "Invalid message received"));
+        }
+        if self.operations.contains_key(&id) {
+            return Err(stop(
+                close::SUBSCRIBER_EXISTS,
+                format!("Subscriber for {id} already exists"),
+            ));
+        }
+        let refusal = if self.draining {
+            Some((
+                "the server is shutting down; reconnect",
+                "SERVICE_UNAVAILABLE",
+            ))
+        } else if self.operations.len() >= self.config.max_operations_per_connection {
+            Some((
+                "too many operations open on this connection",
+                "RATE_LIMITED",
+            ))
+        } else {
+            None
+        };
+        if let Some((text, code)) = refusal {
+            let mut error = ServerError::new(text, None);
+            error
+                .extensions
+                .get_or_insert_with(Default::default)
+                .set("code", code);
+            return send(
+                socket,
+                self.config.idle_timeout,
+                self.error_message(&id, &[error]),
+            )
+            .await;
+        }
+        let shared = Fanout::shareable(
+            &payload.query,
+            payload.operation_name.as_deref(),
+            payload.variables.as_ref(),
+        );
+        let results: Operation = match shared {
+            Some(key) => self
+                .state
+                .fanout
+                .join(key, move || payload.into())
+                .map(Output::Shared)
+                .boxed(),
+            None => self
+                .state
+                .schema
+                .execute_stream_with_session_data(payload, session.clone())
+                .map(Output::Own)
+                .boxed(),
+        };
+        let operation = results.chain(stream::once(async { Output::End })).boxed();
+        self.operations.insert(id, operation);
+        Ok(())
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.operations.remove(id);
+        self.answered.remove(id);
+    }
+
+    fn error_message(&self, id: &str, errors: &[ServerError]) -> Message {
+        message(Some(id), "error", Some(errors))
+    }
+
+    async fn on_output(
+        &mut self,
+        socket: &mut WebSocket,
+        id: String,
+        output: Output,
+    ) -> Result<(), Stop> {
+        let patience = self.config.idle_timeout;
+        let next = match self.protocol {
+            Protocol::TransportWs => "next",
+            Protocol::Legacy => "data",
+        };
+        let text = match output {
+            Output::End | Output::Shared(Frame::Complete) => {
+                self.forget(&id);
+                return send(socket, patience, message::<()>(Some(&id), "complete", None)).await;
+            }
+            Output::Own(response) if ends_operation(&response) => {
+                self.forget(&id);
+                return send(socket, patience, self.error_message(&id, &response.errors)).await;
+            }
+            Output::Shared(Frame::Error(errors)) => {
+                self.forget(&id);
+                return send(socket, patience, prebuilt(&id, "error", &errors)).await;
+            }
+            Output::Own(response) => message(Some(&id), next, Some(&response)),
+            Output::Shared(Frame::Next(payload)) => prebuilt(&id, next, &payload),
+        };
+        send(socket, patience, text).await?;
+        if !self.draining {
+            self.answered.insert(id);
+            return Ok(());
+        }
+        // Shutting down: a query or mutation is complete now; a subscription that started
+        // during shutdown has had its first message and is dropped.
+        let finished = self
+            .operations
+            .remove(&id)
+            .is_some_and(|mut rest| matches!(rest.next().now_or_never(), Some(Some(Output::End))));
+        self.forget(&id);
+        if finished {
+            send(socket, patience, message::<()>(Some(&id), "complete", None)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A message around a payload serialized once for many connections.
+fn prebuilt(id: &str, kind: &'static str, payload: &str) -> Message {
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".to_owned());
+    Message::text(format!(
+        r#"{{"id":{id},"type":"{kind}","payload":{payload}}}"#
+    ))
+}
+
+/// Sends one message. A client that stops reading would hold the task forever, so one that
+/// takes longer than `patience` counts as gone.
+async fn send(socket: &mut WebSocket, patience: Duration, message: Message) -> Result<(), Stop> {
+    match tokio::time::timeout(patience, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Stop::Gone),
+    }
+}
+
+fn message_with(
+    id: Option<&str>,
+    kind: &'static str,
+    payload: Option<serde_json::Value>,
+) -> Message {
+    message(id, kind, payload)
+}
+
+/// A result with no data whose errors all come before execution (the document does not parse
+/// or validate: no `path`) or all refuse the caller (UNAUTHENTICATED: not signed in, token
+/// expired, session ended) is sent as an `error` message, which ends the operation.
+pub(super) fn ends_operation(response: &Response) -> bool {
+    if response.errors.is_empty() || !matches!(response.data, async_graphql::Value::Null) {
+        return false;
+    }
+    let before_execution = response.errors.iter().all(|e| e.path.is_empty());
+    let unauthenticated = response.errors.iter().all(|e| {
+        e.extensions
+            .as_ref()
+            .and_then(|x| x.get("code"))
+            .is_some_and(|code| *code == async_graphql::Value::from("UNAUTHENTICATED"))
+    });
+    before_execution || unauthenticated
+}
+
+/// A frame the server could not read: too big for the limits, or not WebSocket at all.
+fn read_error(error: &axum::Error) -> Stop {
+    let too_big = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)));
+    if too_big {
+        stop(close::MESSAGE_TOO_BIG, "message too big")
+    } else {
+        tracing::debug!(%error, "WebSocket read failed");
+        Stop::Gone
+    }
+}
+
+/// Sends a close frame and waits briefly for the client's, so the code reaches it.
+async fn close_socket(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = socket.recv().await {}
+    })
+    .await;
+}

@@ -83,6 +83,17 @@ impl Gql {
         Ok(Answer::Data(body["data"].clone()))
     }
 
+    /// `call` for read-heavy scenarios: true when the answer has data and no errors, found
+    /// without parsing the whole body, so the tool spends its CPU on load, not on JSON.
+    pub async fn call_ok(&self, query: &str, variables: &Value) -> anyhow::Result<bool> {
+        let body = json!({ "query": query, "variables": variables });
+        let response = self.http.post(&self.endpoint).json(&body).send().await?;
+        let ok = response.status().is_success();
+        let bytes = response.bytes().await?;
+        let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        Ok(ok && bytes.starts_with(b"{\"data\":{") && !has(b"\"errors\":"))
+    }
+
     /// `call` for set-up steps, where any error is fatal.
     pub async fn expect(
         &self,

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{check_alive, secs};
 use crate::Common;
-use crate::client::{Answer, Gql};
+use crate::client::Gql;
 use crate::report::{Report, table};
 use crate::stats::Samples;
 use crate::system::CpuMeter;
@@ -73,10 +73,10 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
                     (EVENT, json!({ "id": ids[i % ids.len()] }))
                 };
                 let started = Instant::now();
-                let answer = gql.call(None, query, variables).await;
+                let answer = gql.call_ok(query, &variables).await;
                 let finished = Instant::now();
                 match answer {
-                    Ok(Answer::Data(Value::Object(_))) => {
+                    Ok(true) => {
                         let samples = if list { &mut me.list } else { &mut me.detail };
                         samples.record(start, started, finished);
                     }

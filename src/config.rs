@@ -122,6 +122,8 @@ pub struct Config {
     pub database_pool_size: u32,
     /// Commit concurrent bookings of one event together (see `domain::onsale`).
     pub group_commit: bool,
+    /// How long an answer to an anonymous query may be reused (see `http::cache`); zero: never.
+    pub response_cache_ttl: Duration,
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so deployments (and tests) can share one Redis.
     pub redis_prefix: String,
@@ -346,6 +348,11 @@ impl Config {
             database_url,
             database_pool_size: parse_or(&lookup, "DATABASE_POOL_SIZE", 16)?,
             group_commit: parse_or(&lookup, "EVENTLY_GROUP_COMMIT", true)?,
+            response_cache_ttl: Duration::from_millis(parse_or(
+                &lookup,
+                "RESPONSE_CACHE_MS",
+                1000,
+            )?),
             redis_url,
             redis_prefix: lookup("REDIS_PREFIX").unwrap_or_else(|| "evently:".into()),
             jwt_secret,

@@ -1,5 +1,6 @@
 //! HTTP surface: GraphQL over POST, GraphiQL on GET, subscriptions over WebSocket, probes.
 
+pub mod cache;
 mod fanout;
 pub mod graphiql;
 pub mod ws;
@@ -46,6 +47,7 @@ struct HttpState {
     schema: EventlySchema,
     sockets: Arc<ws::Sockets>,
     fanout: Arc<fanout::Fanout>,
+    cache: Arc<cache::ResponseCache>,
 }
 
 pub fn router(app: AppState) -> Router {
@@ -75,6 +77,7 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
     let schema = build_schema(app.clone());
     let state = HttpState {
         fanout: Arc::new(fanout::Fanout::new(schema.clone(), app.clone())),
+        cache: Arc::new(cache::ResponseCache::new(app.config.response_cache_ttl)),
         schema,
         app,
         sockets,
@@ -208,7 +211,7 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn internal_error_response() -> Response {
+pub(crate) fn internal_error_response() -> Response {
     error_response(
         StatusCode::INTERNAL_SERVER_ERROR,
         "INTERNAL_SERVER_ERROR",
@@ -287,6 +290,20 @@ async fn graphql(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
+    // Anonymous single queries may be answered from the cache; anything else may write.
+    let cached = match &request {
+        BatchRequest::Single(single) if authorization.is_none() => state.cache.key(single),
+        _ => None,
+    };
+    let generation = state.cache.generation(state.app.bus.generation());
+    match &cached {
+        Some(key) => {
+            if let Some(response) = state.cache.get(key, generation) {
+                return response;
+            }
+        }
+        None => state.cache.note_write(),
+    }
     REQUEST_ID
         .scope(request_id, async move {
             let caller = identify(&state.app, authorization);
@@ -325,12 +342,16 @@ async fn graphql(
                     }
                 },
             };
+            let ok = response.is_ok();
             let mut response = GraphQLResponse::from(response).into_response();
             // Answers depend on the caller's token: no shared cache may keep them.
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
+            match cached {
+                Some(key) if ok => state.cache.put(key, generation, response).await,
+                _ => response,
+            }
         })
         .await
 }

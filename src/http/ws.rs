@@ -655,12 +655,15 @@ impl Connection {
                 .join(key, move || payload.into())
                 .map(Output::Shared)
                 .boxed(),
-            None => self
-                .state
-                .schema
-                .execute_stream_with_session_data(payload, session.clone())
-                .map(Output::Own)
-                .boxed(),
+            None => {
+                // It may be a mutation: answers cached from before it are not to be trusted.
+                self.state.cache.note_write();
+                self.state
+                    .schema
+                    .execute_stream_with_session_data(payload, session.clone())
+                    .map(Output::Own)
+                    .boxed()
+            }
         };
         let operation = results.chain(stream::once(async { Output::End })).boxed();
         self.operations.insert(id, operation);

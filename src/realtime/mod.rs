@@ -16,6 +16,7 @@ mod slots;
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -183,6 +184,9 @@ pub struct Bus {
 struct Inner {
     /// Tells this process's messages apart when Redis echoes them back.
     origin: Uuid,
+    /// Seat and event updates heard so far, local or remote (and resubscriptions, after which
+    /// some may have been missed): anything cached from public data is stale once it moves.
+    generation: AtomicU64,
     channels: Mutex<HashMap<Topic, broadcast::Sender<Update>>>,
     redis: Option<RedisBus>,
 }
@@ -225,6 +229,7 @@ impl Bus {
         Self {
             inner: Arc::new(Inner {
                 origin: Uuid::new_v4(),
+                generation: AtomicU64::new(0),
                 channels: Mutex::default(),
                 redis: None,
             }),
@@ -243,6 +248,7 @@ impl Bus {
             .build_unchecked(manager);
         let inner = Arc::new(Inner {
             origin: Uuid::new_v4(),
+            generation: AtomicU64::new(0),
             channels: Mutex::default(),
             redis: Some(RedisBus {
                 pool,
@@ -256,6 +262,11 @@ impl Bus {
             .to_vec();
         tokio::spawn(listen(client, patterns, Arc::downgrade(&inner)));
         Ok(Self { inner })
+    }
+
+    /// Moves on with every seat or event update this process hears of (see `Inner`).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Relaxed)
     }
 
     /// Attaches a subscriber to a topic. Read the current state only after this, so no change
@@ -379,6 +390,9 @@ async fn publish_batch(
 
 impl Inner {
     fn deliver_local(&self, update: &Update) {
+        if !matches!(update, Update::Booking(_)) {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(sender) = lock(&self.channels).get(&update.topic()) {
             // An error only means the last subscriber left a moment ago.
             let _ = sender.send(update.clone());
@@ -460,6 +474,7 @@ async fn listen(client: redis::Client, patterns: Vec<String>, bus: Weak<Inner>) 
                     tracing::info!("listening for live updates on Redis");
                     backoff = Duration::from_millis(100);
                     let Some(inner) = bus.upgrade() else { return };
+                    inner.generation.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(resync_local(inner, lost_at - RESYNC_MARGIN));
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {

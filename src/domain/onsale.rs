@@ -29,6 +29,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::auth::live_sessions;
 use super::bookings::{BookingChange, BookingRequest, book_seats, find_by_key, validate};
 use super::events::{lock_event, unbookable_reason};
 use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
@@ -45,8 +46,28 @@ const QUEUE_CAPACITY: usize = 4096;
 /// A worker with nothing to do for this long stops; the next booking starts a new one.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
 
+/// Who is booking: the token's user and session. The session is checked against PostgreSQL
+/// with the booking (for a whole batch in one query), not before it.
+#[derive(Debug, Clone, Copy)]
+pub struct Buyer {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+const SESSION_ENDED: AppError = AppError::Unauthenticated("session has ended; sign in again");
+
+/// Checks one buyer's session, for the paths that book one at a time.
+async fn ensure_live(conn: &mut AsyncPgConnection, buyer: Buyer) -> AppResult<()> {
+    let pair = (buyer.session_id, buyer.user_id);
+    if live_sessions(conn, &[pair]).await?.contains(&pair) {
+        Ok(())
+    } else {
+        Err(SESSION_ENDED)
+    }
+}
+
 struct Job {
-    user_id: Uuid,
+    buyer: Buyer,
     request: BookingRequest,
     reply: oneshot::Sender<AppResult<BookingChange>>,
 }
@@ -89,21 +110,23 @@ impl Onsale {
         }
     }
 
-    /// Books seats for `user_id`. Same contract as [`book_seats`]: a booking and, when this call
-    /// changed availability, the event to publish. In a batch only the last booking carries the
-    /// event, so one message goes out per commit.
-    pub async fn book(&self, user_id: Uuid, request: BookingRequest) -> AppResult<BookingChange> {
+    /// Books seats for `buyer`, whose token has been verified but whose session has not: it is
+    /// checked here, with the booking. Same contract as [`book_seats`]: a booking and, when
+    /// this call changed availability, the event to publish. In a batch only the last booking
+    /// carries the event, so one message goes out per commit.
+    pub async fn book(&self, buyer: Buyer, request: BookingRequest) -> AppResult<BookingChange> {
         validate(&request)?;
-        if self.refuses(user_id, &request) {
+        if self.refuses(buyer.user_id, &request) {
             return Err(AppError::SoldOut { seats_available: 0 });
         }
         if self.inner.known_sold_out(request.event_id) {
-            return self.refuse_sold_out(user_id, &request).await;
+            return self.refuse_sold_out(buyer, &request).await;
         }
         if !self.inner.group_commit {
             let mut conn = self.inner.db.get().await?;
+            ensure_live(&mut conn, buyer).await?;
             let event_id = request.event_id;
-            let change = book_seats(&mut conn, user_id, request).await;
+            let change = book_seats(&mut conn, buyer.user_id, request).await;
             if let Err(AppError::SoldOut { seats_available: 0 }) = &change {
                 self.inner.mark_sold_out(event_id);
             }
@@ -111,7 +134,7 @@ impl Onsale {
         }
         let (reply, answer) = oneshot::channel();
         let mut job = Job {
-            user_id,
+            buyer,
             request,
             reply,
         };
@@ -165,12 +188,13 @@ impl Onsale {
     /// booked seats still gets its booking back, which takes one indexed read.
     async fn refuse_sold_out(
         &self,
-        user_id: Uuid,
+        buyer: Buyer,
         request: &BookingRequest,
     ) -> AppResult<BookingChange> {
         if request.idempotency_key.is_some() {
             let mut conn = self.inner.db.get().await?;
-            if let Some(booking) = find_by_key(&mut conn, user_id, request).await? {
+            ensure_live(&mut conn, buyer).await?;
+            if let Some(booking) = find_by_key(&mut conn, buyer.user_id, request).await? {
                 return Ok(BookingChange {
                     booking,
                     changed: false,
@@ -292,8 +316,7 @@ async fn commit(
     if jobs.is_empty() {
         return true;
     }
-    let batch: Vec<(Uuid, &BookingRequest)> =
-        jobs.iter().map(|j| (j.user_id, &j.request)).collect();
+    let batch: Vec<(Buyer, &BookingRequest)> = jobs.iter().map(|j| (j.buyer, &j.request)).collect();
     let abandoned = |i: usize| jobs[i].reply.is_closed();
     let outcome = match conn {
         Some(conn) => book_batch(conn, event_id, &batch, abandoned).await,
@@ -319,7 +342,10 @@ async fn commit(
             );
             for job in jobs.drain(..).filter(|job| !job.reply.is_closed()) {
                 let result = match inner.db.get().await {
-                    Ok(mut conn) => book_seats(&mut conn, job.user_id, job.request).await,
+                    Ok(mut conn) => match ensure_live(&mut conn, job.buyer).await {
+                        Ok(()) => book_seats(&mut conn, job.buyer.user_id, job.request).await,
+                        Err(error) => Err(error),
+                    },
                     Err(error) => Err(error.into()),
                 };
                 if let Err(AppError::SoldOut { seats_available: 0 }) = &result {
@@ -381,22 +407,31 @@ enum Outcome {
 pub async fn book_batch(
     conn: &mut AsyncPgConnection,
     event_id: Uuid,
-    batch: &[(Uuid, &BookingRequest)],
+    batch: &[(Buyer, &BookingRequest)],
     abandoned: impl Fn(usize) -> bool + Send,
 ) -> AppResult<(Vec<AppResult<BookingChange>>, Option<Event>)> {
     conn.transaction(async move |conn| {
         let event = lock_event(conn, event_id).await?;
         let gone: Vec<bool> = (0..batch.len()).map(&abandoned).collect();
+        let pairs: Vec<(Uuid, Uuid)> = batch
+            .iter()
+            .map(|(b, _)| (b.session_id, b.user_id))
+            .collect();
+        let live = live_sessions(conn, &pairs).await?;
         let mut known = previous_bookings(conn, batch).await?;
         let mut remaining = event.seats_available;
         let now = Utc::now();
         let outcomes: Vec<Outcome> = batch
             .iter()
             .zip(gone)
-            .map(|(&(user_id, request), gone)| {
+            .map(|(&(buyer, request), gone)| {
                 if gone {
                     return Outcome::Refused(AppError::Unavailable);
                 }
+                if !live.contains(&(buyer.session_id, buyer.user_id)) {
+                    return Outcome::Refused(SESSION_ENDED);
+                }
+                let user_id = buyer.user_id;
                 let key = request.idempotency_key.clone().map(|k| (user_id, k));
                 if let Some(booking) = key.as_ref().and_then(|k| known.get(k)) {
                     return replay(booking, request);
@@ -493,11 +528,11 @@ pub async fn book_batch(
 /// Bookings already made under the idempotency keys in this batch.
 async fn previous_bookings(
     conn: &mut AsyncPgConnection,
-    batch: &[(Uuid, &BookingRequest)],
+    batch: &[(Buyer, &BookingRequest)],
 ) -> AppResult<HashMap<(Uuid, String), Booking>> {
     let keyed: Vec<(Uuid, &str)> = batch
         .iter()
-        .filter_map(|(user, r)| r.idempotency_key.as_deref().map(|k| (*user, k)))
+        .filter_map(|(buyer, r)| r.idempotency_key.as_deref().map(|k| (buyer.user_id, k)))
         .collect();
     if keyed.is_empty() {
         return Ok(HashMap::new());

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use evently::db::models::Role;
 use evently::domain::bookings::BookingRequest;
-use evently::domain::onsale::Onsale;
+use evently::domain::onsale::{Buyer, Onsale};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -57,11 +57,16 @@ async fn batches_on_two_instances_and_the_single_path_never_oversell_or_book_a_k
     });
     let direct = (0..200).map(|k| {
         let (buyer, quantity, key) = request(k);
-        let single = &single;
+        let (single, app) = (&single, &app);
         async move {
+            let claims = app.state.tokens.decode(&buyer.token).unwrap();
+            let who = Buyer {
+                user_id: buyer.id,
+                session_id: claims.sid,
+            };
             let result = single
                 .book(
-                    buyer.id,
+                    who,
                     BookingRequest {
                         event_id: event_uuid,
                         quantity,
@@ -166,4 +171,19 @@ async fn a_sold_out_event_is_refused_from_memory_until_a_seat_comes_back() {
     assert!(!app.state.onsale.known_sold_out(event_id.parse().unwrap()));
     outcome(&book("fifth").await).expect("the returned seat is sold at once");
     app.assert_invariant().await;
+
+    // The session is checked with the booking: once signed out, the token books nothing.
+    app.gql_ok(Some(&buyer.token), "mutation { logout }", json!({}))
+        .await;
+    let bookings = app.count("bookings").await;
+    let other = app.event(&organizer, 5).await;
+    let refused = app
+        .gql(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": other } }),
+        )
+        .await;
+    assert_eq!(error_code(&refused), "UNAUTHENTICATED", "{refused}");
+    assert_eq!(app.count("bookings").await, bookings);
 }

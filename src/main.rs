@@ -8,6 +8,10 @@ use evently::db::{self, models};
 use evently::domain::auth::Passwords;
 use evently::domain::{seed, users};
 
+/// glibc's allocator spends a good share of a busy server's time on small allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "evently", version, about = "Event-ticketing GraphQL server")]
 struct Cli {

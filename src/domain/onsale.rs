@@ -3,9 +3,11 @@
 //! When thousands of buyers hit one event at once, one transaction per booking queues them all
 //! on the event row's lock, and PostgreSQL commits only about a thousand of them a second. So
 //! each instance keeps one queue per event: a worker takes whatever bookings have arrived while
-//! the previous batch was committing and commits them together, with one lock of the event row,
-//! one multi-row `INSERT` and one conditional `UPDATE`. Nobody waits for a timer: a lone booking
-//! is committed at once, and batches grow only as fast as requests pile up.
+//! the previous batch was committing and commits them together, with one query for the buyers'
+//! sessions, one for their idempotency keys, one lock of the event row, one `INSERT` and one
+//! conditional `UPDATE`. Two workers take turns, so one batch's checks overlap the other's
+//! commit. Nobody waits for a timer: a lone booking is committed at once, and batches grow only
+//! as fast as requests pile up.
 //!
 //! The guard is still PostgreSQL's. Seats are counted against the locked row, the `UPDATE`
 //! still says `WHERE seats_available >= taken`, and the CHECK constraints still hold, so several
@@ -41,7 +43,10 @@ use crate::error::{AppError, AppResult};
 pub const MAX_BATCH: usize = 256;
 /// How long a sold-out event is answered from memory before PostgreSQL is asked again.
 pub const SOLD_OUT_HINT_TTL: Duration = Duration::from_millis(250);
-/// Bookings waiting for one event's worker; senders wait when it is full.
+/// Workers per event with bookings waiting. One batch holds the event row while the next
+/// worker checks its batch's sessions and idempotency keys, then waits for the row.
+const WORKERS_PER_EVENT: usize = 2;
+/// Bookings waiting for one event's workers; senders wait when it is full.
 const QUEUE_CAPACITY: usize = 4096;
 /// A worker with nothing to do for this long stops; the next booking starts a new one.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
@@ -257,46 +262,57 @@ impl Inner {
             .entry(event_id)
             .or_insert_with(|| {
                 let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-                tokio::spawn(run_worker(self.clone(), event_id, receiver));
+                let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+                for _ in 0..WORKERS_PER_EVENT {
+                    tokio::spawn(run_worker(self.clone(), event_id, receiver.clone()));
+                }
                 sender
             })
             .clone()
     }
 }
 
-async fn run_worker(inner: Arc<Inner>, event_id: Uuid, mut receiver: mpsc::Receiver<Job>) {
+async fn run_worker(
+    inner: Arc<Inner>,
+    event_id: Uuid,
+    receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Job>>>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     // Held from one batch to the next while more are waiting, so a busy worker never queues
     // for a connection behind the requests it is serving; given back when the queue is empty.
     let mut conn: Option<DbConn> = None;
     loop {
-        let first = match tokio::time::timeout(WORKER_IDLE, receiver.recv()).await {
-            Ok(Some(job)) => job,
-            Ok(None) => return,
-            Err(_idle) => {
-                // Unlist the queue, then finish whatever was sent before it was unlisted;
-                // later senders find the channel closed and start a new worker.
-                inner
-                    .queues
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&event_id);
-                receiver.close();
-                continue;
+        let more_waiting = {
+            let mut receiver = receiver.lock().await;
+            let first = match tokio::time::timeout(WORKER_IDLE, receiver.recv()).await {
+                Ok(Some(job)) => job,
+                Ok(None) => return,
+                Err(_idle) => {
+                    // Unlist the queue, then finish whatever was sent before it was unlisted;
+                    // later senders find the channel closed and start new workers.
+                    inner
+                        .queues
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&event_id);
+                    receiver.close();
+                    continue;
+                }
+            };
+            jobs.push(first);
+            while jobs.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
             }
+            !receiver.is_empty()
         };
-        jobs.push(first);
-        while jobs.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
         if conn.is_none() {
             conn = inner.db.get_owned().await.ok();
         }
         let healthy = commit(&inner, conn.as_deref_mut(), event_id, &mut jobs).await;
-        if !healthy || receiver.is_empty() {
+        if !healthy || !more_waiting {
             conn = None;
         }
     }
@@ -318,10 +334,16 @@ async fn commit(
     }
     let batch: Vec<(Buyer, &BookingRequest)> = jobs.iter().map(|j| (j.buyer, &j.request)).collect();
     let abandoned = |i: usize| jobs[i].reply.is_closed();
+    let started = std::time::Instant::now();
     let outcome = match conn {
         Some(conn) => book_batch(conn, event_id, &batch, abandoned).await,
         None => Err(AppError::Unavailable),
     };
+    tracing::debug!(
+        size = batch.len(),
+        micros = started.elapsed().as_micros() as u64,
+        "batch committed"
+    );
     drop(batch);
     match outcome {
         Ok((results, event)) => {
@@ -411,14 +433,16 @@ pub async fn book_batch(
     abandoned: impl Fn(usize) -> bool + Send,
 ) -> AppResult<(Vec<AppResult<BookingChange>>, Option<Event>)> {
     conn.transaction(async move |conn| {
-        let event = lock_event(conn, event_id).await?;
-        let gone: Vec<bool> = (0..batch.len()).map(&abandoned).collect();
+        // Checked before the event row is locked, so another batch of this event can hold the
+        // row meanwhile. A key used by that batch too is caught by the insert below.
         let pairs: Vec<(Uuid, Uuid)> = batch
             .iter()
             .map(|(b, _)| (b.session_id, b.user_id))
             .collect();
         let live = live_sessions(conn, &pairs).await?;
         let mut known = previous_bookings(conn, batch).await?;
+        let event = lock_event(conn, event_id).await?;
+        let gone: Vec<bool> = (0..batch.len()).map(&abandoned).collect();
         let mut remaining = event.seats_available;
         let now = Utc::now();
         let outcomes: Vec<Outcome> = batch
@@ -483,11 +507,7 @@ pub async fn book_batch(
         let count = i32::try_from(new.len()).expect("batches are small");
         // Another path may have used one of these idempotency keys since we looked: then
         // fewer rows come back and the batch is replayed one by one, which sorts it out.
-        let inserted = diesel::insert_into(bookings::table)
-            .values(new)
-            .on_conflict_do_nothing()
-            .execute(conn)
-            .await?;
+        let inserted = insert_bookings(conn, &new).await?;
         if inserted != count as usize {
             return Err(anyhow::anyhow!("an idempotency key was used concurrently").into());
         }
@@ -525,6 +545,34 @@ pub async fn book_batch(
     .await
 }
 
+/// Inserts the batch's bookings with one statement of fixed shape (one array per column),
+/// which PostgreSQL plans once per connection, where a multi-row `VALUES` list would be a new
+/// statement with eight parameters per row for every batch size.
+async fn insert_bookings(conn: &mut AsyncPgConnection, new: &[&Booking]) -> AppResult<usize> {
+    use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    let column = |f: fn(&Booking) -> Uuid| new.iter().map(|b| f(b)).collect::<Vec<_>>();
+    let inserted = diesel::sql_query(
+        "INSERT INTO bookings (id, event_id, user_id, quantity, status, idempotency_key, created_at) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::text[], \
+                              $6::text[], $7::timestamptz[]) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<SqlUuid>, _>(column(|b| b.id))
+    .bind::<Array<SqlUuid>, _>(column(|b| b.event_id))
+    .bind::<Array<SqlUuid>, _>(column(|b| b.user_id))
+    .bind::<Array<Int4>, _>(new.iter().map(|b| b.quantity).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(new.iter().map(|b| b.status.as_str()).collect::<Vec<_>>())
+    .bind::<Array<Nullable<Text>>, _>(
+        new.iter()
+            .map(|b| b.idempotency_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Timestamptz>, _>(new.iter().map(|b| b.created_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(inserted)
+}
+
 /// Bookings already made under the idempotency keys in this batch.
 async fn previous_bookings(
     conn: &mut AsyncPgConnection,
@@ -537,14 +585,20 @@ async fn previous_bookings(
     if keyed.is_empty() {
         return Ok(HashMap::new());
     }
+    use diesel::sql_types::{Array, Text, Uuid as SqlUuid};
     let users: Vec<Uuid> = keyed.iter().map(|(u, _)| *u).collect();
     let keys: Vec<&str> = keyed.iter().map(|(_, k)| *k).collect();
-    let rows: Vec<Booking> = bookings::table
-        .filter(bookings::user_id.eq_any(users))
-        .filter(bookings::idempotency_key.eq_any(keys))
-        .select(Booking::as_select())
-        .load(conn)
-        .await?;
+    // Exact (user, key) pairs, each one lookup in the unique index: filtering on the users
+    // and the keys separately would read every booking of every buyer in the batch.
+    let rows: Vec<Booking> = diesel::sql_query(
+        "SELECT b.* FROM bookings b \
+         JOIN unnest($1::uuid[], $2::text[]) AS k(user_id, idempotency_key) \
+           ON b.user_id = k.user_id AND b.idempotency_key = k.idempotency_key",
+    )
+    .bind::<Array<SqlUuid>, _>(users)
+    .bind::<Array<Text>, _>(keys)
+    .load(conn)
+    .await?;
     Ok(rows
         .into_iter()
         .filter_map(|b| Some(((b.user_id, b.idempotency_key.clone()?), b)))

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 /// Refuses to load anything but this machine.
@@ -234,7 +235,13 @@ impl Subscriber {
         tcp.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
         let stream = tcp.connect(target).await?;
         stream.set_nodelay(true)?;
-        let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await?;
+        // Small buffers: ten thousand connections of 128 KiB each would be the tool's own
+        // memory problem, not the server's.
+        let mut config = WebSocketConfig::default();
+        config.read_buffer_size = 4096;
+        config.write_buffer_size = 0;
+        let (mut socket, _) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await?;
         socket
             .send(Message::text(
                 json!({ "type": "connection_init", "payload": {} }).to_string(),
@@ -281,6 +288,38 @@ impl Subscriber {
                 Some("complete") => return Ok(None),
                 Some("error") => bail!("subscription error: {}", message["payload"]),
                 _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// The `version` of the next `next` message, read without parsing the JSON: with ten
+    /// thousand subscribers the tool must not be the slow reader it measures.
+    pub async fn next_version(&mut self) -> anyhow::Result<Option<i64>> {
+        while let Some(frame) = self.socket.next().await {
+            let text = match frame? {
+                Message::Text(text) => text,
+                Message::Close(_) => return Ok(None),
+                _ => continue,
+            };
+            let text = text.as_str();
+            if text.contains(r#""type":"next""#) {
+                let version = text
+                    .split_once(r#""version":"#)
+                    .map(|(_, rest)| rest.trim_start())
+                    .map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+                    .and_then(|digits| digits.parse().ok())
+                    .with_context(|| format!("no version in {text}"))?;
+                return Ok(Some(version));
+            }
+            if text.contains(r#""type":"ping""#) {
+                self.socket
+                    .send(Message::text(r#"{"type":"pong"}"#))
+                    .await?;
+            } else if text.contains(r#""type":"complete""#) {
+                return Ok(None);
+            } else if text.contains(r#""type":"error""#) {
+                bail!("subscription error: {text}");
             }
         }
         Ok(None)

@@ -86,8 +86,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
                 let mut sub =
                     Subscriber::connect(&endpoint, source, SUBSCRIPTION, json!({ "id": event_id }))
                         .await?;
-                let first = sub.next_data().await?.context("no first message")?;
-                let version = first["seatAvailability"]["version"].as_i64().context("no version")?;
+                let version = sub.next_version().await?.context("no first message")?;
                 anyhow::Ok((sub, version))
             }
             .await;
@@ -112,9 +111,8 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
                     break;
                 }
                 tokio::select! {
-                    data = sub.next_data() => {
-                        let Ok(Some(data)) = data else { break };
-                        let Some(version) = data["seatAvailability"]["version"].as_i64() else { break };
+                    version = sub.next_version() => {
+                        let Ok(Some(version)) = version else { break };
                         seen.updates.push((version, Instant::now()));
                         last = last.max(version);
                     }

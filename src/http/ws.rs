@@ -382,11 +382,11 @@ impl Connection {
         tokio::pin!(init_timeout, idle, drain);
         // The first ping comes at a random point of the first interval, so connections opened
         // together (after a deploy, or at an onsale) do not all ping at the same moment.
-        let first = self.config.ping_interval.mul_f64(rand::random_range(0.5..1.0));
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + first,
-            self.config.ping_interval,
-        );
+        let first = self
+            .config
+            .ping_interval
+            .mul_f64(rand::random_range(0.5..1.0));
+        let mut ping = tokio::time::interval_at(Instant::now() + first, self.config.ping_interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {

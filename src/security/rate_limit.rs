@@ -11,6 +11,8 @@ use async_graphql::extensions::{
 use async_graphql::{Pos, Request, ServerResult};
 
 use super::SharedRedis;
+use super::client::ClientIp;
+use super::deadline::OverHttp;
 use crate::app::AppState;
 use crate::config::RateLimit;
 use crate::error::AppError;
@@ -177,9 +179,9 @@ impl RateLimiter {
     }
 }
 
-/// Charges each operation of a signed-in WebSocket connection to its user's request budget,
-/// as every HTTP request is: one connection must not become an unmetered channel. (HTTP
-/// requests are charged by the HTTP layer; their caller is not in the session data.)
+/// Charges each operation of a WebSocket connection to the request budget, as every HTTP
+/// request is: a signed-in connection to its user's, an anonymous one to its address's. One
+/// connection must not become an unmetered channel.
 pub struct WebSocketBudget;
 
 impl ExtensionFactory for WebSocketBudget {
@@ -196,22 +198,30 @@ impl Extension for WebSocketBudget {
         request: Request,
         next: NextPrepareRequest<'_>,
     ) -> ServerResult<Request> {
-        if let (Some(Caller::Connection(token)), Some(app)) =
-            (ctx.data_opt::<Caller>(), ctx.data_opt::<AppState>())
+        // HTTP requests are charged by the HTTP layer, which marks them.
+        if let Some(app) = ctx.data_opt::<AppState>()
+            && app.config.rate_limits.requests.is_some()
+            && ctx.data_opt::<OverHttp>().is_none()
         {
             let limit = app.config.rate_limits.requests;
-            if limit.is_some()
-                && let Ok(claims) = app.tokens.decode(token)
-            {
-                let client = format!("user:{}", claims.sub);
-                if let Err(limited) = app
+            let user = match ctx.data_opt::<Caller>() {
+                Some(Caller::Connection(token)) => app.tokens.decode(token).ok(),
+                _ => None,
+            };
+            // A signed-in connection is charged to its user, an anonymous one to its address.
+            let client = match (user, ctx.data_opt::<ClientIp>()) {
+                (Some(claims), _) => Some(format!("user:{}", claims.sub)),
+                (None, Some(ClientIp(ip))) => Some(format!("ip:{ip}")),
+                (None, None) => None,
+            };
+            if let Some(client) = client
+                && let Err(limited) = app
                     .rate_limiter
                     .check(Bucket::Requests, limit, &client)
                     .await
-                {
-                    let error: async_graphql::Error = AppError::from(limited).into();
-                    return Err(error.into_server_error(Pos::default()));
-                }
+            {
+                let error: async_graphql::Error = AppError::from(limited).into();
+                return Err(error.into_server_error(Pos::default()));
             }
         }
         next.run(ctx, request).await

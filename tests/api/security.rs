@@ -857,6 +857,34 @@ async fn websocket_operations_count_against_the_users_request_budget() {
 }
 
 #[tokio::test]
+async fn anonymous_websocket_operations_count_against_the_addresss_request_budget() {
+    let app = TestApp::spawn_with(|c| c.rate_limits.requests = RateLimit::per(3, 60)).await;
+    // The upgrade request is the address's first request, the two operations its others.
+    let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    let query = "{ events(first: 1) { edges { node { id } } } }";
+    for id in ["1", "2", "3"] {
+        socket.subscribe(id, query, json!({})).await;
+        let message = socket.next_message().await.unwrap();
+        if id == "3" {
+            let errors = if message["type"] == "next" {
+                &message["payload"]["errors"]
+            } else {
+                &message["payload"]
+            };
+            assert_eq!(errors[0]["extensions"]["code"], "RATE_LIMITED", "{message}");
+        } else {
+            assert!(
+                message["payload"]["data"]["events"].is_object(),
+                "{message}"
+            );
+            assert_eq!(socket.next_message().await.unwrap()["type"], "complete");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_websocket_operation_past_its_deadline_gets_a_timeout_code_and_changes_nothing() {
     let app = TestApp::spawn_with(|c| c.graphql.timeout = Some(Duration::from_millis(300))).await;
     let organizer = app.user(Role::Organizer).await;

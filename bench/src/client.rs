@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Refuses to load anything but this machine.
 pub fn ensure_loopback(url: &str) -> anyhow::Result<()> {
@@ -307,7 +307,11 @@ impl Subscriber {
                 let version = text
                     .split_once(r#""version":"#)
                     .map(|(_, rest)| rest.trim_start())
-                    .map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next().unwrap_or(""))
+                    .map(|rest| {
+                        rest.split(|c: char| !c.is_ascii_digit())
+                            .next()
+                            .unwrap_or("")
+                    })
                     .and_then(|digits| digits.parse().ok())
                     .with_context(|| format!("no version in {text}"))?;
                 return Ok(Some(version));

@@ -103,7 +103,11 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
                 }
             };
             drop(ready);
-            let mut seen = Seen { event, first, updates: Vec::new() };
+            let mut seen = Seen {
+                event,
+                first,
+                updates: Vec::new(),
+            };
             let mut last = first;
             loop {
                 if let Some(finals) = &*finals.borrow_and_update()
@@ -254,11 +258,14 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
                 summary.p50_ms, summary.p99_ms, summary.max_ms
             ),
         ),
-        ("**messages lost**", format!("**{lost}**")),
+        (
+            "**lost: subscribers that never got the final count**",
+            format!("**{stale_final}**"),
+        ),
         ("**messages out of order**", format!("**{out_of_order}**")),
         (
-            "subscribers without the final version",
-            stale_final.to_string(),
+            "versions skipped by lagging subscribers (they jump to the newest, by design)",
+            lost.to_string(),
         ),
         (
             "messages for versions not booked by the tool",

@@ -152,16 +152,7 @@ async fn limits_fall_back_to_each_instance_when_redis_is_down() {
         c.rate_limits.login = RateLimit::per(2, 60);
     })
     .await;
-    for _ in 0..2 {
-        let body = app
-            .gql(None, LOGIN, login("victim@x.co", "guess-guess"))
-            .await;
-        assert_eq!(error_code(&body), "UNAUTHENTICATED");
-    }
-    retry_after(
-        &app.gql(None, LOGIN, login("victim@x.co", "guess")).await,
-        60,
-    );
+    exhaust_a_login_limit_of_two(&app).await;
 }
 
 #[tokio::test]
@@ -682,16 +673,7 @@ async fn limits_keep_working_when_redis_goes_away() {
         c.rate_limits.login = RateLimit::per(2, 60);
     })
     .await;
-    for _ in 0..2 {
-        let body = app
-            .gql(None, LOGIN, login("victim@x.co", "guess-guess"))
-            .await;
-        assert_eq!(error_code(&body), "UNAUTHENTICATED");
-    }
-    retry_after(
-        &app.gql(None, LOGIN, login("victim@x.co", "guess")).await,
-        60,
-    );
+    exhaust_a_login_limit_of_two(&app).await;
 
     redis.stop().await;
     // This instance now counts on its own, from zero: every answer is still a clear one.
@@ -920,4 +902,18 @@ async fn a_websocket_operation_past_its_deadline_gets_a_timeout_code_and_changes
         "{booked}"
     );
     app.assert_invariant().await;
+}
+
+/// Two failed logins, then a third refused for the limit (`RATE_LIMIT_LOGIN` of 2 a minute).
+async fn exhaust_a_login_limit_of_two(app: &TestApp) {
+    for _ in 0..2 {
+        let body = app
+            .gql(None, LOGIN, login("victim@x.co", "guess-guess"))
+            .await;
+        assert_eq!(error_code(&body), "UNAUTHENTICATED");
+    }
+    retry_after(
+        &app.gql(None, LOGIN, login("victim@x.co", "guess")).await,
+        60,
+    );
 }

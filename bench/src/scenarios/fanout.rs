@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
 
-use super::{check_alive, secs};
+use super::{big_events, check_alive, secs};
 use crate::Common;
 use crate::client::{Answer, BOOK, Gql, Subscriber};
 use crate::report::{Report, table};
@@ -56,16 +56,7 @@ struct Seen {
 pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     check_alive(common.server_pid)?;
     let gql = Gql::new(&common.url)?;
-    let organizer = gql
-        .login(&common.organizer_email, &common.organizer_password)
-        .await?;
-    let mut events = Vec::new();
-    for i in 0..options.events {
-        events.push(
-            gql.create_event(&organizer, &format!("Fanout {i}"), 1_000_000, 10)
-                .await?,
-        );
-    }
+    let events = big_events(&gql, common, "Fanout", options.events).await?;
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (_, booker) = gql.register_buyers(&run_id, 1).await?.remove(0);
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::browse::{EVENT, EVENTS};
-use super::{check_alive, secs};
+use super::{big_events, check_alive, secs};
 use crate::Common;
 use crate::client::{Answer, BOOK, Gql, Subscriber};
 use crate::report::{Report, table};
@@ -66,16 +66,7 @@ struct User {
 pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     check_alive(common.server_pid)?;
     let gql = Gql::new(&common.url)?;
-    let organizer = gql
-        .login(&common.organizer_email, &common.organizer_password)
-        .await?;
-    let mut events = Vec::new();
-    for i in 0..options.events {
-        events.push(
-            gql.create_event(&organizer, &format!("Mixed {i}"), 1_000_000, 10)
-                .await?,
-        );
-    }
+    let events = big_events(&gql, common, "Mixed", options.events).await?;
     let events = Arc::new(events);
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let users = gql.register_buyers(&run_id, options.concurrency).await?;

@@ -25,7 +25,7 @@ use bb8_redis::RedisConnectionManager;
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use uuid::Uuid;
@@ -196,7 +196,13 @@ struct RedisBus {
     prefix: String,
     db: DbPool,
     unsent: Mutex<Unsent>,
+    /// Messages for the one task that publishes them, so that a busy instance sends many in
+    /// each round trip instead of a task and a pooled connection per commit.
+    outbox: mpsc::UnboundedSender<Vec<(UnsentKey, Pending)>>,
 }
+
+/// The most messages sent to Redis in one pipelined round trip.
+const MAX_PIPELINE: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum UnsentKey {
@@ -246,6 +252,7 @@ impl Bus {
             .max_size(8)
             .connection_timeout(REDIS_TIMEOUT)
             .build_unchecked(manager);
+        let (outbox, queued) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             origin: Uuid::new_v4(),
             generation: AtomicU64::new(0),
@@ -255,8 +262,10 @@ impl Bus {
                 prefix: key_prefix.to_owned(),
                 db,
                 unsent: Mutex::default(),
+                outbox,
             }),
         });
+        tokio::spawn(send_queued(queued, Arc::downgrade(&inner)));
         let patterns = ["seats", "events", "user-bookings"]
             .map(|kind| format!("{key_prefix}{kind}:*"))
             .to_vec();
@@ -325,14 +334,8 @@ impl Bus {
                 ))
             })
             .collect();
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let Some(redis) = &inner.redis else { return };
-            if let Err(error) = publish_batch(&redis.pool, &batch).await {
-                tracing::warn!(%error, "publishing to Redis failed; will retry");
-                inner.keep_unsent(batch);
-            }
-        });
+        // Only fails once the bus is being dropped, when there is no one left to tell.
+        let _ = redis.outbox.send(batch);
     }
 
     pub async fn redis_health(&self) -> RedisHealth {
@@ -366,6 +369,27 @@ impl Bus {
 }
 
 /// Sends messages to Redis in one pipeline.
+/// Sends queued messages in order, as many per round trip as have piled up meanwhile.
+async fn send_queued(
+    mut queued: mpsc::UnboundedReceiver<Vec<(UnsentKey, Pending)>>,
+    bus: Weak<Inner>,
+) {
+    while let Some(mut batch) = queued.recv().await {
+        while batch.len() < MAX_PIPELINE {
+            match queued.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = bus.upgrade() else { return };
+        let Some(redis) = &inner.redis else { return };
+        if let Err(error) = publish_batch(&redis.pool, &batch).await {
+            tracing::warn!(%error, count = batch.len(), "publishing to Redis failed; will retry");
+            inner.keep_unsent(batch);
+        }
+    }
+}
+
 async fn publish_batch(
     pool: &bb8::Pool<RedisConnectionManager>,
     batch: &[(UnsentKey, Pending)],

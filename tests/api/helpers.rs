@@ -412,21 +412,33 @@ impl TestApp {
     }
 
     /// Posts raw bytes to /graphql; returns the status, headers and body (JSON when it is JSON).
+    /// A server refusing an oversized body answers before reading it and closes the connection,
+    /// which now and then resets it under the client before the answer is read: such a
+    /// transport failure is retried, a few times.
     pub async fn post_raw(
         &self,
         content_type: &str,
-        body: impl Into<reqwest::Body>,
+        body: impl Into<Vec<u8>>,
         token: Option<&str>,
     ) -> (u16, reqwest::header::HeaderMap, Value) {
-        let mut request = self
-            .client
-            .post(format!("{}/graphql", self.base_url))
-            .header("content-type", content_type)
-            .body(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.expect("request reaches the server");
+        let body = body.into();
+        let mut attempts = 0;
+        let response = loop {
+            let mut request = self
+                .client
+                .post(format!("{}/graphql", self.base_url))
+                .header("content-type", content_type)
+                .body(body.clone());
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            attempts += 1;
+            match request.send().await {
+                Ok(response) => break response,
+                Err(error) if attempts < 5 => eprintln!("retrying after {error}"),
+                Err(error) => panic!("request does not reach the server: {error}"),
+            }
+        };
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();

@@ -446,7 +446,7 @@ pub async fn book_batch(
         let gone: Vec<bool> = (0..batch.len()).map(&abandoned).collect();
         let mut remaining = event.seats_available;
         let now = Utc::now();
-        let outcomes: Vec<Outcome> = batch
+        let mut outcomes: Vec<Outcome> = batch
             .iter()
             .zip(gone)
             .map(|(&(buyer, request), gone)| {
@@ -492,6 +492,7 @@ pub async fn book_batch(
                 Outcome::New(booking)
             })
             .collect();
+        recheck_refused_keys(conn, batch, &mut outcomes).await?;
 
         let new: Vec<&Booking> = outcomes
             .iter()
@@ -572,6 +573,42 @@ async fn insert_bookings(conn: &mut AsyncPgConnection, new: &[&Booking]) -> AppR
     .execute(conn)
     .await?;
     Ok(inserted)
+}
+
+/// The keys were looked up before the event was locked, and another batch may have booked one
+/// since: a request refused for want of seats must not hide that booking. Its retry gets the
+/// booking. (A key booked meanwhile by a request that is about to succeed here is caught by
+/// the insert's conflict instead.) Requests refused for their session are left refused.
+async fn recheck_refused_keys(
+    conn: &mut AsyncPgConnection,
+    batch: &[(Buyer, &BookingRequest)],
+    outcomes: &mut [Outcome],
+) -> AppResult<()> {
+    let refused = |o: &Outcome| {
+        matches!(
+            o,
+            Outcome::Refused(AppError::SoldOut { .. } | AppError::BadUserInput { .. })
+        )
+    };
+    let recheck: Vec<(Buyer, &BookingRequest)> = batch
+        .iter()
+        .zip(outcomes.iter())
+        .filter(|((_, request), outcome)| request.idempotency_key.is_some() && refused(outcome))
+        .map(|(entry, _)| *entry)
+        .collect();
+    if recheck.is_empty() {
+        return Ok(());
+    }
+    let found = previous_bookings(conn, &recheck).await?;
+    for ((buyer, request), outcome) in batch.iter().zip(outcomes.iter_mut()) {
+        if let Some(key) = &request.idempotency_key
+            && refused(outcome)
+            && let Some(booking) = found.get(&(buyer.user_id, key.clone()))
+        {
+            *outcome = replay(booking, request);
+        }
+    }
+    Ok(())
 }
 
 /// Bookings already made under the idempotency keys in this batch.

@@ -108,7 +108,7 @@ pub fn validate_password(password: &str) -> AppResult<()> {
     Ok(())
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: Uuid,
     pub sid: Uuid,

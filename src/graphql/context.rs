@@ -13,9 +13,9 @@ use crate::error::{AppError, AppResult};
 #[derive(Debug, Clone)]
 pub enum Caller {
     Anonymous,
-    /// An HTTP request's token, with a valid signature. Its session and user are looked up
-    /// when an operation first needs them, once per request (see [`ViewerCache`]).
-    Token(String),
+    /// An HTTP request's token, with a valid signature, and its claims. Its session and user
+    /// are looked up when an operation first needs them, once per request (see [`ViewerCache`]).
+    Token(String, Box<Claims>),
     /// A WebSocket connection's token. A connection outlives logouts, role changes and the
     /// token's expiry, so it is checked again for every operation.
     Connection(String),
@@ -35,7 +35,7 @@ pub struct ViewerCache(OnceCell<Viewer>);
 pub async fn viewer(ctx: &Context<'_>) -> AppResult<Option<Viewer>> {
     let token = match ctx.caller() {
         Caller::Anonymous => return Ok(None),
-        Caller::Token(token) | Caller::Connection(token) => token,
+        Caller::Token(token, _) | Caller::Connection(token) => token,
         Caller::Rejected(why) => return Err(AppError::Unauthenticated(why)),
     };
     let lookup = async {
@@ -55,9 +55,8 @@ pub async fn viewer(ctx: &Context<'_>) -> AppResult<Option<Viewer>> {
 pub fn token_claims(ctx: &Context<'_>) -> AppResult<Option<Claims>> {
     match ctx.caller() {
         Caller::Anonymous => Ok(None),
-        Caller::Token(token) | Caller::Connection(token) => {
-            ctx.app().tokens.decode(token).map(Some)
-        }
+        Caller::Token(_, claims) => Ok(Some(claims.as_ref().clone())),
+        Caller::Connection(token) => ctx.app().tokens.decode(token).map(Some),
         Caller::Rejected(why) => Err(AppError::Unauthenticated(why)),
     }
 }

@@ -240,7 +240,7 @@ fn identify(app: &AppState, authorization: Option<&str>) -> Caller {
         return Caller::Rejected("expected `Authorization: Bearer <token>`");
     };
     match app.tokens.decode(token) {
-        Ok(_) => Caller::Token(token.to_owned()),
+        Ok(claims) => Caller::Token(token.to_owned(), Box::new(claims)),
         Err(AppError::Unauthenticated(why)) => Caller::Rejected(why),
         Err(_) => Caller::Rejected("invalid or expired access token"),
     }

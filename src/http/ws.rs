@@ -522,7 +522,7 @@ impl Connection {
         let authorization = init_token(&payload);
         // A connection is refused at once if its token's session is over.
         let checked = match identify(&self.state.app, authorization.as_deref()) {
-            Caller::Token(token) => {
+            Caller::Token(token, _) => {
                 let app = &self.state.app;
                 let viewer = match app.conn().await {
                     Ok(mut conn) => auth::authenticate(&mut conn, &app.tokens, &token).await,

@@ -315,6 +315,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A connection holding the event's row lock in an open transaction, so that bookings of it
+    /// wait in the database until it is rolled back or dropped.
+    pub async fn hold_event_row(&self, event_id: &str) -> AsyncPgConnection {
+        let mut conn = self.db().await;
+        diesel_async::SimpleAsyncConnection::batch_execute(
+            &mut conn,
+            &format!("BEGIN; SELECT id FROM events WHERE id = '{event_id}' FOR UPDATE"),
+        )
+        .await
+        .unwrap();
+        conn
+    }
+
     /// Checks `seats_available + confirmed seats = capacity` for every event, in SQL.
     pub async fn assert_invariant(&self) {
         #[derive(QueryableByName, Debug)]

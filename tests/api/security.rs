@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{BOOK, TEST_JWT_SECRET, TestApp, claims, error_code, sign};
-use crate::websocket::WsClient;
+use crate::websocket::{WsClient, operation_errors};
 
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
 const REGISTER: &str =
@@ -431,13 +431,7 @@ async fn a_request_past_its_deadline_gets_a_timeout_code_and_changes_nothing() {
     let event_id = app.event(&organizer, 10).await;
     let before = app.fingerprint().await;
     // Hold the event's row lock, so the booking waits past its deadline.
-    let mut blocker = app.db().await;
-    diesel_async::SimpleAsyncConnection::batch_execute(
-        &mut blocker,
-        &format!("BEGIN; SELECT id FROM events WHERE id = '{event_id}' FOR UPDATE;"),
-    )
-    .await
-    .unwrap();
+    let mut blocker = app.hold_event_row(&event_id).await;
     let (status, body) = app
         .post_json(
             &json!({ "query": BOOK, "variables": { "input": { "eventId": event_id } } }),
@@ -824,11 +818,7 @@ async fn websocket_operations_count_against_the_users_request_budget() {
         socket.subscribe(id, "{ me { id } }", json!({})).await;
         let message = socket.next_message().await.unwrap();
         if id == "3" {
-            let errors = if message["type"] == "next" {
-                &message["payload"]["errors"]
-            } else {
-                &message["payload"]
-            };
+            let errors = operation_errors(&message);
             assert_eq!(errors[0]["extensions"]["code"], "RATE_LIMITED", "{message}");
             assert!(errors[0]["extensions"]["retryAfter"].as_u64().is_some());
         } else {
@@ -850,11 +840,7 @@ async fn anonymous_websocket_operations_count_against_the_addresss_request_budge
         socket.subscribe(id, query, json!({})).await;
         let message = socket.next_message().await.unwrap();
         if id == "3" {
-            let errors = if message["type"] == "next" {
-                &message["payload"]["errors"]
-            } else {
-                &message["payload"]
-            };
+            let errors = operation_errors(&message);
             assert_eq!(errors[0]["extensions"]["code"], "RATE_LIMITED", "{message}");
         } else {
             assert!(
@@ -877,13 +863,7 @@ async fn a_websocket_operation_past_its_deadline_gets_a_timeout_code_and_changes
         .await
         .unwrap();
     let before = app.fingerprint().await;
-    let mut blocker = app.db().await;
-    diesel_async::SimpleAsyncConnection::batch_execute(
-        &mut blocker,
-        &format!("BEGIN; SELECT id FROM events WHERE id = '{event_id}' FOR UPDATE;"),
-    )
-    .await
-    .unwrap();
+    let mut blocker = app.hold_event_row(&event_id).await;
     let book = json!({ "input": { "eventId": event_id } });
     socket.subscribe("1", BOOK, book.clone()).await;
     // The deadline stops the operation before it produced anything: an `error` message.

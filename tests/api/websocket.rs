@@ -153,6 +153,15 @@ impl WsClient {
     }
 }
 
+/// An operation's errors, sent either as an `error` message or as `next` with `errors`.
+pub fn operation_errors(message: &Value) -> &Value {
+    if message["type"] == "next" {
+        &message["payload"]["errors"]
+    } else {
+        &message["payload"]
+    }
+}
+
 pub async fn seats(client: &mut WsClient) -> (i64, i64) {
     let data = client.next_data().await;
     let seats = &data["data"]["seatAvailability"];
@@ -311,11 +320,7 @@ async fn subscribing_to_an_unknown_event_is_an_error_with_a_code() {
         .subscribe("1", SEATS, json!({ "id": uuid::Uuid::new_v4() }))
         .await;
     let message = client.next_message().await.unwrap();
-    let errors = if message["type"] == "next" {
-        &message["payload"]["errors"]
-    } else {
-        &message["payload"]
-    };
+    let errors = operation_errors(&message);
     assert_eq!(errors[0]["extensions"]["code"], "NOT_FOUND", "{message}");
     assert_eq!(
         app.state.bus.local_channel_count(),

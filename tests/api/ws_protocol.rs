@@ -398,13 +398,7 @@ async fn shutdown_lets_an_operation_in_flight_finish_before_closing() {
     assert_eq!(seats(&mut client).await, (5, 1));
 
     // Hold the event row, so the booking below waits in the database.
-    let mut blocker = app.db().await;
-    blocker
-        .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM events WHERE id = '{event_id}' FOR UPDATE"
-        ))
-        .await
-        .unwrap();
+    let mut blocker = app.hold_event_row(&event_id).await;
     client
         .subscribe(
             "book",

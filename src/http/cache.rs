@@ -70,9 +70,12 @@ impl ResponseCache {
         })
     }
 
-    /// Call before serving a request that is not cacheable: it may change what others read.
-    pub fn note_write(&self) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
+    /// Call before serving a document that may change what others read: anything that names
+    /// a mutation, or has no text (a persisted query, known only by its hash).
+    pub fn note_write(&self, query: &str) {
+        if query.is_empty() || query.contains("mutation") {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The generation to remember with an answer, read before computing it; `bus` is the

@@ -290,7 +290,8 @@ async fn graphql(
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    // Anonymous single queries may be answered from the cache; anything else may write.
+    // Anonymous single queries may be answered from the cache; a signed-in read is served
+    // fresh but leaves the cache alone; a mutation moves it on.
     let cached = match &request {
         BatchRequest::Single(single) if authorization.is_none() => state.cache.key(single),
         _ => None,
@@ -302,7 +303,10 @@ async fn graphql(
                 return response;
             }
         }
-        None => state.cache.note_write(),
+        None => match &request {
+            BatchRequest::Single(single) => state.cache.note_write(&single.query),
+            BatchRequest::Batch(all) => all.iter().for_each(|r| state.cache.note_write(&r.query)),
+        },
     }
     REQUEST_ID
         .scope(request_id, async move {

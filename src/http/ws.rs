@@ -659,8 +659,8 @@ impl Connection {
                 .map(Output::Shared)
                 .boxed(),
             None => {
-                // It may be a mutation: answers cached from before it are not to be trusted.
-                self.state.cache.note_write();
+                // A mutation makes answers cached before it untrustworthy.
+                self.state.cache.note_write(&payload.query);
                 self.state
                     .schema
                     .execute_stream_with_session_data(payload, session.clone())

@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::schema::{bookings, events, sessions, users};
+use super::schema::{
+    bookings, events, holds, rsvps, seat_claims, sessions, users, venue_seats, venues,
+    waitlist_entries,
+};
 
 /// Declares a fieldless enum stored in a `text` column under the given SQL spellings.
 macro_rules! text_enum {
@@ -69,7 +72,27 @@ macro_rules! text_enum {
 }
 
 text_enum!(Role { User => "USER", Organizer => "ORGANIZER", Admin => "ADMIN" });
-text_enum!(EventStatus { Published => "PUBLISHED", Cancelled => "CANCELLED" });
+text_enum!(EventStatus {
+    Draft => "DRAFT",
+    Published => "PUBLISHED",
+    Cancelled => "CANCELLED",
+    Completed => "COMPLETED",
+});
+text_enum!(HoldStatus {
+    Held => "HELD",
+    Confirmed => "CONFIRMED",
+    Released => "RELEASED",
+    Expired => "EXPIRED",
+});
+text_enum!(WaitlistStatus {
+    Waiting => "WAITING",
+    Offered => "OFFERED",
+    Fulfilled => "FULFILLED",
+    Left => "LEFT",
+    Expired => "EXPIRED",
+    Closed => "CLOSED",
+});
+text_enum!(RsvpResponse { Going => "GOING", Maybe => "MAYBE", NotGoing => "NOT_GOING" });
 text_enum!(BookingStatus { Confirmed => "CONFIRMED", Cancelled => "CANCELLED" });
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -113,6 +136,28 @@ pub struct Event {
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Seats kept by holds (checkouts in progress and waiting-list offers).
+    #[serde(default)]
+    pub seats_held: i32,
+    /// Set for a seated event: its seats are the venue's.
+    #[serde(default)]
+    pub venue_id: Option<Uuid>,
+    /// A free event takes RSVPs instead of bookings.
+    #[serde(default)]
+    pub free: bool,
+    #[serde(default)]
+    pub sales_start_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub sales_end_at: Option<DateTime<Utc>>,
+    /// Most seats one user may hold and book for the event, all bookings together.
+    #[serde(default)]
+    pub max_per_user: Option<i32>,
+    /// How long a checkout hold lasts.
+    #[serde(default)]
+    pub hold_minutes: i32,
+    /// How long a waiting-list offer lasts.
+    #[serde(default)]
+    pub offer_minutes: i32,
 }
 
 #[derive(
@@ -135,4 +180,97 @@ pub struct Booking {
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+impl Event {
+    pub const DEFAULT_HOLD_MINUTES: i32 = 10;
+    pub const DEFAULT_OFFER_MINUTES: i32 = 24 * 60;
+}
+
+/// Seats kept for one user for a while: a checkout in progress, or a waiting-list offer.
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    Insertable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[diesel(table_name = holds, check_for_backend(diesel::pg::Pg))]
+pub struct Hold {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+    pub status: HoldStatus,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub booking_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = venues, check_for_backend(diesel::pg::Pg))]
+pub struct Venue {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub name: String,
+    pub address: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize)]
+#[diesel(table_name = venue_seats, check_for_backend(diesel::pg::Pg))]
+pub struct VenueSeat {
+    pub id: Uuid,
+    pub venue_id: Uuid,
+    pub section: String,
+    pub row_label: String,
+    pub number: i32,
+    pub position: i32,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = seat_claims, check_for_backend(diesel::pg::Pg))]
+pub struct SeatClaim {
+    pub event_id: Uuid,
+    pub seat_id: Uuid,
+    pub hold_id: Option<Uuid>,
+    pub booking_id: Option<Uuid>,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    QueryableByName,
+    Selectable,
+    Insertable,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[diesel(table_name = waitlist_entries, check_for_backend(diesel::pg::Pg))]
+pub struct WaitlistEntry {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub quantity: i32,
+    pub status: WaitlistStatus,
+    pub rsvp: bool,
+    pub hold_id: Option<Uuid>,
+    pub booking_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = rsvps, check_for_backend(diesel::pg::Pg))]
+pub struct Rsvp {
+    pub event_id: Uuid,
+    pub user_id: Uuid,
+    pub response: RsvpResponse,
+    pub booking_id: Option<Uuid>,
+    pub updated_at: DateTime<Utc>,
 }

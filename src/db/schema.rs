@@ -48,6 +48,14 @@ diesel::table! {
         version -> Int4,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        seats_held -> Int4,
+        venue_id -> Nullable<Uuid>,
+        free -> Bool,
+        sales_start_at -> Nullable<Timestamptz>,
+        sales_end_at -> Nullable<Timestamptz>,
+        max_per_user -> Nullable<Int4>,
+        hold_minutes -> Int4,
+        offer_minutes -> Int4,
     }
 }
 
@@ -64,10 +72,96 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    venues (id) {
+        id -> Uuid,
+        owner_id -> Uuid,
+        name -> Text,
+        address -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    venue_seats (id) {
+        id -> Uuid,
+        venue_id -> Uuid,
+        section -> Text,
+        row_label -> Text,
+        number -> Int4,
+        position -> Int4,
+    }
+}
+
+diesel::table! {
+    holds (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        user_id -> Uuid,
+        quantity -> Int4,
+        status -> Text,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+        ended_at -> Nullable<Timestamptz>,
+        booking_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    seat_claims (event_id, seat_id) {
+        event_id -> Uuid,
+        seat_id -> Uuid,
+        hold_id -> Nullable<Uuid>,
+        booking_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    waitlist_entries (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        user_id -> Uuid,
+        quantity -> Int4,
+        status -> Text,
+        rsvp -> Bool,
+        hold_id -> Nullable<Uuid>,
+        booking_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    rsvps (event_id, user_id) {
+        event_id -> Uuid,
+        user_id -> Uuid,
+        response -> Text,
+        booking_id -> Nullable<Uuid>,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
+diesel::joinable!(venue_seats -> venues (venue_id));
+diesel::joinable!(events -> venues (venue_id));
+diesel::joinable!(holds -> events (event_id));
+diesel::joinable!(seat_claims -> venue_seats (seat_id));
+diesel::joinable!(waitlist_entries -> events (event_id));
 diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(events -> users (organizer_id));
 diesel::joinable!(bookings -> events (event_id));
 diesel::joinable!(bookings -> users (user_id));
 
-diesel::allow_tables_to_appear_in_same_query!(users, sessions, refresh_tokens, events, bookings);
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    sessions,
+    refresh_tokens,
+    events,
+    bookings,
+    venues,
+    venue_seats,
+    holds,
+    seat_claims,
+    waitlist_entries,
+    rsvps,
+);

@@ -4,8 +4,10 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
+use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
-use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
+use super::{holds, seats, waitlist};
+use crate::db::models::{Booking, BookingStatus, Event, EventStatus, HoldStatus};
 use crate::db::schema::{bookings, events};
 use crate::error::{AppError, AppResult};
 
@@ -32,8 +34,20 @@ pub struct NewEvent {
     pub venue: String,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
-    pub capacity: i32,
+    /// Required for general admission; a seated event's capacity is its venue's seat count.
+    pub capacity: Option<i32>,
     pub max_per_booking: Option<i32>,
+    /// Seats come from this venue's layout.
+    pub venue_id: Option<Uuid>,
+    /// Free events take RSVPs instead of bookings.
+    pub free: bool,
+    /// Created as a draft, to publish later.
+    pub draft: bool,
+    pub sales_start_at: Option<DateTime<Utc>>,
+    pub sales_end_at: Option<DateTime<Utc>>,
+    pub max_per_user: Option<i32>,
+    pub hold_minutes: Option<i32>,
+    pub offer_minutes: Option<i32>,
 }
 
 /// A partial update: `None` leaves a field as it is.
@@ -47,6 +61,11 @@ pub struct EventPatch {
     pub ends_at: Option<DateTime<Utc>>,
     pub capacity: Option<i32>,
     pub max_per_booking: Option<i32>,
+    pub sales_start_at: Option<Option<DateTime<Utc>>>,
+    pub sales_end_at: Option<Option<DateTime<Utc>>>,
+    pub max_per_user: Option<Option<i32>>,
+    pub hold_minutes: Option<i32>,
+    pub offer_minutes: Option<i32>,
 }
 
 /// Escapes LIKE wildcards so a search for "100%" means the text "100%".
@@ -228,7 +247,10 @@ pub async fn create_event(
             "only organizers and admins can create events",
         ));
     }
-    check_capacity(new.capacity)?;
+    let capacity = new
+        .capacity
+        .ok_or_else(|| AppError::bad_input("capacity", "capacity is required"))?;
+    check_capacity(capacity)?;
     let max_per_booking = new.max_per_booking.unwrap_or(DEFAULT_MAX_PER_BOOKING);
     check_max_per_booking(max_per_booking)?;
     check_schedule(new.starts_at, new.ends_at)?;
@@ -242,13 +264,25 @@ pub async fn create_event(
         venue: required_text("venue", &new.venue, 200)?,
         starts_at: new.starts_at,
         ends_at: new.ends_at,
-        capacity: new.capacity,
-        seats_available: new.capacity,
+        capacity,
+        seats_available: capacity,
         max_per_booking,
-        status: EventStatus::Published,
+        status: if new.draft {
+            EventStatus::Draft
+        } else {
+            EventStatus::Published
+        },
         version: 1,
         created_at: now,
         updated_at: now,
+        seats_held: 0,
+        venue_id: new.venue_id,
+        free: new.free,
+        sales_start_at: new.sales_start_at,
+        sales_end_at: new.sales_end_at,
+        max_per_user: new.max_per_user,
+        hold_minutes: new.hold_minutes.unwrap_or(Event::DEFAULT_HOLD_MINUTES),
+        offer_minutes: new.offer_minutes.unwrap_or(Event::DEFAULT_OFFER_MINUTES),
     };
     Ok(diesel::insert_into(events::table)
         .values(&event)
@@ -286,7 +320,7 @@ pub async fn update_event(
     actor: &Viewer,
     id: Uuid,
     patch: EventPatch,
-) -> AppResult<Event> {
+) -> AppResult<Changes> {
     if !actor.can_organize() {
         return Err(AppError::Forbidden(
             "only organizers and admins can update events",
@@ -308,13 +342,25 @@ pub async fn update_event(
         }
         let capacity = patch.capacity.unwrap_or(current.capacity);
         check_capacity(capacity)?;
-        let booked = current.capacity - current.seats_available;
-        if capacity < booked {
+        // Seats in bookings and in holds stay theirs; only free seats can go.
+        let taken = current.capacity - current.seats_available;
+        if capacity < taken {
             return Err(AppError::bad_input(
                 "capacity",
-                format!("capacity cannot go below the {booked} seats already booked"),
+                format!("capacity cannot go below the {taken} seats already booked or held"),
             ));
         }
+        if capacity != current.capacity && current.venue_id.is_some() {
+            return Err(AppError::bad_input(
+                "capacity",
+                "a seated event's capacity is its venue's seat count",
+            ));
+        }
+        let sales_start_at = patch.sales_start_at.unwrap_or(current.sales_start_at);
+        let sales_end_at = patch.sales_end_at.unwrap_or(current.sales_end_at);
+        let max_per_user = patch.max_per_user.unwrap_or(current.max_per_user);
+        let hold_minutes = patch.hold_minutes.unwrap_or(current.hold_minutes);
+        let offer_minutes = patch.offer_minutes.unwrap_or(current.offer_minutes);
         let max_per_booking = patch.max_per_booking.unwrap_or(current.max_per_booking);
         check_max_per_booking(max_per_booking)?;
         let title = match &patch.title {
@@ -333,23 +379,42 @@ pub async fn update_event(
             Some(description) => optional_text(description)?,
             None => current.description.clone(),
         };
-        Ok(diesel::update(events::table.find(id))
+        let updated: Event = diesel::update(events::table.find(id))
             .set((
-                events::title.eq(title),
-                events::description.eq(description),
-                events::category.eq(category),
-                events::venue.eq(venue),
-                events::starts_at.eq(starts_at),
-                events::ends_at.eq(ends_at),
-                events::capacity.eq(capacity),
-                events::seats_available.eq(capacity - booked),
-                events::max_per_booking.eq(max_per_booking),
-                events::version.eq(events::version + 1),
-                events::updated_at.eq(diesel::dsl::now),
+                (
+                    events::title.eq(title),
+                    events::description.eq(description),
+                    events::category.eq(category),
+                    events::venue.eq(venue),
+                    events::starts_at.eq(starts_at),
+                    events::ends_at.eq(ends_at),
+                    events::capacity.eq(capacity),
+                    events::seats_available.eq(capacity - taken),
+                    events::max_per_booking.eq(max_per_booking),
+                ),
+                (
+                    events::sales_start_at.eq(sales_start_at),
+                    events::sales_end_at.eq(sales_end_at),
+                    events::max_per_user.eq(max_per_user),
+                    events::hold_minutes.eq(hold_minutes),
+                    events::offer_minutes.eq(offer_minutes),
+                    events::version.eq(events::version + 1),
+                    events::updated_at.eq(diesel::dsl::now),
+                ),
             ))
             .returning(Event::as_returning())
             .get_result(conn)
-            .await?)
+            .await?;
+        let mut changes = Changes {
+            previous_version: Some(current.version),
+            ..Changes::default()
+        };
+        // More seats: the waiting list gets them first, in this transaction.
+        let mut inventory = Inventory::new(updated.clone());
+        waitlist::promote(conn, &mut inventory, &mut changes).await?;
+        let event = inventory.save(conn, &mut changes).await?;
+        changes.event = Some(event);
+        Ok(changes)
     })
     .await
 }
@@ -359,11 +424,13 @@ pub async fn update_event(
 pub struct CancelledEvent {
     pub event: Event,
     pub changed: bool,
-    /// The bookings this call cancelled, for telling their owners.
-    pub bookings: Vec<Booking>,
+    /// Everything this call changed: the bookings it cancelled, the holds it released and the
+    /// waiting-list entries it closed, for telling their owners.
+    pub changes: Changes,
 }
 
-/// Cancels the event and, in the same transaction, every confirmed booking of it.
+/// Cancels the event and, in the same transaction, every confirmed booking and live hold of
+/// it, and closes its waiting list.
 pub async fn cancel_event(
     conn: &mut AsyncPgConnection,
     actor: &Viewer,
@@ -376,9 +443,13 @@ pub async fn cancel_event(
             return Ok(CancelledEvent {
                 event: current,
                 changed: false,
-                bookings: Vec::new(),
+                changes: Changes::default(),
             });
         }
+        let mut changes = Changes {
+            previous_version: Some(current.version),
+            ..Changes::default()
+        };
         let bookings: Vec<Booking> = diesel::update(
             bookings::table
                 .filter(bookings::event_id.eq(id))
@@ -391,38 +462,138 @@ pub async fn cancel_event(
         .returning(Booking::as_returning())
         .get_results(conn)
         .await?;
+        let ids: Vec<Uuid> = bookings.iter().map(|b| b.id).collect();
+        seats::release_bookings(conn, &current, &ids, &mut changes).await?;
+        changes.bookings = bookings;
+        holds::end_all(conn, &current, HoldStatus::Released, &mut changes).await?;
+        waitlist::close_all(conn, id, &mut changes).await?;
         let event = diesel::update(events::table.find(id))
             .set((
                 events::status.eq(EventStatus::Cancelled),
                 events::seats_available.eq(events::capacity),
+                events::seats_held.eq(0),
                 events::version.eq(events::version + 1),
                 events::updated_at.eq(diesel::dsl::now),
             ))
             .returning(Event::as_returning())
             .get_result(conn)
             .await?;
+        changes.event = Some(event.clone());
         Ok(CancelledEvent {
             event,
             changed: true,
-            bookings,
+            changes,
         })
     })
     .await
 }
 
-/// Why an event cannot be booked right now, if it cannot.
+/// Why an event cannot be booked (or held, or joined on its waiting list) right now, if it
+/// cannot.
 pub(super) fn unbookable_reason(event: &Event) -> Option<AppError> {
-    if event.status == EventStatus::Cancelled {
-        Some(AppError::not_possible(
-            "EVENT_CANCELLED",
-            "this event has been cancelled",
-        ))
-    } else if event.starts_at <= Utc::now() {
-        Some(AppError::not_possible(
+    let now = Utc::now();
+    match event.status {
+        EventStatus::Cancelled => {
+            return Some(AppError::not_possible(
+                "EVENT_CANCELLED",
+                "this event has been cancelled",
+            ));
+        }
+        EventStatus::Draft => {
+            return Some(AppError::not_possible(
+                "EVENT_NOT_PUBLISHED",
+                "this event is not published yet",
+            ));
+        }
+        EventStatus::Completed => {
+            return Some(AppError::not_possible(
+                "EVENT_STARTED",
+                "this event is over",
+            ));
+        }
+        EventStatus::Published => {}
+    }
+    if event.starts_at <= now {
+        return Some(AppError::not_possible(
             "EVENT_STARTED",
             "this event has already started",
-        ))
-    } else {
-        None
+        ));
     }
+    if let Some(start) = event.sales_start_at
+        && now < start
+    {
+        return Some(AppError::not_possible(
+            "SALES_NOT_STARTED",
+            format!("sales open at {}", start.to_rfc3339()),
+        ));
+    }
+    if let Some(end) = event.sales_end_at
+        && now >= end
+    {
+        return Some(AppError::not_possible(
+            "SALES_ENDED",
+            format!("sales closed at {}", end.to_rfc3339()),
+        ));
+    }
+    None
+}
+
+/// Refuses a request that would give the user more than the event's `max_per_user` seats,
+/// counting their confirmed bookings and live holds. Run under the event's lock, so two
+/// requests of one user cannot both pass.
+pub(super) async fn check_user_limit(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    user_id: Uuid,
+    quantity: i32,
+) -> AppResult<()> {
+    let Some(max) = event.max_per_user else {
+        return Ok(());
+    };
+    let have = seats_of_user(conn, event.id, &[user_id])
+        .await?
+        .get(&user_id)
+        .copied()
+        .unwrap_or(0);
+    if i64::from(quantity) + have > i64::from(max) {
+        return Err(AppError::BadUserInput {
+            message: format!(
+                "at most {max} seats per person for this event; you already have {have}"
+            ),
+            field: Some("quantity"),
+            reason: Some("LIMIT_PER_USER"),
+        });
+    }
+    Ok(())
+}
+
+/// Seats each of `users` has for the event: in confirmed bookings and in live holds.
+pub(super) async fn seats_of_user(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    users: &[Uuid],
+) -> AppResult<std::collections::HashMap<Uuid, i64>> {
+    use crate::db::schema::holds;
+    let booked: Vec<(Uuid, Option<i64>)> = bookings::table
+        .filter(bookings::event_id.eq(event_id))
+        .filter(bookings::user_id.eq_any(users))
+        .filter(bookings::status.eq(BookingStatus::Confirmed))
+        .group_by(bookings::user_id)
+        .select((bookings::user_id, diesel::dsl::sum(bookings::quantity)))
+        .load(conn)
+        .await?;
+    let held: Vec<(Uuid, Option<i64>)> = holds::table
+        .filter(holds::event_id.eq(event_id))
+        .filter(holds::user_id.eq_any(users))
+        .filter(holds::status.eq(HoldStatus::Held))
+        .filter(holds::expires_at.gt(diesel::dsl::now))
+        .group_by(holds::user_id)
+        .select((holds::user_id, diesel::dsl::sum(holds::quantity)))
+        .load(conn)
+        .await?;
+    let mut totals = std::collections::HashMap::new();
+    for (user, seats) in booked.into_iter().chain(held) {
+        *totals.entry(user).or_insert(0) += seats.unwrap_or(0);
+    }
+    Ok(totals)
 }

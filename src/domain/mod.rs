@@ -4,11 +4,15 @@
 pub mod auth;
 pub mod bookings;
 pub mod events;
+pub mod holds;
+pub mod inventory;
 pub mod onsale;
 pub mod pagination;
 pub mod resync;
+pub mod seats;
 pub mod seed;
 pub mod users;
+pub mod waitlist;
 
 use crate::db::models::{Role, User};
 

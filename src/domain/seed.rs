@@ -248,6 +248,14 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
                     version: 1,
                     created_at: now,
                     updated_at: now,
+                    seats_held: 0,
+                    venue_id: None,
+                    free: false,
+                    sales_start_at: None,
+                    sales_end_at: None,
+                    max_per_user: None,
+                    hold_minutes: Event::DEFAULT_HOLD_MINUTES,
+                    offer_minutes: Event::DEFAULT_OFFER_MINUTES,
                 };
                 let inserted = diesel::insert_into(events::table)
                     .values(&event)

@@ -1,5 +1,3 @@
-use std::sync::Arc;
-
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use chrono::{DateTime, Utc};
@@ -9,7 +7,6 @@ use super::types::{EventStatus, connection, event_cursor, page_complexity, parse
 use crate::db::models::Event;
 use crate::domain::events::{self, EventPatch, NewEvent};
 use crate::domain::pagination::PageRequest;
-use crate::realtime::{SeatUpdate, Update};
 
 #[derive(InputObject, Default)]
 pub struct EventFilter {
@@ -31,9 +28,29 @@ pub struct CreateEventInput {
     pub venue: String,
     pub starts_at: DateTime<Utc>,
     pub ends_at: DateTime<Utc>,
-    pub capacity: i32,
+    /// Required for general admission. A seated event (`venueId`) has its venue's seats.
+    pub capacity: Option<i32>,
     /// Defaults to 10.
     pub max_per_booking: Option<i32>,
+    /// A venue with a seat layout (`createVenue`): seats are booked and held by number.
+    pub venue_id: Option<ID>,
+    /// A free event takes RSVPs (`rsvp`) instead of bookings. Defaults to false.
+    #[graphql(default = false)]
+    pub free: bool,
+    /// DRAFT (visible only to its organizer and admins until `publishEvent`) or PUBLISHED
+    /// (the default).
+    pub status: Option<EventStatus>,
+    /// Sales open at this time; by default as soon as the event is published.
+    pub sales_start_at: Option<DateTime<Utc>>,
+    /// Sales close at this time; by default when the event starts.
+    pub sales_end_at: Option<DateTime<Utc>>,
+    /// Most seats one user may have for the event across all bookings and holds; unlimited
+    /// by default.
+    pub max_per_user: Option<i32>,
+    /// How long `holdSeats` keeps seats. Defaults to 10 minutes.
+    pub hold_minutes: Option<i32>,
+    /// How long a waiting-list offer keeps seats. Defaults to 1440 (24 hours).
+    pub offer_minutes: Option<i32>,
 }
 
 /// Only the fields given are changed; `description: null` clears the description.
@@ -48,6 +65,22 @@ pub struct UpdateEventInput {
     /// Cannot go below the seats already booked.
     pub capacity: Option<i32>,
     pub max_per_booking: Option<i32>,
+    /// `null` clears it.
+    pub sales_start_at: MaybeUndefined<DateTime<Utc>>,
+    /// `null` clears it.
+    pub sales_end_at: MaybeUndefined<DateTime<Utc>>,
+    /// `null` removes the limit.
+    pub max_per_user: MaybeUndefined<i32>,
+    pub hold_minutes: Option<i32>,
+    pub offer_minutes: Option<i32>,
+}
+
+fn patch<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
+    match value {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(value) => Some(Some(value)),
+    }
 }
 
 #[derive(Default)]
@@ -106,6 +139,27 @@ impl EventMutation {
             ends_at: input.ends_at,
             capacity: input.capacity,
             max_per_booking: input.max_per_booking,
+            venue_id: input
+                .venue_id
+                .map(|id| parse_id(&id, "venueId"))
+                .transpose()?,
+            free: input.free,
+            draft: match input.status {
+                None | Some(EventStatus::Published) => false,
+                Some(EventStatus::Draft) => true,
+                Some(_) => {
+                    return Err(crate::error::AppError::bad_input(
+                        "status",
+                        "a new event is DRAFT or PUBLISHED",
+                    )
+                    .into());
+                }
+            },
+            sales_start_at: input.sales_start_at,
+            sales_end_at: input.sales_end_at,
+            max_per_user: input.max_per_user,
+            hold_minutes: input.hold_minutes,
+            offer_minutes: input.offer_minutes,
         };
         let mut conn = ctx.app().conn().await?;
         Ok(events::create_event(&mut conn, viewer, new).await?)
@@ -122,26 +176,28 @@ impl EventMutation {
         let id = parse_id(&id, "id")?;
         let patch = EventPatch {
             title: input.title,
-            description: match input.description {
-                MaybeUndefined::Undefined => None,
-                MaybeUndefined::Null => Some(None),
-                MaybeUndefined::Value(text) => Some(Some(text)),
-            },
+            description: patch(input.description),
             category: input.category,
             venue: input.venue,
             starts_at: input.starts_at,
             ends_at: input.ends_at,
             capacity: input.capacity,
             max_per_booking: input.max_per_booking,
+            sales_start_at: patch(input.sales_start_at),
+            sales_end_at: patch(input.sales_end_at),
+            max_per_user: patch(input.max_per_user),
+            hold_minutes: input.hold_minutes,
+            offer_minutes: input.offer_minutes,
         };
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let event = events::update_event(&mut conn, viewer, id, patch).await?;
-        app.onsale.observe(&event);
-        app.bus.publish_all(vec![
-            Update::Seats(SeatUpdate::from(&event)),
-            Update::Event(Arc::new(event.clone())),
-        ]);
+        let changes = events::update_event(&mut conn, viewer, id, patch).await?;
+        let event = changes
+            .event
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("an updated event without its row"))
+            .map_err(crate::error::AppError::from)?;
+        app.publish(changes, true);
         Ok(event)
     }
 
@@ -153,19 +209,13 @@ impl EventMutation {
         let mut conn = app.conn().await?;
         let cancelled = events::cancel_event(&mut conn, viewer, id).await?;
         if cancelled.changed {
-            tracing::info!(event_id = %id, bookings = cancelled.bookings.len(), "event cancelled");
-            app.onsale.observe(&cancelled.event);
-            // Each affected booking goes to its owner's `myBookingUpdates`.
-            let mut updates = Vec::with_capacity(cancelled.bookings.len() + 2);
-            updates.push(Update::Seats(SeatUpdate::from(&cancelled.event)));
-            updates.push(Update::Event(Arc::new(cancelled.event.clone())));
-            updates.extend(
-                cancelled
-                    .bookings
-                    .into_iter()
-                    .map(|booking| Update::Booking(Arc::new(booking))),
+            tracing::info!(
+                event_id = %id,
+                bookings = cancelled.changes.bookings.len(),
+                holds = cancelled.changes.holds.len(),
+                "event cancelled"
             );
-            app.bus.publish_all(updates);
+            app.publish(cancelled.changes, true);
         }
         Ok(cancelled.event)
     }

@@ -25,8 +25,12 @@ pub enum Role {
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
 #[graphql(remote = "models::EventStatus")]
 pub enum EventStatus {
+    /// Being prepared: visible only to its organizer and admins, and not bookable.
+    Draft,
     Published,
     Cancelled,
+    /// Over: it has ended.
+    Completed,
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]

@@ -31,7 +31,9 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use uuid::Uuid;
 
 use crate::db::DbPool;
-use crate::db::models::{Booking, BookingStatus, Event};
+use crate::db::models::{
+    Booking, BookingStatus, Event, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
+};
 use crate::domain::{events, resync};
 
 /// Per-topic buffer. A subscriber that falls behind on seat counts or event details skips to
@@ -50,6 +52,8 @@ pub struct SeatUpdate {
     pub event_id: Uuid,
     pub capacity: i32,
     pub seats_available: i32,
+    #[serde(default)]
+    pub seats_held: i32,
     pub version: i32,
 }
 
@@ -59,6 +63,7 @@ impl From<&Event> for SeatUpdate {
             event_id: event.id,
             capacity: event.capacity,
             seats_available: event.seats_available,
+            seats_held: event.seats_held,
             version: event.version,
         }
     }
@@ -96,6 +101,10 @@ pub enum Update {
     Seats(SeatUpdate),
     Event(Arc<Event>),
     Booking(Arc<Booking>),
+    /// A hold started or ended (a waiting-list offer is a hold).
+    Hold(Arc<Hold>),
+    /// A waiting-list entry moved (an offer made, lapsed or taken; the list closed).
+    Waitlist(Arc<WaitlistEntry>),
 }
 
 impl Update {
@@ -104,6 +113,19 @@ impl Update {
             Self::Seats(update) => Topic::Seats(update.event_id),
             Self::Event(event) => Topic::Event(event.id),
             Self::Booking(booking) => Topic::UserBookings(booking.user_id),
+            Self::Hold(hold) => Topic::UserBookings(hold.user_id),
+            Self::Waitlist(entry) => Topic::UserBookings(entry.user_id),
+        }
+    }
+
+    /// For the changes a user is told about: the thing that changed and how far along its
+    /// states it is, so a subscriber can drop a stale repeat.
+    pub fn reservation_rank(&self) -> Option<(Uuid, i64)> {
+        match self {
+            Self::Booking(booking) => Some((booking.id, booking_rank(booking))),
+            Self::Hold(hold) => Some((hold.id, hold_rank(hold))),
+            Self::Waitlist(entry) => Some((entry.id, waitlist_rank(entry))),
+            Self::Seats(_) | Self::Event(_) => None,
         }
     }
 
@@ -114,7 +136,26 @@ impl Update {
             Self::Seats(update) => (UnsentKey::Topic(self.topic()), update.version.into()),
             Self::Event(event) => (UnsentKey::Topic(self.topic()), event.version.into()),
             Self::Booking(booking) => (UnsentKey::Booking(booking.id), booking_rank(booking)),
+            Self::Hold(hold) => (UnsentKey::Booking(hold.id), hold_rank(hold)),
+            Self::Waitlist(entry) => (UnsentKey::Booking(entry.id), waitlist_rank(entry)),
         }
+    }
+}
+
+/// A hold is held, then ended one way or another.
+pub fn hold_rank(hold: &Hold) -> i64 {
+    match hold.status {
+        HoldStatus::Held => 0,
+        _ => 1,
+    }
+}
+
+/// A waiting-list entry waits, may get an offer, then ends.
+pub fn waitlist_rank(entry: &WaitlistEntry) -> i64 {
+    match entry.status {
+        WaitlistStatus::Waiting => 0,
+        WaitlistStatus::Offered => 1,
+        _ => 2,
     }
 }
 
@@ -144,6 +185,8 @@ enum WireRef<'a> {
     Seats(&'a SeatUpdate),
     Event(&'a Event),
     Booking(&'a Booking),
+    Hold(&'a Hold),
+    Waitlist(&'a WaitlistEntry),
 }
 
 #[derive(Deserialize)]
@@ -157,6 +200,8 @@ enum Wire {
     Seats(SeatUpdate),
     Event(Event),
     Booking(Booking),
+    Hold(Hold),
+    Waitlist(WaitlistEntry),
 }
 
 impl From<Wire> for Update {
@@ -165,6 +210,8 @@ impl From<Wire> for Update {
             Wire::Seats(update) => Self::Seats(update),
             Wire::Event(event) => Self::Event(Arc::new(event)),
             Wire::Booking(booking) => Self::Booking(Arc::new(booking)),
+            Wire::Hold(hold) => Self::Hold(Arc::new(hold)),
+            Wire::Waitlist(entry) => Self::Waitlist(Arc::new(entry)),
         }
     }
 }
@@ -318,6 +365,8 @@ impl Bus {
                         Update::Seats(seats) => WireRef::Seats(seats),
                         Update::Event(event) => WireRef::Event(event),
                         Update::Booking(booking) => WireRef::Booking(booking),
+                        Update::Hold(hold) => WireRef::Hold(hold),
+                        Update::Waitlist(entry) => WireRef::Waitlist(entry),
                     },
                 })
                 .inspect_err(|error| tracing::error!(%error, "cannot serialize an update"))
@@ -414,7 +463,7 @@ async fn publish_batch(
 
 impl Inner {
     fn deliver_local(&self, update: &Update) {
-        if !matches!(update, Update::Booking(_)) {
+        if matches!(update, Update::Seats(_) | Update::Event(_)) {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(sender) = lock(&self.channels).get(&update.topic()) {
@@ -642,6 +691,7 @@ mod tests {
             event_id: Uuid::nil(),
             capacity: 1000,
             seats_available: 1000 - version,
+            seats_held: 0,
             version,
         })
     }
@@ -735,6 +785,7 @@ mod tests {
             event_id: Uuid::new_v4(),
             capacity: 10,
             seats_available: 4,
+            seats_held: 0,
             version: 7,
         };
         let origin = Uuid::new_v4();

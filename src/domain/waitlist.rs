@@ -1,0 +1,438 @@
+//! The waiting list of a sold-out event: first come, first served.
+//!
+//! Whenever seats come back (a cancellation, a hold that ends, more capacity), [`promote`] runs
+//! in the same transaction, under the event's lock, before anyone else can see the seats: each
+//! waiting entry in order whose quantity fits what is free gets an offer, a hold of its own that
+//! lasts the event's `offer_minutes`. An entry that came from an RSVP is booked straight away
+//! instead (its user already said they are going). A partial unique index allows one live
+//! entry per user and event, so nobody is counted twice.
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use super::events::{check_user_limit, lock_event};
+use super::holds::{self, check_sellable, insert_hold, take_from_expired};
+use super::inventory::{Changes, Inventory};
+use super::seats::{self, SeatOwner};
+use crate::db::models::{
+    Booking, BookingStatus, EventStatus, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
+};
+use crate::db::schema::{bookings, holds as holds_table, rsvps, waitlist_entries};
+use crate::error::{AppError, AppResult};
+
+/// Entries read per round when promoting.
+const PROMOTE_CHUNK: i64 = 100;
+
+/// A waiting-list entry and its place in the queue (1 is next; none once it has an offer or
+/// has ended).
+#[derive(Debug, Clone, QueryableByName)]
+pub struct PlacedEntry {
+    #[diesel(embed)]
+    pub entry: WaitlistEntry,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub position: Option<i64>,
+}
+
+const ACTIVE: [WaitlistStatus; 2] = [WaitlistStatus::Waiting, WaitlistStatus::Offered];
+
+/// Puts the user on the event's waiting list. Only a sold-out event has one: with enough
+/// seats free, book them instead. Joining again with the same quantity returns the same entry.
+pub async fn join(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    event_id: Uuid,
+    quantity: i32,
+) -> AppResult<(PlacedEntry, Changes)> {
+    if quantity < 1 {
+        return Err(AppError::bad_input(
+            "quantity",
+            "quantity must be at least 1",
+        ));
+    }
+    let entry = conn
+        .transaction(async move |conn| {
+            let event = lock_event(conn, event_id).await?;
+            check_sellable(&event, quantity)?;
+            if let Some(existing) = active_entry(conn, event_id, user_id).await? {
+                if existing.quantity != quantity {
+                    return Err(AppError::Conflict(format!(
+                        "you are already on this waiting list for {} seats; leave it first to change that",
+                        existing.quantity
+                    )));
+                }
+                return Ok((existing, Changes::default()));
+            }
+            check_user_limit(conn, &event, user_id, quantity).await?;
+            let mut changes = Changes::default();
+            let mut inventory = Inventory::new(event);
+            take_from_expired(conn, &mut inventory, quantity, &mut changes).await?;
+            if inventory.available >= quantity {
+                return Err(AppError::not_possible(
+                    "SEATS_AVAILABLE",
+                    format!(
+                        "{} seats are available: book them instead",
+                        inventory.available
+                    ),
+                ));
+            }
+            let entry = insert_entry(conn, event_id, user_id, quantity, false).await?;
+            inventory.save(conn, &mut changes).await?;
+            changes.waitlist.push(entry.clone());
+            Ok((entry, changes))
+        })
+        .await?;
+    let (entry, changes) = entry;
+    Ok((place(conn, entry).await?, changes))
+}
+
+pub(super) async fn insert_entry(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+    quantity: i32,
+    rsvp: bool,
+) -> AppResult<WaitlistEntry> {
+    let now = Utc::now();
+    let entry = WaitlistEntry {
+        id: Uuid::new_v4(),
+        event_id,
+        user_id,
+        quantity,
+        status: WaitlistStatus::Waiting,
+        rsvp,
+        hold_id: None,
+        booking_id: None,
+        created_at: now,
+        updated_at: now,
+    };
+    Ok(diesel::insert_into(waitlist_entries::table)
+        .values(&entry)
+        .returning(WaitlistEntry::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+pub(super) async fn active_entry(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> AppResult<Option<WaitlistEntry>> {
+    Ok(waitlist_entries::table
+        .filter(waitlist_entries::event_id.eq(event_id))
+        .filter(waitlist_entries::user_id.eq(user_id))
+        .filter(waitlist_entries::status.eq_any(ACTIVE))
+        .select(WaitlistEntry::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Takes the user off the event's waiting list. An offer not yet confirmed is given up, and
+/// its seats go to the next in line. Returns the entry, or `None` when there was none.
+pub async fn leave(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    event_id: Uuid,
+) -> AppResult<(Option<WaitlistEntry>, Changes)> {
+    conn.transaction(async move |conn| {
+        let event = lock_event(conn, event_id).await?;
+        let mut changes = Changes::default();
+        let Some(entry) = active_entry(conn, event_id, user_id).await? else {
+            return Ok((None, changes));
+        };
+        let mut inventory = Inventory::new(event);
+        let left = leave_entry(conn, &mut inventory, &entry, &mut changes).await?;
+        inventory.save(conn, &mut changes).await?;
+        Ok((Some(left), changes))
+    })
+    .await
+}
+
+/// Ends a live entry as LEFT, giving up its offer if it has one, under the event's lock.
+pub(super) async fn leave_entry(
+    conn: &mut AsyncPgConnection,
+    inventory: &mut Inventory,
+    entry: &WaitlistEntry,
+    changes: &mut Changes,
+) -> AppResult<WaitlistEntry> {
+    let left: WaitlistEntry = diesel::update(waitlist_entries::table.find(entry.id))
+        .set((
+            waitlist_entries::status.eq(WaitlistStatus::Left),
+            waitlist_entries::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(WaitlistEntry::as_returning())
+        .get_result(conn)
+        .await?;
+    if let Some(hold_id) = entry
+        .hold_id
+        .filter(|_| entry.status == WaitlistStatus::Offered)
+    {
+        let released: Option<Hold> = diesel::update(
+            holds_table::table
+                .find(hold_id)
+                .filter(holds_table::status.eq(HoldStatus::Held)),
+        )
+        .set((
+            holds_table::status.eq(HoldStatus::Released),
+            holds_table::ended_at.eq(diesel::dsl::now),
+        ))
+        .returning(Hold::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        if let Some(released) = released {
+            seats::release_holds(conn, &inventory.event, &[hold_id], changes).await?;
+            inventory.unhold(released.quantity);
+            changes.holds.push(released);
+            promote(conn, inventory, changes).await?;
+        }
+    }
+    changes.waitlist.push(left.clone());
+    Ok(left)
+}
+
+/// Offers free seats to the waiting list, in order, under the event's lock (see the module
+/// documentation). Entries too large for what is free keep their place.
+pub async fn promote(
+    conn: &mut AsyncPgConnection,
+    inventory: &mut Inventory,
+    changes: &mut Changes,
+) -> AppResult<()> {
+    let event = inventory.event.clone();
+    if event.status != EventStatus::Published || event.starts_at <= Utc::now() {
+        return Ok(());
+    }
+    let mut after: Option<(chrono::DateTime<Utc>, Uuid)> = None;
+    while inventory.available > 0 {
+        let mut query = waitlist_entries::table
+            .filter(waitlist_entries::event_id.eq(event.id))
+            .filter(waitlist_entries::status.eq(WaitlistStatus::Waiting))
+            .filter(waitlist_entries::quantity.le(inventory.available))
+            .into_boxed();
+        if let Some((at, id)) = after {
+            query = query.filter(
+                waitlist_entries::created_at
+                    .gt(at)
+                    .or(waitlist_entries::created_at
+                        .eq(at)
+                        .and(waitlist_entries::id.gt(id))),
+            );
+        }
+        let waiting: Vec<WaitlistEntry> = query
+            .select(WaitlistEntry::as_select())
+            .order((waitlist_entries::created_at, waitlist_entries::id))
+            .limit(PROMOTE_CHUNK)
+            .load(conn)
+            .await?;
+        let Some(last) = waiting.last() else { break };
+        after = Some((last.created_at, last.id));
+        let exhausted = (waiting.len() as i64) < PROMOTE_CHUNK;
+        for entry in waiting {
+            if entry.quantity > inventory.available {
+                continue;
+            }
+            let promoted = if entry.rsvp {
+                book_entry(conn, inventory, &entry, changes).await?
+            } else {
+                offer(conn, inventory, &entry, changes).await?
+            };
+            changes.waitlist.push(promoted);
+            if inventory.available == 0 {
+                break;
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Offers an entry its seats as a hold of its own.
+async fn offer(
+    conn: &mut AsyncPgConnection,
+    inventory: &mut Inventory,
+    entry: &WaitlistEntry,
+    changes: &mut Changes,
+) -> AppResult<WaitlistEntry> {
+    let event = inventory.event.clone();
+    let hold = insert_hold(
+        conn,
+        &event,
+        entry.user_id,
+        entry.quantity,
+        event.offer_minutes,
+    )
+    .await?;
+    seats::claim(
+        conn,
+        &event,
+        SeatOwner::Hold(hold.id),
+        entry.quantity,
+        &[],
+        changes,
+    )
+    .await?;
+    inventory.hold(entry.quantity);
+    changes.holds.push(hold.clone());
+    Ok(diesel::update(waitlist_entries::table.find(entry.id))
+        .set((
+            waitlist_entries::status.eq(WaitlistStatus::Offered),
+            waitlist_entries::hold_id.eq(hold.id),
+            waitlist_entries::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(WaitlistEntry::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Books an RSVP's entry straight away.
+async fn book_entry(
+    conn: &mut AsyncPgConnection,
+    inventory: &mut Inventory,
+    entry: &WaitlistEntry,
+    changes: &mut Changes,
+) -> AppResult<WaitlistEntry> {
+    let event = inventory.event.clone();
+    let booking = insert_booking(conn, event.id, entry.user_id, entry.quantity).await?;
+    seats::claim(
+        conn,
+        &event,
+        SeatOwner::Booking(booking.id),
+        entry.quantity,
+        &[],
+        changes,
+    )
+    .await?;
+    inventory.book(entry.quantity);
+    diesel::update(
+        rsvps::table
+            .filter(rsvps::event_id.eq(event.id))
+            .filter(rsvps::user_id.eq(entry.user_id)),
+    )
+    .set((
+        rsvps::booking_id.eq(booking.id),
+        rsvps::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
+    changes.bookings.push(booking.clone());
+    Ok(diesel::update(waitlist_entries::table.find(entry.id))
+        .set((
+            waitlist_entries::status.eq(WaitlistStatus::Fulfilled),
+            waitlist_entries::booking_id.eq(booking.id),
+            waitlist_entries::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(WaitlistEntry::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+pub(super) async fn insert_booking(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+    quantity: i32,
+) -> AppResult<Booking> {
+    let booking = Booking {
+        id: Uuid::new_v4(),
+        event_id,
+        user_id,
+        quantity,
+        status: BookingStatus::Confirmed,
+        idempotency_key: None,
+        created_at: Utc::now(),
+        cancelled_at: None,
+    };
+    Ok(diesel::insert_into(bookings::table)
+        .values(&booking)
+        .returning(Booking::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Closes the waiting list of an event that is cancelled or over; the caller ends the offers'
+/// holds.
+pub(super) async fn close_all(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    changes: &mut Changes,
+) -> AppResult<()> {
+    let closed: Vec<WaitlistEntry> = diesel::update(
+        waitlist_entries::table
+            .filter(waitlist_entries::event_id.eq(event_id))
+            .filter(waitlist_entries::status.eq_any(ACTIVE)),
+    )
+    .set((
+        waitlist_entries::status.eq(WaitlistStatus::Closed),
+        waitlist_entries::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(WaitlistEntry::as_returning())
+    .get_results(conn)
+    .await?;
+    changes.waitlist.extend(closed);
+    Ok(())
+}
+
+const PLACED: &str = "SELECT e.*, \
+     CASE WHEN e.status = 'WAITING' THEN \
+       (SELECT count(*) FROM waitlist_entries w \
+         WHERE w.event_id = e.event_id AND w.status = 'WAITING' \
+           AND (w.created_at, w.id) <= (e.created_at, e.id)) \
+     END AS position \
+     FROM waitlist_entries e";
+
+/// The entry with its place in the queue.
+pub async fn place(conn: &mut AsyncPgConnection, entry: WaitlistEntry) -> AppResult<PlacedEntry> {
+    let placed: Option<PlacedEntry> = diesel::sql_query(format!("{PLACED} WHERE e.id = $1"))
+        .bind::<diesel::sql_types::Uuid, _>(entry.id)
+        .get_result(conn)
+        .await
+        .optional()?;
+    Ok(placed.unwrap_or(PlacedEntry {
+        entry,
+        position: None,
+    }))
+}
+
+/// The user's waiting-list entries, newest first: live ones (waiting or offered) unless `all`.
+pub async fn user_entries(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    all: bool,
+) -> AppResult<Vec<PlacedEntry>> {
+    let filter = if all {
+        ""
+    } else {
+        " AND e.status IN ('WAITING', 'OFFERED')"
+    };
+    Ok(diesel::sql_query(format!(
+        "{PLACED} WHERE e.user_id = $1{filter} ORDER BY e.created_at DESC, e.id DESC LIMIT 100"
+    ))
+    .bind::<diesel::sql_types::Uuid, _>(user_id)
+    .load(conn)
+    .await?)
+}
+
+/// How many entries wait for the event.
+pub async fn waiting_count(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<i64> {
+    Ok(waitlist_entries::table
+        .filter(waitlist_entries::event_id.eq(event_id))
+        .filter(waitlist_entries::status.eq(WaitlistStatus::Waiting))
+        .count()
+        .get_result(conn)
+        .await?)
+}
+
+/// The hold of an entry's offer.
+pub async fn offer_hold(
+    conn: &mut AsyncPgConnection,
+    entry: &WaitlistEntry,
+) -> AppResult<Option<Hold>> {
+    match entry.hold_id {
+        Some(id) => Ok(Some(holds::find_hold(conn, id).await?)),
+        None => Ok(None),
+    }
+}

@@ -9,7 +9,7 @@ use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::inventory::Changes;
 use crate::domain::onsale::Onsale;
 use crate::error::AppResult;
-use crate::realtime::{Bus, SeatUpdate, Update};
+use crate::realtime::{Bus, SeatMapUpdate, SeatUpdate, Update};
 use crate::security::SharedRedis;
 use crate::security::persisted::{PersistedQueries, load_allowlist};
 use crate::security::rate_limit::RateLimiter;
@@ -76,13 +76,22 @@ impl App {
 
     /// Announces what a committed transaction changed: the event's seat counts (and, when
     /// `details` changed, the event itself) to its watchers, and each booking, hold and
-    /// waiting-list entry to its owner's `myBookingUpdates`.
+    /// waiting-list entry to its owner's `myBookingUpdates`, and the seats whose state changed
+    /// to the event's `seatMap` (seat changes always come with the event's new version).
     pub fn publish(&self, changes: Changes, details: bool) {
         let mut updates = Vec::with_capacity(
             2 + changes.bookings.len() + changes.holds.len() + changes.waitlist.len(),
         );
         if let Some(event) = changes.event {
             self.onsale.observe(&event);
+            if !changes.seats.is_empty() {
+                updates.push(Update::SeatMap(Arc::new(SeatMapUpdate {
+                    event_id: event.id,
+                    previous_version: changes.previous_version,
+                    version: event.version,
+                    seats: changes.seats,
+                })));
+            }
             updates.push(Update::Seats(SeatUpdate::from(&event)));
             if details {
                 updates.push(Update::Event(Arc::new(event)));

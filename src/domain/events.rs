@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::Viewer;
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
-use super::{holds, seats, waitlist};
+use super::{holds, seats, venues, waitlist};
 use crate::db::models::{Booking, BookingStatus, Event, EventStatus, HoldStatus};
 use crate::db::schema::{bookings, events};
 use crate::error::{AppError, AppResult};
@@ -247,9 +247,12 @@ pub async fn create_event(
             "only organizers and admins can create events",
         ));
     }
-    let capacity = new
-        .capacity
-        .ok_or_else(|| AppError::bad_input("capacity", "capacity is required"))?;
+    let capacity = match new.venue_id {
+        Some(venue_id) => venues::seated_capacity(conn, venue_id, new.capacity).await?,
+        None => new
+            .capacity
+            .ok_or_else(|| AppError::bad_input("capacity", "capacity is required"))?,
+    };
     check_capacity(capacity)?;
     let max_per_booking = new.max_per_booking.unwrap_or(DEFAULT_MAX_PER_BOOKING);
     check_max_per_booking(max_per_booking)?;

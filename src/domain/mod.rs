@@ -12,6 +12,7 @@ pub mod resync;
 pub mod seats;
 pub mod seed;
 pub mod users;
+pub mod venues;
 pub mod waitlist;
 
 use crate::db::models::{Role, User};

@@ -4,12 +4,17 @@
 //! Callers hold the event's row lock (see `events::lock_event`), and `seat_claims`' primary key
 //! (event, seat) makes a second claim on a seat a unique violation in any case.
 
-use diesel_async::AsyncPgConnection;
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::inventory::Changes;
-use crate::db::models::Event;
-use crate::error::AppResult;
+use crate::db::models::{Event, SeatClaim, VenueSeat};
+use crate::db::schema::{events, seat_claims, venue_seats};
+use crate::error::{AppError, AppResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SeatState {
@@ -18,66 +23,420 @@ pub enum SeatState {
     Booked,
 }
 
-/// One seat of an event whose state changed.
+/// One seat of an event, where it is and whether it is taken.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SeatChange {
+pub struct EventSeat {
     pub seat_id: Uuid,
+    pub section: String,
+    pub row_label: String,
+    pub number: i32,
     pub state: SeatState,
 }
 
+/// One seat of an event whose state changed. It carries its place so that a seat picker can
+/// apply it without looking the seat up.
+pub type SeatChange = EventSeat;
+
+impl EventSeat {
+    fn new(seat: VenueSeat, state: SeatState) -> Self {
+        Self {
+            seat_id: seat.id,
+            section: seat.section,
+            row_label: seat.row_label,
+            number: seat.number,
+            state,
+        }
+    }
+
+    /// "A 3-12": how a buyer reads a seat.
+    pub fn label(&self) -> String {
+        format!("{} {}-{}", self.section, self.row_label, self.number)
+    }
+}
+
 /// Who takes a seat.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SeatOwner {
     Hold(Uuid),
     Booking(Uuid),
 }
 
+impl SeatOwner {
+    fn state(self) -> SeatState {
+        match self {
+            Self::Hold(_) => SeatState::Held,
+            Self::Booking(_) => SeatState::Booked,
+        }
+    }
+}
+
+fn state_of(booking_id: Option<Uuid>) -> SeatState {
+    // A confirmed hold's claims move to its booking (`transfer`), so a claim with a booking is
+    // booked and one without is held.
+    if booking_id.is_some() {
+        SeatState::Booked
+    } else {
+        SeatState::Held
+    }
+}
+
+fn taken_error(seats: &[EventSeat]) -> AppError {
+    match seats {
+        [seat] => AppError::Conflict(format!("seat {} is already taken", seat.label())),
+        _ => AppError::Conflict(format!(
+            "one of seats {} is already taken",
+            seats
+                .iter()
+                .map(EventSeat::label)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 /// Claims seats of `event` for a hold or a booking: exactly `seat_ids` when given (all or
 /// nothing), else the best `quantity` available. Nothing for general admission.
 pub async fn claim(
-    _conn: &mut AsyncPgConnection,
+    conn: &mut AsyncPgConnection,
     event: &Event,
-    _owner: SeatOwner,
-    _quantity: i32,
+    owner: SeatOwner,
+    quantity: i32,
     seat_ids: &[Uuid],
-    _changes: &mut Changes,
+    changes: &mut Changes,
 ) -> AppResult<()> {
-    if event.venue_id.is_none() && !seat_ids.is_empty() {
-        return Err(crate::error::AppError::bad_input(
+    let Some(venue_id) = event.venue_id else {
+        if !seat_ids.is_empty() {
+            return Err(AppError::bad_input(
+                "seatIds",
+                "this event is general admission: it has no numbered seats",
+            ));
+        }
+        return Ok(());
+    };
+    let seats: Vec<VenueSeat> = if seat_ids.is_empty() {
+        best_available(conn, event.id, venue_id, quantity).await?
+    } else {
+        named_seats(conn, event.id, venue_id, seat_ids).await?
+    };
+    if seats.len() < quantity as usize {
+        return Err(AppError::SoldOut {
+            seats_available: seats.len() as i32,
+        });
+    }
+    let (hold_id, booking_id) = match owner {
+        SeatOwner::Hold(id) => (Some(id), None),
+        SeatOwner::Booking(id) => (None, Some(id)),
+    };
+    let claims: Vec<SeatClaim> = seats
+        .iter()
+        .map(|seat| SeatClaim {
+            event_id: event.id,
+            seat_id: seat.id,
+            hold_id,
+            booking_id,
+        })
+        .collect();
+    let changed: Vec<EventSeat> = seats
+        .into_iter()
+        .map(|seat| EventSeat::new(seat, owner.state()))
+        .collect();
+    // The check above runs under the event's lock, so this only fails if some path claimed a
+    // seat without that lock: the primary key still refuses it. A savepoint keeps the
+    // caller's transaction usable for its own error handling.
+    let inserted = conn
+        .transaction(async |conn| {
+            diesel::insert_into(seat_claims::table)
+                .values(&claims)
+                .execute(conn)
+                .await
+        })
+        .await;
+    match inserted {
+        Ok(_) => {}
+        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+            if info.constraint_name() == Some("seat_claims_pkey") =>
+        {
+            return Err(taken_error(&changed));
+        }
+        Err(other) => return Err(other.into()),
+    }
+    changes.seats.extend(changed);
+    Ok(())
+}
+
+/// The `quantity` free seats that come first in the venue's order.
+async fn best_available(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    venue_id: Uuid,
+    quantity: i32,
+) -> AppResult<Vec<VenueSeat>> {
+    let claimed = seat_claims::table
+        .filter(seat_claims::event_id.eq(event_id))
+        .filter(seat_claims::seat_id.eq(venue_seats::id));
+    Ok(venue_seats::table
+        .filter(venue_seats::venue_id.eq(venue_id))
+        .filter(diesel::dsl::not(diesel::dsl::exists(claimed)))
+        .order(venue_seats::position.asc())
+        .limit(quantity.into())
+        .select(VenueSeat::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Exactly the seats asked for, all of the event's venue and none taken.
+async fn named_seats(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    venue_id: Uuid,
+    seat_ids: &[Uuid],
+) -> AppResult<Vec<VenueSeat>> {
+    let mut wanted = seat_ids.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    if wanted.len() != seat_ids.len() {
+        return Err(AppError::bad_input("seatIds", "a seat is named twice"));
+    }
+    let seats: Vec<VenueSeat> = venue_seats::table
+        .filter(venue_seats::venue_id.eq(venue_id))
+        .filter(venue_seats::id.eq_any(&wanted))
+        .order(venue_seats::position.asc())
+        .select(VenueSeat::as_select())
+        .load(conn)
+        .await?;
+    if seats.len() != wanted.len() {
+        let unknown = wanted
+            .iter()
+            .find(|id| !seats.iter().any(|seat| seat.id == **id))
+            .copied()
+            .unwrap_or_default();
+        return Err(AppError::bad_input(
             "seatIds",
-            "this event is general admission: it has no numbered seats",
+            format!("seat {unknown} is not a seat of this event's venue"),
         ));
     }
-    Ok(())
+    let taken: Vec<VenueSeat> = venue_seats::table
+        .inner_join(seat_claims::table)
+        .filter(seat_claims::event_id.eq(event_id))
+        .filter(seat_claims::seat_id.eq_any(&wanted))
+        .order(venue_seats::position.asc())
+        .select(VenueSeat::as_select())
+        .load(conn)
+        .await?;
+    if let Some(seat) = taken.into_iter().next() {
+        return Err(taken_error(&[EventSeat::new(seat, SeatState::Held)]));
+    }
+    Ok(seats)
+}
+
+/// The places of `seat_ids`, in venue order, with the state they now have.
+async fn changed_seats(
+    conn: &mut AsyncPgConnection,
+    seat_ids: &[Uuid],
+    state: SeatState,
+) -> AppResult<Vec<EventSeat>> {
+    if seat_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seats: Vec<VenueSeat> = venue_seats::table
+        .filter(venue_seats::id.eq_any(seat_ids))
+        .order(venue_seats::position.asc())
+        .select(VenueSeat::as_select())
+        .load(conn)
+        .await?;
+    Ok(seats
+        .into_iter()
+        .map(|seat| EventSeat::new(seat, state))
+        .collect())
 }
 
 /// Gives back the seats of holds that ended without a booking.
 pub async fn release_holds(
-    _conn: &mut AsyncPgConnection,
-    _event: &Event,
-    _hold_ids: &[Uuid],
-    _changes: &mut Changes,
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    hold_ids: &[Uuid],
+    changes: &mut Changes,
 ) -> AppResult<()> {
+    if event.venue_id.is_none() || hold_ids.is_empty() {
+        return Ok(());
+    }
+    let freed: Vec<Uuid> = diesel::delete(
+        seat_claims::table
+            .filter(seat_claims::event_id.eq(event.id))
+            .filter(seat_claims::hold_id.eq_any(hold_ids)),
+    )
+    .returning(seat_claims::seat_id)
+    .get_results(conn)
+    .await?;
+    changes
+        .seats
+        .extend(changed_seats(conn, &freed, SeatState::Available).await?);
     Ok(())
 }
 
 /// Gives back the seats of cancelled bookings.
 pub async fn release_bookings(
-    _conn: &mut AsyncPgConnection,
-    _event: &Event,
-    _booking_ids: &[Uuid],
-    _changes: &mut Changes,
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    booking_ids: &[Uuid],
+    changes: &mut Changes,
 ) -> AppResult<()> {
+    if event.venue_id.is_none() || booking_ids.is_empty() {
+        return Ok(());
+    }
+    let freed: Vec<Uuid> = diesel::delete(
+        seat_claims::table
+            .filter(seat_claims::event_id.eq(event.id))
+            .filter(seat_claims::booking_id.eq_any(booking_ids)),
+    )
+    .returning(seat_claims::seat_id)
+    .get_results(conn)
+    .await?;
+    changes
+        .seats
+        .extend(changed_seats(conn, &freed, SeatState::Available).await?);
     Ok(())
 }
 
 /// A confirmed hold's seats now belong to its booking.
 pub async fn transfer(
-    _conn: &mut AsyncPgConnection,
-    _event: &Event,
-    _hold_id: Uuid,
-    _booking_id: Uuid,
-    _changes: &mut Changes,
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    hold_id: Uuid,
+    booking_id: Uuid,
+    changes: &mut Changes,
 ) -> AppResult<()> {
+    if event.venue_id.is_none() {
+        return Ok(());
+    }
+    // The hold id is cleared so that releasing the (now confirmed) hold cannot free them.
+    let moved: Vec<Uuid> = diesel::update(
+        seat_claims::table
+            .filter(seat_claims::event_id.eq(event.id))
+            .filter(seat_claims::hold_id.eq(hold_id)),
+    )
+    .set((
+        seat_claims::booking_id.eq(booking_id),
+        seat_claims::hold_id.eq(None::<Uuid>),
+    ))
+    .returning(seat_claims::seat_id)
+    .get_results(conn)
+    .await?;
+    changes
+        .seats
+        .extend(changed_seats(conn, &moved, SeatState::Booked).await?);
     Ok(())
+}
+
+/// The event's seats in venue order, optionally of one section, each with its state.
+/// Empty for general admission.
+pub async fn event_seats(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    section: Option<&str>,
+) -> AppResult<Vec<EventSeat>> {
+    let Some(venue_id) = event.venue_id else {
+        return Ok(Vec::new());
+    };
+    let mut query = venue_seats::table
+        .left_join(
+            seat_claims::table.on(seat_claims::seat_id
+                .eq(venue_seats::id)
+                .and(seat_claims::event_id.eq(event.id))),
+        )
+        .filter(venue_seats::venue_id.eq(venue_id))
+        .select((
+            VenueSeat::as_select(),
+            seat_claims::seat_id.nullable(),
+            seat_claims::booking_id.nullable(),
+        ))
+        .order(venue_seats::position.asc())
+        .into_boxed();
+    if let Some(section) = section {
+        query = query.filter(venue_seats::section.eq(section.to_owned()));
+    }
+    let rows: Vec<(VenueSeat, Option<Uuid>, Option<Uuid>)> = query.load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(seat, claimed, booking_id)| {
+            let state = match claimed {
+                None => SeatState::Available,
+                Some(_) => state_of(booking_id),
+            };
+            EventSeat::new(seat, state)
+        })
+        .collect())
+}
+
+/// The event and all its seats as of one moment: the seats are read in the same snapshot as
+/// the event's version, so a subscriber can apply later changes on top of them.
+pub async fn seat_map(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+) -> AppResult<(Event, Vec<EventSeat>)> {
+    conn.build_transaction()
+        .read_only()
+        .repeatable_read()
+        .run(async |conn| {
+            let event: Event = events::table
+                .find(event_id)
+                .select(Event::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("event"))?;
+            if event.venue_id.is_none() {
+                return Err(AppError::BadUserInput {
+                    message: "this event is general admission: it has no seat map".into(),
+                    field: Some("eventId"),
+                    reason: Some("NO_SEAT_MAP"),
+                });
+            }
+            let seats = event_seats(conn, &event, None).await?;
+            Ok((event, seats))
+        })
+        .await
+}
+
+/// The seats each owner (a hold or a booking) has, in venue order.
+pub async fn seats_of_owners(
+    conn: &mut AsyncPgConnection,
+    owners: &[SeatOwner],
+) -> AppResult<HashMap<SeatOwner, Vec<EventSeat>>> {
+    let (mut hold_ids, mut booking_ids) = (Vec::new(), Vec::new());
+    for owner in owners {
+        match owner {
+            SeatOwner::Hold(id) => hold_ids.push(*id),
+            SeatOwner::Booking(id) => booking_ids.push(*id),
+        }
+    }
+    let rows: Vec<(VenueSeat, Option<Uuid>, Option<Uuid>)> = venue_seats::table
+        .inner_join(seat_claims::table)
+        .filter(
+            seat_claims::hold_id
+                .eq_any(&hold_ids)
+                .or(seat_claims::booking_id.eq_any(&booking_ids)),
+        )
+        .order(venue_seats::position.asc())
+        .select((
+            VenueSeat::as_select(),
+            seat_claims::hold_id,
+            seat_claims::booking_id,
+        ))
+        .load(conn)
+        .await?;
+    let mut by_owner: HashMap<SeatOwner, Vec<EventSeat>> = HashMap::new();
+    for (seat, hold_id, booking_id) in rows {
+        let state = state_of(booking_id);
+        let owner = match (booking_id, hold_id) {
+            (Some(id), _) => SeatOwner::Booking(id),
+            (None, Some(id)) => SeatOwner::Hold(id),
+            (None, None) => continue,
+        };
+        by_owner
+            .entry(owner)
+            .or_default()
+            .push(EventSeat::new(seat, state));
+    }
+    Ok(by_owner)
 }

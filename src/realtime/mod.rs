@@ -34,6 +34,7 @@ use crate::db::DbPool;
 use crate::db::models::{
     Booking, BookingStatus, Event, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
 };
+use crate::domain::seats::SeatChange;
 use crate::domain::{events, resync};
 
 /// Per-topic buffer. A subscriber that falls behind on seat counts or event details skips to
@@ -69,6 +70,18 @@ impl From<&Event> for SeatUpdate {
     }
 }
 
+/// Seats of a seated event that changed in one transaction, which moved the event from
+/// `previous_version` to `version`. A subscriber that did not send `previous_version` last
+/// missed something and reads the whole map again; so does one that gets a message without a
+/// `previous_version` (sent after the Redis subscription was lost).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatMapUpdate {
+    pub event_id: Uuid,
+    pub previous_version: Option<i32>,
+    pub version: i32,
+    pub seats: Vec<SeatChange>,
+}
+
 /// What a subscriber listens to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -78,6 +91,8 @@ pub enum Topic {
     Event(Uuid),
     /// A user's bookings.
     UserBookings(Uuid),
+    /// The states of a seated event's seats.
+    SeatMap(Uuid),
 }
 
 impl Topic {
@@ -86,12 +101,14 @@ impl Topic {
             Self::Seats(id) => format!("{prefix}seats:{id}"),
             Self::Event(id) => format!("{prefix}events:{id}"),
             Self::UserBookings(id) => format!("{prefix}user-bookings:{id}"),
+            Self::SeatMap(id) => format!("{prefix}seat-maps:{id}"),
         }
     }
 
     /// Whether the newest message makes the older ones pointless (a full state, not a change).
+    /// Seat-map changes are deltas: skipping one would only force a full re-read.
     fn newest_supersedes(&self) -> bool {
-        !matches!(self, Self::UserBookings(_))
+        !matches!(self, Self::UserBookings(_) | Self::SeatMap(_))
     }
 }
 
@@ -105,6 +122,8 @@ pub enum Update {
     Hold(Arc<Hold>),
     /// A waiting-list entry moved (an offer made, lapsed or taken; the list closed).
     Waitlist(Arc<WaitlistEntry>),
+    /// Seats of a seated event changed state.
+    SeatMap(Arc<SeatMapUpdate>),
 }
 
 impl Update {
@@ -115,6 +134,7 @@ impl Update {
             Self::Booking(booking) => Topic::UserBookings(booking.user_id),
             Self::Hold(hold) => Topic::UserBookings(hold.user_id),
             Self::Waitlist(entry) => Topic::UserBookings(entry.user_id),
+            Self::SeatMap(update) => Topic::SeatMap(update.event_id),
         }
     }
 
@@ -125,7 +145,7 @@ impl Update {
             Self::Booking(booking) => Some((booking.id, booking_rank(booking))),
             Self::Hold(hold) => Some((hold.id, hold_rank(hold))),
             Self::Waitlist(entry) => Some((entry.id, waitlist_rank(entry))),
-            Self::Seats(_) | Self::Event(_) => None,
+            Self::Seats(_) | Self::Event(_) | Self::SeatMap(_) => None,
         }
     }
 
@@ -138,6 +158,7 @@ impl Update {
             Self::Booking(booking) => (UnsentKey::Booking(booking.id), booking_rank(booking)),
             Self::Hold(hold) => (UnsentKey::Booking(hold.id), hold_rank(hold)),
             Self::Waitlist(entry) => (UnsentKey::Booking(entry.id), waitlist_rank(entry)),
+            Self::SeatMap(update) => (UnsentKey::Topic(self.topic()), update.version.into()),
         }
     }
 }
@@ -187,6 +208,7 @@ enum WireRef<'a> {
     Booking(&'a Booking),
     Hold(&'a Hold),
     Waitlist(&'a WaitlistEntry),
+    SeatMap(&'a SeatMapUpdate),
 }
 
 #[derive(Deserialize)]
@@ -202,6 +224,7 @@ enum Wire {
     Booking(Booking),
     Hold(Hold),
     Waitlist(WaitlistEntry),
+    SeatMap(SeatMapUpdate),
 }
 
 impl From<Wire> for Update {
@@ -212,6 +235,7 @@ impl From<Wire> for Update {
             Wire::Booking(booking) => Self::Booking(Arc::new(booking)),
             Wire::Hold(hold) => Self::Hold(Arc::new(hold)),
             Wire::Waitlist(entry) => Self::Waitlist(Arc::new(entry)),
+            Wire::SeatMap(update) => Self::SeatMap(Arc::new(update)),
         }
     }
 }
@@ -313,7 +337,7 @@ impl Bus {
             }),
         });
         tokio::spawn(send_queued(queued, Arc::downgrade(&inner)));
-        let patterns = ["seats", "events", "user-bookings"]
+        let patterns = ["seats", "events", "user-bookings", "seat-maps"]
             .map(|kind| format!("{key_prefix}{kind}:*"))
             .to_vec();
         tokio::spawn(listen(client, patterns, Arc::downgrade(&inner)));
@@ -367,6 +391,7 @@ impl Bus {
                         Update::Booking(booking) => WireRef::Booking(booking),
                         Update::Hold(hold) => WireRef::Hold(hold),
                         Update::Waitlist(entry) => WireRef::Waitlist(entry),
+                        Update::SeatMap(update) => WireRef::SeatMap(update),
                     },
                 })
                 .inspect_err(|error| tracing::error!(%error, "cannot serialize an update"))
@@ -463,7 +488,10 @@ async fn publish_batch(
 
 impl Inner {
     fn deliver_local(&self, update: &Update) {
-        if matches!(update, Update::Seats(_) | Update::Event(_)) {
+        if matches!(
+            update,
+            Update::Seats(_) | Update::Event(_) | Update::SeatMap(_)
+        ) {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(sender) = lock(&self.channels).get(&update.topic()) {
@@ -586,7 +614,7 @@ async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
     let mut user_ids = Vec::new();
     for topic in &topics {
         match topic {
-            Topic::Seats(id) | Topic::Event(id) => event_ids.push(*id),
+            Topic::Seats(id) | Topic::Event(id) | Topic::SeatMap(id) => event_ids.push(*id),
             Topic::UserBookings(id) => user_ids.push(*id),
         }
     }
@@ -609,6 +637,15 @@ async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
     };
     for event in events.into_values() {
         inner.deliver_local(&Update::Seats(SeatUpdate::from(&event)));
+        if event.venue_id.is_some() {
+            // No previous version: seat-map subscribers re-read the map if it moved on.
+            inner.deliver_local(&Update::SeatMap(Arc::new(SeatMapUpdate {
+                event_id: event.id,
+                previous_version: None,
+                version: event.version,
+                seats: Vec::new(),
+            })));
+        }
         inner.deliver_local(&Update::Event(Arc::new(event)));
     }
     for booking in bookings {

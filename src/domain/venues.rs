@@ -279,10 +279,7 @@ pub async fn list_venues(
     let order: Vec<Uuid> = page.items.iter().map(|venue| venue.id).collect();
     let mut layouts = with_layouts(conn, page.items).await?;
     Ok(Page {
-        items: order
-            .iter()
-            .filter_map(|id| layouts.remove(id))
-            .collect(),
+        items: order.iter().filter_map(|id| layouts.remove(id)).collect(),
         has_next_page: page.has_next_page,
     })
 }

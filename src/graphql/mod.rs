@@ -4,9 +4,12 @@ mod bookings;
 pub mod context;
 mod events;
 pub mod loaders;
+mod seatmap;
+pub mod seats;
 mod subscription;
 pub mod types;
 mod users;
+mod venues;
 
 use std::sync::Arc;
 
@@ -28,17 +31,26 @@ use crate::security::document::DocumentLimits;
 use crate::security::rate_limit::WebSocketBudget;
 
 #[derive(MergedObject, Default)]
-pub struct Query(events::EventQuery, bookings::BookingQuery, users::UserQuery);
+pub struct Query(
+    events::EventQuery,
+    bookings::BookingQuery,
+    users::UserQuery,
+    venues::VenueQuery,
+);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     users::UserMutation,
     bookings::BookingMutation,
     events::EventMutation,
+    venues::VenueMutation,
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(subscription::AvailabilitySubscription);
+pub struct Subscription(
+    subscription::AvailabilitySubscription,
+    seatmap::SeatMapSubscription,
+);
 
 pub type EventlySchema = Schema<Query, Mutation, Subscription>;
 

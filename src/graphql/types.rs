@@ -6,11 +6,14 @@ use async_graphql::{Context, Enum, ID, Object, OutputType, SimpleObject};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::context::viewer;
-use super::loaders::{EventLoader, UserLoader};
+use super::context::{ContextExt, viewer};
+use super::loaders::{EventLoader, UserLoader, VenueLoader};
+use super::seats::{SeatNode, seats_of};
+use super::venues::VenueNode;
 use crate::db::models;
 use crate::domain::auth::IssuedTokens;
 use crate::domain::pagination::{Cursor, Page};
+use crate::domain::seats::{self, SeatOwner};
 use crate::error::{AppError, AppResult};
 use crate::realtime::SeatUpdate;
 
@@ -159,6 +162,31 @@ impl models::Event {
     async fn organizer(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
         load_user(ctx, self.organizer_id).await
     }
+    /// The venue whose seats a seated event has; null for general admission.
+    async fn venue_layout(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VenueNode>> {
+        let Some(venue_id) = self.venue_id else {
+            return Ok(None);
+        };
+        Ok(ctx
+            .data_unchecked::<DataLoader<VenueLoader>>()
+            .load_one(venue_id)
+            .await?
+            .map(VenueNode))
+    }
+    /// A seated event's seats in venue order (of one section when given), each with its
+    /// state. Empty for general admission. For a live view, subscribe to `seatMap`.
+    async fn seats(
+        &self,
+        ctx: &Context<'_>,
+        section: Option<String>,
+    ) -> async_graphql::Result<Vec<SeatNode>> {
+        if self.venue_id.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut conn = ctx.app().conn().await?;
+        let seats = seats::event_seats(&mut conn, self, section.as_deref()).await?;
+        Ok(seats.into_iter().map(SeatNode).collect())
+    }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
     }
@@ -180,6 +208,11 @@ impl models::Booking {
     }
     async fn quantity(&self) -> i32 {
         self.quantity
+    }
+    /// The numbered seats of a seated event's booking; empty for general admission and once
+    /// the booking is cancelled.
+    async fn seats(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SeatNode>> {
+        seats_of(ctx, SeatOwner::Booking(self.id)).await
     }
     async fn status(&self) -> BookingStatus {
         self.status.into()

@@ -328,7 +328,9 @@ impl TestApp {
         conn
     }
 
-    /// Checks `seats_available + confirmed seats = capacity` for every event, in SQL.
+    /// Checks `seats_available + seats_held + confirmed seats = capacity` for every event, in
+    /// SQL, and for seated events that exactly the held and booked seats have claims, each
+    /// belonging to a live hold or a confirmed booking of that event.
     pub async fn assert_invariant(&self) {
         #[derive(QueryableByName, Debug)]
         struct Row {
@@ -340,23 +342,48 @@ impl TestApp {
             #[diesel(sql_type = Integer)]
             seats_available: i32,
             #[diesel(sql_type = Integer)]
+            seats_held: i32,
+            #[diesel(sql_type = Integer)]
             confirmed: i32,
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            seated: bool,
+            #[diesel(sql_type = Integer)]
+            claims: i32,
         }
         let rows: Vec<Row> = diesel::sql_query(
-            "SELECT e.id, e.capacity, e.seats_available,
-                    COALESCE(SUM(b.quantity) FILTER (WHERE b.status = 'CONFIRMED'), 0)::int AS confirmed
-             FROM events e LEFT JOIN bookings b ON b.event_id = e.id GROUP BY e.id",
+            "SELECT e.id, e.capacity, e.seats_available, e.seats_held, e.venue_id IS NOT NULL AS seated,
+                    COALESCE((SELECT SUM(b.quantity) FROM bookings b
+                              WHERE b.event_id = e.id AND b.status = 'CONFIRMED'), 0)::int AS confirmed,
+                    (SELECT count(*) FROM seat_claims c WHERE c.event_id = e.id)::int AS claims
+             FROM events e",
         )
         .load(&mut self.db().await)
         .await
         .unwrap();
         for row in rows {
             assert_eq!(
-                row.seats_available + row.confirmed,
+                row.seats_available + row.seats_held + row.confirmed,
                 row.capacity,
                 "invariant broken: {row:?}"
             );
+            if row.seated {
+                assert_eq!(
+                    row.claims,
+                    row.seats_held + row.confirmed,
+                    "seat claims do not match held and booked seats: {row:?}"
+                );
+            }
         }
+        let stray = self
+            .count(
+                "seat_claims c
+                 LEFT JOIN holds h ON h.id = c.hold_id AND h.event_id = c.event_id AND h.status = 'HELD'
+                 LEFT JOIN bookings b ON b.id = c.booking_id AND b.event_id = c.event_id
+                     AND b.status = 'CONFIRMED'
+                 WHERE h.id IS NULL AND b.id IS NULL",
+            )
+            .await;
+        assert_eq!(stray, 0, "seat claims of ended holds or cancelled bookings");
     }
 
     /// Counts rows matching a SQL condition on a table, for post-hoc checks.

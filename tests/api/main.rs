@@ -13,6 +13,7 @@ mod live;
 mod onsale;
 mod reference_client;
 mod schema;
+mod seats;
 mod security;
 mod websocket;
 mod ws_protocol;

@@ -1,0 +1,120 @@
+//! `seatMap`: a seated event's seats, live, for a seat picker.
+
+use async_graphql::{Context, ID, SimpleObject, Subscription};
+use futures_util::{Stream, StreamExt, stream};
+use uuid::Uuid;
+
+use super::context::ContextExt;
+use super::seats::SeatNode;
+use super::types::parse_id;
+use crate::app::AppState;
+use crate::db::models::Event;
+use crate::domain::seats::{self, EventSeat};
+use crate::realtime::{Topic, Update, Updates};
+
+/// A seat map message: every seat (`full`), or only the seats that changed since the
+/// previous message. Versions only increase.
+#[derive(SimpleObject)]
+#[graphql(name = "SeatMapUpdate")]
+pub struct SeatMapMessage {
+    pub event_id: ID,
+    /// The event's version this map is at; matches `Event.version`.
+    pub version: i32,
+    /// True when `seats` is the whole map, to replace what the client has; false when it
+    /// holds only the seats that changed.
+    pub full: bool,
+    pub seats: Vec<SeatNode>,
+}
+
+impl SeatMapMessage {
+    fn new(event_id: Uuid, version: i32, full: bool, seats: Vec<EventSeat>) -> Self {
+        Self {
+            event_id: ID(event_id.to_string()),
+            version,
+            full,
+            seats: seats.into_iter().map(SeatNode).collect(),
+        }
+    }
+}
+
+async fn read_map(
+    app: &AppState,
+    event_id: Uuid,
+) -> async_graphql::Result<(Event, Vec<EventSeat>)> {
+    let mut conn = app.conn().await?;
+    Ok(seats::seat_map(&mut conn, event_id).await?)
+}
+
+#[derive(Default)]
+pub struct SeatMapSubscription;
+
+#[Subscription]
+impl SeatMapSubscription {
+    /// Every seat of a seated event with its state, then the seats whose state changes. After
+    /// a gap (a change this stream could not pass on), the whole map is sent again with
+    /// `full: true`. A general-admission event has no seat map (BAD_USER_INPUT, reason
+    /// NO_SEAT_MAP).
+    async fn seat_map(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = SeatMapMessage> + use<>> {
+        let event_id = parse_id(&event_id, "eventId")?;
+        let app = ctx.app().clone();
+        // Attach before reading, so a change committed in between is not lost.
+        let updates = app.bus.subscribe(Topic::SeatMap(event_id));
+        let (event, seats) = read_map(&app, event_id).await?;
+        let first = SeatMapMessage::new(event_id, event.version, true, seats);
+        let watch = SeatMapWatch {
+            updates,
+            app,
+            event_id,
+            last_version: event.version,
+        };
+        Ok(
+            stream::once(std::future::ready(first))
+                .chain(stream::unfold(watch, SeatMapWatch::next)),
+        )
+    }
+}
+
+struct SeatMapWatch {
+    updates: Updates,
+    app: AppState,
+    event_id: Uuid,
+    /// The version of the map as this stream last sent it.
+    last_version: i32,
+}
+
+impl SeatMapWatch {
+    async fn next(mut self) -> Option<(SeatMapMessage, Self)> {
+        loop {
+            let Update::SeatMap(update) = self.updates.next().await? else {
+                continue;
+            };
+            if update.version <= self.last_version {
+                continue;
+            }
+            if update.previous_version == Some(self.last_version) {
+                self.last_version = update.version;
+                let message =
+                    SeatMapMessage::new(self.event_id, update.version, false, update.seats.clone());
+                return Some((message, self));
+            }
+            // Something between the last message and this one went missing (or the bus lost
+            // its Redis subscription): the database has the whole truth.
+            match read_map(&self.app, self.event_id).await {
+                Ok((event, seats)) if event.version > self.last_version => {
+                    self.last_version = event.version;
+                    let message = SeatMapMessage::new(self.event_id, event.version, true, seats);
+                    return Some((message, self));
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    // The next change will find the same gap and try again.
+                    tracing::warn!(event_id = %self.event_id, error = ?error.message, "cannot re-read a seat map");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Venues with seat layouts.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, ID, InputObject, Object};
+use chrono::{DateTime, Utc};
+
+use super::context::{ContextExt, require_viewer};
+use super::types::{connection, page_complexity, parse_id};
+use crate::domain::pagination::{Cursor, PageRequest};
+use crate::domain::venues::{self, NewVenue, RowLayout, SectionLayout, VenueLayout};
+
+#[derive(InputObject)]
+#[graphql(name = "VenueRowInput")]
+pub struct RowInput {
+    pub label: String,
+    /// Seats in the row, numbered 1 to `seats`.
+    pub seats: i32,
+}
+
+#[derive(InputObject)]
+#[graphql(name = "VenueSectionInput")]
+pub struct SectionInput {
+    pub name: String,
+    pub rows: Vec<RowInput>,
+}
+
+#[derive(InputObject)]
+pub struct CreateVenueInput {
+    pub name: String,
+    pub address: Option<String>,
+    /// At most 100 sections and 20,000 seats in all. Seats are listed (and the best
+    /// available picked) in this order.
+    pub sections: Vec<SectionInput>,
+}
+
+/// A venue and its seat layout.
+pub struct VenueNode(pub VenueLayout);
+
+#[Object(name = "Venue")]
+impl VenueNode {
+    async fn id(&self) -> ID {
+        ID(self.0.venue.id.to_string())
+    }
+    async fn name(&self) -> &str {
+        &self.0.venue.name
+    }
+    async fn address(&self) -> Option<&str> {
+        self.0.venue.address.as_deref()
+    }
+    async fn seat_count(&self) -> i32 {
+        self.0.seat_count()
+    }
+    async fn sections(&self) -> &[SectionLayout] {
+        &self.0.sections
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.venue.created_at
+    }
+}
+
+#[Object(name = "VenueSection")]
+impl SectionLayout {
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    async fn rows(&self) -> &[RowLayout] {
+        &self.rows
+    }
+}
+
+#[Object(name = "VenueRow")]
+impl RowLayout {
+    async fn label(&self) -> &str {
+        &self.label
+    }
+    /// Seats in the row, numbered 1 to this.
+    async fn seats(&self) -> i32 {
+        self.seats
+    }
+}
+
+fn venue_cursor(venue: &VenueNode) -> Cursor {
+    Cursor {
+        at: venue.0.venue.created_at,
+        id: venue.0.venue.id,
+    }
+}
+
+#[derive(Default)]
+pub struct VenueQuery;
+
+#[Object]
+impl VenueQuery {
+    async fn venue(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<VenueNode>> {
+        let id = parse_id(&id, "id")?;
+        let mut conn = ctx.app().conn().await?;
+        Ok(venues::find_venue(&mut conn, id).await?.map(VenueNode))
+    }
+
+    /// Venues in the order they were created.
+    #[graphql(complexity = "page_complexity(first, child_complexity)")]
+    async fn venues(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<Connection<String, VenueNode>> {
+        let page = PageRequest::new(first, after.as_deref())?;
+        let mut conn = ctx.app().conn().await?;
+        let rows = venues::list_venues(&mut conn, page).await?;
+        let rows = crate::domain::pagination::Page {
+            items: rows.items.into_iter().map(VenueNode).collect(),
+            has_next_page: rows.has_next_page,
+        };
+        Ok(connection(rows, page.after.is_some(), venue_cursor))
+    }
+}
+
+#[derive(Default)]
+pub struct VenueMutation;
+
+#[Object]
+impl VenueMutation {
+    /// ORGANIZER or ADMIN. A venue's layout cannot be changed once created; events at it
+    /// (`createEvent(input: {venueId})`) have its seats.
+    async fn create_venue(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateVenueInput,
+    ) -> async_graphql::Result<VenueNode> {
+        let viewer = &require_viewer(ctx).await?;
+        let new = NewVenue {
+            name: input.name,
+            address: input.address,
+            sections: input
+                .sections
+                .into_iter()
+                .map(|section| SectionLayout {
+                    name: section.name,
+                    rows: section
+                        .rows
+                        .into_iter()
+                        .map(|row| RowLayout {
+                            label: row.label,
+                            seats: row.seats,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        let mut conn = ctx.app().conn().await?;
+        Ok(VenueNode(
+            venues::create_venue(&mut conn, viewer, new).await?,
+        ))
+    }
+}

@@ -1,0 +1,675 @@
+//! Seat maps: venues with numbered seats, claims that two buyers can never share, and the live
+//! `seatMap` subscription.
+//!
+//! Holds and confirmations go through the domain functions the `holdSeats` and `confirmHold`
+//! mutations call (publishing their changes as the mutations do), so these tests do not depend
+//! on the mutations' input shapes.
+
+use diesel_async::RunQueryDsl;
+use evently::db::models::{Booking, Hold, Role};
+use evently::domain::Viewer;
+use evently::domain::holds::{self, HoldRequest};
+use evently::domain::users;
+use evently::error::AppError;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, TestUser, error_code, event_input};
+use crate::websocket::{WsClient, operation_errors};
+
+const CREATE_VENUE: &str = "mutation($input: CreateVenueInput!) {
+    createVenue(input: $input) { id name address seatCount sections { name rows { label seats } } }
+}";
+const CREATE_EVENT: &str = "mutation($input: CreateEventInput!) {
+    createEvent(input: $input) { id capacity seatsAvailable venueLayout { id seatCount } }
+}";
+const EVENT_SEATS: &str = "query($id: ID!, $section: String) {
+    event(id: $id) { seatsAvailable seats(section: $section) { id section row number state } }
+}";
+const SEAT_MAP: &str = "subscription($id: ID!) {
+    seatMap(eventId: $id) { eventId version full seats { id section row number state } }
+}";
+
+/// Section A: rows 1 and 2 of 4 seats; section B: one row of 2. Ten seats.
+fn layout() -> Value {
+    json!({
+        "name": "Small Hall",
+        "address": "1 Main Street",
+        "sections": [
+            { "name": "A", "rows": [{ "label": "1", "seats": 4 }, { "label": "2", "seats": 4 }] },
+            { "name": "B", "rows": [{ "label": "1", "seats": 2 }] },
+        ],
+    })
+}
+
+struct Seated {
+    event_id: String,
+    /// Seat ids by label ("A 1-1"), from the event's seat listing.
+    seats: Vec<(String, String)>,
+}
+
+impl Seated {
+    fn id(&self, label: &str) -> String {
+        self.seats
+            .iter()
+            .find(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no seat {label}"))
+            .1
+            .clone()
+    }
+}
+
+fn label(seat: &Value) -> String {
+    format!(
+        "{} {}-{}",
+        seat["section"].as_str().unwrap(),
+        seat["row"].as_str().unwrap(),
+        seat["number"]
+    )
+}
+
+/// Seat labels and states, in listing order.
+fn states(seats: &Value) -> Vec<(String, String)> {
+    seats
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|seat| (label(seat), seat["state"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+async fn seated_event(app: &TestApp, organizer: &TestUser) -> Seated {
+    let venue = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_VENUE,
+            json!({ "input": layout() }),
+        )
+        .await;
+    let venue_id = venue["createVenue"]["id"].as_str().unwrap().to_owned();
+    let mut input = event_input("Seated Show", 0);
+    input["capacity"] = Value::Null;
+    input["venueId"] = json!(venue_id);
+    let event = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_EVENT,
+            json!({ "input": input }),
+        )
+        .await;
+    let event_id = event["createEvent"]["id"].as_str().unwrap().to_owned();
+    let listed = app
+        .gql_ok(None, EVENT_SEATS, json!({ "id": event_id }))
+        .await;
+    let seats = listed["event"]["seats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|seat| (label(seat), seat["id"].as_str().unwrap().to_owned()))
+        .collect();
+    Seated { event_id, seats }
+}
+
+async fn seat_states(app: &TestApp, event_id: &str) -> Vec<(String, String)> {
+    let data = app
+        .gql_ok(None, EVENT_SEATS, json!({ "id": event_id }))
+        .await;
+    states(&data["event"]["seats"])
+}
+
+fn state_of<'a>(states: &'a [(String, String)], label: &str) -> &'a str {
+    &states.iter().find(|(l, _)| l == label).unwrap().1
+}
+
+/// Holds the named seats (or the best `quantity`) as `holdSeats` does, and publishes the change.
+async fn hold(
+    app: &TestApp,
+    user: Uuid,
+    event_id: &str,
+    quantity: Option<i32>,
+    seat_ids: &[String],
+) -> Result<Hold, AppError> {
+    let mut conn = app.state.conn().await.unwrap();
+    let request = HoldRequest {
+        event_id: event_id.parse().unwrap(),
+        quantity,
+        seat_ids: seat_ids.iter().map(|id| id.parse().unwrap()).collect(),
+    };
+    let (hold, changes) = holds::hold_seats(&mut conn, user, request).await?;
+    app.state.publish(changes, false);
+    Ok(hold)
+}
+
+/// Confirms a hold as `confirmHold` does, and publishes the change.
+async fn confirm(app: &TestApp, user: Uuid, hold: &Hold) -> Booking {
+    let mut conn = app.state.conn().await.unwrap();
+    let user = users::users_by_id(&mut conn, &[user])
+        .await
+        .unwrap()
+        .remove(&user)
+        .unwrap();
+    let viewer = Viewer {
+        user,
+        session_id: Uuid::nil(),
+    };
+    let (booking, changes) = holds::confirm_hold(&mut conn, &viewer, hold.id, None)
+        .await
+        .unwrap();
+    app.state.publish(changes, false);
+    booking
+}
+
+#[tokio::test]
+async fn a_venue_layout_becomes_the_events_seats() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let venue = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_VENUE,
+            json!({ "input": layout() }),
+        )
+        .await["createVenue"]
+        .clone();
+    assert_eq!(venue["seatCount"], 10);
+    assert_eq!(
+        venue["sections"],
+        json!([
+            { "name": "A", "rows": [{ "label": "1", "seats": 4 }, { "label": "2", "seats": 4 }] },
+            { "name": "B", "rows": [{ "label": "1", "seats": 2 }] },
+        ])
+    );
+    let venue_id = venue["id"].as_str().unwrap();
+    let read = app
+        .gql_ok(
+            None,
+            "query($id: ID!) { venue(id: $id) { name address seatCount sections { name rows { label seats } } } }",
+            json!({ "id": venue_id }),
+        )
+        .await;
+    assert_eq!(read["venue"]["sections"], venue["sections"]);
+    assert_eq!(read["venue"]["address"], "1 Main Street");
+    let listed = app
+        .gql_ok(
+            None,
+            "{ venues(first: 10) { edges { node { id seatCount } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        listed["venues"]["edges"],
+        json!([{ "node": { "id": venue_id, "seatCount": 10 } }])
+    );
+
+    let mut input = event_input("Seated Show", 0);
+    input["capacity"] = Value::Null;
+    input["venueId"] = json!(venue_id);
+    let event = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_EVENT,
+            json!({ "input": input.clone() }),
+        )
+        .await["createEvent"]
+        .clone();
+    assert_eq!(event["capacity"], 10);
+    assert_eq!(event["seatsAvailable"], 10);
+    assert_eq!(
+        event["venueLayout"],
+        json!({ "id": venue_id, "seatCount": 10 })
+    );
+    let event_id = event["id"].as_str().unwrap();
+    let seats = seat_states(&app, event_id).await;
+    let labels: Vec<&str> = seats.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "A 1-1", "A 1-2", "A 1-3", "A 1-4", "A 2-1", "A 2-2", "A 2-3", "A 2-4", "B 1-1",
+            "B 1-2"
+        ]
+    );
+    assert!(seats.iter().all(|(_, state)| state == "AVAILABLE"));
+    let only_b = app
+        .gql_ok(None, EVENT_SEATS, json!({ "id": event_id, "section": "B" }))
+        .await;
+    assert_eq!(
+        states(&only_b["event"]["seats"]),
+        [
+            ("B 1-1".to_owned(), "AVAILABLE".to_owned()),
+            ("B 1-2".to_owned(), "AVAILABLE".to_owned())
+        ]
+    );
+
+    // A capacity that is not the venue's seat count, and a venue that does not exist.
+    input["capacity"] = json!(12);
+    let body = app
+        .gql(
+            Some(&organizer.token),
+            CREATE_EVENT,
+            json!({ "input": input.clone() }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "capacity");
+    input["capacity"] = json!(10);
+    let matching = app
+        .gql(
+            Some(&organizer.token),
+            CREATE_EVENT,
+            json!({ "input": input.clone() }),
+        )
+        .await;
+    assert!(matching.get("errors").is_none(), "{matching}");
+    input["venueId"] = json!(Uuid::new_v4());
+    let body = app
+        .gql(
+            Some(&organizer.token),
+            CREATE_EVENT,
+            json!({ "input": input }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "venueId");
+
+    // A general-admission event has no seats and no layout.
+    let ga = app.event(&organizer, 5).await;
+    let data = app
+        .gql_ok(
+            None,
+            "query($id: ID!) { event(id: $id) { venueLayout { id } seats { id } } }",
+            json!({ "id": ga }),
+        )
+        .await;
+    assert_eq!(data["event"], json!({ "venueLayout": null, "seats": [] }));
+}
+
+#[tokio::test]
+async fn venue_layouts_are_checked() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let body = app
+        .gql(
+            Some(&buyer.token),
+            CREATE_VENUE,
+            json!({ "input": layout() }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "FORBIDDEN");
+
+    let cases = [
+        (json!([]), "sections"),
+        (
+            json!([{ "name": "A", "rows": [{ "label": "1", "seats": 1 }] },
+                   { "name": "A", "rows": [{ "label": "1", "seats": 1 }] }]),
+            "sections.name",
+        ),
+        (
+            json!([{ "name": "A", "rows": [{ "label": "1", "seats": 1 }, { "label": "1", "seats": 2 }] }]),
+            "sections.rows.label",
+        ),
+        (
+            json!([{ "name": "A", "rows": [{ "label": "1", "seats": 0 }] }]),
+            "sections.rows.seats",
+        ),
+        (
+            // 21 rows of 1,000: more than 20,000 seats.
+            json!([{ "name": "A", "rows": (1..=21)
+                .map(|n| json!({ "label": n.to_string(), "seats": 1000 }))
+                .collect::<Vec<_>>() }]),
+            "sections",
+        ),
+        (
+            json!((0..101)
+                .map(|n| json!({ "name": format!("S{n}"), "rows": [{ "label": "1", "seats": 1 }] }))
+                .collect::<Vec<_>>()),
+            "sections",
+        ),
+    ];
+    for (sections, field) in cases {
+        let body = app
+            .gql(
+                Some(&organizer.token),
+                CREATE_VENUE,
+                json!({ "input": { "name": "Bad", "sections": sections } }),
+            )
+            .await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        assert_eq!(body["errors"][0]["extensions"]["field"], field, "{body}");
+    }
+    assert_eq!(app.count("venues").await, 0);
+    assert_eq!(app.count("venue_seats").await, 0);
+}
+
+#[tokio::test]
+async fn held_seats_then_booked_are_exactly_the_ones_named() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let seated = seated_event(&app, &organizer).await;
+    let wanted = [seated.id("A 2-2"), seated.id("A 2-3")];
+
+    let held = hold(&app, buyer.id, &seated.event_id, None, &wanted)
+        .await
+        .unwrap();
+    assert_eq!(held.quantity, 2);
+    let seats = seat_states(&app, &seated.event_id).await;
+    assert_eq!(state_of(&seats, "A 2-2"), "HELD");
+    assert_eq!(state_of(&seats, "A 2-3"), "HELD");
+    assert_eq!(
+        seats
+            .iter()
+            .filter(|(_, state)| state == "AVAILABLE")
+            .count(),
+        8
+    );
+    app.assert_invariant().await;
+
+    let booking = confirm(&app, buyer.id, &held).await;
+    let seats = seat_states(&app, &seated.event_id).await;
+    assert_eq!(state_of(&seats, "A 2-2"), "BOOKED");
+    assert_eq!(state_of(&seats, "A 2-3"), "BOOKED");
+    let mine = app
+        .gql_ok(
+            Some(&buyer.token),
+            "{ myBookings { edges { node { id seats { id section row number state } } } } }",
+            json!({}),
+        )
+        .await;
+    let node = &mine["myBookings"]["edges"][0]["node"];
+    assert_eq!(node["id"], booking.id.to_string());
+    assert_eq!(
+        states(&node["seats"]),
+        [
+            ("A 2-2".to_owned(), "BOOKED".to_owned()),
+            ("A 2-3".to_owned(), "BOOKED".to_owned())
+        ]
+    );
+    app.assert_invariant().await;
+
+    // Without seat ids, a hold gets the best available: the first free seats in venue order.
+    let other = app.user(Role::User).await;
+    hold(&app, other.id, &seated.event_id, Some(3), &[])
+        .await
+        .unwrap();
+    let seats = seat_states(&app, &seated.event_id).await;
+    for label in ["A 1-1", "A 1-2", "A 1-3"] {
+        assert_eq!(state_of(&seats, label), "HELD", "{label}");
+    }
+    assert_eq!(state_of(&seats, "A 1-4"), "AVAILABLE");
+    app.assert_invariant().await;
+
+    // A seat of another venue is not a seat of this event.
+    let elsewhere = seated_event(&app, &organizer).await;
+    let err = hold(
+        &app,
+        other.id,
+        &seated.event_id,
+        None,
+        &[elsewhere.id("B 1-1")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), "BAD_USER_INPUT");
+    assert!(matches!(
+        err,
+        AppError::BadUserInput {
+            field: Some("seatIds"),
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn a_request_with_one_taken_seat_claims_nothing() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let first = app.user(Role::User).await;
+    let second = app.user(Role::User).await;
+    let seated = seated_event(&app, &organizer).await;
+    hold(
+        &app,
+        first.id,
+        &seated.event_id,
+        None,
+        &[seated.id("B 1-2")],
+    )
+    .await
+    .unwrap();
+    let before = seat_states(&app, &seated.event_id).await;
+
+    let err = hold(
+        &app,
+        second.id,
+        &seated.event_id,
+        None,
+        &[seated.id("B 1-1"), seated.id("B 1-2"), seated.id("A 1-1")],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), "CONFLICT");
+    assert_eq!(err.message(), "seat B 1-2 is already taken");
+    assert_eq!(seat_states(&app, &seated.event_id).await, before);
+    assert_eq!(
+        app.count(&format!("holds WHERE user_id = '{}'", second.id))
+            .await,
+        0
+    );
+    let event = app
+        .gql_ok(None, EVENT_SEATS, json!({ "id": seated.event_id }))
+        .await;
+    assert_eq!(event["event"]["seatsAvailable"], 9);
+    app.assert_invariant().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_buyers_on_one_seat() {
+    const BUYERS: usize = 12;
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let seated = seated_event(&app, &organizer).await;
+    let mut buyers = Vec::new();
+    for _ in 0..BUYERS {
+        buyers.push(app.user(Role::User).await);
+    }
+    // One race per contested seat, some asking for a neighbour too: each time exactly one wins.
+    for (round, contested) in ["A 1-1", "A 1-2", "B 1-2"].into_iter().enumerate() {
+        let seat = seated.id(contested);
+        let neighbour = seated.id(&format!("A 2-{}", round + 1));
+        let attempts = buyers.iter().enumerate().map(|(i, buyer)| {
+            let seat_ids = if i % 2 == 0 {
+                vec![seat.clone()]
+            } else {
+                vec![neighbour.clone(), seat.clone()]
+            };
+            let app = &app;
+            let event_id = &seated.event_id;
+            async move { hold(app, buyer.id, event_id, None, &seat_ids).await }
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        let winners = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(winners, 1, "round {round}: {results:?}");
+        for result in &results {
+            if let Err(err) = result {
+                assert_eq!(err.code(), "CONFLICT", "{err:?}");
+                assert!(err.message().ends_with("is already taken"), "{err:?}");
+            }
+        }
+        let claims = app
+            .count(&format!(
+                "seat_claims WHERE seat_id = '{seat}' AND event_id = '{}'",
+                seated.event_id
+            ))
+            .await;
+        assert_eq!(claims, 1);
+        app.assert_invariant().await;
+    }
+    // No user has a seat twice, and the seat itself is the database's to guard: a second
+    // claim on a taken seat is refused by the primary key, whatever the application does.
+    assert_eq!(
+        app.count(
+            "(SELECT seat_id FROM seat_claims c JOIN holds h ON h.id = c.hold_id
+              GROUP BY h.user_id, seat_id HAVING count(*) > 1) twice"
+        )
+        .await,
+        0
+    );
+    let duplicate = diesel::sql_query(
+        "INSERT INTO seat_claims (event_id, seat_id, hold_id)
+         SELECT event_id, seat_id, hold_id FROM seat_claims LIMIT 1",
+    )
+    .execute(&mut app.db().await)
+    .await;
+    assert!(
+        matches!(
+            duplicate,
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _
+            ))
+        ),
+        "a second claim on a seat was not refused by its key: {duplicate:?}"
+    );
+}
+
+/// Reads the next `seatMap` payload.
+async fn seat_map(client: &mut WsClient) -> Value {
+    let data = client.next_data().await;
+    assert!(data.get("errors").is_none(), "{data}");
+    data["data"]["seatMap"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seat_map_sends_every_seat_then_the_changes() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let seated = seated_event(&app, &organizer).await;
+    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    client
+        .subscribe("1", SEAT_MAP, json!({ "id": seated.event_id }))
+        .await;
+    let first = seat_map(&mut client).await;
+    assert_eq!(first["full"], true);
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["eventId"], seated.event_id);
+    assert_eq!(first["seats"].as_array().unwrap().len(), 10);
+    assert!(
+        states(&first["seats"])
+            .iter()
+            .all(|(_, state)| state == "AVAILABLE")
+    );
+
+    let held = hold(
+        &app,
+        buyer.id,
+        &seated.event_id,
+        None,
+        &[seated.id("A 1-4"), seated.id("B 1-1")],
+    )
+    .await
+    .unwrap();
+    let delta = seat_map(&mut client).await;
+    assert_eq!(delta["full"], false);
+    assert_eq!(delta["version"], 2);
+    assert_eq!(
+        states(&delta["seats"]),
+        [
+            ("A 1-4".to_owned(), "HELD".to_owned()),
+            ("B 1-1".to_owned(), "HELD".to_owned())
+        ]
+    );
+    assert_eq!(delta["seats"][0]["id"], seated.id("A 1-4"));
+
+    confirm(&app, buyer.id, &held).await;
+    let delta = seat_map(&mut client).await;
+    assert_eq!(delta["full"], false);
+    assert_eq!(delta["version"], 3);
+    assert_eq!(
+        states(&delta["seats"]),
+        [
+            ("A 1-4".to_owned(), "BOOKED".to_owned()),
+            ("B 1-1".to_owned(), "BOOKED".to_owned())
+        ]
+    );
+
+    // A change the stream never heard of (made without publishing) leaves a gap: the next
+    // change brings the whole map again, with both.
+    {
+        let mut conn = app.state.conn().await.unwrap();
+        let (_, unpublished) = holds::hold_seats(
+            &mut conn,
+            buyer.id,
+            HoldRequest {
+                event_id: seated.event_id.parse().unwrap(),
+                quantity: None,
+                seat_ids: vec![seated.id("A 2-1").parse().unwrap()],
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(unpublished.seats.len(), 1);
+    }
+    hold(
+        &app,
+        buyer.id,
+        &seated.event_id,
+        None,
+        &[seated.id("A 2-2")],
+    )
+    .await
+    .unwrap();
+    let full = seat_map(&mut client).await;
+    assert_eq!(full["full"], true);
+    assert_eq!(full["version"], 5);
+    let seats = states(&full["seats"]);
+    assert_eq!(seats.len(), 10);
+    assert_eq!(state_of(&seats, "A 2-1"), "HELD");
+    assert_eq!(state_of(&seats, "A 2-2"), "HELD");
+    assert_eq!(state_of(&seats, "A 1-4"), "BOOKED");
+
+    // Cancelling the event frees every seat, in one delta.
+    app.gql_ok(
+        Some(&organizer.token),
+        "mutation($id: ID!) { cancelEvent(id: $id) { status } }",
+        json!({ "id": seated.event_id }),
+    )
+    .await;
+    let delta = seat_map(&mut client).await;
+    assert_eq!(delta["full"], false);
+    let freed = states(&delta["seats"]);
+    assert_eq!(freed.len(), 4, "{delta}");
+    assert!(freed.iter().all(|(_, state)| state == "AVAILABLE"));
+    assert!(
+        seat_states(&app, &seated.event_id)
+            .await
+            .iter()
+            .all(|(_, state)| state == "AVAILABLE")
+    );
+    app.assert_invariant().await;
+}
+
+#[tokio::test]
+async fn a_general_admission_event_has_no_seat_map() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 5).await;
+    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    client
+        .subscribe("1", SEAT_MAP, json!({ "id": event_id }))
+        .await;
+    let message = client.next_message().await.unwrap();
+    let errors = operation_errors(&message);
+    assert_eq!(
+        errors[0]["extensions"]["code"], "BAD_USER_INPUT",
+        "{message}"
+    );
+    assert_eq!(
+        errors[0]["extensions"]["reason"], "NO_SEAT_MAP",
+        "{message}"
+    );
+}

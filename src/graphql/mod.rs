@@ -4,6 +4,7 @@ mod bookings;
 pub mod context;
 mod events;
 pub mod loaders;
+pub mod reservations;
 mod subscription;
 pub mod types;
 mod users;
@@ -28,12 +29,18 @@ use crate::security::document::DocumentLimits;
 use crate::security::rate_limit::WebSocketBudget;
 
 #[derive(MergedObject, Default)]
-pub struct Query(events::EventQuery, bookings::BookingQuery, users::UserQuery);
+pub struct Query(
+    events::EventQuery,
+    bookings::BookingQuery,
+    reservations::ReservationQuery,
+    users::UserQuery,
+);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     users::UserMutation,
     bookings::BookingMutation,
+    reservations::ReservationMutation,
     events::EventMutation,
 );
 

@@ -34,6 +34,7 @@ use crate::db::DbPool;
 use crate::db::models::{
     Booking, BookingStatus, Event, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
 };
+use crate::domain::inventory::Changes;
 use crate::domain::{events, resync};
 
 /// Per-topic buffer. A subscriber that falls behind on seat counts or event details skips to
@@ -385,6 +386,35 @@ impl Bus {
             .collect();
         // Only fails once the bus is being dropped, when there is no one left to tell.
         let _ = redis.outbox.send(batch);
+    }
+
+    /// Announces what a committed transaction changed: the event's seat counts (and, when
+    /// `details` changed, the event itself) to its watchers, and each booking, hold and
+    /// waiting-list entry to its owner's `myBookingUpdates`.
+    pub fn publish_changes(&self, changes: Changes, details: bool) {
+        let mut updates = Vec::with_capacity(
+            2 + changes.bookings.len() + changes.holds.len() + changes.waitlist.len(),
+        );
+        if let Some(event) = changes.event {
+            updates.push(Update::Seats(SeatUpdate::from(&event)));
+            if details {
+                updates.push(Update::Event(Arc::new(event)));
+            }
+        }
+        updates.extend(
+            changes
+                .bookings
+                .into_iter()
+                .map(|b| Update::Booking(Arc::new(b))),
+        );
+        updates.extend(changes.holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
+        updates.extend(
+            changes
+                .waitlist
+                .into_iter()
+                .map(|w| Update::Waitlist(Arc::new(w))),
+        );
+        self.publish_all(updates);
     }
 
     pub async fn redis_health(&self) -> RedisHealth {

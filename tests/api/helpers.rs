@@ -328,7 +328,8 @@ impl TestApp {
         conn
     }
 
-    /// Checks `seats_available + confirmed seats = capacity` for every event, in SQL.
+    /// Checks, in SQL, for every event: `seats_available + seats_held + confirmed seats =
+    /// capacity`, and `seats_held` = the seats of its live (HELD) holds.
     pub async fn assert_invariant(&self) {
         #[derive(QueryableByName, Debug)]
         struct Row {
@@ -340,21 +341,32 @@ impl TestApp {
             #[diesel(sql_type = Integer)]
             seats_available: i32,
             #[diesel(sql_type = Integer)]
+            seats_held: i32,
+            #[diesel(sql_type = Integer)]
             confirmed: i32,
+            #[diesel(sql_type = Integer)]
+            in_holds: i32,
         }
         let rows: Vec<Row> = diesel::sql_query(
-            "SELECT e.id, e.capacity, e.seats_available,
-                    COALESCE(SUM(b.quantity) FILTER (WHERE b.status = 'CONFIRMED'), 0)::int AS confirmed
-             FROM events e LEFT JOIN bookings b ON b.event_id = e.id GROUP BY e.id",
+            "SELECT e.id, e.capacity, e.seats_available, e.seats_held,
+                    COALESCE((SELECT SUM(b.quantity) FROM bookings b
+                              WHERE b.event_id = e.id AND b.status = 'CONFIRMED'), 0)::int AS confirmed,
+                    COALESCE((SELECT SUM(h.quantity) FROM holds h
+                              WHERE h.event_id = e.id AND h.status = 'HELD'), 0)::int AS in_holds
+             FROM events e",
         )
         .load(&mut self.db().await)
         .await
         .unwrap();
         for row in rows {
             assert_eq!(
-                row.seats_available + row.confirmed,
+                row.seats_available + row.seats_held + row.confirmed,
                 row.capacity,
                 "invariant broken: {row:?}"
+            );
+            assert_eq!(
+                row.seats_held, row.in_holds,
+                "held seats miscounted: {row:?}"
             );
         }
     }

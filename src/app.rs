@@ -9,7 +9,7 @@ use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::inventory::Changes;
 use crate::domain::onsale::Onsale;
 use crate::error::AppResult;
-use crate::realtime::{Bus, SeatMapUpdate, SeatUpdate, Update};
+use crate::realtime::Bus;
 use crate::security::SharedRedis;
 use crate::security::persisted::{PersistedQueries, load_allowlist};
 use crate::security::rate_limit::RateLimiter;
@@ -57,10 +57,10 @@ impl App {
             Some(path) => Some(load_allowlist(path)?),
             None => None,
         };
-        Ok(AppState(Arc::new(App {
+        let state = AppState(Arc::new(App {
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
-            onsale: Onsale::new(db.clone(), config.group_commit),
+            onsale: Onsale::new(db.clone(), bus.clone(), config.group_commit),
             rate_limiter: RateLimiter::new(shared.clone()),
             persisted_queries: PersistedQueries::new(
                 shared,
@@ -71,46 +71,19 @@ impl App {
             config,
             db,
             bus,
-        })))
+        }));
+        crate::sweeper::spawn(&state);
+        Ok(state)
     }
 
     /// Announces what a committed transaction changed: the event's seat counts (and, when
     /// `details` changed, the event itself) to its watchers, and each booking, hold and
-    /// waiting-list entry to its owner's `myBookingUpdates`, and the seats whose state changed
-    /// to the event's `seatMap` (seat changes always come with the event's new version).
+    /// waiting-list entry to its owner's `myBookingUpdates`.
     pub fn publish(&self, changes: Changes, details: bool) {
-        let mut updates = Vec::with_capacity(
-            2 + changes.bookings.len() + changes.holds.len() + changes.waitlist.len(),
-        );
-        if let Some(event) = changes.event {
-            self.onsale.observe(&event);
-            if !changes.seats.is_empty() {
-                updates.push(Update::SeatMap(Arc::new(SeatMapUpdate {
-                    event_id: event.id,
-                    previous_version: changes.previous_version,
-                    version: event.version,
-                    seats: changes.seats,
-                })));
-            }
-            updates.push(Update::Seats(SeatUpdate::from(&event)));
-            if details {
-                updates.push(Update::Event(Arc::new(event)));
-            }
+        if let Some(event) = &changes.event {
+            self.onsale.observe(event);
         }
-        updates.extend(
-            changes
-                .bookings
-                .into_iter()
-                .map(|b| Update::Booking(Arc::new(b))),
-        );
-        updates.extend(changes.holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
-        updates.extend(
-            changes
-                .waitlist
-                .into_iter()
-                .map(|w| Update::Waitlist(Arc::new(w))),
-        );
-        self.bus.publish_all(updates);
+        self.bus.publish_changes(changes, details);
     }
 
     /// A pooled connection, owned so it can be held across awaits in resolvers.

@@ -124,6 +124,9 @@ pub struct Config {
     pub group_commit: bool,
     /// How long an answer to an anonymous query may be reused (see `http::cache`); zero: never.
     pub response_cache_ttl: Duration,
+    /// How often each instance looks for expired holds and events that are over (see
+    /// `sweeper`).
+    pub sweep_interval: Duration,
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so deployments (and tests) can share one Redis.
     pub redis_prefix: String,
@@ -353,6 +356,9 @@ impl Config {
                 "RESPONSE_CACHE_MS",
                 1000,
             )?),
+            sweep_interval: Duration::from_millis(
+                parse_or(&lookup, "SWEEP_INTERVAL_MS", 1000u64)?.max(10),
+            ),
             redis_url,
             redis_prefix: lookup("REDIS_PREFIX").unwrap_or_else(|| "evently:".into()),
             jwt_secret,

@@ -12,4 +12,5 @@ pub mod graphql;
 pub mod http;
 pub mod realtime;
 pub mod security;
+pub mod sweeper;
 pub mod telemetry;

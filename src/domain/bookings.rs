@@ -9,9 +9,13 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
-use super::events::{lock_event, unbookable_reason};
+use super::events::{check_user_limit, lock_event};
+use super::holds::{check_sellable, requested_quantity, take_from_expired};
+use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
-use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
+use super::seats::{self, SeatOwner};
+use super::{rsvp, waitlist};
+use crate::db::models::{Booking, BookingStatus, Event};
 use crate::db::schema::{bookings, events};
 use crate::error::{AppError, AppResult};
 
@@ -21,6 +25,9 @@ pub struct BookingRequest {
     pub event_id: Uuid,
     pub quantity: i32,
     pub idempotency_key: Option<String>,
+    /// Particular seats of a seated event (then `quantity` is their number); empty for the
+    /// best available.
+    pub seat_ids: Vec<Uuid>,
 }
 
 /// A booking and what this call changed, for publishing. A replayed idempotent request
@@ -32,10 +39,12 @@ pub struct BookingChange {
     /// The event as committed, when this call is the one to announce its seat count (in a
     /// batch, only the last booking is).
     pub event: Option<Event>,
+    /// Anything else the transaction changed (holds it found expired, seats it claimed).
+    pub also: Changes,
 }
 
 enum Attempt {
-    Created(Booking, Event),
+    Created(Booking, Box<Changes>),
     Existing(Booking),
 }
 
@@ -46,6 +55,9 @@ pub(super) fn validate(request: &BookingRequest) -> AppResult<()> {
             "quantity",
             "quantity must be at least 1",
         ));
+    }
+    if !request.seat_ids.is_empty() {
+        requested_quantity(Some(request.quantity), &request.seat_ids)?;
     }
     if let Some(key) = &request.idempotency_key
         && (key.is_empty()
@@ -77,18 +89,19 @@ pub async fn book_seats(
             if let Some(existing) = find_by_key(conn, user_id, request).await? {
                 return Ok(Attempt::Existing(existing));
             }
-            if let Some(reason) = unbookable_reason(&event) {
-                return Err(reason);
-            }
-            if request.quantity > event.max_per_booking {
-                return Err(AppError::bad_input(
-                    "quantity",
-                    format!("at most {} seats per booking", event.max_per_booking),
-                ));
+            check_sellable(&event, request.quantity)?;
+            check_user_limit(conn, &event, user_id, request.quantity).await?;
+            let mut changes = Changes::default();
+            let mut inventory = Inventory::new(event);
+            take_from_expired(conn, &mut inventory, request.quantity, &mut changes).await?;
+            if inventory.available < request.quantity {
+                return Err(AppError::SoldOut {
+                    seats_available: inventory.available,
+                });
             }
             let booking = Booking {
                 id: Uuid::new_v4(),
-                event_id: event.id,
+                event_id: inventory.event.id,
                 user_id,
                 quantity: request.quantity,
                 status: BookingStatus::Confirmed,
@@ -112,42 +125,34 @@ pub async fn book_seats(
                     .map(Attempt::Existing)
                     .ok_or_else(|| anyhow::anyhow!("idempotency conflict without a row").into());
             };
-            let taken: Option<Event> = diesel::update(
-                events::table
-                    .find(event.id)
-                    .filter(events::status.eq(EventStatus::Published))
-                    .filter(events::starts_at.gt(diesel::dsl::now))
-                    .filter(events::seats_available.ge(request.quantity))
-                    .filter(events::max_per_booking.ge(request.quantity)),
+            let owner = SeatOwner::Booking(booking.id);
+            let event = inventory.event.clone();
+            seats::claim(
+                conn,
+                &event,
+                owner,
+                request.quantity,
+                &request.seat_ids,
+                &mut changes,
             )
-            .set((
-                events::seats_available.eq(events::seats_available - request.quantity),
-                events::version.eq(events::version + 1),
-                events::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(Event::as_returning())
-            .get_result(conn)
-            .await
-            .optional()?;
-            // The row is locked and was checked above, so only the seat count can refuse.
-            match taken {
-                Some(event) => Ok(Attempt::Created(booking, event)),
-                None => Err(AppError::SoldOut {
-                    seats_available: event.seats_available,
-                }),
-            }
+            .await?;
+            inventory.book(request.quantity);
+            inventory.save(conn, &mut changes).await?;
+            Ok(Attempt::Created(booking, Box::new(changes)))
         })
         .await?;
     match attempt {
-        Attempt::Created(booking, event) => Ok(BookingChange {
+        Attempt::Created(booking, mut also) => Ok(BookingChange {
             booking,
             changed: true,
-            event: Some(event),
+            event: also.event.take(),
+            also: *also,
         }),
         Attempt::Existing(booking) => Ok(BookingChange {
             booking,
             changed: false,
             event: None,
+            also: Changes::default(),
         }),
     }
 }
@@ -191,7 +196,8 @@ async fn find_booking(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<Booki
         .ok_or(AppError::NotFound("booking"))
 }
 
-/// Cancels a booking and returns its seats, exactly once however many times it is called.
+/// Cancels a booking and returns its seats (to the waiting list first), exactly once however
+/// many times it is called.
 pub async fn cancel_booking(
     conn: &mut AsyncPgConnection,
     viewer: &Viewer,
@@ -202,11 +208,7 @@ pub async fn cancel_booking(
         return Err(AppError::Forbidden("you can only cancel your own bookings"));
     }
     if booking.status == BookingStatus::Cancelled {
-        return Ok(BookingChange {
-            booking,
-            changed: false,
-            event: None,
-        });
+        return Ok(unchanged(booking));
     }
     conn.transaction(async move |conn| {
         let event = lock_event(conn, booking.event_id).await?;
@@ -231,28 +233,33 @@ pub async fn cancel_booking(
         .optional()?;
         let Some(cancelled) = cancelled else {
             // Someone else cancelled it first; report the booking as it now stands.
-            return Ok(BookingChange {
-                booking: find_booking(conn, id).await?,
-                changed: false,
-                event: None,
-            });
+            return Ok(unchanged(find_booking(conn, id).await?));
         };
-        let event = diesel::update(events::table.find(event.id))
-            .set((
-                events::seats_available.eq(events::seats_available + cancelled.quantity),
-                events::version.eq(events::version + 1),
-                events::updated_at.eq(diesel::dsl::now),
-            ))
-            .returning(Event::as_returning())
-            .get_result(conn)
-            .await?;
+        let mut changes = Changes::default();
+        seats::release_bookings(conn, &event, &[id], &mut changes).await?;
+        // An RSVP whose booking is cancelled is no longer going.
+        rsvp::forget_booking(conn, &cancelled).await?;
+        let mut inventory = Inventory::new(event);
+        inventory.unbook(cancelled.quantity);
+        waitlist::promote(conn, &mut inventory, &mut changes).await?;
+        inventory.save(conn, &mut changes).await?;
         Ok(BookingChange {
             booking: cancelled,
             changed: true,
-            event: Some(event),
+            event: changes.event.take(),
+            also: changes,
         })
     })
     .await
+}
+
+fn unchanged(booking: Booking) -> BookingChange {
+    BookingChange {
+        booking,
+        changed: false,
+        event: None,
+        also: Changes::default(),
+    }
 }
 
 pub async fn user_bookings(

@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod onsale;
 pub mod pagination;
 pub mod resync;
+pub mod rsvp;
 pub mod seats;
 pub mod seed;
 pub mod users;

@@ -33,11 +33,14 @@ use uuid::Uuid;
 
 use super::auth::live_sessions;
 use super::bookings::{BookingChange, BookingRequest, book_seats, find_by_key, validate};
-use super::events::{lock_event, unbookable_reason};
+use super::events::{lock_event, seats_of_user};
+use super::holds::{check_sellable, take_from_expired};
+use super::inventory::{Changes, Inventory};
 use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
 use crate::db::schema::{bookings, events};
 use crate::db::{DbConn, DbPool};
 use crate::error::{AppError, AppResult};
+use crate::realtime::Bus;
 
 /// The most bookings committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -87,7 +90,10 @@ pub struct Onsale {
 
 struct Inner {
     db: DbPool,
+    bus: Bus,
     group_commit: bool,
+    /// Seated events met so far: booked one at a time (see [`Onsale::book`]).
+    seated: Mutex<HashSet<Uuid>>,
     queues: Mutex<HashMap<Uuid, mpsc::Sender<Job>>>,
     sold_out: Mutex<HashMap<Uuid, SoldOut>>,
 }
@@ -105,11 +111,13 @@ struct SoldOut {
 }
 
 impl Onsale {
-    pub fn new(db: DbPool, group_commit: bool) -> Self {
+    pub fn new(db: DbPool, bus: Bus, group_commit: bool) -> Self {
         Self {
             inner: Arc::new(Inner {
                 db,
+                bus,
                 group_commit,
+                seated: Mutex::default(),
                 queues: Mutex::default(),
                 sold_out: Mutex::default(),
             }),
@@ -128,7 +136,11 @@ impl Onsale {
         if self.inner.known_sold_out(request.event_id) {
             return self.refuse_sold_out(buyer, &request).await;
         }
-        if !self.inner.group_commit {
+        // Particular seats, and seated events, are booked one at a time: each needs its seats
+        // claimed, which the batch does not do.
+        let seated =
+            !request.seat_ids.is_empty() || self.inner.lock_seated().contains(&request.event_id);
+        if !self.inner.group_commit || seated {
             let mut conn = self.inner.db.get().await?;
             ensure_live(&mut conn, buyer).await?;
             let event_id = request.event_id;
@@ -205,6 +217,7 @@ impl Onsale {
                     booking,
                     changed: false,
                     event: None,
+                    also: Changes::default(),
                 });
             }
         }
@@ -213,6 +226,10 @@ impl Onsale {
 }
 
 impl Inner {
+    fn lock_seated(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.seated.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SoldOut>> {
         self.sold_out.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -347,9 +364,12 @@ async fn commit(
     );
     drop(batch);
     match outcome {
-        Ok((results, event)) => {
+        Ok((results, event, also)) => {
             if let Some(event) = &event {
                 inner.note(event);
+            }
+            if !also.is_empty() {
+                inner.bus.publish_changes(also, false);
             }
             for (job, result) in jobs.drain(..).zip(results) {
                 // The caller may have gone away; the booking stands either way.
@@ -358,11 +378,15 @@ async fn commit(
             true
         }
         Err(error) => {
-            tracing::warn!(
-                ?error,
-                size = jobs.len(),
-                "batch failed; booking one by one"
-            );
+            if is_seated(&error) {
+                inner.lock_seated().insert(event_id);
+            } else {
+                tracing::warn!(
+                    ?error,
+                    size = jobs.len(),
+                    "batch failed; booking one by one"
+                );
+            }
             for job in jobs.drain(..).filter(|job| !job.reply.is_closed()) {
                 let result = match inner.db.get().await {
                     Ok(mut conn) => match ensure_live(&mut conn, job.buyer).await {
@@ -416,6 +440,23 @@ fn fingerprint(user_id: Uuid, key: &str) -> u64 {
     hasher.finish()
 }
 
+/// Why a batch stepped aside: the event is seated, and its bookings need seats claimed one
+/// at a time.
+#[derive(Debug)]
+struct SeatedEvent;
+
+impl std::fmt::Display for SeatedEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a seated event is booked one at a time")
+    }
+}
+
+impl std::error::Error for SeatedEvent {}
+
+fn is_seated(error: &AppError) -> bool {
+    matches!(error, AppError::Internal(e) if e.is::<SeatedEvent>())
+}
+
 /// What one booking request in a batch comes to, before anything is written.
 enum Outcome {
     New(Booking),
@@ -432,7 +473,7 @@ pub async fn book_batch(
     event_id: Uuid,
     batch: &[(Buyer, &BookingRequest)],
     abandoned: impl Fn(usize) -> bool + Send,
-) -> AppResult<(Vec<AppResult<BookingChange>>, Option<Event>)> {
+) -> AppResult<(Vec<AppResult<BookingChange>>, Option<Event>, Changes)> {
     conn.transaction(async move |conn| {
         // Checked before the event row is locked, so another batch of this event can hold the
         // row meanwhile. A key used by that batch too is caught by the insert below.
@@ -443,6 +484,27 @@ pub async fn book_batch(
         let live = live_sessions(conn, &pairs).await?;
         let mut known = previous_bookings(conn, batch).await?;
         let event = lock_event(conn, event_id).await?;
+        if event.venue_id.is_some() {
+            return Err(anyhow::Error::new(SeatedEvent).into());
+        }
+        // Holds that have expired but are not swept yet must not refuse anyone: end them
+        // now (their seats go to the waiting list first).
+        let mut also = Changes::default();
+        let wanted: i32 = batch.iter().map(|(_, r)| r.quantity.max(0)).sum();
+        let event = if wanted > event.seats_available && event.seats_held > 0 {
+            let mut inventory = Inventory::new(event);
+            take_from_expired(conn, &mut inventory, wanted, &mut also).await?;
+            inventory.save(conn, &mut also).await?
+        } else {
+            event
+        };
+        let mut per_user = match event.max_per_user {
+            Some(_) => {
+                let users: Vec<Uuid> = batch.iter().map(|(b, _)| b.user_id).collect();
+                seats_of_user(conn, event_id, &users).await?
+            }
+            None => HashMap::new(),
+        };
         let gone: Vec<bool> = (0..batch.len()).map(&abandoned).collect();
         let mut remaining = event.seats_available;
         let now = Utc::now();
@@ -461,14 +523,20 @@ pub async fn book_batch(
                 if let Some(booking) = key.as_ref().and_then(|k| known.get(k)) {
                     return replay(booking, request);
                 }
-                if let Some(reason) = unbookable_reason(&event) {
+                if let Err(reason) = check_sellable(&event, request.quantity) {
                     return Outcome::Refused(reason);
                 }
-                if request.quantity > event.max_per_booking {
-                    return Outcome::Refused(AppError::bad_input(
-                        "quantity",
-                        format!("at most {} seats per booking", event.max_per_booking),
-                    ));
+                if let Some(max) = event.max_per_user {
+                    let have = per_user.entry(user_id).or_insert(0);
+                    if *have + i64::from(request.quantity) > i64::from(max) {
+                        return Outcome::Refused(AppError::BadUserInput {
+                            message: format!(
+                                "at most {max} seats per person for this event; you already have {have}"
+                            ),
+                            field: Some("quantity"),
+                            reason: Some("LIMIT_PER_USER"),
+                        });
+                    }
                 }
                 if request.quantity > remaining {
                     return Outcome::Refused(AppError::SoldOut {
@@ -476,6 +544,9 @@ pub async fn book_batch(
                     });
                 }
                 remaining -= request.quantity;
+                if let Some(have) = per_user.get_mut(&user_id) {
+                    *have += i64::from(request.quantity);
+                }
                 let booking = Booking {
                     id: Uuid::new_v4(),
                     event_id,
@@ -503,7 +574,7 @@ pub async fn book_batch(
             .collect();
         if new.is_empty() {
             let results = outcomes.into_iter().map(|o| into_result(o, None)).collect();
-            return Ok((results, Some(event)));
+            return Ok((results, Some(event), also));
         }
         let taken: i32 = new.iter().map(|b| b.quantity).sum();
         let count = i32::try_from(new.len()).expect("batches are small");
@@ -542,7 +613,7 @@ pub async fn book_batch(
             .enumerate()
             .map(|(i, o)| into_result(o, (i == last_new).then(|| updated.clone())))
             .collect();
-        Ok((results, Some(updated)))
+        Ok((results, Some(updated), also))
     })
     .await
 }
@@ -659,11 +730,13 @@ fn into_result(outcome: Outcome, event: Option<Event>) -> AppResult<BookingChang
             booking,
             changed: true,
             event,
+            also: Changes::default(),
         }),
         Outcome::Replay(booking) => Ok(BookingChange {
             booking,
             changed: false,
             event: None,
+            also: Changes::default(),
         }),
         Outcome::Refused(error) => Err(error),
     }

@@ -436,3 +436,16 @@ pub async fn offer_hold(
         None => Ok(None),
     }
 }
+
+/// The waiting-list entry a hold was offered to, if it is an offer.
+pub async fn entry_of_hold(
+    conn: &mut AsyncPgConnection,
+    hold_id: Uuid,
+) -> AppResult<Option<WaitlistEntry>> {
+    Ok(waitlist_entries::table
+        .filter(waitlist_entries::hold_id.eq(hold_id))
+        .select(WaitlistEntry::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}

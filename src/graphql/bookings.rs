@@ -1,16 +1,14 @@
-use std::sync::Arc;
-
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 
 use super::context::{ContextExt, require_viewer, token_claims};
+use super::reservations::parse_ids;
 use super::types::{booking_cursor, connection, page_complexity, parse_id};
 use crate::db::models::Booking;
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
 use crate::domain::onsale::Buyer;
 use crate::domain::pagination::PageRequest;
 use crate::error::AppError;
-use crate::realtime::{SeatUpdate, Update};
 use crate::security::rate_limit::Bucket;
 
 #[derive(InputObject)]
@@ -20,6 +18,10 @@ pub struct BookSeatsInput {
     pub quantity: i32,
     /// Makes the request safe to retry: the same key always returns the same booking.
     pub idempotency_key: Option<String>,
+    /// Particular seats of a seated event: all or none are booked, and `quantity` must be
+    /// their number (or left out).
+    #[graphql(default)]
+    pub seat_ids: Vec<ID>,
 }
 
 #[derive(Default)]
@@ -67,18 +69,16 @@ impl BookingMutation {
     /// Announces a change that happened (a replayed request changes nothing): the event's seat
     /// counts to its watchers, the booking to its owner's `myBookingUpdates`.
     fn publish(ctx: &Context<'_>, change: BookingChange) -> Booking {
-        let app = ctx.app();
-        let mut updates = Vec::with_capacity(2);
+        let mut changes = change.also;
         // In a batch only the last booking carries the event: one seat count per commit.
-        if let Some(event) = &change.event {
-            app.onsale.observe(event);
-            updates.push(Update::Seats(SeatUpdate::from(event)));
+        if change.event.is_some() {
+            changes.event = change.event;
         }
         if change.changed {
-            updates.push(Update::Booking(Arc::new(change.booking.clone())));
+            changes.bookings.push(change.booking.clone());
         }
-        if !updates.is_empty() {
-            app.bus.publish_all(updates);
+        if !changes.is_empty() {
+            ctx.app().publish(changes, false);
         }
         change.booking
     }
@@ -92,10 +92,16 @@ impl BookingMutation {
         ctx: &Context<'_>,
         input: BookSeatsInput,
     ) -> async_graphql::Result<Booking> {
+        let seat_ids = parse_ids(&input.seat_ids, "seatIds")?;
         let request = BookingRequest {
             event_id: parse_id(&input.event_id, "eventId")?,
-            quantity: input.quantity,
+            quantity: if seat_ids.is_empty() {
+                input.quantity
+            } else {
+                i32::try_from(seat_ids.len()).unwrap_or(i32::MAX)
+            },
             idempotency_key: input.idempotency_key,
+            seat_ids,
         };
         let app = ctx.app();
         // The token's signature is checked here; its session is checked with the booking

@@ -4,6 +4,7 @@ mod bookings;
 pub mod context;
 mod events;
 pub mod loaders;
+pub mod reservations;
 mod seatmap;
 pub mod seats;
 mod subscription;
@@ -34,6 +35,7 @@ use crate::security::rate_limit::WebSocketBudget;
 pub struct Query(
     events::EventQuery,
     bookings::BookingQuery,
+    reservations::ReservationQuery,
     users::UserQuery,
     venues::VenueQuery,
 );
@@ -42,6 +44,7 @@ pub struct Query(
 pub struct Mutation(
     users::UserMutation,
     bookings::BookingMutation,
+    reservations::ReservationMutation,
     events::EventMutation,
     venues::VenueMutation,
 );

@@ -6,12 +6,13 @@ use futures_util::{Stream, StreamExt, stream};
 use uuid::Uuid;
 
 use super::context::{Caller, ContextExt, require_viewer};
+use super::reservations::Reservation;
 use super::types::{SeatAvailability, parse_id};
 use crate::app::AppState;
-use crate::db::models::{Booking, Event};
+use crate::db::models::{Booking, Event, Hold, WaitlistEntry};
 use crate::domain::{auth, events};
 use crate::error::AppError;
-use crate::realtime::{SeatUpdate, Topic, Update, Updates, booking_rank};
+use crate::realtime::{SeatUpdate, Topic, Update, Updates};
 
 /// Bookings a `myBookingUpdates` subscription remembers the latest state of, to drop stale
 /// repeats; forgetting (past this many) only risks a harmless repeat.
@@ -95,14 +96,17 @@ impl AvailabilitySubscription {
         Ok(stream::once(std::future::ready(first)).chain(later))
     }
 
-    /// The signed-in user's bookings as they change: each new booking, and each cancellation
-    /// (by the user, an admin, or because the event was cancelled). Only changes are sent; read
-    /// `myBookings` for the list. Ends with an UNAUTHENTICATED error when the access token
-    /// expires or the session ends (sign in again and resubscribe).
+    /// The signed-in user's bookings, holds and waiting-list entries as they change: each new
+    /// booking and each cancellation (by the user, an admin, or because the event was
+    /// cancelled); each hold as it starts and ends, including a waiting-list offer (a `Hold`
+    /// with `isOffer`) and its lapsing; each waiting-list entry as it moves. Only changes are
+    /// sent; read `myBookings`, `myHolds` and `myWaitlistEntries` for the lists. Ends with an
+    /// UNAUTHENTICATED error when the access token expires or the session ends (sign in again
+    /// and resubscribe).
     async fn my_booking_updates(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Booking>> + use<>> {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Reservation>> + use<>> {
         let viewer = require_viewer(ctx).await?;
         let app = ctx.app().clone();
         let token = match ctx.caller() {
@@ -141,7 +145,7 @@ struct BookingWatch {
 }
 
 impl BookingWatch {
-    async fn next(mut self) -> Option<(async_graphql::Result<Booking>, Self)> {
+    async fn next(mut self) -> Option<(async_graphql::Result<Reservation>, Self)> {
         if self.ended {
             return None;
         }
@@ -154,17 +158,16 @@ impl BookingWatch {
                 }
                 update = self.updates.next() => update?,
             };
-            let Update::Booking(booking) = update else {
+            let Some((id, rank)) = update.reservation_rank() else {
                 continue;
             };
-            let rank = booking_rank(&booking);
-            if self.seen.get(&booking.id).is_some_and(|seen| *seen >= rank) {
+            if self.seen.get(&id).is_some_and(|seen| *seen >= rank) {
                 continue;
             }
             if self.seen.len() >= MAX_REMEMBERED_BOOKINGS {
                 self.seen.clear();
             }
-            self.seen.insert(booking.id, rank);
+            self.seen.insert(id, rank);
             if let Some(token) = &self.token {
                 let still_signed_in = match self.app.conn().await {
                     Ok(mut conn) => auth::authenticate(&mut conn, &self.app.tokens, token).await,
@@ -176,7 +179,15 @@ impl BookingWatch {
                     return Some((Err(error.into()), self));
                 }
             }
-            return Some((Ok(Booking::clone(&booking)), self));
+            let reservation = match update {
+                Update::Booking(booking) => Reservation::Booking(Booking::clone(&booking)),
+                Update::Hold(hold) => Reservation::Hold(Hold::clone(&hold)),
+                Update::Waitlist(entry) => {
+                    Reservation::WaitlistEntry(WaitlistEntry::clone(&entry).into())
+                }
+                Update::Seats(_) | Update::Event(_) | Update::SeatMap(_) => continue,
+            };
+            return Some((Ok(reservation), self));
         }
     }
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::context::{ContextExt, viewer};
 use super::loaders::{EventLoader, UserLoader, VenueLoader};
+use super::reservations;
 use super::seats::{SeatNode, seats_of};
 use super::venues::VenueNode;
 use crate::db::models;
@@ -57,7 +58,7 @@ pub fn parse_id(id: &ID, field: &'static str) -> AppResult<Uuid> {
         .map_err(|_| AppError::bad_input(field, format!("`{field}` is not a valid id")))
 }
 
-async fn load_user(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<UserNode> {
+pub(super) async fn load_user(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<UserNode> {
     ctx.data_unchecked::<DataLoader<UserLoader>>()
         .load_one(id)
         .await?
@@ -84,7 +85,10 @@ impl UserNode {
     }
 }
 
-async fn load_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<models::Event> {
+pub(super) async fn load_event(
+    ctx: &Context<'_>,
+    id: Uuid,
+) -> async_graphql::Result<models::Event> {
     ctx.data_unchecked::<DataLoader<EventLoader>>()
         .load_one(id)
         .await?
@@ -193,20 +197,38 @@ impl models::Event {
     async fn updated_at(&self) -> DateTime<Utc> {
         self.updated_at
     }
+    /// How many wait on the waiting list (not counting those with an offer).
+    async fn waitlist_length(&self, ctx: &Context<'_>) -> async_graphql::Result<i32> {
+        reservations::waitlist_length(ctx, self).await
+    }
+    /// For a free event: how many answered what. Null for a ticketed event.
+    async fn rsvp_counts(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<reservations::RsvpCounts>> {
+        reservations::rsvp_counts(ctx, self).await
+    }
+    /// For a free event: the signed-in user's answer, if any.
+    async fn my_rsvp(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<reservations::RsvpResponse>> {
+        reservations::my_rsvp(ctx, self).await
+    }
 }
 
 #[Object(name = "Booking")]
 impl models::Booking {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         ID(self.id.to_string())
     }
-    async fn event(&self, ctx: &Context<'_>) -> async_graphql::Result<models::Event> {
+    pub(crate) async fn event(&self, ctx: &Context<'_>) -> async_graphql::Result<models::Event> {
         load_event(ctx, self.event_id).await
     }
-    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
+    pub(crate) async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserNode> {
         load_user(ctx, self.user_id).await
     }
-    async fn quantity(&self) -> i32 {
+    pub(crate) async fn quantity(&self) -> i32 {
         self.quantity
     }
     /// The numbered seats of a seated event's booking; empty for general admission and once
@@ -225,7 +247,7 @@ impl models::Booking {
         };
         self.idempotency_key.as_deref().filter(|_| visible)
     }
-    async fn created_at(&self) -> DateTime<Utc> {
+    pub(crate) async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
     }
     async fn cancelled_at(&self) -> Option<DateTime<Utc>> {
@@ -239,6 +261,9 @@ pub struct SeatAvailability {
     pub event_id: ID,
     pub capacity: i32,
     pub seats_available: i32,
+    /// Seats kept by holds: checkouts in progress and waiting-list offers. Always
+    /// `seatsAvailable + seatsHeld + booked = capacity`.
+    pub seats_held: i32,
     pub sold_out: bool,
     pub version: i32,
 }
@@ -249,6 +274,7 @@ impl From<SeatUpdate> for SeatAvailability {
             event_id: ID(update.event_id.to_string()),
             capacity: update.capacity,
             seats_available: update.seats_available,
+            seats_held: update.seats_held,
             sold_out: update.seats_available == 0,
             version: update.version,
         }

@@ -34,6 +34,7 @@ use crate::db::DbPool;
 use crate::db::models::{
     Booking, BookingStatus, Event, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
 };
+use crate::domain::inventory::Changes;
 use crate::domain::seats::SeatChange;
 use crate::domain::{events, resync};
 
@@ -410,6 +411,44 @@ impl Bus {
             .collect();
         // Only fails once the bus is being dropped, when there is no one left to tell.
         let _ = redis.outbox.send(batch);
+    }
+
+    /// Announces what a committed transaction changed: the event's seat counts (and, when
+    /// `details` changed, the event itself) to its watchers, and each booking, hold and
+    /// waiting-list entry to its owner's `myBookingUpdates`, and the seats whose state changed
+    /// to the event's `seatMap` (seat changes always come with the event's new version).
+    pub fn publish_changes(&self, changes: Changes, details: bool) {
+        let mut updates = Vec::with_capacity(
+            3 + changes.bookings.len() + changes.holds.len() + changes.waitlist.len(),
+        );
+        if let Some(event) = changes.event {
+            if !changes.seats.is_empty() {
+                updates.push(Update::SeatMap(Arc::new(SeatMapUpdate {
+                    event_id: event.id,
+                    previous_version: changes.previous_version,
+                    version: event.version,
+                    seats: changes.seats,
+                })));
+            }
+            updates.push(Update::Seats(SeatUpdate::from(&event)));
+            if details {
+                updates.push(Update::Event(Arc::new(event)));
+            }
+        }
+        updates.extend(
+            changes
+                .bookings
+                .into_iter()
+                .map(|b| Update::Booking(Arc::new(b))),
+        );
+        updates.extend(changes.holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
+        updates.extend(
+            changes
+                .waitlist
+                .into_iter()
+                .map(|w| Update::Waitlist(Arc::new(w))),
+        );
+        self.publish_all(updates);
     }
 
     pub async fn redis_health(&self) -> RedisHealth {

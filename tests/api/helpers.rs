@@ -328,9 +328,10 @@ impl TestApp {
         conn
     }
 
-    /// Checks `seats_available + seats_held + confirmed seats = capacity` for every event, in
-    /// SQL, and for seated events that exactly the held and booked seats have claims, each
-    /// belonging to a live hold or a confirmed booking of that event.
+    /// Checks, in SQL, for every event: `seats_available + seats_held + confirmed seats =
+    /// capacity`, `seats_held` = the seats of its live (HELD) holds, and for seated events
+    /// that exactly the held and booked seats have claims, each belonging to a live hold or a
+    /// confirmed booking of that event.
     pub async fn assert_invariant(&self) {
         #[derive(QueryableByName, Debug)]
         struct Row {
@@ -345,6 +346,8 @@ impl TestApp {
             seats_held: i32,
             #[diesel(sql_type = Integer)]
             confirmed: i32,
+            #[diesel(sql_type = Integer)]
+            in_holds: i32,
             #[diesel(sql_type = diesel::sql_types::Bool)]
             seated: bool,
             #[diesel(sql_type = Integer)]
@@ -354,6 +357,8 @@ impl TestApp {
             "SELECT e.id, e.capacity, e.seats_available, e.seats_held, e.venue_id IS NOT NULL AS seated,
                     COALESCE((SELECT SUM(b.quantity) FROM bookings b
                               WHERE b.event_id = e.id AND b.status = 'CONFIRMED'), 0)::int AS confirmed,
+                    COALESCE((SELECT SUM(h.quantity) FROM holds h
+                              WHERE h.event_id = e.id AND h.status = 'HELD'), 0)::int AS in_holds,
                     (SELECT count(*) FROM seat_claims c WHERE c.event_id = e.id)::int AS claims
              FROM events e",
         )
@@ -365,6 +370,10 @@ impl TestApp {
                 row.seats_available + row.seats_held + row.confirmed,
                 row.capacity,
                 "invariant broken: {row:?}"
+            );
+            assert_eq!(
+                row.seats_held, row.in_holds,
+                "held seats miscounted: {row:?}"
             );
             if row.seated {
                 assert_eq!(

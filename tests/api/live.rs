@@ -16,7 +16,8 @@ use crate::websocket::{SEATS, WAIT, WsClient, seats};
 const TRANSPORT: &str = "graphql-transport-ws";
 const EVENT_UPDATED: &str =
     "subscription($id: ID!) { eventUpdated(eventId: $id) { id title status version } }";
-const MY_BOOKINGS: &str = "subscription { myBookingUpdates { id status quantity event { id } } }";
+const MY_BOOKINGS: &str =
+    "subscription { myBookingUpdates { id quantity event { id } ... on Booking { status } } }";
 
 fn init(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })

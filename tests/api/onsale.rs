@@ -25,7 +25,7 @@ async fn batches_on_two_instances_and_the_single_path_never_oversell_or_book_a_k
     let app = TestApp::spawn().await;
     let peer = app.spawn_peer().await;
     // A third way in: one transaction per booking, as with EVENTLY_GROUP_COMMIT=false.
-    let single = Onsale::new(app.state.db.clone(), false);
+    let single = Onsale::new(app.state.db.clone(), app.state.bus.clone(), false);
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 120).await;
     let event_uuid: Uuid = event_id.parse().unwrap();
@@ -71,6 +71,7 @@ async fn batches_on_two_instances_and_the_single_path_never_oversell_or_book_a_k
                         event_id: event_uuid,
                         quantity,
                         idempotency_key: Some(key),
+                        seat_ids: Vec::new(),
                     },
                 )
                 .await;
@@ -149,6 +150,7 @@ async fn a_sold_out_event_is_refused_from_memory_until_a_seat_comes_back() {
         event_id: event_id.parse().unwrap(),
         quantity: 1,
         idempotency_key: Some(key.to_owned()),
+        seat_ids: Vec::new(),
     };
     let unkeyed = BookingRequest {
         idempotency_key: None,

@@ -1,0 +1,49 @@
+//! Background work every instance does: ending holds that have expired (their seats go to the
+//! waiting list or back on sale) and announcing it. Several instances may sweep at once: each
+//! event is swept in a transaction that holds its row lock, and a hold ends only once, so the
+//! only cost of company is a little duplicated looking.
+
+use std::sync::Weak;
+
+use crate::app::{App, AppState};
+use crate::domain::holds;
+
+/// Events swept per round; more wait for the next round.
+const EVENTS_PER_ROUND: i64 = 100;
+
+/// Sweeps every `config.sweep_interval` for as long as the app exists.
+pub fn spawn(app: &AppState) {
+    let app = std::sync::Arc::downgrade(&app.0);
+    tokio::spawn(run(app));
+}
+
+async fn run(app: Weak<App>) {
+    let interval = match app.upgrade() {
+        Some(app) => app.config.sweep_interval,
+        None => return,
+    };
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        if let Err(error) = sweep(&app).await {
+            tracing::warn!(error = %error.message(), "sweeping expired holds failed");
+        }
+    }
+}
+
+/// One round: every event with an expired hold, each in its own transaction.
+pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
+    let mut conn = app.conn().await?;
+    let events = holds::events_with_expired_holds(&mut conn, EVENTS_PER_ROUND).await?;
+    let mut swept = 0;
+    for event_id in events {
+        let changes = holds::sweep_event(&mut conn, event_id).await?;
+        if !changes.is_empty() {
+            swept += 1;
+            app.publish(changes, false);
+        }
+    }
+    Ok(swept)
+}

@@ -14,5 +14,6 @@ mod onsale;
 mod reference_client;
 mod schema;
 mod security;
+mod ticketing;
 mod websocket;
 mod ws_protocol;

@@ -149,6 +149,11 @@ impl models::Event {
     async fn seats_available(&self) -> i32 {
         self.seats_available
     }
+    /// Seats kept by holds (checkouts in progress and waiting-list offers):
+    /// `seatsAvailable + seatsHeld + booked = capacity`.
+    async fn seats_held(&self) -> i32 {
+        self.seats_held
+    }
     async fn sold_out(&self) -> bool {
         self.seats_available == 0
     }

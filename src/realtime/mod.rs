@@ -641,7 +641,8 @@ async fn listen(client: redis::Client, patterns: Vec<String>, bus: Weak<Inner>) 
 }
 
 /// Pushes the database's current state to every topic with local subscribers: seat counts and
-/// event details as they are now, and the bookings changed since `since`. Subscribers drop
+/// event details as they are now, and the bookings, holds and waiting-list entries changed
+/// since `since`. Subscribers drop
 /// whatever is not newer than what they sent.
 async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
     let Some(redis) = &inner.redis else { return };
@@ -662,12 +663,23 @@ async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
     let read = async {
         let mut conn = redis.db.get().await?;
         let events = events::events_by_id(&mut conn, &event_ids).await?;
+        let message = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
+        let mut changes: Vec<Update> = Vec::new();
         let bookings = resync::bookings_changed_since(&mut conn, &user_ids, since)
             .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-        anyhow::Ok((events, bookings))
+            .map_err(message)?;
+        changes.extend(bookings.into_iter().map(|b| Update::Booking(Arc::new(b))));
+        let holds = resync::holds_changed_since(&mut conn, &user_ids, since)
+            .await
+            .map_err(message)?;
+        changes.extend(holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
+        let entries = resync::waitlist_changed_since(&mut conn, &user_ids, since)
+            .await
+            .map_err(message)?;
+        changes.extend(entries.into_iter().map(|w| Update::Waitlist(Arc::new(w))));
+        anyhow::Ok((events, changes))
     };
-    let (events, bookings) = match read.await {
+    let (events, changes) = match read.await {
         Ok(state) => state,
         Err(error) => {
             tracing::warn!(%error, "cannot re-read live state after reconnecting to Redis");
@@ -687,8 +699,8 @@ async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
         }
         inner.deliver_local(&Update::Event(Arc::new(event)));
     }
-    for booking in bookings {
-        inner.deliver_local(&Update::Booking(Arc::new(booking)));
+    for change in changes {
+        inner.deliver_local(&change);
     }
     tracing::info!(
         topics = topics.len(),

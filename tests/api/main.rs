@@ -15,5 +15,6 @@ mod reference_client;
 mod schema;
 mod seats;
 mod security;
+mod ticketing;
 mod websocket;
 mod ws_protocol;

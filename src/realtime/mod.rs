@@ -867,6 +867,52 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn seat_map_deltas_are_not_coalesced() {
+        let bus = Bus::in_process();
+        let event_id = Uuid::new_v4();
+        let mut feed = bus.subscribe(Topic::SeatMap(event_id));
+        let delta = |version: i32| {
+            Update::SeatMap(Arc::new(SeatMapUpdate {
+                event_id,
+                previous_version: Some(version - 1),
+                version,
+                seats: Vec::new(),
+            }))
+        };
+        bus.publish_all((2..=4).map(delta).collect());
+        for expected in 2..=4 {
+            match feed.next().await {
+                Some(Update::SeatMap(got)) => assert_eq!(got.version, expected),
+                other => panic!("expected a seat-map delta, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_seat_map_update_round_trips_on_the_wire() {
+        use crate::domain::seats::{EventSeat, SeatState};
+        let update = SeatMapUpdate {
+            event_id: Uuid::new_v4(),
+            previous_version: Some(3),
+            version: 4,
+            seats: vec![EventSeat {
+                seat_id: Uuid::new_v4(),
+                section: "A".into(),
+                row_label: "1".into(),
+                number: 7,
+                state: SeatState::Held,
+            }],
+        };
+        let text = serde_json::to_string(&EnvelopeRef {
+            origin: Uuid::new_v4(),
+            update: WireRef::SeatMap(&update),
+        })
+        .unwrap();
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back.update, Wire::SeatMap(got) if got == update));
+    }
+
     #[test]
     fn the_wire_format_round_trips() {
         let update = SeatUpdate {

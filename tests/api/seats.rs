@@ -1,20 +1,13 @@
 //! Seat maps: venues with numbered seats, claims that two buyers can never share, and the live
 //! `seatMap` subscription.
-//!
-//! Holds and confirmations go through the domain functions the `holdSeats` and `confirmHold`
-//! mutations call (publishing their changes as the mutations do), so these tests do not depend
-//! on the mutations' input shapes.
 
 use diesel_async::RunQueryDsl;
-use evently::db::models::{Booking, Hold, Role};
-use evently::domain::Viewer;
+use evently::db::models::Role;
 use evently::domain::holds::{self, HoldRequest};
-use evently::domain::users;
-use evently::error::AppError;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, TestUser, error_code, event_input};
+use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
 use crate::websocket::{WsClient, operation_errors};
 
 const CREATE_VENUE: &str = "mutation($input: CreateVenueInput!) {
@@ -121,42 +114,46 @@ fn state_of<'a>(states: &'a [(String, String)], label: &str) -> &'a str {
     &states.iter().find(|(l, _)| l == label).unwrap().1
 }
 
-/// Holds the named seats (or the best `quantity`) as `holdSeats` does, and publishes the change.
+const HOLD: &str = "mutation($input: HoldSeatsInput!) {
+    holdSeats(input: $input) { id quantity status }
+}";
+const CONFIRM: &str = "mutation($id: ID!) { confirmHold(holdId: $id) { id status seats { section row number state } } }";
+
+/// `holdSeats` for the named seats (or the best `quantity`): the whole response.
 async fn hold(
     app: &TestApp,
-    user: Uuid,
+    user: &TestUser,
     event_id: &str,
     quantity: Option<i32>,
     seat_ids: &[String],
-) -> Result<Hold, AppError> {
-    let mut conn = app.state.conn().await.unwrap();
-    let request = HoldRequest {
-        event_id: event_id.parse().unwrap(),
-        quantity,
-        seat_ids: seat_ids.iter().map(|id| id.parse().unwrap()).collect(),
-    };
-    let (hold, changes) = holds::hold_seats(&mut conn, user, request).await?;
-    app.state.publish(changes, false);
-    Ok(hold)
+) -> Value {
+    app.gql(
+        Some(&user.token),
+        HOLD,
+        json!({ "input": { "eventId": event_id, "quantity": quantity, "seatIds": seat_ids } }),
+    )
+    .await
 }
 
-/// Confirms a hold as `confirmHold` does, and publishes the change.
-async fn confirm(app: &TestApp, user: Uuid, hold: &Hold) -> Booking {
-    let mut conn = app.state.conn().await.unwrap();
-    let user = users::users_by_id(&mut conn, &[user])
-        .await
-        .unwrap()
-        .remove(&user)
-        .unwrap();
-    let viewer = Viewer {
-        user,
-        session_id: Uuid::nil(),
-    };
-    let (booking, changes) = holds::confirm_hold(&mut conn, &viewer, hold.id, None)
-        .await
-        .unwrap();
-    app.state.publish(changes, false);
-    booking
+/// `holdSeats` that must succeed: the hold's id.
+async fn hold_ok(app: &TestApp, user: &TestUser, event_id: &str, seat_ids: &[String]) -> String {
+    let body = hold(app, user, event_id, None, seat_ids).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    body["data"]["holdSeats"]["id"].as_str().unwrap().to_owned()
+}
+
+/// `bookSeats` for the named seats: the whole response.
+async fn book(app: &TestApp, user: &TestUser, event_id: &str, seat_ids: &[String]) -> Value {
+    app.gql(
+        Some(&user.token),
+        BOOK,
+        json!({ "input": { "eventId": event_id, "seatIds": seat_ids } }),
+    )
+    .await
+}
+
+fn message(body: &Value) -> &str {
+    body["errors"][0]["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]
@@ -349,10 +346,10 @@ async fn held_seats_then_booked_are_exactly_the_ones_named() {
     let seated = seated_event(&app, &organizer).await;
     let wanted = [seated.id("A 2-2"), seated.id("A 2-3")];
 
-    let held = hold(&app, buyer.id, &seated.event_id, None, &wanted)
-        .await
-        .unwrap();
-    assert_eq!(held.quantity, 2);
+    let body = hold(&app, &buyer, &seated.event_id, None, &wanted).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let held = &body["data"]["holdSeats"];
+    assert_eq!(held["quantity"], 2);
     let seats = seat_states(&app, &seated.event_id).await;
     assert_eq!(state_of(&seats, "A 2-2"), "HELD");
     assert_eq!(state_of(&seats, "A 2-3"), "HELD");
@@ -365,7 +362,17 @@ async fn held_seats_then_booked_are_exactly_the_ones_named() {
     );
     app.assert_invariant().await;
 
-    let booking = confirm(&app, buyer.id, &held).await;
+    let confirmed = app
+        .gql_ok(Some(&buyer.token), CONFIRM, json!({ "id": held["id"] }))
+        .await;
+    let booking = &confirmed["confirmHold"];
+    assert_eq!(
+        states(&booking["seats"]),
+        [
+            ("A 2-2".to_owned(), "BOOKED".to_owned()),
+            ("A 2-3".to_owned(), "BOOKED".to_owned())
+        ]
+    );
     let seats = seat_states(&app, &seated.event_id).await;
     assert_eq!(state_of(&seats, "A 2-2"), "BOOKED");
     assert_eq!(state_of(&seats, "A 2-3"), "BOOKED");
@@ -377,47 +384,57 @@ async fn held_seats_then_booked_are_exactly_the_ones_named() {
         )
         .await;
     let node = &mine["myBookings"]["edges"][0]["node"];
-    assert_eq!(node["id"], booking.id.to_string());
-    assert_eq!(
-        states(&node["seats"]),
-        [
-            ("A 2-2".to_owned(), "BOOKED".to_owned()),
-            ("A 2-3".to_owned(), "BOOKED".to_owned())
-        ]
-    );
+    assert_eq!(node["id"], booking["id"]);
+    assert_eq!(node["seats"][0]["id"], seated.id("A 2-2"));
     app.assert_invariant().await;
 
     // Without seat ids, a hold gets the best available: the first free seats in venue order.
     let other = app.user(Role::User).await;
-    hold(&app, other.id, &seated.event_id, Some(3), &[])
-        .await
-        .unwrap();
+    let body = hold(&app, &other, &seated.event_id, Some(3), &[]).await;
+    assert!(body.get("errors").is_none(), "{body}");
     let seats = seat_states(&app, &seated.event_id).await;
     for label in ["A 1-1", "A 1-2", "A 1-3"] {
         assert_eq!(state_of(&seats, label), "HELD", "{label}");
     }
     assert_eq!(state_of(&seats, "A 1-4"), "AVAILABLE");
+    // Released, they are free again.
+    let released = app
+        .gql_ok(
+            Some(&other.token),
+            "mutation($id: ID!) { releaseHold(holdId: $id) { status } }",
+            json!({ "id": body["data"]["holdSeats"]["id"] }),
+        )
+        .await;
+    assert_eq!(released["releaseHold"]["status"], "RELEASED");
+    let seats = seat_states(&app, &seated.event_id).await;
+    assert_eq!(state_of(&seats, "A 1-1"), "AVAILABLE");
     app.assert_invariant().await;
 
-    // A seat of another venue is not a seat of this event.
+    // Booked directly by number.
+    let body = book(&app, &other, &seated.event_id, &[seated.id("B 1-2")]).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    assert_eq!(body["data"]["bookSeats"]["quantity"], 1);
+    let seats = seat_states(&app, &seated.event_id).await;
+    assert_eq!(state_of(&seats, "B 1-2"), "BOOKED");
+    app.assert_invariant().await;
+
+    // A seat of another venue is not a seat of this event; a GA event has no numbered seats.
     let elsewhere = seated_event(&app, &organizer).await;
-    let err = hold(
+    let body = hold(
         &app,
-        other.id,
+        &other,
         &seated.event_id,
         None,
         &[elsewhere.id("B 1-1")],
     )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), "BAD_USER_INPUT");
-    assert!(matches!(
-        err,
-        AppError::BadUserInput {
-            field: Some("seatIds"),
-            ..
-        }
-    ));
+    .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "seatIds");
+    let ga = app.event(&organizer, 5).await;
+    let body = book(&app, &other, &ga, &[seated.id("A 1-1")]).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["field"], "seatIds");
+    app.assert_invariant().await;
 }
 
 #[tokio::test]
@@ -427,31 +444,25 @@ async fn a_request_with_one_taken_seat_claims_nothing() {
     let first = app.user(Role::User).await;
     let second = app.user(Role::User).await;
     let seated = seated_event(&app, &organizer).await;
-    hold(
-        &app,
-        first.id,
-        &seated.event_id,
-        None,
-        &[seated.id("B 1-2")],
-    )
-    .await
-    .unwrap();
+    hold_ok(&app, &first, &seated.event_id, &[seated.id("B 1-2")]).await;
     let before = seat_states(&app, &seated.event_id).await;
+    let three = [seated.id("B 1-1"), seated.id("B 1-2"), seated.id("A 1-1")];
 
-    let err = hold(
-        &app,
-        second.id,
-        &seated.event_id,
-        None,
-        &[seated.id("B 1-1"), seated.id("B 1-2"), seated.id("A 1-1")],
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(err.code(), "CONFLICT");
-    assert_eq!(err.message(), "seat B 1-2 is already taken");
+    let body = hold(&app, &second, &seated.event_id, None, &three).await;
+    assert_eq!(error_code(&body), "CONFLICT", "{body}");
+    assert_eq!(message(&body), "seat B 1-2 is already taken");
+    let body = book(&app, &second, &seated.event_id, &three).await;
+    assert_eq!(error_code(&body), "CONFLICT", "{body}");
+    assert_eq!(message(&body), "seat B 1-2 is already taken");
+
     assert_eq!(seat_states(&app, &seated.event_id).await, before);
+    let user = second.id;
     assert_eq!(
-        app.count(&format!("holds WHERE user_id = '{}'", second.id))
+        app.count(&format!("holds WHERE user_id = '{user}'")).await,
+        0
+    );
+    assert_eq!(
+        app.count(&format!("bookings WHERE user_id = '{user}'"))
             .await,
         0
     );
@@ -464,7 +475,7 @@ async fn a_request_with_one_taken_seat_claims_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_buyers_on_one_seat() {
-    const BUYERS: usize = 12;
+    const BUYERS: usize = 16;
     let app = TestApp::spawn().await;
     let organizer = app.user(Role::Organizer).await;
     let seated = seated_event(&app, &organizer).await;
@@ -472,28 +483,36 @@ async fn two_buyers_on_one_seat() {
     for _ in 0..BUYERS {
         buyers.push(app.user(Role::User).await);
     }
-    // One race per contested seat, some asking for a neighbour too: each time exactly one wins.
+    // One race per contested seat, by holds and direct bookings at once, some asking for a
+    // neighbour too: each time exactly one buyer gets the seat.
     for (round, contested) in ["A 1-1", "A 1-2", "B 1-2"].into_iter().enumerate() {
         let seat = seated.id(contested);
         let neighbour = seated.id(&format!("A 2-{}", round + 1));
         let attempts = buyers.iter().enumerate().map(|(i, buyer)| {
-            let seat_ids = if i % 2 == 0 {
-                vec![seat.clone()]
-            } else {
+            let seat_ids = if i % 3 == 0 {
                 vec![neighbour.clone(), seat.clone()]
+            } else {
+                vec![seat.clone()]
             };
             let app = &app;
             let event_id = &seated.event_id;
-            async move { hold(app, buyer.id, event_id, None, &seat_ids).await }
+            async move {
+                if i % 2 == 0 {
+                    hold(app, buyer, event_id, None, &seat_ids).await
+                } else {
+                    book(app, buyer, event_id, &seat_ids).await
+                }
+            }
         });
         let results = futures_util::future::join_all(attempts).await;
-        let winners = results.iter().filter(|r| r.is_ok()).count();
+        let winners = results
+            .iter()
+            .filter(|body| body.get("errors").is_none())
+            .count();
         assert_eq!(winners, 1, "round {round}: {results:?}");
-        for result in &results {
-            if let Err(err) = result {
-                assert_eq!(err.code(), "CONFLICT", "{err:?}");
-                assert!(err.message().ends_with("is already taken"), "{err:?}");
-            }
+        for body in results.iter().filter(|body| body.get("errors").is_some()) {
+            assert_eq!(error_code(body), "CONFLICT", "{body}");
+            assert!(message(body).ends_with("is already taken"), "{body}");
         }
         let claims = app
             .count(&format!(
@@ -504,19 +523,24 @@ async fn two_buyers_on_one_seat() {
         assert_eq!(claims, 1);
         app.assert_invariant().await;
     }
+    let states = seat_states(&app, &seated.event_id).await;
+    for contested in ["A 1-1", "A 1-2", "B 1-2"] {
+        assert_ne!(state_of(&states, contested), "AVAILABLE", "{contested}");
+    }
     // No user has a seat twice, and the seat itself is the database's to guard: a second
     // claim on a taken seat is refused by the primary key, whatever the application does.
     assert_eq!(
         app.count(
-            "(SELECT seat_id FROM seat_claims c JOIN holds h ON h.id = c.hold_id
-              GROUP BY h.user_id, seat_id HAVING count(*) > 1) twice"
+            "(SELECT c.seat_id FROM seat_claims c
+              LEFT JOIN holds h ON h.id = c.hold_id LEFT JOIN bookings b ON b.id = c.booking_id
+              GROUP BY COALESCE(h.user_id, b.user_id), c.seat_id HAVING count(*) > 1) twice"
         )
         .await,
         0
     );
     let duplicate = diesel::sql_query(
-        "INSERT INTO seat_claims (event_id, seat_id, hold_id)
-         SELECT event_id, seat_id, hold_id FROM seat_claims LIMIT 1",
+        "INSERT INTO seat_claims (event_id, seat_id, hold_id, booking_id)
+         SELECT event_id, seat_id, hold_id, booking_id FROM seat_claims LIMIT 1",
     )
     .execute(&mut app.db().await)
     .await;
@@ -530,6 +554,45 @@ async fn two_buyers_on_one_seat() {
         ),
         "a second claim on a seat was not refused by its key: {duplicate:?}"
     );
+}
+
+#[tokio::test]
+async fn a_cancelled_booking_frees_its_seats() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let other = app.user(Role::User).await;
+    let seated = seated_event(&app, &organizer).await;
+    let pair = [seated.id("A 1-2"), seated.id("A 1-3")];
+    let body = book(&app, &buyer, &seated.event_id, &pair).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let booking_id = body["data"]["bookSeats"]["id"].clone();
+    let body = book(&app, &other, &seated.event_id, &pair[..1]).await;
+    assert_eq!(error_code(&body), "CONFLICT", "{body}");
+
+    let cancelled = app
+        .gql_ok(Some(&buyer.token), CANCEL, json!({ "id": booking_id }))
+        .await;
+    assert_eq!(cancelled["cancelBooking"]["status"], "CANCELLED");
+    let seats = seat_states(&app, &seated.event_id).await;
+    assert_eq!(state_of(&seats, "A 1-2"), "AVAILABLE");
+    assert_eq!(state_of(&seats, "A 1-3"), "AVAILABLE");
+    let booking = app
+        .gql_ok(
+            Some(&buyer.token),
+            "{ myBookings { edges { node { status seats { id } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        booking["myBookings"]["edges"][0]["node"],
+        json!({ "status": "CANCELLED", "seats": [] })
+    );
+    app.assert_invariant().await;
+    // Free for anyone again.
+    let body = book(&app, &other, &seated.event_id, &pair[..1]).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    app.assert_invariant().await;
 }
 
 /// Reads the next `seatMap` payload.
@@ -562,15 +625,13 @@ async fn the_seat_map_sends_every_seat_then_the_changes() {
             .all(|(_, state)| state == "AVAILABLE")
     );
 
-    let held = hold(
+    let held = hold_ok(
         &app,
-        buyer.id,
+        &buyer,
         &seated.event_id,
-        None,
         &[seated.id("A 1-4"), seated.id("B 1-1")],
     )
-    .await
-    .unwrap();
+    .await;
     let delta = seat_map(&mut client).await;
     assert_eq!(delta["full"], false);
     assert_eq!(delta["version"], 2);
@@ -583,7 +644,8 @@ async fn the_seat_map_sends_every_seat_then_the_changes() {
     );
     assert_eq!(delta["seats"][0]["id"], seated.id("A 1-4"));
 
-    confirm(&app, buyer.id, &held).await;
+    app.gql_ok(Some(&buyer.token), CONFIRM, json!({ "id": held }))
+        .await;
     let delta = seat_map(&mut client).await;
     assert_eq!(delta["full"], false);
     assert_eq!(delta["version"], 3);
@@ -612,15 +674,7 @@ async fn the_seat_map_sends_every_seat_then_the_changes() {
         .unwrap();
         assert_eq!(unpublished.seats.len(), 1);
     }
-    hold(
-        &app,
-        buyer.id,
-        &seated.event_id,
-        None,
-        &[seated.id("A 2-2")],
-    )
-    .await
-    .unwrap();
+    hold_ok(&app, &buyer, &seated.event_id, &[seated.id("A 2-2")]).await;
     let full = seat_map(&mut client).await;
     assert_eq!(full["full"], true);
     assert_eq!(full["version"], 5);

@@ -192,13 +192,13 @@ async fn my_booking_updates_end_when_the_session_ends() {
 }
 
 /// A redis-server of the test's own, on a free port, that the test can stop and start again.
-struct OwnRedis {
+pub struct OwnRedis {
     port: u16,
     process: Option<Child>,
 }
 
 impl OwnRedis {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -212,12 +212,12 @@ impl OwnRedis {
         redis
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Starts the server and waits until it says it accepts connections.
-    async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -241,7 +241,7 @@ impl OwnRedis {
         self.process = Some(child);
     }
 
-    async fn stop(&mut self) {
+    pub async fn stop(&mut self) {
         let mut child = self.process.take().expect("running");
         child.kill().await.unwrap();
     }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
+use crate::live::OwnRedis;
 use crate::websocket::{WsClient, operation_errors};
 
 const CREATE_VENUE: &str = "mutation($input: CreateVenueInput!) {
@@ -703,6 +704,60 @@ async fn the_seat_map_sends_every_seat_then_the_changes() {
             .all(|(_, state)| state == "AVAILABLE")
     );
     app.assert_invariant().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_map_is_sent_whole_again_after_redis_comes_back() {
+    let mut redis = OwnRedis::start().await;
+    let first = TestApp::spawn_on_redis(&redis.url(), |_| {}).await;
+    let second = first.spawn_peer().await;
+    let organizer = first.user(Role::Organizer).await;
+    let buyer = first.user(Role::User).await;
+    let seated = seated_event(&first, &organizer).await;
+    let mut client = WsClient::connect(&first.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    client
+        .subscribe("1", SEAT_MAP, json!({ "id": seated.event_id }))
+        .await;
+    assert_eq!(seat_map(&mut client).await["version"], 1);
+
+    // A change on another instance arrives through Redis as a delta.
+    hold_ok(&second, &buyer, &seated.event_id, &[seated.id("A 1-1")]).await;
+    let delta = seat_map(&mut client).await;
+    assert_eq!(
+        (&delta["full"], &delta["version"]),
+        (&json!(false), &json!(2))
+    );
+    assert_eq!(
+        states(&delta["seats"]),
+        [("A 1-1".to_owned(), "HELD".to_owned())]
+    );
+
+    // While Redis is down, the map changes without a word on the bus (as when an instance
+    // that made a change dies before Redis is back): only the database can tell the
+    // subscriber, and it sends the whole map.
+    redis.stop().await;
+    let mut conn = second.state.conn().await.unwrap();
+    let request = HoldRequest {
+        event_id: seated.event_id.parse().unwrap(),
+        quantity: None,
+        seat_ids: vec![seated.id("B 1-1").parse().unwrap()],
+    };
+    holds::hold_seats(&mut conn, buyer.id, request)
+        .await
+        .unwrap();
+    drop(conn);
+    redis.restart().await;
+
+    let full = seat_map(&mut client).await;
+    assert_eq!(full["full"], true, "{full}");
+    assert_eq!(full["version"], 3);
+    let seats = states(&full["seats"]);
+    assert_eq!(seats.len(), 10);
+    assert_eq!(state_of(&seats, "A 1-1"), "HELD");
+    assert_eq!(state_of(&seats, "B 1-1"), "HELD");
+    first.assert_invariant().await;
 }
 
 #[tokio::test]

@@ -2,11 +2,12 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use chrono::{DateTime, Utc};
 
-use super::context::{ContextExt, require_viewer};
+use super::context::{ContextExt, require_viewer, viewer};
 use super::types::{EventStatus, connection, event_cursor, page_complexity, parse_id};
-use crate::db::models::Event;
+use crate::db::models::{self, Event};
 use crate::domain::events::{self, EventPatch, NewEvent};
 use crate::domain::pagination::PageRequest;
+use crate::error::{AppError, AppResult};
 
 #[derive(InputObject, Default)]
 pub struct EventFilter {
@@ -16,7 +17,8 @@ pub struct EventFilter {
     pub search: Option<String>,
     pub starts_after: Option<DateTime<Utc>>,
     pub starts_before: Option<DateTime<Utc>>,
-    /// Defaults to PUBLISHED.
+    /// Defaults to PUBLISHED. DRAFT lists the caller's own drafts (every draft for an admin,
+    /// none when signed out).
     pub status: Option<EventStatus>,
 }
 
@@ -75,6 +77,21 @@ pub struct UpdateEventInput {
     pub offer_minutes: Option<i32>,
 }
 
+/// Whether the caller may see the event (drafts: only their organizer and admins). The caller
+/// is looked up only for a draft, and a token that is no longer valid sees what a signed-out
+/// caller sees, so that no error tells a stranger a draft exists.
+pub(super) async fn may_see(ctx: &Context<'_>, event: &Event) -> AppResult<bool> {
+    if event.status != models::EventStatus::Draft {
+        return Ok(true);
+    }
+    let viewer = match viewer(ctx).await {
+        Ok(viewer) => viewer,
+        Err(AppError::Unauthenticated(_)) => None,
+        Err(error) => return Err(error),
+    };
+    Ok(events::visible_to(event, viewer.as_ref()))
+}
+
 fn patch<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
     match value {
         MaybeUndefined::Undefined => None,
@@ -106,15 +123,27 @@ impl EventQuery {
             starts_before: filter.starts_before,
             status: filter.status.map(Into::into),
         };
+        // Only a listing of drafts depends on who asks.
+        let viewer = match filter.status {
+            Some(models::EventStatus::Draft) => viewer(ctx).await?,
+            _ => None,
+        };
         let mut conn = ctx.app().conn().await?;
-        let rows = events::list_events(&mut conn, &filter, page).await?;
+        let rows = events::list_events(&mut conn, viewer.as_ref(), &filter, page).await?;
         Ok(connection(rows, page.after.is_some(), event_cursor))
     }
 
+    /// Null when there is no such event, or when it is a draft of someone else.
     async fn event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Event>> {
         let id = parse_id(&id, "id")?;
-        let mut conn = ctx.app().conn().await?;
-        Ok(events::find_event(&mut conn, id).await?)
+        let event = {
+            let mut conn = ctx.app().conn().await?;
+            events::find_event(&mut conn, id).await?
+        };
+        match event {
+            Some(event) if may_see(ctx, &event).await? => Ok(Some(event)),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -199,6 +228,21 @@ impl EventMutation {
             .map_err(crate::error::AppError::from)?;
         app.publish(changes, true);
         Ok(event)
+    }
+
+    /// The event's organizer or an ADMIN. Makes a DRAFT visible to everyone and bookable inside
+    /// its sales window. Repeating it returns the published event.
+    async fn publish_event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Event> {
+        let viewer = &require_viewer(ctx).await?;
+        let id = parse_id(&id, "id")?;
+        let app = ctx.app();
+        let mut conn = app.conn().await?;
+        let published = events::publish_event(&mut conn, viewer, id).await?;
+        if published.changed {
+            tracing::info!(event_id = %id, "event published");
+            app.publish(published.changes, true);
+        }
+        Ok(published.event)
     }
 
     /// Cancels the event and every booking of it. Repeating it returns the cancelled event.

@@ -42,16 +42,18 @@ pub struct CreateEventInput {
     /// DRAFT (visible only to its organizer and admins until `publishEvent`) or PUBLISHED
     /// (the default).
     pub status: Option<EventStatus>,
-    /// Sales open at this time; by default as soon as the event is published.
+    /// Sales open at this time; by default as soon as the event is published. Before
+    /// `startsAt`.
     pub sales_start_at: Option<DateTime<Utc>>,
-    /// Sales close at this time; by default when the event starts.
+    /// Sales close at this time; by default when the event starts. After `salesStartAt`, and
+    /// no later than `endsAt` (bookings close when the event starts in any case).
     pub sales_end_at: Option<DateTime<Utc>>,
     /// Most seats one user may have for the event across all bookings and holds; unlimited
-    /// by default.
+    /// by default. 1 to 1000; may be below `maxPerBooking`, and then limits each booking too.
     pub max_per_user: Option<i32>,
-    /// How long `holdSeats` keeps seats. Defaults to 10 minutes.
+    /// How long `holdSeats` keeps seats. Defaults to 10 minutes; 1 to 1440.
     pub hold_minutes: Option<i32>,
-    /// How long a waiting-list offer keeps seats. Defaults to 1440 (24 hours).
+    /// How long a waiting-list offer keeps seats. Defaults to 1440 (24 hours); 1 to 10080.
     pub offer_minutes: Option<i32>,
 }
 
@@ -71,7 +73,7 @@ pub struct UpdateEventInput {
     pub sales_start_at: MaybeUndefined<DateTime<Utc>>,
     /// `null` clears it.
     pub sales_end_at: MaybeUndefined<DateTime<Utc>>,
-    /// `null` removes the limit.
+    /// `null` removes the limit. Lowering it keeps the seats users already have.
     pub max_per_user: MaybeUndefined<i32>,
     pub hold_minutes: Option<i32>,
     pub offer_minutes: Option<i32>,

@@ -35,7 +35,9 @@ fn newer_than(
     })
 }
 
-/// The event as the caller may see it: someone else's draft is NOT_FOUND.
+/// The event as the caller may see it: someone else's draft is NOT_FOUND. (`seatAvailability`
+/// is executed once for all its subscribers, as a signed-out caller: see `http::fanout`. So a
+/// draft's seat counts are NOT_FOUND to everyone; its organizer can follow `eventUpdated`.)
 async fn current_event(ctx: &Context<'_>, event_id: Uuid) -> async_graphql::Result<Event> {
     let event = {
         let mut conn = ctx.app().conn().await?;

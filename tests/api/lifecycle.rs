@@ -483,7 +483,7 @@ async fn a_user_gets_at_most_max_per_user_seats_of_an_event() {
 
 #[tokio::test]
 async fn events_that_have_ended_are_completed_once() {
-    use evently::domain::{events, holds};
+    use evently::domain::{events, holds, waitlist};
 
     let app = TestApp::spawn_without_redis().await;
     let organizer = app.user(Role::Organizer).await;
@@ -511,6 +511,19 @@ async fn events_that_have_ended_are_completed_once() {
         seat_ids: Vec::new(),
     };
     holds::hold_seats(&mut conn, buyer.id, request)
+        .await
+        .map_err(|e| e.message())
+        .unwrap();
+    // The rest sold, and someone waiting for a seat to come back.
+    let fan = app.user(Role::User).await;
+    app.gql_ok(
+        Some(&fan.token),
+        BOOK,
+        json!({ "input": { "eventId": ended, "quantity": 5 } }),
+    )
+    .await;
+    let waiting = app.user(Role::User).await;
+    waitlist::join(&mut conn, waiting.id, ended.parse().unwrap(), 1)
         .await
         .map_err(|e| e.message())
         .unwrap();
@@ -544,10 +557,12 @@ async fn events_that_have_ended_are_completed_once() {
     assert_eq!(event.id.to_string(), ended);
     assert_eq!(
         (event.seats_available, event.seats_held, event.version),
-        (8, 0, before + 1)
+        (3, 0, before + 1)
     );
     assert_eq!(changes.previous_version, Some(before));
-    assert_eq!(changes.holds.len(), 1);
+    assert_eq!((changes.holds.len(), changes.waitlist.len()), (1, 1));
+    // As the sweeper does: the booking path remembers a sold-out event until it hears otherwise.
+    app.state.publish(changes, true);
     assert!(
         events::complete_ended(&mut conn, 100)
             .await
@@ -556,7 +571,11 @@ async fn events_that_have_ended_are_completed_once() {
             .is_empty()
     );
     assert_eq!(app.count("holds WHERE status = 'EXPIRED'").await, 1);
-    assert_eq!(app.count("bookings WHERE status = 'CONFIRMED'").await, 1);
+    assert_eq!(app.count("bookings WHERE status = 'CONFIRMED'").await, 2);
+    assert_eq!(
+        app.count("waitlist_entries WHERE status = 'CLOSED'").await,
+        1
+    );
     let statuses = app
         .gql_ok(
             Some(&organizer.token),

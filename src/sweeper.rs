@@ -1,12 +1,12 @@
 //! Background work every instance does: ending holds that have expired (their seats go to the
-//! waiting list or back on sale) and announcing it. Several instances may sweep at once: each
+//! waiting list or back on sale), completing events that are over, and announcing both. Several instances may sweep at once: each
 //! event is swept in a transaction that holds its row lock, and a hold ends only once, so the
 //! only cost of company is a little duplicated looking.
 
 use std::sync::Weak;
 
 use crate::app::{App, AppState};
-use crate::domain::holds;
+use crate::domain::{events, holds};
 
 /// Events swept per round; more wait for the next round.
 const EVENTS_PER_ROUND: i64 = 100;
@@ -33,12 +33,17 @@ async fn run(app: Weak<App>) {
     }
 }
 
-/// One round: every event with an expired hold, each in its own transaction.
+/// One round: every event with an expired hold, and every event that has ended, each in its own
+/// transaction. Returns how many events changed.
 pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
     let mut conn = app.conn().await?;
-    let events = holds::events_with_expired_holds(&mut conn, EVENTS_PER_ROUND).await?;
     let mut swept = 0;
-    for event_id in events {
+    for changes in events::complete_ended(&mut conn, EVENTS_PER_ROUND).await? {
+        swept += 1;
+        app.publish(changes, true);
+    }
+    let expired = holds::events_with_expired_holds(&mut conn, EVENTS_PER_ROUND).await?;
+    for event_id in expired {
         let changes = holds::sweep_event(&mut conn, event_id).await?;
         if !changes.is_empty() {
             swept += 1;

@@ -79,8 +79,11 @@ fn like_pattern(text: &str) -> String {
 
 const MAX_FILTER_LEN: usize = 200;
 
+/// Lists events; `viewer` matters only for drafts: it sees its own (an admin sees all), an
+/// anonymous caller none.
 pub async fn list_events(
     conn: &mut AsyncPgConnection,
+    viewer: Option<&Viewer>,
     filter: &EventFilter,
     page: PageRequest,
 ) -> AppResult<Page<Event>> {
@@ -96,10 +99,18 @@ pub async fn list_events(
             reject_control_chars(field, value, false)?;
         }
     }
+    let status = filter.status.unwrap_or(EventStatus::Published);
     let mut query = events::table
         .select(Event::as_select())
-        .filter(events::status.eq(filter.status.unwrap_or(EventStatus::Published)))
+        .filter(events::status.eq(status))
         .into_boxed();
+    if status == EventStatus::Draft {
+        match viewer {
+            None => return Ok(page.finish(Vec::new())),
+            Some(viewer) if viewer.is_admin() => {}
+            Some(viewer) => query = query.filter(events::organizer_id.eq(viewer.id())),
+        }
+    }
     if let Some(category) = filter.category.as_deref().map(str::trim) {
         query = query.filter(lower(events::category).eq(category.to_lowercase()));
     }
@@ -237,6 +248,73 @@ fn check_schedule(starts_at: DateTime<Utc>, ends_at: DateTime<Utc>) -> AppResult
     Ok(())
 }
 
+/// Most seats one user may have for an event, at most.
+pub const MAX_PER_USER: i32 = 1000;
+/// How long a checkout hold may keep seats, in minutes: a day.
+pub const MAX_HOLD_MINUTES: i32 = 24 * 60;
+/// How long a waiting-list offer may keep seats, in minutes: a week.
+pub const MAX_OFFER_MINUTES: i32 = 7 * 24 * 60;
+
+/// The sales window must be one a buyer can use: it opens before the event starts (bookings
+/// close when it starts, so a window opening later would never be open), and it closes after
+/// it opens and no later than the event ends. Either end may be left open.
+fn check_sales_window(
+    starts_at: DateTime<Utc>,
+    ends_at: DateTime<Utc>,
+    sales_start_at: Option<DateTime<Utc>>,
+    sales_end_at: Option<DateTime<Utc>>,
+) -> AppResult<()> {
+    if let Some(start) = sales_start_at
+        && start >= starts_at
+    {
+        return Err(AppError::bad_input(
+            "salesStartAt",
+            "salesStartAt must be before startsAt",
+        ));
+    }
+    if let Some(end) = sales_end_at {
+        if sales_start_at.is_some_and(|start| end <= start) {
+            return Err(AppError::bad_input(
+                "salesEndAt",
+                "salesEndAt must be after salesStartAt",
+            ));
+        }
+        if end > ends_at {
+            return Err(AppError::bad_input(
+                "salesEndAt",
+                "salesEndAt must not be after endsAt",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The per-event limits, in the ranges the table's CHECK constraints allow (a violation there
+/// would be an internal error). `maxPerUser` may be below `maxPerBooking`: the smaller wins.
+fn check_limits(max_per_user: Option<i32>, hold_minutes: i32, offer_minutes: i32) -> AppResult<()> {
+    if let Some(max) = max_per_user
+        && !(1..=MAX_PER_USER).contains(&max)
+    {
+        return Err(AppError::bad_input(
+            "maxPerUser",
+            format!("maxPerUser must be 1 to {MAX_PER_USER}"),
+        ));
+    }
+    if !(1..=MAX_HOLD_MINUTES).contains(&hold_minutes) {
+        return Err(AppError::bad_input(
+            "holdMinutes",
+            format!("holdMinutes must be 1 to {MAX_HOLD_MINUTES}"),
+        ));
+    }
+    if !(1..=MAX_OFFER_MINUTES).contains(&offer_minutes) {
+        return Err(AppError::bad_input(
+            "offerMinutes",
+            format!("offerMinutes must be 1 to {MAX_OFFER_MINUTES}"),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn create_event(
     conn: &mut AsyncPgConnection,
     actor: &Viewer,
@@ -257,6 +335,15 @@ pub async fn create_event(
     let max_per_booking = new.max_per_booking.unwrap_or(DEFAULT_MAX_PER_BOOKING);
     check_max_per_booking(max_per_booking)?;
     check_schedule(new.starts_at, new.ends_at)?;
+    check_sales_window(
+        new.starts_at,
+        new.ends_at,
+        new.sales_start_at,
+        new.sales_end_at,
+    )?;
+    let hold_minutes = new.hold_minutes.unwrap_or(Event::DEFAULT_HOLD_MINUTES);
+    let offer_minutes = new.offer_minutes.unwrap_or(Event::DEFAULT_OFFER_MINUTES);
+    check_limits(new.max_per_user, hold_minutes, offer_minutes)?;
     let now = Utc::now();
     let event = Event {
         id: Uuid::new_v4(),
@@ -284,8 +371,8 @@ pub async fn create_event(
         sales_start_at: new.sales_start_at,
         sales_end_at: new.sales_end_at,
         max_per_user: new.max_per_user,
-        hold_minutes: new.hold_minutes.unwrap_or(Event::DEFAULT_HOLD_MINUTES),
-        offer_minutes: new.offer_minutes.unwrap_or(Event::DEFAULT_OFFER_MINUTES),
+        hold_minutes,
+        offer_minutes,
     };
     Ok(diesel::insert_into(events::table)
         .values(&event)
@@ -311,11 +398,26 @@ pub(super) async fn lock_event(conn: &mut AsyncPgConnection, id: Uuid) -> AppRes
 fn ensure_can_manage(actor: &Viewer, event: &Event) -> AppResult<()> {
     if actor.is_admin() || (actor.can_organize() && event.organizer_id == actor.id()) {
         Ok(())
+    } else if !visible_to(event, Some(actor)) {
+        // Someone else's draft does not exist as far as this caller can tell.
+        Err(AppError::NotFound("event"))
     } else {
         Err(AppError::Forbidden(
             "only the event's organizer or an admin can do this",
         ))
     }
+}
+
+/// Whether the event may be shown to `viewer` (`None`: anonymous): a draft only to its
+/// organizer and to admins, anything else to everyone.
+pub fn visible_to(event: &Event, viewer: Option<&Viewer>) -> bool {
+    event.status != EventStatus::Draft
+        || viewer.is_some_and(|viewer| viewer.is_admin() || viewer.id() == event.organizer_id)
+}
+
+/// Whether the event can be booked right now: published, not started, inside its sales window.
+pub fn on_sale(event: &Event) -> bool {
+    unbookable_reason(event).is_none()
 }
 
 pub async fn update_event(
@@ -336,6 +438,12 @@ pub async fn update_event(
             return Err(AppError::not_possible(
                 "EVENT_CANCELLED",
                 "a cancelled event cannot be changed",
+            ));
+        }
+        if current.status == EventStatus::Completed {
+            return Err(AppError::not_possible(
+                "EVENT_COMPLETED",
+                "a completed event cannot be changed",
             ));
         }
         let starts_at = patch.starts_at.unwrap_or(current.starts_at);
@@ -364,6 +472,16 @@ pub async fn update_event(
         let max_per_user = patch.max_per_user.unwrap_or(current.max_per_user);
         let hold_minutes = patch.hold_minutes.unwrap_or(current.hold_minutes);
         let offer_minutes = patch.offer_minutes.unwrap_or(current.offer_minutes);
+        // Checked only when one of its dates changes, so an event already under way can still
+        // have its details corrected.
+        if patch.starts_at.is_some()
+            || patch.ends_at.is_some()
+            || patch.sales_start_at.is_some()
+            || patch.sales_end_at.is_some()
+        {
+            check_sales_window(starts_at, ends_at, sales_start_at, sales_end_at)?;
+        }
+        check_limits(max_per_user, hold_minutes, offer_minutes)?;
         let max_per_booking = patch.max_per_booking.unwrap_or(current.max_per_booking);
         check_max_per_booking(max_per_booking)?;
         let title = match &patch.title {
@@ -449,6 +567,13 @@ pub async fn cancel_event(
                 changes: Changes::default(),
             });
         }
+        // Its bookings were used: cancelling now would only rewrite history.
+        if current.status == EventStatus::Completed {
+            return Err(AppError::not_possible(
+                "EVENT_COMPLETED",
+                "a completed event cannot be cancelled",
+            ));
+        }
         let mut changes = Changes {
             previous_version: Some(current.version),
             ..Changes::default()
@@ -487,6 +612,144 @@ pub async fn cancel_event(
             changed: true,
             changes,
         })
+    })
+    .await
+}
+
+/// The outcome of `publish_event`: the event, and whether this call changed it (publishing a
+/// published event returns it untouched).
+pub struct PublishedEvent {
+    pub event: Event,
+    pub changed: bool,
+    pub changes: Changes,
+}
+
+/// Publishes a draft: from now on everyone sees it, and it is on sale inside its sales window.
+pub async fn publish_event(
+    conn: &mut AsyncPgConnection,
+    actor: &Viewer,
+    id: Uuid,
+) -> AppResult<PublishedEvent> {
+    conn.transaction(async move |conn| {
+        let current = lock_event(conn, id).await?;
+        ensure_can_manage(actor, &current)?;
+        match current.status {
+            EventStatus::Draft => {}
+            EventStatus::Published => {
+                return Ok(PublishedEvent {
+                    event: current,
+                    changed: false,
+                    changes: Changes::default(),
+                });
+            }
+            EventStatus::Cancelled => {
+                return Err(AppError::not_possible(
+                    "EVENT_CANCELLED",
+                    "a cancelled event cannot be published",
+                ));
+            }
+            EventStatus::Completed => {
+                return Err(AppError::not_possible(
+                    "EVENT_COMPLETED",
+                    "a completed event cannot be published",
+                ));
+            }
+        }
+        // It could never be booked, and the sweeper would complete it at once.
+        if current.starts_at <= Utc::now() {
+            return Err(AppError::not_possible(
+                "EVENT_STARTED",
+                "this draft's start has passed: move its dates with updateEvent first",
+            ));
+        }
+        let event = diesel::update(
+            events::table
+                .find(id)
+                .filter(events::status.eq(EventStatus::Draft)),
+        )
+        .set((
+            events::status.eq(EventStatus::Published),
+            events::version.eq(events::version + 1),
+            events::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(Event::as_returning())
+        .get_result(conn)
+        .await?;
+        let changes = Changes {
+            event: Some(event.clone()),
+            previous_version: Some(current.version),
+            ..Changes::default()
+        };
+        Ok(PublishedEvent {
+            event,
+            changed: true,
+            changes,
+        })
+    })
+    .await
+}
+
+/// Completes up to `limit` published events that have ended, each in a transaction of its
+/// own: the event becomes COMPLETED, its live holds expire (their seats go back to the free
+/// pool, for the record) and its waiting list closes; confirmed bookings stay as they are.
+/// Returns what changed, for publishing. Safe to run on several instances at once: the row
+/// lock queues them and the status is checked again under it, so an event completes once.
+/// Drafts and cancelled events are left alone. One event's failure is logged and does not
+/// stop the others, whose changes are committed and must still be announced.
+pub async fn complete_ended(conn: &mut AsyncPgConnection, limit: i64) -> AppResult<Vec<Changes>> {
+    let ended: Vec<Uuid> = events::table
+        .filter(events::status.eq(EventStatus::Published))
+        .filter(events::ends_at.le(diesel::dsl::now))
+        .order(events::ends_at.asc())
+        .select(events::id)
+        .limit(limit)
+        .load(conn)
+        .await?;
+    let mut all = Vec::with_capacity(ended.len());
+    for id in ended {
+        match complete_event(conn, id).await {
+            Ok(Some(changes)) => all.push(changes),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(event_id = %id, code = error.code(), message = %error.message(), "cannot complete an ended event");
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Completes one ended event, unless another instance got there first (`None`).
+async fn complete_event(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<Option<Changes>> {
+    conn.transaction(async move |conn| {
+        let current = lock_event(conn, id).await?;
+        let event: Option<Event> = diesel::update(
+            events::table
+                .find(id)
+                .filter(events::status.eq(EventStatus::Published))
+                .filter(events::ends_at.le(diesel::dsl::now)),
+        )
+        .set((
+            events::status.eq(EventStatus::Completed),
+            events::seats_available.eq(events::seats_available + events::seats_held),
+            events::seats_held.eq(0),
+            events::version.eq(events::version + 1),
+            events::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(Event::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some(event) = event else {
+            return Ok(None);
+        };
+        let mut changes = Changes {
+            previous_version: Some(current.version),
+            ..Changes::default()
+        };
+        holds::end_all(conn, &current, HoldStatus::Expired, &mut changes).await?;
+        waitlist::close_all(conn, id, &mut changes).await?;
+        changes.event = Some(event);
+        Ok(Some(changes))
     })
     .await
 }

@@ -57,9 +57,19 @@ struct DemoEvent {
     /// Seats already taken by the demo user, to show nearly sold-out events.
     booked: i32,
     description: &'static str,
+    kind: DemoKind,
 }
 
-const DEMO_EVENTS: [DemoEvent; 12] = [
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DemoKind {
+    Ticketed,
+    /// Free: takes RSVPs.
+    Free,
+    /// Not published yet: only its organizer and admins see it.
+    Draft,
+}
+
+const DEMO_EVENTS: [DemoEvent; 14] = [
     DemoEvent {
         title: "The Midnight Echoes — Live",
         category: "Music",
@@ -69,6 +79,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 5000,
         booked: 0,
         description: "Synth-pop headliners on their first tour in five years.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "Jazz at the Lighthouse",
@@ -79,6 +90,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 120,
         booked: 117,
         description: "An intimate late set. Almost gone.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "Symphony No. 9 under the Stars",
@@ -89,6 +101,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 2500,
         booked: 0,
         description: "Open-air Beethoven with the city orchestra and choir.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "City Derby: Reds vs Blues",
@@ -99,6 +112,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 18000,
         booked: 0,
         description: "The season's biggest match.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "Championship Boxing Night",
@@ -109,6 +123,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 800,
         booked: 795,
         description: "Title fight plus four undercard bouts.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "Hamlet",
@@ -119,6 +134,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 450,
         booked: 0,
         description: "A bold modern staging of the classic.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "The Improv Hour",
@@ -129,6 +145,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 60,
         booked: 58,
         description: "Your suggestions, their chaos.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "Stand-up Showcase",
@@ -139,6 +156,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 60,
         booked: 0,
         description: "Five rising comics, one night.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "RustConf Community Day",
@@ -149,6 +167,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 1000,
         booked: 0,
         description: "Talks, workshops and hallway track.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "Frontend Futures Summit",
@@ -159,6 +178,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 1500,
         booked: 0,
         description: "GraphQL, edge rendering and everything in between.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "Street Food Festival",
@@ -169,6 +189,7 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 3000,
         booked: 0,
         description: "Sixty stalls, live DJs, family friendly.",
+        kind: DemoKind::Ticketed,
     },
     DemoEvent {
         title: "Poetry Slam Finals",
@@ -179,6 +200,29 @@ const DEMO_EVENTS: [DemoEvent; 12] = [
         capacity: 90,
         booked: 89,
         description: "One seat left for the finals.",
+        kind: DemoKind::Ticketed,
+    },
+    DemoEvent {
+        title: "Rust Meetup: Async in Practice",
+        category: "Tech",
+        venue: "Foundry Co-working",
+        days_ahead: 9,
+        hours: 3,
+        capacity: 40,
+        booked: 0,
+        description: "Free evening meetup: talks, pizza, questions. RSVP to save a seat.",
+        kind: DemoKind::Free,
+    },
+    DemoEvent {
+        title: "Winter Gala (draft)",
+        category: "Music",
+        venue: "Grand Hall",
+        days_ahead: 60,
+        hours: 4,
+        capacity: 800,
+        booked: 0,
+        description: "Not announced yet: visible to its organizer and admins only.",
+        kind: DemoKind::Draft,
     },
 ];
 
@@ -244,13 +288,17 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
                     capacity: demo.capacity,
                     seats_available: demo.capacity - demo.booked,
                     max_per_booking: 10,
-                    status: EventStatus::Published,
+                    status: if demo.kind == DemoKind::Draft {
+                        EventStatus::Draft
+                    } else {
+                        EventStatus::Published
+                    },
                     version: 1,
                     created_at: now,
                     updated_at: now,
                     seats_held: 0,
                     venue_id: None,
-                    free: false,
+                    free: demo.kind == DemoKind::Free,
                     sales_start_at: None,
                     sales_end_at: None,
                     max_per_user: None,

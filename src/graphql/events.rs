@@ -2,11 +2,12 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
 use chrono::{DateTime, Utc};
 
-use super::context::{ContextExt, require_viewer};
+use super::context::{ContextExt, require_viewer, viewer};
 use super::types::{EventStatus, connection, event_cursor, page_complexity, parse_id};
-use crate::db::models::Event;
+use crate::db::models::{self, Event};
 use crate::domain::events::{self, EventPatch, NewEvent};
 use crate::domain::pagination::PageRequest;
+use crate::error::{AppError, AppResult};
 
 #[derive(InputObject, Default)]
 pub struct EventFilter {
@@ -16,7 +17,8 @@ pub struct EventFilter {
     pub search: Option<String>,
     pub starts_after: Option<DateTime<Utc>>,
     pub starts_before: Option<DateTime<Utc>>,
-    /// Defaults to PUBLISHED.
+    /// Defaults to PUBLISHED. DRAFT lists the caller's own drafts (every draft for an admin,
+    /// none when signed out).
     pub status: Option<EventStatus>,
 }
 
@@ -40,16 +42,18 @@ pub struct CreateEventInput {
     /// DRAFT (visible only to its organizer and admins until `publishEvent`) or PUBLISHED
     /// (the default).
     pub status: Option<EventStatus>,
-    /// Sales open at this time; by default as soon as the event is published.
+    /// Sales open at this time; by default as soon as the event is published. Before
+    /// `startsAt`.
     pub sales_start_at: Option<DateTime<Utc>>,
-    /// Sales close at this time; by default when the event starts.
+    /// Sales close at this time; by default when the event starts. After `salesStartAt`, and
+    /// no later than `endsAt` (bookings close when the event starts in any case).
     pub sales_end_at: Option<DateTime<Utc>>,
     /// Most seats one user may have for the event across all bookings and holds; unlimited
-    /// by default.
+    /// by default. 1 to 1000; may be below `maxPerBooking`, and then limits each booking too.
     pub max_per_user: Option<i32>,
-    /// How long `holdSeats` keeps seats. Defaults to 10 minutes.
+    /// How long `holdSeats` keeps seats. Defaults to 10 minutes; 1 to 1440.
     pub hold_minutes: Option<i32>,
-    /// How long a waiting-list offer keeps seats. Defaults to 1440 (24 hours).
+    /// How long a waiting-list offer keeps seats. Defaults to 1440 (24 hours); 1 to 10080.
     pub offer_minutes: Option<i32>,
 }
 
@@ -69,10 +73,25 @@ pub struct UpdateEventInput {
     pub sales_start_at: MaybeUndefined<DateTime<Utc>>,
     /// `null` clears it.
     pub sales_end_at: MaybeUndefined<DateTime<Utc>>,
-    /// `null` removes the limit.
+    /// `null` removes the limit. Lowering it keeps the seats users already have.
     pub max_per_user: MaybeUndefined<i32>,
     pub hold_minutes: Option<i32>,
     pub offer_minutes: Option<i32>,
+}
+
+/// Whether the caller may see the event (drafts: only their organizer and admins). The caller
+/// is looked up only for a draft, and a token that is no longer valid sees what a signed-out
+/// caller sees, so that no error tells a stranger a draft exists.
+pub(super) async fn may_see(ctx: &Context<'_>, event: &Event) -> AppResult<bool> {
+    if event.status != models::EventStatus::Draft {
+        return Ok(true);
+    }
+    let viewer = match viewer(ctx).await {
+        Ok(viewer) => viewer,
+        Err(AppError::Unauthenticated(_)) => None,
+        Err(error) => return Err(error),
+    };
+    Ok(events::visible_to(event, viewer.as_ref()))
 }
 
 fn patch<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
@@ -106,15 +125,27 @@ impl EventQuery {
             starts_before: filter.starts_before,
             status: filter.status.map(Into::into),
         };
+        // Only a listing of drafts depends on who asks.
+        let viewer = match filter.status {
+            Some(models::EventStatus::Draft) => viewer(ctx).await?,
+            _ => None,
+        };
         let mut conn = ctx.app().conn().await?;
-        let rows = events::list_events(&mut conn, &filter, page).await?;
+        let rows = events::list_events(&mut conn, viewer.as_ref(), &filter, page).await?;
         Ok(connection(rows, page.after.is_some(), event_cursor))
     }
 
+    /// Null when there is no such event, or when it is a draft of someone else.
     async fn event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Event>> {
         let id = parse_id(&id, "id")?;
-        let mut conn = ctx.app().conn().await?;
-        Ok(events::find_event(&mut conn, id).await?)
+        let event = {
+            let mut conn = ctx.app().conn().await?;
+            events::find_event(&mut conn, id).await?
+        };
+        match event {
+            Some(event) if may_see(ctx, &event).await? => Ok(Some(event)),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -199,6 +230,21 @@ impl EventMutation {
             .map_err(crate::error::AppError::from)?;
         app.publish(changes, true);
         Ok(event)
+    }
+
+    /// The event's organizer or an ADMIN. Makes a DRAFT visible to everyone and bookable inside
+    /// its sales window. Repeating it returns the published event.
+    async fn publish_event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Event> {
+        let viewer = &require_viewer(ctx).await?;
+        let id = parse_id(&id, "id")?;
+        let app = ctx.app();
+        let mut conn = app.conn().await?;
+        let published = events::publish_event(&mut conn, viewer, id).await?;
+        if published.changed {
+            tracing::info!(event_id = %id, "event published");
+            app.publish(published.changes, true);
+        }
+        Ok(published.event)
     }
 
     /// Cancels the event and every booking of it. Repeating it returns the cancelled event.

@@ -36,11 +36,18 @@ fn newer_than(
     })
 }
 
-async fn current_event(app: &AppState, event_id: Uuid) -> async_graphql::Result<Event> {
-    let mut conn = app.conn().await?;
-    Ok(events::find_event(&mut conn, event_id)
-        .await?
-        .ok_or(AppError::NotFound("event"))?)
+/// The event as the caller may see it: someone else's draft is NOT_FOUND. (`seatAvailability`
+/// is executed once for all its subscribers, as a signed-out caller: see `http::fanout`. So a
+/// draft's seat counts are NOT_FOUND to everyone; its organizer can follow `eventUpdated`.)
+async fn current_event(ctx: &Context<'_>, event_id: Uuid) -> async_graphql::Result<Event> {
+    let event = {
+        let mut conn = ctx.app().conn().await?;
+        events::find_event(&mut conn, event_id).await?
+    };
+    match event {
+        Some(event) if super::events::may_see(ctx, &event).await? => Ok(event),
+        _ => Err(AppError::NotFound("event").into()),
+    }
 }
 
 #[Subscription]
@@ -55,7 +62,7 @@ impl AvailabilitySubscription {
         let app = ctx.app();
         // Attach before reading, so a change committed in between is not lost.
         let updates = app.bus.subscribe(Topic::Seats(event_id));
-        let first = SeatUpdate::from(&current_event(app, event_id).await?);
+        let first = SeatUpdate::from(&current_event(ctx, event_id).await?);
         let later = newer_than(updates, first.version, |update| match update {
             Update::Seats(seats) => Some(seats.version),
             _ => None,
@@ -82,7 +89,7 @@ impl AvailabilitySubscription {
         let event_id = parse_id(&event_id, "eventId")?;
         let app = ctx.app();
         let updates = app.bus.subscribe(Topic::Event(event_id));
-        let first = current_event(app, event_id).await?;
+        let first = current_event(ctx, event_id).await?;
         let later = newer_than(updates, first.version, |update| match update {
             Update::Event(event) => Some(event.version),
             _ => None,

@@ -161,6 +161,35 @@ impl models::Event {
     async fn max_per_booking(&self) -> i32 {
         self.max_per_booking
     }
+    /// When sales open; null: as soon as the event is published.
+    async fn sales_start_at(&self) -> Option<DateTime<Utc>> {
+        self.sales_start_at
+    }
+    /// When sales close; null: when the event starts (they close then in any case).
+    async fn sales_end_at(&self) -> Option<DateTime<Utc>> {
+        self.sales_end_at
+    }
+    /// Most seats one user may have for the event, bookings and holds together; null: no limit.
+    async fn max_per_user(&self) -> Option<i32> {
+        self.max_per_user
+    }
+    /// How long a hold keeps seats during checkout, in minutes.
+    async fn hold_minutes(&self) -> i32 {
+        self.hold_minutes
+    }
+    /// How long a waiting-list offer keeps seats, in minutes.
+    async fn offer_minutes(&self) -> i32 {
+        self.offer_minutes
+    }
+    /// A free event takes RSVPs instead of bookings.
+    async fn free(&self) -> bool {
+        self.free
+    }
+    /// Whether it can be booked now: published, not started and inside its sales window
+    /// (whether seats are left is `soldOut`).
+    async fn on_sale(&self) -> bool {
+        crate::domain::events::on_sale(self)
+    }
     async fn status(&self) -> EventStatus {
         self.status.into()
     }

@@ -9,6 +9,7 @@ mod graphiql;
 mod helpers;
 mod hostile;
 mod journey;
+mod lifecycle;
 mod live;
 mod onsale;
 mod reference_client;

@@ -10,6 +10,7 @@ use super::types::parse_id;
 use crate::app::AppState;
 use crate::db::models::Event;
 use crate::domain::seats::{self, EventSeat};
+use crate::error::AppError;
 use crate::realtime::{Topic, Update, Updates};
 
 /// A seat map message: every seat (`full`), or only the seats that changed since the
@@ -53,7 +54,7 @@ impl SeatMapSubscription {
     /// Every seat of a seated event with its state, then the seats whose state changes. After
     /// a gap (a change this stream could not pass on), the whole map is sent again with
     /// `full: true`. A general-admission event has no seat map (BAD_USER_INPUT, reason
-    /// NO_SEAT_MAP).
+    /// NO_SEAT_MAP); a draft's map is only its organizer's and admins' (NOT_FOUND to others).
     async fn seat_map(
         &self,
         ctx: &Context<'_>,
@@ -64,6 +65,10 @@ impl SeatMapSubscription {
         // Attach before reading, so a change committed in between is not lost.
         let updates = app.bus.subscribe(Topic::SeatMap(event_id));
         let (event, seats) = read_map(&app, event_id).await?;
+        // Someone else's draft does not exist, as for `event(id)`.
+        if !super::events::may_see(ctx, &event).await? {
+            return Err(AppError::NotFound("event").into());
+        }
         let first = SeatMapMessage::new(event_id, event.version, true, seats);
         let watch = SeatMapWatch {
             updates,

@@ -782,3 +782,51 @@ async fn a_general_admission_event_has_no_seat_map() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_drafts_seat_map_is_only_its_organizers() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let venue = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_VENUE,
+            json!({ "input": layout() }),
+        )
+        .await;
+    let mut input = event_input("Draft Show", 0);
+    input["capacity"] = Value::Null;
+    input["venueId"] = venue["createVenue"]["id"].clone();
+    input["status"] = json!("DRAFT");
+    let event = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_EVENT,
+            json!({ "input": input }),
+        )
+        .await;
+    let event_id = event["createEvent"]["id"].as_str().unwrap();
+
+    let mut stranger = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    stranger
+        .subscribe("1", SEAT_MAP, json!({ "id": event_id }))
+        .await;
+    let message = stranger.next_message().await.unwrap();
+    assert_eq!(
+        operation_errors(&message)[0]["extensions"]["code"],
+        "NOT_FOUND",
+        "{message}"
+    );
+    let init = json!({ "Authorization": format!("Bearer {}", organizer.token) });
+    let mut owner = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
+        .await
+        .unwrap();
+    owner
+        .subscribe("1", SEAT_MAP, json!({ "id": event_id }))
+        .await;
+    let first = seat_map(&mut owner).await;
+    assert_eq!(first["full"], true);
+    assert_eq!(first["seats"].as_array().unwrap().len(), 10);
+}

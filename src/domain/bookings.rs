@@ -317,3 +317,15 @@ async fn list_newest_first(
         .await?;
     Ok(page.finish(rows))
 }
+
+pub async fn bookings_by_id(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> AppResult<std::collections::HashMap<Uuid, Booking>> {
+    let rows: Vec<Booking> = bookings::table
+        .filter(bookings::id.eq_any(ids))
+        .select(Booking::as_select())
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|b| (b.id, b)).collect())
+}

@@ -532,3 +532,15 @@ pub async fn visible_hold(
     ensure_owner(viewer, &hold)?;
     Ok(hold)
 }
+
+pub async fn holds_by_id(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> AppResult<std::collections::HashMap<Uuid, Hold>> {
+    let rows: Vec<Hold> = holds::table
+        .filter(holds::id.eq_any(ids))
+        .select(Hold::as_select())
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|h| (h.id, h)).collect())
+}

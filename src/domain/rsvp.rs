@@ -171,9 +171,15 @@ pub struct RsvpCounts {
     pub not_going: i64,
 }
 
-pub async fn counts(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<RsvpCounts> {
+/// The answers to each of the events.
+pub async fn counts(
+    conn: &mut AsyncPgConnection,
+    event_ids: &[Uuid],
+) -> AppResult<std::collections::HashMap<Uuid, RsvpCounts>> {
     #[derive(QueryableByName)]
     struct Row {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        event_id: Uuid,
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         going: i64,
         #[diesel(sql_type = diesel::sql_types::BigInt)]
@@ -183,20 +189,42 @@ pub async fn counts(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<R
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         not_going: i64,
     }
-    let row: Row = diesel::sql_query(
-        "SELECT count(*) FILTER (WHERE response = 'GOING' AND booking_id IS NOT NULL) AS going, \
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT event_id, \
+                count(*) FILTER (WHERE response = 'GOING' AND booking_id IS NOT NULL) AS going, \
                 count(*) FILTER (WHERE response = 'GOING' AND booking_id IS NULL) AS waitlisted, \
                 count(*) FILTER (WHERE response = 'MAYBE') AS maybe, \
                 count(*) FILTER (WHERE response = 'NOT_GOING') AS not_going \
-         FROM rsvps WHERE event_id = $1",
+         FROM rsvps WHERE event_id = ANY($1) GROUP BY event_id",
     )
-    .bind::<diesel::sql_types::Uuid, _>(event_id)
-    .get_result(conn)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(event_ids)
+    .load(conn)
     .await?;
-    Ok(RsvpCounts {
-        going: row.going,
-        waitlisted: row.waitlisted,
-        maybe: row.maybe,
-        not_going: row.not_going,
-    })
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let counts = RsvpCounts {
+                going: row.going,
+                waitlisted: row.waitlisted,
+                maybe: row.maybe,
+                not_going: row.not_going,
+            };
+            (row.event_id, counts)
+        })
+        .collect())
+}
+
+/// One user's answers to each of the events.
+pub async fn responses(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    event_ids: &[Uuid],
+) -> AppResult<std::collections::HashMap<Uuid, RsvpResponse>> {
+    let rows: Vec<(Uuid, RsvpResponse)> = rsvps::table
+        .filter(rsvps::user_id.eq(user_id))
+        .filter(rsvps::event_id.eq_any(event_ids))
+        .select((rsvps::event_id, rsvps::response))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
 }

@@ -13,7 +13,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::events::{check_user_limit, lock_event};
-use super::holds::{self, check_sellable, insert_hold, take_from_expired};
+use super::holds::{check_sellable, insert_hold, take_from_expired};
 use super::inventory::{Changes, Inventory};
 use super::seats::{self, SeatOwner};
 use crate::db::models::{
@@ -416,36 +416,30 @@ pub async fn user_entries(
     .await?)
 }
 
-/// How many entries wait for the event.
-pub async fn waiting_count(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<i64> {
-    Ok(waitlist_entries::table
-        .filter(waitlist_entries::event_id.eq(event_id))
+/// How many entries wait for each of the events.
+pub async fn waiting_counts(
+    conn: &mut AsyncPgConnection,
+    event_ids: &[Uuid],
+) -> AppResult<std::collections::HashMap<Uuid, i64>> {
+    let rows: Vec<(Uuid, i64)> = waitlist_entries::table
+        .filter(waitlist_entries::event_id.eq_any(event_ids))
         .filter(waitlist_entries::status.eq(WaitlistStatus::Waiting))
-        .count()
-        .get_result(conn)
-        .await?)
+        .group_by(waitlist_entries::event_id)
+        .select((waitlist_entries::event_id, diesel::dsl::count_star()))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
-/// The hold of an entry's offer.
-pub async fn offer_hold(
+/// Which of these holds are waiting-list offers.
+pub async fn offers_among(
     conn: &mut AsyncPgConnection,
-    entry: &WaitlistEntry,
-) -> AppResult<Option<Hold>> {
-    match entry.hold_id {
-        Some(id) => Ok(Some(holds::find_hold(conn, id).await?)),
-        None => Ok(None),
-    }
-}
-
-/// The waiting-list entry a hold was offered to, if it is an offer.
-pub async fn entry_of_hold(
-    conn: &mut AsyncPgConnection,
-    hold_id: Uuid,
-) -> AppResult<Option<WaitlistEntry>> {
-    Ok(waitlist_entries::table
-        .filter(waitlist_entries::hold_id.eq(hold_id))
-        .select(WaitlistEntry::as_select())
-        .first(conn)
-        .await
-        .optional()?)
+    hold_ids: &[Uuid],
+) -> AppResult<std::collections::HashSet<Uuid>> {
+    let rows: Vec<Option<Uuid>> = waitlist_entries::table
+        .filter(waitlist_entries::hold_id.eq_any(hold_ids))
+        .select(waitlist_entries::hold_id)
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().flatten().collect())
 }

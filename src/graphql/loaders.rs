@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 
+use async_graphql::Data;
 use async_graphql::dataloader::{DataLoader, Loader};
 use uuid::Uuid;
 
 use crate::app::AppState;
-use crate::db::models::{Event, User};
+use crate::db::models::{Booking, Event, Hold, RsvpResponse, User};
 use crate::domain::seats::{self, EventSeat, SeatOwner};
 use crate::domain::venues::{self, VenueLayout};
-use crate::domain::{events, users};
+use crate::domain::{bookings, events, holds, rsvp, users, waitlist};
 use crate::error::AppError;
 
 pub struct UserLoader(AppState);
@@ -68,19 +69,106 @@ impl Loader<SeatOwner> for OwnedSeatsLoader {
     }
 }
 
-/// Fresh seat-map loaders for one request (or one WebSocket connection), like
-/// [`request_loaders`].
-pub fn seat_loaders(app: &AppState) -> (DataLoader<VenueLoader>, DataLoader<OwnedSeatsLoader>) {
-    (
-        DataLoader::new(VenueLoader(app.clone()), tokio::spawn),
-        DataLoader::new(OwnedSeatsLoader(app.clone()), tokio::spawn),
-    )
+pub struct BookingLoader(AppState);
+pub struct HoldLoader(AppState);
+/// Whether a hold is a waiting-list offer.
+pub struct OfferLoader(AppState);
+/// How many wait on each event's waiting list.
+pub struct WaitlistLengthLoader(AppState);
+/// Each free event's RSVP counts.
+pub struct RsvpCountsLoader(AppState);
+/// A user's RSVP to each event, keyed by (event, user).
+pub struct RsvpLoader(AppState);
+
+impl Loader<Uuid> for BookingLoader {
+    type Value = Booking;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Booking>, Self::Error> {
+        let mut conn = self.0.conn().await?;
+        Ok(bookings::bookings_by_id(&mut conn, keys).await?)
+    }
 }
 
-/// Fresh loaders for one request (or one WebSocket connection), so cached rows never outlive it.
-pub fn request_loaders(app: &AppState) -> (DataLoader<UserLoader>, DataLoader<EventLoader>) {
-    (
-        DataLoader::new(UserLoader(app.clone()), tokio::spawn),
-        DataLoader::new(EventLoader(app.clone()), tokio::spawn),
-    )
+impl Loader<Uuid> for HoldLoader {
+    type Value = Hold;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Hold>, Self::Error> {
+        let mut conn = self.0.conn().await?;
+        Ok(holds::holds_by_id(&mut conn, keys).await?)
+    }
+}
+
+impl Loader<Uuid> for OfferLoader {
+    type Value = bool;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, bool>, Self::Error> {
+        let mut conn = self.0.conn().await?;
+        let offers = waitlist::offers_among(&mut conn, keys).await?;
+        Ok(keys.iter().map(|k| (*k, offers.contains(k))).collect())
+    }
+}
+
+impl Loader<Uuid> for WaitlistLengthLoader {
+    type Value = i64;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, i64>, Self::Error> {
+        let mut conn = self.0.conn().await?;
+        Ok(waitlist::waiting_counts(&mut conn, keys).await?)
+    }
+}
+
+impl Loader<Uuid> for RsvpCountsLoader {
+    type Value = rsvp::RsvpCounts;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, rsvp::RsvpCounts>, Self::Error> {
+        let mut conn = self.0.conn().await?;
+        Ok(rsvp::counts(&mut conn, keys).await?)
+    }
+}
+
+impl Loader<(Uuid, Uuid)> for RsvpLoader {
+    type Value = RsvpResponse;
+    type Error = async_graphql::Error;
+
+    async fn load(
+        &self,
+        keys: &[(Uuid, Uuid)],
+    ) -> Result<HashMap<(Uuid, Uuid), RsvpResponse>, Self::Error> {
+        let mut conn = self.0.conn().await?;
+        let mut by_user: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for (event, user) in keys {
+            by_user.entry(*user).or_default().push(*event);
+        }
+        let mut found = HashMap::new();
+        // One query per user asking: in practice one, the viewer.
+        for (user, events) in by_user {
+            for (event, response) in rsvp::responses(&mut conn, user, &events).await? {
+                found.insert((event, user), response);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Puts fresh loaders for one request (or one WebSocket connection) into its data, so cached
+/// rows never outlive it.
+pub fn install(app: &AppState, data: &mut Data) {
+    data.insert(DataLoader::new(UserLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(EventLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(VenueLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(OwnedSeatsLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(BookingLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(HoldLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(OfferLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(
+        WaitlistLengthLoader(app.clone()),
+        tokio::spawn,
+    ));
+    data.insert(DataLoader::new(RsvpCountsLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(RsvpLoader(app.clone()), tokio::spawn));
 }

@@ -6,11 +6,18 @@ use async_graphql::{Context, Enum, ID, InputObject, Interface, Object, SimpleObj
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use async_graphql::dataloader::DataLoader;
+
 use super::context::{ContextExt, require_viewer, viewer};
+use super::loaders::{
+    BookingLoader, HoldLoader, OfferLoader, RsvpCountsLoader, RsvpLoader, WaitlistLengthLoader,
+};
+use super::seats::{SeatNode, seats_of};
 use super::types::{UserNode, connection, load_event, load_user, page_complexity, parse_id};
 use crate::db::models::{self, Booking, Event};
 use crate::domain::holds::{self, HoldRequest};
 use crate::domain::pagination::{Cursor, PageRequest};
+use crate::domain::seats::SeatOwner;
 use crate::domain::{rsvp, waitlist};
 use crate::error::AppError;
 use crate::security::rate_limit::Bucket;
@@ -93,16 +100,16 @@ impl models::Hold {
     }
     /// True for seats offered from the waiting list.
     async fn is_offer(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        let mut conn = ctx.app().conn().await?;
-        Ok(waitlist::entry_of_hold(&mut conn, self.id).await?.is_some())
+        let offer = ctx.data_unchecked::<DataLoader<OfferLoader>>();
+        Ok(offer.load_one(self.id).await?.unwrap_or(false))
     }
     /// The booking this hold became, once confirmed.
     async fn booking(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Booking>> {
-        let Some(id) = self.booking_id else {
-            return Ok(None);
-        };
-        let mut conn = ctx.app().conn().await?;
-        Ok(Some(holds::find_booking(&mut conn, id).await?))
+        load_booking(ctx, self.booking_id).await
+    }
+    /// The seats held, for a seated event (best available, or the ones asked for).
+    async fn seats(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SeatNode>> {
+        seats_of(ctx, SeatOwner::Hold(self.id)).await
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.created_at
@@ -172,16 +179,16 @@ impl WaitlistEntryNode {
     }
     /// The seats offered to this entry, while OFFERED (and after).
     async fn hold(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<models::Hold>> {
-        let mut conn = ctx.app().conn().await?;
-        Ok(waitlist::offer_hold(&mut conn, &self.entry).await?)
-    }
-    /// The booking made from this entry (an RSVP's), once FULFILLED.
-    async fn booking(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Booking>> {
-        let Some(id) = self.entry.booking_id else {
+        let Some(id) = self.entry.hold_id else {
             return Ok(None);
         };
-        let mut conn = ctx.app().conn().await?;
-        Ok(Some(holds::find_booking(&mut conn, id).await?))
+        ctx.data_unchecked::<DataLoader<HoldLoader>>()
+            .load_one(id)
+            .await
+    }
+    /// The booking made from this entry, once FULFILLED.
+    async fn booking(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Booking>> {
+        load_booking(ctx, self.entry.booking_id).await
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.entry.created_at
@@ -237,6 +244,16 @@ impl From<rsvp::RsvpOutcome> for Rsvp {
     }
 }
 
+async fn load_booking(
+    ctx: &Context<'_>,
+    id: Option<Uuid>,
+) -> async_graphql::Result<Option<Booking>> {
+    let Some(id) = id else { return Ok(None) };
+    ctx.data_unchecked::<DataLoader<BookingLoader>>()
+        .load_one(id)
+        .await
+}
+
 /// The RSVP fields of an event, for its page.
 pub async fn rsvp_counts(
     ctx: &Context<'_>,
@@ -245,29 +262,32 @@ pub async fn rsvp_counts(
     if !event.free {
         return Ok(None);
     }
-    let mut conn = ctx.app().conn().await?;
-    Ok(Some(rsvp::counts(&mut conn, event.id).await?.into()))
+    let counts = ctx.data_unchecked::<DataLoader<RsvpCountsLoader>>();
+    Ok(Some(
+        counts.load_one(event.id).await?.unwrap_or_default().into(),
+    ))
 }
 
 pub async fn my_rsvp(
     ctx: &Context<'_>,
     event: &Event,
 ) -> async_graphql::Result<Option<RsvpResponse>> {
-    let Some(viewer) = viewer(ctx).await? else {
-        return Ok(None);
-    };
     if !event.free {
         return Ok(None);
     }
-    let mut conn = ctx.app().conn().await?;
-    Ok(rsvp::find(&mut conn, event.id, viewer.id())
+    let Some(viewer) = viewer(ctx).await? else {
+        return Ok(None);
+    };
+    let responses = ctx.data_unchecked::<DataLoader<RsvpLoader>>();
+    Ok(responses
+        .load_one((event.id, viewer.id()))
         .await?
-        .map(|r| r.response.into()))
+        .map(Into::into))
 }
 
 pub async fn waitlist_length(ctx: &Context<'_>, event: &Event) -> async_graphql::Result<i32> {
-    let mut conn = ctx.app().conn().await?;
-    let count = waitlist::waiting_count(&mut conn, event.id).await?;
+    let lengths = ctx.data_unchecked::<DataLoader<WaitlistLengthLoader>>();
+    let count = lengths.load_one(event.id).await?.unwrap_or(0);
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }
 

@@ -27,7 +27,7 @@ use crate::app::AppState;
 use crate::error::REQUEST_ID;
 use crate::graphql::EventlySchema;
 use crate::graphql::context::Caller;
-use crate::graphql::loaders::{request_loaders, seat_loaders};
+use crate::graphql::loaders;
 
 /// Results a slow connection may fall behind by before it skips to the newest.
 const CAPACITY: usize = 16;
@@ -173,14 +173,9 @@ impl Fanout {
         });
         let stop = CancellationToken::new();
         // Public by construction: run as nobody in particular.
-        let (users, events) = request_loaders(&self.app);
-        let (venues, owned_seats) = seat_loaders(&self.app);
         let mut data = Data::default();
         data.insert(Caller::Anonymous);
-        data.insert(users);
-        data.insert(events);
-        data.insert(venues);
-        data.insert(owned_seats);
+        loaders::install(&self.app, &mut data);
         let results = self
             .schema
             .execute_stream_with_session_data(request, Arc::new(data));

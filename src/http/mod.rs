@@ -30,7 +30,7 @@ use crate::app::AppState;
 use crate::config::Environment;
 use crate::error::{AppError, REQUEST_ID};
 use crate::graphql::context::{Caller, ViewerCache};
-use crate::graphql::loaders::{request_loaders, seat_loaders};
+use crate::graphql::loaders;
 use crate::graphql::{EventlySchema, build_schema};
 use crate::realtime::RedisHealth;
 use crate::security::client::{ClientIp, client_ip};
@@ -312,16 +312,11 @@ async fn graphql(
         .scope(request_id, async move {
             let caller = identify(&state.app, authorization);
             let with_context = |request: async_graphql::Request| {
-                let (users, events) = request_loaders(&state.app);
-                let (venues, owned_seats) = seat_loaders(&state.app);
-                let request = request
+                let mut request = request
                     .data(caller.clone())
                     .data(ViewerCache::default())
-                    .data(users)
-                    .data(events)
-                    .data(venues)
-                    .data(owned_seats)
                     .data(OverHttp);
+                loaders::install(&state.app, &mut request.data);
                 match client {
                     Some(ip) => request.data(ip),
                     None => request,

@@ -31,7 +31,7 @@ use crate::config::WebSocketConfig;
 use crate::domain::{Viewer, auth};
 use crate::error::{AppError, REQUEST_ID};
 use crate::graphql::context::Caller;
-use crate::graphql::loaders::{request_loaders, seat_loaders};
+use crate::graphql::loaders;
 use crate::realtime::Bus;
 use crate::security::client::ClientIp;
 
@@ -575,14 +575,9 @@ impl Connection {
                 return Err(stop(close::INTERNAL_ERROR, "Internal server error"));
             }
         };
-        let (users, events) = request_loaders(&self.state.app);
-        let (venues, owned_seats) = seat_loaders(&self.state.app);
         let mut data = Data::default();
         data.insert(caller);
-        data.insert(users);
-        data.insert(events);
-        data.insert(venues);
-        data.insert(owned_seats);
+        loaders::install(&self.state.app, &mut data);
         if let Some(ip) = self.client {
             data.insert(ip);
         }

@@ -116,7 +116,7 @@ fn state_of<'a>(states: &'a [(String, String)], label: &str) -> &'a str {
 }
 
 const HOLD: &str = "mutation($input: HoldSeatsInput!) {
-    holdSeats(input: $input) { id quantity status }
+    holdSeats(input: $input) { id quantity status seats { section row number state } }
 }";
 const CONFIRM: &str = "mutation($id: ID!) { confirmHold(holdId: $id) { id status seats { section row number state } } }";
 
@@ -351,6 +351,13 @@ async fn held_seats_then_booked_are_exactly_the_ones_named() {
     assert!(body.get("errors").is_none(), "{body}");
     let held = &body["data"]["holdSeats"];
     assert_eq!(held["quantity"], 2);
+    assert_eq!(
+        states(&held["seats"]),
+        [
+            ("A 2-2".to_owned(), "HELD".to_owned()),
+            ("A 2-3".to_owned(), "HELD".to_owned())
+        ]
+    );
     let seats = seat_states(&app, &seated.event_id).await;
     assert_eq!(state_of(&seats, "A 2-2"), "HELD");
     assert_eq!(state_of(&seats, "A 2-3"), "HELD");

@@ -3,11 +3,13 @@
 
 use chrono::{Duration, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::Viewer;
 use super::auth::Passwords;
 use super::users::{NewUser, create_user};
+use super::venues::{NewVenue, RowLayout, SectionLayout, create_venue};
 use crate::db::DbPool;
 use crate::db::models::{Booking, BookingStatus, Event, EventStatus, Role, User};
 use crate::db::schema::{bookings, events, users};
@@ -338,8 +340,84 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
             Ok::<_, crate::error::AppError>(created)
         })
         .await?;
+    let seated_created = seed_seated_event(&mut conn, &accounts[1]).await?;
     Ok(SeedReport {
         users_created,
-        events_created,
+        events_created: events_created + usize::from(seated_created),
     })
+}
+
+/// A theatre with a seat layout and a play there, to try seat maps with. Returns whether it was
+/// created (it is kept when it exists).
+async fn seed_seated_event(conn: &mut AsyncPgConnection, organizer: &User) -> AppResult<bool> {
+    let id = demo_event_id(100);
+    let exists: Option<Uuid> = events::table
+        .find(id)
+        .select(events::id)
+        .first(conn)
+        .await
+        .optional()?;
+    if exists.is_some() {
+        return Ok(false);
+    }
+    let row = |label: &str, seats| RowLayout {
+        label: label.into(),
+        seats,
+    };
+    let layout = NewVenue {
+        name: "Blue Room Theatre".into(),
+        address: Some("12 Quay Street".into()),
+        sections: vec![
+            SectionLayout {
+                name: "Stalls".into(),
+                rows: vec![row("A", 10), row("B", 12), row("C", 12)],
+            },
+            SectionLayout {
+                name: "Balcony".into(),
+                rows: vec![row("A", 8), row("B", 8)],
+            },
+        ],
+    };
+    let owner = Viewer {
+        user: organizer.clone(),
+        session_id: Uuid::nil(),
+    };
+    let venue = create_venue(conn, &owner, layout).await?;
+    let now = Utc::now();
+    let starts_at = (now + Duration::days(12))
+        .date_naive()
+        .and_hms_opt(19, 30, 0)
+        .unwrap_or_default()
+        .and_utc();
+    let capacity = venue.seat_count();
+    let event = Event {
+        id,
+        organizer_id: organizer.id,
+        title: "The Glass Menagerie".into(),
+        description: Some("Pick your seats on the seat map: stalls and balcony.".into()),
+        category: "Theatre".into(),
+        venue: venue.venue.name.clone(),
+        starts_at,
+        ends_at: starts_at + Duration::hours(2),
+        capacity,
+        seats_available: capacity,
+        max_per_booking: 6,
+        status: EventStatus::Published,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        seats_held: 0,
+        venue_id: Some(venue.venue.id),
+        free: false,
+        sales_start_at: None,
+        sales_end_at: None,
+        max_per_user: Some(6),
+        hold_minutes: Event::DEFAULT_HOLD_MINUTES,
+        offer_minutes: Event::DEFAULT_OFFER_MINUTES,
+    };
+    diesel::insert_into(events::table)
+        .values(&event)
+        .execute(conn)
+        .await?;
+    Ok(true)
 }

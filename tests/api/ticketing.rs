@@ -241,8 +241,25 @@ async fn the_sweeper_releases_expired_holds_and_tells_the_owner() {
     .await
     .unwrap();
     client.subscribe("mine", UPDATES, json!({})).await;
+    let mut watcher = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    watcher
+        .subscribe(
+            "seats",
+            "subscription($id: ID!) { seatAvailability(eventId: $id) { seatsAvailable seatsHeld version } }",
+            json!({ "id": event_id }),
+        )
+        .await;
+    let first = watcher.next_data().await["data"]["seatAvailability"].clone();
+    assert_eq!(first["seatsHeld"], 0);
     // The subscription is attached once it is acknowledged by its first message: make one.
     let hold_id = hold_ok(&app, &buyer, &event_id, 2).await;
+    let held = watcher.next_data().await["data"]["seatAvailability"].clone();
+    assert_eq!(
+        (held["seatsAvailable"].as_i64(), held["seatsHeld"].as_i64()),
+        (Some(1), Some(2))
+    );
     let started = client.next_data().await;
     assert_eq!(
         started["data"]["myBookingUpdates"],
@@ -252,6 +269,16 @@ async fn the_sweeper_releases_expired_holds_and_tells_the_owner() {
     let ended = client.next_data().await;
     assert_eq!(ended["data"]["myBookingUpdates"]["id"], hold_id.as_str());
     assert_eq!(ended["data"]["myBookingUpdates"]["status"], "EXPIRED");
+    // Watchers of the event see the seats come back.
+    let released = watcher.next_data().await["data"]["seatAvailability"].clone();
+    assert_eq!(
+        (
+            released["seatsAvailable"].as_i64(),
+            released["seatsHeld"].as_i64()
+        ),
+        (Some(3), Some(0))
+    );
+    assert!(released["version"].as_i64() > held["version"].as_i64());
     assert_eq!(counts(&app, &event_id).await, (3, 0));
     assert_no_double_allocation(&app).await;
 }
@@ -759,5 +786,43 @@ async fn concurrent_rsvps_never_seat_more_than_capacity_or_anyone_twice() {
         available == 0 || waiting == 0,
         "{available} free seats while {waiting} wait"
     );
+    assert_no_double_allocation(&app).await;
+}
+
+#[tokio::test]
+async fn instances_sweeping_at_once_end_each_hold_once() {
+    // Only the sweeps this test runs: the background ones wait an hour.
+    let app = TestApp::spawn_with(|config| {
+        config.sweep_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let peer = app.spawn_peer().await;
+    let organizer = app.user(Role::Organizer).await;
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        events.push(app.event(&organizer, 10).await);
+    }
+    let mut holders = Vec::new();
+    for event_id in &events {
+        for _ in 0..4 {
+            let holder = app.user(Role::User).await;
+            hold_ok(&app, &holder, event_id, 2).await;
+            holders.push(holder);
+        }
+    }
+    assert_eq!(
+        execute(&app, "UPDATE holds SET expires_at = now()").await,
+        20
+    );
+    let (here, there) = tokio::join!(
+        evently::sweeper::sweep(&app.state),
+        evently::sweeper::sweep(&peer.state)
+    );
+    // Each event was swept by one of them; the other found nothing left to do.
+    assert_eq!(here.unwrap() + there.unwrap(), events.len());
+    assert_eq!(app.count("holds WHERE status = 'EXPIRED'").await, 20);
+    for event_id in &events {
+        assert_eq!(counts(&app, event_id).await, (10, 0));
+    }
     assert_no_double_allocation(&app).await;
 }

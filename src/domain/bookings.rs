@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::events::{check_user_limit, lock_event};
-use super::holds::{check_sellable, requested_quantity, take_from_expired};
+use super::holds::{check_sellable, requested_quantity, take_from_expired_seats};
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
 use super::seats::{self, SeatOwner};
@@ -93,7 +93,14 @@ pub async fn book_seats(
             check_user_limit(conn, &event, user_id, request.quantity).await?;
             let mut changes = Changes::default();
             let mut inventory = Inventory::new(event);
-            take_from_expired(conn, &mut inventory, request.quantity, &mut changes).await?;
+            take_from_expired_seats(
+                conn,
+                &mut inventory,
+                request.quantity,
+                &request.seat_ids,
+                &mut changes,
+            )
+            .await?;
             if inventory.available < request.quantity {
                 return Err(AppError::SoldOut {
                     seats_available: inventory.available,

@@ -103,7 +103,8 @@ pub async fn hold_seats(
         check_user_limit(conn, &event, user_id, quantity).await?;
         let mut changes = Changes::default();
         let mut inventory = Inventory::new(event);
-        take_from_expired(conn, &mut inventory, quantity, &mut changes).await?;
+        let seat_ids = &request.seat_ids;
+        take_from_expired_seats(conn, &mut inventory, quantity, seat_ids, &mut changes).await?;
         if inventory.available < quantity {
             return Err(AppError::SoldOut {
                 seats_available: inventory.available,
@@ -141,6 +142,21 @@ pub(super) async fn take_from_expired(
         expire(conn, inventory, changes).await?;
     }
     Ok(())
+}
+
+/// The same for a request naming seats: one of them may be kept by an expired hold even while
+/// other seats are free.
+pub(super) async fn take_from_expired_seats(
+    conn: &mut AsyncPgConnection,
+    inventory: &mut Inventory,
+    wanted: i32,
+    seat_ids: &[Uuid],
+    changes: &mut Changes,
+) -> AppResult<()> {
+    if !seat_ids.is_empty() && inventory.held > 0 {
+        expire(conn, inventory, changes).await?;
+    }
+    take_from_expired(conn, inventory, wanted, changes).await
 }
 
 pub(super) async fn insert_hold(

@@ -837,3 +837,36 @@ async fn a_drafts_seat_map_is_only_its_organizers() {
     assert_eq!(first["full"], true);
     assert_eq!(first["seats"].as_array().unwrap().len(), 10);
 }
+
+#[tokio::test]
+async fn a_seat_kept_by_an_expired_hold_can_be_bought_before_the_sweeper_comes() {
+    let app = TestApp::spawn_with(|config| {
+        config.sweep_interval = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let organizer = app.user(Role::Organizer).await;
+    let (first, second) = (app.user(Role::User).await, app.user(Role::User).await);
+    let seated = seated_event(&app, &organizer).await;
+    let seat = [seated.id("A 1-1")];
+    let hold_id = hold_ok(&app, &first, &seated.event_id, &seat).await;
+    // Its time runs out; the sweeper has not come round, and other seats are free.
+    {
+        use diesel_async::RunQueryDsl;
+        let expired = diesel::sql_query(format!(
+            "UPDATE holds SET expires_at = now() - interval '1 second' WHERE id = '{hold_id}'"
+        ))
+        .execute(&mut app.db().await)
+        .await
+        .unwrap();
+        assert_eq!(expired, 1);
+    }
+    let body = book(&app, &second, &seated.event_id, &seat).await;
+    assert!(
+        body.get("errors").is_none(),
+        "an expired hold kept its seat: {body}"
+    );
+    let seats = seat_states(&app, &seated.event_id).await;
+    assert_eq!(state_of(&seats, "A 1-1"), "BOOKED");
+    assert_eq!(app.count("holds WHERE status = 'EXPIRED'").await, 1);
+    app.assert_invariant().await;
+}

@@ -77,6 +77,7 @@ pub fn build_schema(state: AppState) -> EventlySchema {
             max_aliases: limits.max_aliases,
             max_directives: limits.max_directives,
             introspection: limits.introspection,
+            parsed: Default::default(),
         })
         .extension(state.persisted_queries.clone())
         .extension(WebSocketBudget);

@@ -41,8 +41,11 @@ const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// Answers of the API load nothing and may not be framed (GraphiQL's page sets its own policy).
 const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
 
-#[derive(Clone)]
-struct HttpState {
+/// Shared by every request: handlers get a clone of the `Arc`, one reference count, rather
+/// than of each field.
+type HttpState = Arc<HttpShared>;
+
+struct HttpShared {
     app: AppState,
     schema: EventlySchema,
     sockets: Arc<ws::Sockets>,
@@ -75,13 +78,13 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
         .max_age(Duration::from_secs(600));
     let production = app.config.env == Environment::Production;
     let schema = build_schema(app.clone());
-    let state = HttpState {
+    let state = Arc::new(HttpShared {
         fanout: Arc::new(fanout::Fanout::new(schema.clone(), app.clone())),
         cache: Arc::new(cache::ResponseCache::new(app.config.response_cache_ttl)),
         schema,
         app,
         sockets,
-    };
+    });
     // The request budget covers the API, not the probes or GraphiQL's static files.
     let api = Router::new()
         .route("/graphql", get(graphiql::graphiql_page).post(graphql))

@@ -23,6 +23,44 @@ pub struct DocumentLimits {
     pub max_aliases: usize,
     pub max_directives: usize,
     pub introspection: bool,
+    /// Documents already parsed and found within these limits.
+    pub parsed: Arc<ParsedDocuments>,
+}
+
+/// Queries most recently parsed, by their text. Clients send the same few documents over and
+/// over (a page's queries, a checkout's mutation): cloning the parsed document costs a fraction
+/// of parsing it again. Only documents that passed every limit are kept, so a hit needs no
+/// checks. Bounded in entries and in each entry's size; when full it starts over, which an
+/// attacker sending endless new documents can only keep empty, not grow.
+#[derive(Debug, Default)]
+pub struct ParsedDocuments {
+    entries: std::sync::Mutex<HashMap<Box<str>, ExecutableDocument>>,
+}
+
+impl ParsedDocuments {
+    const MAX_ENTRIES: usize = 256;
+    const MAX_QUERY_BYTES: usize = 4096;
+
+    fn get(&self, query: &str) -> Option<ExecutableDocument> {
+        self.lock().get(query).cloned()
+    }
+
+    fn keep(&self, query: &str, document: &ExecutableDocument) {
+        if query.len() > Self::MAX_QUERY_BYTES {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(query.into(), document.clone());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, ExecutableDocument>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl ExtensionFactory for DocumentLimits {
@@ -182,6 +220,9 @@ impl Extension for DocumentLimits {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
+        if let Some(document) = self.parsed.get(query) {
+            return Ok(document);
+        }
         if self.max_document_bytes > 0 && query.len() > self.max_document_bytes {
             return Err(limit_error(
                 "DOCUMENT_TOO_LARGE",
@@ -246,6 +287,7 @@ impl Extension for DocumentLimits {
                 ),
             ));
         }
+        self.parsed.keep(query, &document);
         Ok(document)
     }
 
@@ -272,7 +314,23 @@ impl Extension for DocumentLimits {
 
 #[cfg(test)]
 mod tests {
-    use super::nesting;
+    use super::{ParsedDocuments, nesting};
+
+    #[test]
+    fn parsed_documents_stay_bounded() {
+        let parsed = ParsedDocuments::default();
+        let document = async_graphql::parser::parse_query("{ a }").unwrap();
+        parsed.keep("{ a }", &document);
+        assert!(parsed.get("{ a }").is_some());
+        assert!(parsed.get("{ b }").is_none());
+        let huge = format!("{{ a }}{}", " ".repeat(ParsedDocuments::MAX_QUERY_BYTES));
+        parsed.keep(&huge, &document);
+        assert!(parsed.get(&huge).is_none(), "an oversized query was kept");
+        for i in 0..ParsedDocuments::MAX_ENTRIES * 3 {
+            parsed.keep(&format!("{{ a{i} }}"), &document);
+            assert!(parsed.lock().len() <= ParsedDocuments::MAX_ENTRIES);
+        }
+    }
 
     #[test]
     fn nesting_ignores_brackets_in_strings_and_comments() {

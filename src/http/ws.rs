@@ -343,11 +343,13 @@ struct Connection {
     user_slot: Option<UserSlot>,
     /// The client's address, for per-address rate limits on what it does over the socket.
     client: Option<ClientIp>,
-    operations: StreamMap<String, Operation>,
+    /// By operation id; shared ids, since the map hands out a copy of the key with every
+    /// message.
+    operations: StreamMap<Arc<str>, Operation>,
     /// Operations that have produced a result; on shutdown these (subscriptions, now only
     /// listening) are dropped at once, while the others (queries and mutations in flight) may
     /// finish first.
-    answered: HashSet<String>,
+    answered: HashSet<Arc<str>>,
     draining: bool,
 }
 
@@ -376,10 +378,13 @@ impl Connection {
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Stop {
         let shutdown = self.state.sockets.shutdown.clone();
+        // Made once: a new `cancelled()` per turn of the loop would register with (and leave)
+        // the token's waiters for every message sent.
+        let cancelled = shutdown.cancelled();
         let init_timeout = tokio::time::sleep(self.config.init_timeout);
         let idle = tokio::time::sleep(self.config.idle_timeout);
         let drain = tokio::time::sleep(Duration::MAX / 4);
-        tokio::pin!(init_timeout, idle, drain);
+        tokio::pin!(cancelled, init_timeout, idle, drain);
         // The first ping comes at a random point of the first interval, so connections opened
         // together (after a deploy, or at an onsale) do not all ping at the same moment.
         let first = self
@@ -390,7 +395,7 @@ impl Connection {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = shutdown.cancelled(), if !self.draining => {
+                () = &mut cancelled, if !self.draining => {
                     if let Some(stop) = self.start_draining() {
                         return stop;
                     }
@@ -460,7 +465,7 @@ impl Connection {
     fn start_draining(&mut self) -> Option<Stop> {
         self.draining = true;
         for id in std::mem::take(&mut self.answered) {
-            self.operations.remove(&id);
+            self.operations.remove(&*id);
         }
         self.operations
             .is_empty()
@@ -612,7 +617,7 @@ impl Connection {
         if id.is_empty() || id.len() > MAX_ID_BYTES {
             return Err(stop(close::INVALID_MESSAGE, "Invalid message received"));
         }
-        if self.operations.contains_key(&id) {
+        if self.operations.contains_key(id.as_str()) {
             return Err(stop(
                 close::SUBSCRIBER_EXISTS,
                 format!("Subscriber for {id} already exists"),
@@ -667,7 +672,7 @@ impl Connection {
             }
         };
         let operation = results.chain(stream::once(async { Output::End })).boxed();
-        self.operations.insert(id, operation);
+        self.operations.insert(id.into(), operation);
         Ok(())
     }
 
@@ -683,7 +688,7 @@ impl Connection {
     async fn on_output(
         &mut self,
         socket: &mut WebSocket,
-        id: String,
+        id: Arc<str>,
         output: Output,
     ) -> Result<(), Stop> {
         let patience = self.config.idle_timeout;
@@ -694,7 +699,12 @@ impl Connection {
         let text = match output {
             Output::End | Output::Shared(Frame::Complete) => {
                 self.forget(&id);
-                return send(socket, patience, message::<()>(Some(&id), "complete", None)).await;
+                return send(
+                    socket,
+                    patience,
+                    message::<()>(Some(&*id), "complete", None),
+                )
+                .await;
             }
             Output::Own(response) if ends_operation(&response) => {
                 self.forget(&id);
@@ -704,23 +714,31 @@ impl Connection {
                 self.forget(&id);
                 return send(socket, patience, prebuilt(&id, "error", &errors)).await;
             }
-            Output::Own(response) => message(Some(&id), next, Some(&response)),
+            Output::Own(response) => message(Some(&*id), next, Some(&response)),
             Output::Shared(Frame::Next(payload)) => prebuilt(&id, next, &payload),
         };
         send(socket, patience, text).await?;
         if !self.draining {
-            self.answered.insert(id);
+            // Every message of a subscription comes here: only its first changes the set.
+            if !self.answered.contains(&id) {
+                self.answered.insert(id);
+            }
             return Ok(());
         }
         // Shutting down: a query or mutation is complete now; a subscription that started
         // during shutdown has had its first message and is dropped.
         let finished = self
             .operations
-            .remove(&id)
+            .remove(&*id)
             .is_some_and(|mut rest| matches!(rest.next().now_or_never(), Some(Some(Output::End))));
         self.forget(&id);
         if finished {
-            send(socket, patience, message::<()>(Some(&id), "complete", None)).await?;
+            send(
+                socket,
+                patience,
+                message::<()>(Some(&*id), "complete", None),
+            )
+            .await?;
         }
         Ok(())
     }

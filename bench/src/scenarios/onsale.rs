@@ -206,7 +206,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         ),
         ("**oversold**".into(), format!("**{}**", check.oversold)),
         (
-            "invariant capacity − available = confirmed seats".into(),
+            "invariant capacity − available − held = confirmed seats".into(),
             check.invariant_holds.to_string(),
         ),
         (
@@ -263,6 +263,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
 struct Check {
     capacity: i64,
     seats_available: i64,
+    seats_held: i64,
     confirmed_seats: i64,
     oversold: i64,
     invariant_holds: bool,
@@ -278,11 +279,13 @@ async fn verify(common: &Common, event_id: &str, reported: &[String]) -> anyhow:
     tokio::spawn(connection);
     let event = client
         .query_one(
-            "SELECT capacity::bigint, seats_available::bigint FROM events WHERE id = $1::text::uuid",
+            "SELECT capacity::bigint, seats_available::bigint, seats_held::bigint
+             FROM events WHERE id = $1::text::uuid",
             &[&event_id],
         )
         .await?;
-    let (capacity, seats_available): (i64, i64) = (event.get(0), event.get(1));
+    let (capacity, seats_available, seats_held): (i64, i64, i64) =
+        (event.get(0), event.get(1), event.get(2));
     let confirmed = client
         .query_one(
             "SELECT coalesce(sum(quantity), 0)::bigint, count(*)
@@ -303,9 +306,11 @@ async fn verify(common: &Common, event_id: &str, reported: &[String]) -> anyhow:
     Ok(Check {
         capacity,
         seats_available,
+        seats_held,
         confirmed_seats,
-        oversold: (confirmed_seats - capacity).max(0),
-        invariant_holds: capacity - seats_available == confirmed_seats && seats_available >= 0,
+        oversold: (confirmed_seats + seats_held - capacity).max(0),
+        invariant_holds: capacity - seats_available - seats_held == confirmed_seats
+            && seats_available >= 0,
         missing: reported - found,
         unreported: confirmed_rows - found,
     })

@@ -59,7 +59,12 @@ pub(super) fn validate(request: &BookingRequest) -> AppResult<()> {
     if !request.seat_ids.is_empty() {
         requested_quantity(Some(request.quantity), &request.seat_ids)?;
     }
-    if let Some(key) = &request.idempotency_key
+    check_idempotency_key(request.idempotency_key.as_deref())
+}
+
+/// An idempotency key is 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] bytes of printable text.
+pub(super) fn check_idempotency_key(key: Option<&str>) -> AppResult<()> {
+    if let Some(key) = key
         && (key.is_empty()
             || key.len() > MAX_IDEMPOTENCY_KEY_LEN
             || key.chars().any(char::is_control))
@@ -193,7 +198,7 @@ pub(super) async fn find_by_key(
     }
 }
 
-async fn find_booking(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<Booking> {
+pub(super) async fn find_booking(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<Booking> {
     bookings::table
         .find(id)
         .select(Booking::as_select())

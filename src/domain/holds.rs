@@ -12,7 +12,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
-use super::bookings::MAX_IDEMPOTENCY_KEY_LEN;
+use super::bookings::{check_idempotency_key, find_booking};
 use super::events::{check_user_limit, lock_event, unbookable_reason};
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
@@ -204,16 +204,6 @@ fn ensure_owner(viewer: &Viewer, hold: &Hold) -> AppResult<()> {
     }
 }
 
-pub async fn find_booking(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<Booking> {
-    bookings::table
-        .find(id)
-        .select(Booking::as_select())
-        .first(conn)
-        .await
-        .optional()?
-        .ok_or(AppError::NotFound("booking"))
-}
-
 fn ended_error(hold: &Hold) -> AppError {
     match hold.status {
         HoldStatus::Released => {
@@ -234,16 +224,7 @@ pub async fn confirm_hold(
     hold_id: Uuid,
     idempotency_key: Option<String>,
 ) -> AppResult<(Booking, Changes)> {
-    if let Some(key) = &idempotency_key
-        && (key.is_empty()
-            || key.len() > MAX_IDEMPOTENCY_KEY_LEN
-            || key.chars().any(char::is_control))
-    {
-        return Err(AppError::bad_input(
-            "idempotencyKey",
-            format!("idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
-        ));
-    }
+    check_idempotency_key(idempotency_key.as_deref())?;
     let hold = find_hold(conn, hold_id).await?;
     if hold.user_id != viewer.id() {
         return Err(AppError::NotFound("hold"));

@@ -44,10 +44,16 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
     }
     let expired = holds::events_with_expired_holds(&mut conn, EVENTS_PER_ROUND).await?;
     for event_id in expired {
-        let changes = holds::sweep_event(&mut conn, event_id).await?;
-        if !changes.is_empty() {
-            swept += 1;
-            app.publish(changes, false);
+        // One event that cannot be swept must not hold up the others.
+        match holds::sweep_event(&mut conn, event_id).await {
+            Ok(changes) if !changes.is_empty() => {
+                swept += 1;
+                app.publish(changes, false);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%event_id, error = %error.message(), "sweeping an event failed");
+            }
         }
     }
     Ok(swept)

@@ -43,6 +43,21 @@ pub struct BookingChange {
     pub also: Changes,
 }
 
+impl BookingChange {
+    /// The booking, and what to announce once committed: the event's seat count (when this
+    /// change carries it), the booking when it changed, and anything else the transaction did.
+    pub fn into_announcements(self) -> (Booking, Changes) {
+        let mut changes = self.also;
+        if self.event.is_some() {
+            changes.event = self.event;
+        }
+        if self.changed {
+            changes.bookings.push(self.booking.clone());
+        }
+        (self.booking, changes)
+    }
+}
+
 enum Attempt {
     Created(Booking, Box<Changes>),
     Existing(Booking),

@@ -167,13 +167,23 @@ pub(super) async fn insert_hold(
     minutes: i32,
 ) -> AppResult<Hold> {
     let now = Utc::now();
+    // Nobody can confirm once sales close or the event starts, so no hold outlasts that.
+    let expires_at = [
+        Some(now + Duration::minutes(minutes.into())),
+        event.sales_end_at,
+        Some(event.starts_at),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(now);
     let hold = Hold {
         id: Uuid::new_v4(),
         event_id: event.id,
         user_id,
         quantity,
         status: HoldStatus::Held,
-        expires_at: now + Duration::minutes(minutes.into()),
+        expires_at,
         created_at: now,
         ended_at: None,
         booking_id: None,

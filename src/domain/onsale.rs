@@ -372,8 +372,13 @@ async fn commit(
                 inner.bus.publish_changes(also, false);
             }
             for (job, result) in jobs.drain(..).zip(results) {
-                // The caller may have gone away; the booking stands either way.
-                let _ = job.reply.send(result);
+                // The caller may have gone away after the event was locked; the booking stands
+                // either way, and what its caller would have announced is announced here.
+                if let Err(Ok(change)) = job.reply.send(result) {
+                    inner
+                        .bus
+                        .publish_changes(change.into_announcements().1, false);
+                }
             }
             true
         }

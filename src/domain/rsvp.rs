@@ -149,14 +149,19 @@ pub(super) async fn forget_booking(
     conn: &mut AsyncPgConnection,
     booking: &Booking,
 ) -> AppResult<()> {
-    diesel::update(rsvps::table.filter(rsvps::booking_id.eq(booking.id)))
-        .set((
-            rsvps::response.eq(RsvpResponse::NotGoing),
-            rsvps::booking_id.eq(None::<Uuid>),
-            rsvps::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await?;
+    // By the primary key (event, user): cancellations of paid events pass here too.
+    diesel::update(
+        rsvps::table
+            .find((booking.event_id, booking.user_id))
+            .filter(rsvps::booking_id.eq(booking.id)),
+    )
+    .set((
+        rsvps::response.eq(RsvpResponse::NotGoing),
+        rsvps::booking_id.eq(None::<Uuid>),
+        rsvps::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -335,6 +335,15 @@ pub async fn event_seats(
     event: &Event,
     section: Option<&str>,
 ) -> AppResult<Vec<EventSeat>> {
+    if let Some(section) = section {
+        if section.chars().count() > 50 {
+            return Err(crate::error::AppError::bad_input(
+                "section",
+                "section must be at most 50 characters",
+            ));
+        }
+        super::events::reject_control_chars("section", section, false)?;
+    }
     let Some(venue_id) = event.venue_id else {
         return Ok(Vec::new());
     };

@@ -12,13 +12,11 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::events::{check_user_limit, lock_event};
+use super::events::{check_user_limit, lock_event, unbookable_reason};
 use super::holds::{check_sellable, insert_hold, take_from_expired};
 use super::inventory::{Changes, Inventory};
 use super::seats::{self, SeatOwner};
-use crate::db::models::{
-    Booking, BookingStatus, EventStatus, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
-};
+use crate::db::models::{Booking, BookingStatus, Hold, HoldStatus, WaitlistEntry, WaitlistStatus};
 use crate::db::schema::{bookings, holds as holds_table, rsvps, waitlist_entries};
 use crate::error::{AppError, AppResult};
 
@@ -84,7 +82,18 @@ pub async fn join(
         })
         .await?;
     let (entry, changes) = entry;
-    Ok((place(conn, entry).await?, changes))
+    // The entry is committed: a failure to read its place must not lose the changes.
+    let placed = match place(conn, entry.clone()).await {
+        Ok(placed) => placed,
+        Err(error) => {
+            tracing::warn!(error = %error.message(), "cannot read a new entry's place");
+            PlacedEntry {
+                entry,
+                position: None,
+            }
+        }
+    };
+    Ok((placed, changes))
 }
 
 pub(super) async fn insert_entry(
@@ -201,7 +210,9 @@ pub async fn promote(
     changes: &mut Changes,
 ) -> AppResult<()> {
     let event = inventory.event.clone();
-    if event.status != EventStatus::Published || event.starts_at <= Utc::now() {
+    // Outside the sales window an offer could never be confirmed: the seats stay on the
+    // event until sales reopen or it is over.
+    if unbookable_reason(&event).is_some() {
         return Ok(());
     }
     let mut after: Option<(chrono::DateTime<Utc>, Uuid)> = None;

@@ -69,18 +69,12 @@ impl BookingMutation {
     /// Announces a change that happened (a replayed request changes nothing): the event's seat
     /// counts to its watchers, the booking to its owner's `myBookingUpdates`.
     fn publish(ctx: &Context<'_>, change: BookingChange) -> Booking {
-        let mut changes = change.also;
         // In a batch only the last booking carries the event: one seat count per commit.
-        if change.event.is_some() {
-            changes.event = change.event;
-        }
-        if change.changed {
-            changes.bookings.push(change.booking.clone());
-        }
+        let (booking, changes) = change.into_announcements();
         if !changes.is_empty() {
             ctx.app().publish(changes, false);
         }
-        change.booking
+        booking
     }
 }
 

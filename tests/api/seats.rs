@@ -870,3 +870,20 @@ async fn a_seat_kept_by_an_expired_hold_can_be_bought_before_the_sweeper_comes()
     assert_eq!(app.count("holds WHERE status = 'EXPIRED'").await, 1);
     app.assert_invariant().await;
 }
+
+#[tokio::test]
+async fn a_bad_section_name_is_bad_input() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let seated = seated_event(&app, &organizer).await;
+    for section in ["A\u{0}", &"S".repeat(51)] {
+        let body = app
+            .gql(
+                None,
+                "query($id: ID!, $s: String) { event(id: $id) { seats(section: $s) { id } } }",
+                json!({ "id": seated.event_id, "s": section }),
+            )
+            .await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    }
+}

@@ -826,3 +826,57 @@ async fn instances_sweeping_at_once_end_each_hold_once() {
     }
     assert_no_double_allocation(&app).await;
 }
+
+#[tokio::test]
+async fn nothing_is_offered_or_held_past_the_end_of_sales() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let mut input = event_input("Closing Soon", 2);
+    let sales_end = chrono::Utc::now() + chrono::Duration::minutes(5);
+    input["salesEndAt"] = json!(sales_end.to_rfc3339());
+    let created = app
+        .gql_ok(
+            Some(&organizer.token),
+            "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }",
+            json!({ "input": input }),
+        )
+        .await;
+    let event_id = created["createEvent"]["id"].as_str().unwrap().to_owned();
+    // A hold's ten minutes would run past the end of sales: it ends with them.
+    let buyer = app.user(Role::User).await;
+    let body = hold(&app, &buyer, &event_id, 1).await;
+    let expires: chrono::DateTime<chrono::Utc> = body["data"]["holdSeats"]["expiresAt"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        expires <= sales_end,
+        "a hold outlasts sales: {expires} > {sales_end}"
+    );
+    let owner = app.user(Role::User).await;
+    let booked = book(&app, &owner, &event_id, 1).await;
+    let booking = booked["data"]["bookSeats"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiter = app.user(Role::User).await;
+    app.gql_ok(Some(&waiter.token), JOIN, json!({ "id": event_id, "q": 1 }))
+        .await;
+
+    // Sales close; then a seat comes back. An offer now could never be confirmed.
+    let sql = format!(
+        "UPDATE events SET sales_end_at = now() - interval '1 second' WHERE id = '{event_id}'"
+    );
+    assert_eq!(execute(&app, &sql).await, 1);
+    app.gql_ok(Some(&owner.token), CANCEL, json!({ "id": booking }))
+        .await;
+    let entries = app.gql_ok(Some(&waiter.token), ENTRIES, json!({})).await;
+    assert_eq!(entries["myWaitlistEntries"][0]["status"], "WAITING");
+    assert_eq!(
+        app.count("holds WHERE status = 'HELD'").await,
+        1,
+        "only the buyer's hold"
+    );
+    assert_no_double_allocation(&app).await;
+}

@@ -880,3 +880,56 @@ async fn nothing_is_offered_or_held_past_the_end_of_sales() {
     );
     assert_no_double_allocation(&app).await;
 }
+
+#[tokio::test]
+async fn signing_in_is_needed_for_every_reservation_and_holds_are_private() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 3).await;
+    let owner = app.user(Role::User).await;
+    let hold_id = hold_ok(&app, &owner, &event_id, 1).await;
+    let calls = [
+        (
+            HOLD,
+            json!({ "input": { "eventId": event_id, "quantity": 1 } }),
+        ),
+        (CONFIRM, json!({ "id": hold_id })),
+        (RELEASE, json!({ "id": hold_id })),
+        (JOIN, json!({ "id": event_id, "q": 1 })),
+        (LEAVE, json!({ "id": event_id })),
+        (RSVP, json!({ "id": event_id, "r": "GOING" })),
+        (ENTRIES, json!({})),
+        ("{ myHolds { edges { node { id } } } }", json!({})),
+        (
+            "query($id: ID!) { hold(id: $id) { id } }",
+            json!({ "id": hold_id }),
+        ),
+    ];
+    for (query, variables) in &calls {
+        let body = app.gql(None, query, variables.clone()).await;
+        assert_eq!(error_code(&body), "UNAUTHENTICATED", "{query}: {body}");
+    }
+    // Someone else's hold does not exist for a user, and is visible to an admin.
+    let other = app.user(Role::User).await;
+    let body = app
+        .gql(
+            Some(&other.token),
+            "query($id: ID!) { hold(id: $id) { id } }",
+            json!({ "id": hold_id }),
+        )
+        .await;
+    assert_eq!(error_code(&body), "NOT_FOUND");
+    let admin = app.user(Role::Admin).await;
+    let seen = app
+        .gql_ok(
+            Some(&admin.token),
+            "query($id: ID!) { hold(id: $id) { id user { id } } }",
+            json!({ "id": hold_id }),
+        )
+        .await;
+    assert_eq!(seen["hold"]["user"]["id"], owner.id.to_string());
+    // Nothing changed.
+    assert_eq!(app.count("holds").await, 1);
+    assert_eq!(app.count("waitlist_entries").await, 0);
+    assert_no_double_allocation(&app).await;
+}

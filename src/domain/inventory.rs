@@ -38,20 +38,6 @@ impl Changes {
             && self.waitlist.is_empty()
             && self.seats.is_empty()
     }
-
-    /// Folds in the changes of a later step of the same unit of work.
-    pub fn extend(&mut self, other: Changes) {
-        if other.event.is_some() {
-            if self.previous_version.is_none() {
-                self.previous_version = other.previous_version;
-            }
-            self.event = other.event;
-        }
-        self.bookings.extend(other.bookings);
-        self.holds.extend(other.holds);
-        self.waitlist.extend(other.waitlist);
-        self.seats.extend(other.seats);
-    }
 }
 
 /// A locked event's counters, changed in memory and written back once.
@@ -73,11 +59,6 @@ impl Inventory {
             steps: 0,
             event,
         }
-    }
-
-    /// Seats in confirmed bookings.
-    pub fn confirmed(&self) -> i32 {
-        self.event.capacity - self.event.seats_available - self.event.seats_held
     }
 
     /// Seats from the free pool into a hold.

@@ -351,10 +351,7 @@ pub async fn release_hold(
         let released = end_holds(
             conn,
             &mut inventory,
-            holds::table
-                .filter(holds::id.eq(hold_id))
-                .filter(holds::status.eq(HoldStatus::Held))
-                .into_boxed(),
+            Ending::One(hold_id),
             HoldStatus::Released,
             &mut changes,
         )
@@ -375,14 +372,11 @@ pub(super) async fn expire(
     inventory: &mut Inventory,
     changes: &mut Changes,
 ) -> AppResult<()> {
+    let event_id = inventory.event.id;
     let ended = end_holds(
         conn,
         inventory,
-        holds::table
-            .filter(holds::event_id.eq(inventory.event.id))
-            .filter(holds::status.eq(HoldStatus::Held))
-            .filter(holds::expires_at.le(diesel::dsl::now))
-            .into_boxed(),
+        Ending::ExpiredOf(event_id),
         HoldStatus::Expired,
         changes,
     )
@@ -393,32 +387,52 @@ pub(super) async fn expire(
     Ok(())
 }
 
-/// Ends the held holds `which` selects with `status`, frees their seats in `inventory`, and
-/// ends the waiting-list offers among them (the entry is EXPIRED for an offer that lapsed,
-/// LEFT for one the user turned down).
-async fn end_holds(
+/// Which live holds to end.
+pub(super) enum Ending {
+    One(Uuid),
+    /// Every hold of the event past its expiry, by PostgreSQL's clock.
+    ExpiredOf(Uuid),
+}
+
+/// Ends the live holds `which` names with `status`, in one guarded `UPDATE`, frees their seats
+/// in `inventory`, and ends the waiting-list offers among them (the entry is EXPIRED for an
+/// offer that lapsed, LEFT for one the user turned down). Returns the holds it ended.
+pub(super) async fn end_holds(
     conn: &mut AsyncPgConnection,
     inventory: &mut Inventory,
-    which: holds::BoxedQuery<'_, diesel::pg::Pg>,
+    which: Ending,
     status: HoldStatus,
     changes: &mut Changes,
 ) -> AppResult<Vec<Hold>> {
-    let ids: Vec<Uuid> = which.select(holds::id).load(conn).await?;
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ended: Vec<Hold> = diesel::update(
-        holds::table
-            .filter(holds::id.eq_any(&ids))
-            .filter(holds::status.eq(HoldStatus::Held)),
-    )
-    .set((
+    let live = holds::status.eq(HoldStatus::Held);
+    let end = (
         holds::status.eq(status),
         holds::ended_at.eq(diesel::dsl::now),
-    ))
-    .returning(Hold::as_returning())
-    .get_results(conn)
-    .await?;
+    );
+    let ended: Vec<Hold> = match which {
+        Ending::One(id) => {
+            diesel::update(holds::table.find(id).filter(live))
+                .set(end)
+                .returning(Hold::as_returning())
+                .get_results(conn)
+                .await?
+        }
+        Ending::ExpiredOf(event_id) => {
+            diesel::update(
+                holds::table
+                    .filter(holds::event_id.eq(event_id))
+                    .filter(live)
+                    .filter(holds::expires_at.le(diesel::dsl::now)),
+            )
+            .set(end)
+            .returning(Hold::as_returning())
+            .get_results(conn)
+            .await?
+        }
+    };
+    if ended.is_empty() {
+        return Ok(ended);
+    }
     let ended_ids: Vec<Uuid> = ended.iter().map(|h| h.id).collect();
     seats::release_holds(conn, &inventory.event, &ended_ids, changes).await?;
     for hold in &ended {

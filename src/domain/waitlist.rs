@@ -13,11 +13,11 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::events::{check_user_limit, lock_event, unbookable_reason};
-use super::holds::{check_sellable, insert_hold, take_from_expired};
+use super::holds::{Ending, check_sellable, end_holds, insert_hold, take_from_expired};
 use super::inventory::{Changes, Inventory};
 use super::seats::{self, SeatOwner};
-use crate::db::models::{Booking, BookingStatus, Hold, HoldStatus, WaitlistEntry, WaitlistStatus};
-use crate::db::schema::{bookings, holds as holds_table, rsvps, waitlist_entries};
+use crate::db::models::{Booking, BookingStatus, HoldStatus, WaitlistEntry, WaitlistStatus};
+use crate::db::schema::{bookings, rsvps, waitlist_entries};
 use crate::error::{AppError, AppResult};
 
 /// Entries read per round when promoting.
@@ -178,23 +178,15 @@ pub(super) async fn leave_entry(
         .hold_id
         .filter(|_| entry.status == WaitlistStatus::Offered)
     {
-        let released: Option<Hold> = diesel::update(
-            holds_table::table
-                .find(hold_id)
-                .filter(holds_table::status.eq(HoldStatus::Held)),
+        let released = end_holds(
+            conn,
+            inventory,
+            Ending::One(hold_id),
+            HoldStatus::Released,
+            changes,
         )
-        .set((
-            holds_table::status.eq(HoldStatus::Released),
-            holds_table::ended_at.eq(diesel::dsl::now),
-        ))
-        .returning(Hold::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-        if let Some(released) = released {
-            seats::release_holds(conn, &inventory.event, &[hold_id], changes).await?;
-            inventory.unhold(released.quantity);
-            changes.holds.push(released);
+        .await?;
+        if !released.is_empty() {
             promote(conn, inventory, changes).await?;
         }
     }

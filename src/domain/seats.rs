@@ -257,21 +257,7 @@ pub async fn release_holds(
     hold_ids: &[Uuid],
     changes: &mut Changes,
 ) -> AppResult<()> {
-    if event.venue_id.is_none() || hold_ids.is_empty() {
-        return Ok(());
-    }
-    let freed: Vec<Uuid> = diesel::delete(
-        seat_claims::table
-            .filter(seat_claims::event_id.eq(event.id))
-            .filter(seat_claims::hold_id.eq_any(hold_ids)),
-    )
-    .returning(seat_claims::seat_id)
-    .get_results(conn)
-    .await?;
-    changes
-        .seats
-        .extend(changed_seats(conn, &freed, SeatState::Available).await?);
-    Ok(())
+    release(conn, event, hold_ids, &[], changes).await
 }
 
 /// Gives back the seats of cancelled bookings.
@@ -281,13 +267,27 @@ pub async fn release_bookings(
     booking_ids: &[Uuid],
     changes: &mut Changes,
 ) -> AppResult<()> {
-    if event.venue_id.is_none() || booking_ids.is_empty() {
+    release(conn, event, &[], booking_ids, changes).await
+}
+
+async fn release(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    hold_ids: &[Uuid],
+    booking_ids: &[Uuid],
+    changes: &mut Changes,
+) -> AppResult<()> {
+    if event.venue_id.is_none() || (hold_ids.is_empty() && booking_ids.is_empty()) {
         return Ok(());
     }
     let freed: Vec<Uuid> = diesel::delete(
         seat_claims::table
             .filter(seat_claims::event_id.eq(event.id))
-            .filter(seat_claims::booking_id.eq_any(booking_ids)),
+            .filter(
+                seat_claims::hold_id
+                    .eq_any(hold_ids)
+                    .or(seat_claims::booking_id.eq_any(booking_ids)),
+            ),
     )
     .returning(seat_claims::seat_id)
     .get_results(conn)

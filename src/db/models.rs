@@ -187,6 +187,28 @@ impl Event {
     pub const DEFAULT_OFFER_MINUTES: i32 = 24 * 60;
 }
 
+impl Booking {
+    /// A new confirmed booking, not yet stored.
+    pub fn confirmed(
+        event_id: Uuid,
+        user_id: Uuid,
+        quantity: i32,
+        idempotency_key: Option<String>,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            event_id,
+            user_id,
+            quantity,
+            status: BookingStatus::Confirmed,
+            idempotency_key,
+            created_at,
+            cancelled_at: None,
+        }
+    }
+}
+
 /// Seats kept for one user for a while: a checkout in progress, or a waiting-list offer.
 #[derive(
     Debug,

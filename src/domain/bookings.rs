@@ -126,16 +126,13 @@ pub async fn book_seats(
                     seats_available: inventory.available,
                 });
             }
-            let booking = Booking {
-                id: Uuid::new_v4(),
-                event_id: inventory.event.id,
+            let booking = Booking::confirmed(
+                inventory.event.id,
                 user_id,
-                quantity: request.quantity,
-                status: BookingStatus::Confirmed,
-                idempotency_key: request.idempotency_key.clone(),
-                created_at: Utc::now(),
-                cancelled_at: None,
-            };
+                request.quantity,
+                request.idempotency_key.clone(),
+                Utc::now(),
+            );
             // A concurrent request with the same key for another event waits here on the
             // unique index and, once that one commits, inserts nothing.
             let inserted: Option<Booking> = diesel::insert_into(bookings::table)

@@ -18,9 +18,7 @@ use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
 use super::seats::{self, SeatOwner};
 use super::waitlist;
-use crate::db::models::{
-    Booking, BookingStatus, Event, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
-};
+use crate::db::models::{Booking, Event, Hold, HoldStatus, WaitlistEntry, WaitlistStatus};
 use crate::db::schema::{bookings, holds, waitlist_entries};
 use crate::error::{AppError, AppResult};
 
@@ -259,16 +257,13 @@ pub async fn confirm_hold(
             return Err(reason);
         }
         let now = Utc::now();
-        let booking = Booking {
-            id: Uuid::new_v4(),
-            event_id: event.id,
-            user_id: hold.user_id,
-            quantity: hold.quantity,
-            status: BookingStatus::Confirmed,
-            idempotency_key: idempotency_key.clone(),
-            created_at: now,
-            cancelled_at: None,
-        };
+        let booking = Booking::confirmed(
+            event.id,
+            hold.user_id,
+            hold.quantity,
+            idempotency_key.clone(),
+            now,
+        );
         let inserted: Option<Booking> = diesel::insert_into(bookings::table)
             .values(&booking)
             .on_conflict(diesel::upsert::on_constraint(

@@ -36,7 +36,7 @@ use super::bookings::{BookingChange, BookingRequest, book_seats, find_by_key, va
 use super::events::{lock_event, seats_of_user};
 use super::holds::{check_sellable, take_from_expired};
 use super::inventory::{Changes, Inventory};
-use crate::db::models::{Booking, BookingStatus, Event, EventStatus};
+use crate::db::models::{Booking, Event, EventStatus};
 use crate::db::schema::{bookings, events};
 use crate::db::{DbConn, DbPool};
 use crate::error::{AppError, AppResult};
@@ -552,16 +552,13 @@ pub async fn book_batch(
                 if let Some(have) = per_user.get_mut(&user_id) {
                     *have += i64::from(request.quantity);
                 }
-                let booking = Booking {
-                    id: Uuid::new_v4(),
+                let booking = Booking::confirmed(
                     event_id,
                     user_id,
-                    quantity: request.quantity,
-                    status: BookingStatus::Confirmed,
-                    idempotency_key: request.idempotency_key.clone(),
-                    created_at: now,
-                    cancelled_at: None,
-                };
+                    request.quantity,
+                    request.idempotency_key.clone(),
+                    now,
+                );
                 if let Some(key) = key {
                     known.insert(key, booking.clone());
                 }

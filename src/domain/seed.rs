@@ -11,7 +11,7 @@ use super::auth::Passwords;
 use super::users::{NewUser, create_user};
 use super::venues::{NewVenue, RowLayout, SectionLayout, create_venue};
 use crate::db::DbPool;
-use crate::db::models::{Booking, BookingStatus, Event, EventStatus, Role, User};
+use crate::db::models::{Booking, Event, EventStatus, Role, User};
 use crate::db::schema::{bookings, events, users};
 use crate::error::AppResult;
 
@@ -323,16 +323,7 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
                     let quantity = remaining.min(event.max_per_booking);
                     remaining -= quantity;
                     diesel::insert_into(bookings::table)
-                        .values(&Booking {
-                            id: Uuid::new_v4(),
-                            event_id: event.id,
-                            user_id: fan,
-                            quantity,
-                            status: BookingStatus::Confirmed,
-                            idempotency_key: None,
-                            created_at: now,
-                            cancelled_at: None,
-                        })
+                        .values(&Booking::confirmed(event.id, fan, quantity, None, now))
                         .execute(conn)
                         .await?;
                 }

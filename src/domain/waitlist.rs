@@ -16,7 +16,7 @@ use super::events::{check_user_limit, lock_event, unbookable_reason};
 use super::holds::{Ending, check_sellable, end_holds, insert_hold, take_from_expired};
 use super::inventory::{Changes, Inventory};
 use super::seats::{self, SeatOwner};
-use crate::db::models::{Booking, BookingStatus, HoldStatus, WaitlistEntry, WaitlistStatus};
+use crate::db::models::{Booking, HoldStatus, WaitlistEntry, WaitlistStatus};
 use crate::db::schema::{bookings, rsvps, waitlist_entries};
 use crate::error::{AppError, AppResult};
 
@@ -339,16 +339,7 @@ pub(super) async fn insert_booking(
     user_id: Uuid,
     quantity: i32,
 ) -> AppResult<Booking> {
-    let booking = Booking {
-        id: Uuid::new_v4(),
-        event_id,
-        user_id,
-        quantity,
-        status: BookingStatus::Confirmed,
-        idempotency_key: None,
-        created_at: Utc::now(),
-        cancelled_at: None,
-    };
+    let booking = Booking::confirmed(event_id, user_id, quantity, None, Utc::now());
     Ok(diesel::insert_into(bookings::table)
         .values(&booking)
         .returning(Booking::as_returning())

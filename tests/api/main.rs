@@ -5,6 +5,7 @@ mod browser;
 mod cache;
 mod concurrency;
 mod errors;
+mod fault_proxy;
 mod graphiql;
 mod helpers;
 mod hostile;

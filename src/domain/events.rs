@@ -79,8 +79,8 @@ fn like_pattern(text: &str) -> String {
 
 const MAX_FILTER_LEN: usize = 200;
 
-/// Lists events; `viewer` matters only for drafts: it sees its own (an admin sees all), an
-/// anonymous caller none.
+/// Lists events; `viewer` matters only for drafts and cancelled drafts: it sees its own (an
+/// admin sees all), an anonymous caller none.
 pub async fn list_events(
     conn: &mut AsyncPgConnection,
     viewer: Option<&Viewer>,
@@ -109,6 +109,17 @@ pub async fn list_events(
             None => return Ok(page.finish(Vec::new())),
             Some(viewer) if viewer.is_admin() => {}
             Some(viewer) => query = query.filter(events::organizer_id.eq(viewer.id())),
+        }
+    }
+    // A cancelled draft stays as hidden as a draft.
+    if status == EventStatus::Cancelled {
+        let was_published = events::published_at.is_not_null();
+        match viewer {
+            None => query = query.filter(was_published),
+            Some(viewer) if viewer.is_admin() => {}
+            Some(viewer) => {
+                query = query.filter(was_published.or(events::organizer_id.eq(viewer.id())));
+            }
         }
     }
     if let Some(category) = filter.category.as_deref().map(str::trim) {
@@ -373,6 +384,7 @@ pub async fn create_event(
         max_per_user: new.max_per_user,
         hold_minutes,
         offer_minutes,
+        published_at: (!new.draft).then_some(now),
     };
     Ok(diesel::insert_into(events::table)
         .values(&event)
@@ -408,11 +420,42 @@ fn ensure_can_manage(actor: &Viewer, event: &Event) -> AppResult<()> {
     }
 }
 
-/// Whether the event may be shown to `viewer` (`None`: anonymous): a draft only to its
-/// organizer and to admins, anything else to everyone.
+/// Whether the event may be shown to `viewer` (`None`: anonymous): a draft, and a draft that
+/// was cancelled before it was ever published, only to its organizer and to admins; anything
+/// else to everyone.
 pub fn visible_to(event: &Event, viewer: Option<&Viewer>) -> bool {
-    event.status != EventStatus::Draft
+    !hidden(event)
         || viewer.is_some_and(|viewer| viewer.is_admin() || viewer.id() == event.organizer_id)
+}
+
+fn hidden(event: &Event) -> bool {
+    match event.status {
+        EventStatus::Draft => true,
+        EventStatus::Cancelled => event.published_at.is_none(),
+        EventStatus::Published | EventStatus::Completed => false,
+    }
+}
+
+/// Locks the event for a sale to `user_id`: a booking, a hold, a place in line or an RSVP.
+/// Someone else's draft answers exactly as an id that does not exist, so that no error tells
+/// a stranger it exists; its organizer is told that it is not published. (A draft is on sale
+/// to nobody, admins included, so they are answered as strangers here.)
+pub(super) async fn lock_event_for(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    user_id: Uuid,
+) -> AppResult<Event> {
+    let event = lock_event(conn, id).await?;
+    check_for_sale_to(&event, user_id)?;
+    Ok(event)
+}
+
+/// The check of [`lock_event_for`], for an event already locked.
+pub(super) fn check_for_sale_to(event: &Event, user_id: Uuid) -> AppResult<()> {
+    if hidden(event) && event.organizer_id != user_id {
+        return Err(AppError::NotFound("event"));
+    }
+    Ok(())
 }
 
 /// Whether the event can be booked right now: published, not started, inside its sales window.
@@ -670,6 +713,7 @@ pub async fn publish_event(
         .set((
             events::status.eq(EventStatus::Published),
             events::version.eq(events::version + 1),
+            events::published_at.eq(Some(Utc::now())),
             events::updated_at.eq(diesel::dsl::now),
         ))
         .returning(Event::as_returning())

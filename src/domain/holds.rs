@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::bookings::{check_idempotency_key, find_booking};
-use super::events::{check_user_limit, lock_event, unbookable_reason};
+use super::events::{check_user_limit, lock_event, lock_event_for, unbookable_reason};
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
 use super::seats::{self, SeatOwner};
@@ -96,7 +96,7 @@ pub async fn hold_seats(
     let quantity = requested_quantity(request.quantity, &request.seat_ids)?;
     let request = &request;
     conn.transaction(async move |conn| {
-        let event = lock_event(conn, request.event_id).await?;
+        let event = lock_event_for(conn, request.event_id, user_id).await?;
         check_sellable(&event, quantity)?;
         check_user_limit(conn, &event, user_id, quantity).await?;
         let mut changes = Changes::default();

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use super::auth::live_sessions;
 use super::bookings::{BookingChange, BookingRequest, book_seats, find_by_key, validate};
-use super::events::{lock_event, seats_of_user};
+use super::events::{check_for_sale_to, lock_event, seats_of_user};
 use super::holds::{check_sellable, take_from_expired};
 use super::inventory::{Changes, Inventory};
 use crate::db::models::{Booking, Event, EventStatus};
@@ -528,7 +528,9 @@ pub async fn book_batch(
                 if let Some(booking) = key.as_ref().and_then(|k| known.get(k)) {
                     return replay(booking, request);
                 }
-                if let Err(reason) = check_sellable(&event, request.quantity) {
+                if let Err(reason) = check_for_sale_to(&event, user_id)
+                    .and_then(|()| check_sellable(&event, request.quantity))
+                {
                     return Outcome::Refused(reason);
                 }
                 if let Some(max) = event.max_per_user {

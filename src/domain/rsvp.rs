@@ -9,7 +9,7 @@ use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::events::{check_user_limit, lock_event, unbookable_reason};
+use super::events::{check_user_limit, lock_event_for, unbookable_reason};
 use super::holds::take_from_expired;
 use super::inventory::{Changes, Inventory};
 use super::seats::{self, SeatOwner};
@@ -37,7 +37,7 @@ pub async fn respond(
     response: RsvpResponse,
 ) -> AppResult<(RsvpOutcome, Changes)> {
     conn.transaction(async move |conn| {
-        let event = lock_event(conn, event_id).await?;
+        let event = lock_event_for(conn, event_id, user_id).await?;
         if !event.free {
             return Err(AppError::not_possible(
                 "NOT_FREE",

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::events::{check_user_limit, lock_event, unbookable_reason};
+use super::events::{check_user_limit, lock_event_for, unbookable_reason};
 use super::holds::{Ending, check_sellable, end_holds, insert_hold, take_from_expired};
 use super::inventory::{Changes, Inventory};
 use super::seats::{self, SeatOwner};
@@ -51,7 +51,7 @@ pub async fn join(
     }
     let entry = conn
         .transaction(async move |conn| {
-            let event = lock_event(conn, event_id).await?;
+            let event = lock_event_for(conn, event_id, user_id).await?;
             check_sellable(&event, quantity)?;
             if let Some(existing) = active_entry(conn, event_id, user_id).await? {
                 if existing.quantity != quantity {
@@ -146,7 +146,7 @@ pub async fn leave(
     event_id: Uuid,
 ) -> AppResult<(Option<WaitlistEntry>, Changes)> {
     conn.transaction(async move |conn| {
-        let event = lock_event(conn, event_id).await?;
+        let event = lock_event_for(conn, event_id, user_id).await?;
         let mut changes = Changes::default();
         let Some(entry) = active_entry(conn, event_id, user_id).await? else {
             return Ok((None, changes));

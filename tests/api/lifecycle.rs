@@ -143,6 +143,16 @@ async fn a_draft_is_seen_only_by_its_organizer_and_admins_until_published() {
             json!({ "input": { "eventId": draft } }),
         )
         .await;
+    assert_eq!(error_code(&body), "NOT_FOUND", "{body}");
+    assert_eq!(body["errors"][0]["message"], "event not found", "{body}");
+    // Its organizer is told why instead.
+    let body = app
+        .gql(
+            Some(&organizer.token),
+            BOOK,
+            json!({ "input": { "eventId": draft } }),
+        )
+        .await;
     assert_eq!(
         reason(&body),
         ("BAD_USER_INPUT", &json!("EVENT_NOT_PUBLISHED")),
@@ -241,6 +251,51 @@ async fn only_a_draft_can_be_published_and_a_draft_can_be_cancelled() {
         ("BAD_USER_INPUT", &json!("EVENT_CANCELLED")),
         "{body}"
     );
+    // Cancelled, it is still nobody else's business: by id and in lists, only its organizer
+    // and admins see it. A cancelled event that was published stays public.
+    let (other, buyer, admin) = (
+        app.user(Role::Organizer).await,
+        app.user(Role::User).await,
+        app.user(Role::Admin).await,
+    );
+    let was_public = app.event(&organizer, 5).await;
+    app.gql_ok(
+        Some(&organizer.token),
+        CANCEL_EVENT,
+        json!({ "id": was_public }),
+    )
+    .await;
+    const CANCELLED: &str = "{ events(filter: { status: CANCELLED }) { edges { node { id } } } }";
+    for (who, token, sees_draft) in [
+        ("anonymous", None, false),
+        ("another user", Some(&buyer.token), false),
+        ("another organizer", Some(&other.token), false),
+        ("its organizer", Some(&organizer.token), true),
+        ("an admin", Some(&admin.token), true),
+    ] {
+        let token = token.map(String::as_str);
+        let data = app.gql_ok(token, EVENT, json!({ "id": draft })).await;
+        let expected = if sees_draft {
+            json!({ "id": draft, "status": "CANCELLED" })
+        } else {
+            Value::Null
+        };
+        assert_eq!(data["event"], expected, "{who} by id");
+        let listed = ids(&app.gql_ok(token, CANCELLED, json!({})).await);
+        let expected = if sees_draft {
+            vec![draft.clone(), was_public.clone()]
+        } else {
+            vec![was_public.clone()]
+        };
+        let mut listed = listed;
+        let mut expected = expected;
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "{who} listing cancelled events");
+        assert!(ids(&app.gql_ok(token, LISTED, json!({})).await).is_empty());
+        let data = app.gql_ok(token, EVENT, json!({ "id": was_public })).await;
+        assert_eq!(data["event"]["status"], "CANCELLED", "{who}");
+    }
 
     // A draft left until its start has passed must be moved before it can go on sale.
     let late = create(&app, &organizer, json!({ "status": "DRAFT" })).await;

@@ -113,6 +113,7 @@ pub async fn book_seats(
             check_user_limit(conn, &event, user_id, request.quantity).await?;
             let mut changes = Changes::default();
             let mut inventory = Inventory::new(event);
+            waitlist::catch_up(conn, &mut inventory, &mut changes).await?;
             take_from_expired_seats(
                 conn,
                 &mut inventory,

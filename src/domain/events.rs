@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::Viewer;
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
-use super::{holds, seats, venues, waitlist};
+use super::{holds, rsvp, seats, venues, waitlist};
 use crate::db::models::{Booking, BookingStatus, Event, EventStatus, HoldStatus};
 use crate::db::schema::{bookings, events};
 use crate::error::{AppError, AppResult};
@@ -594,7 +594,7 @@ pub struct CancelledEvent {
 }
 
 /// Cancels the event and, in the same transaction, every confirmed booking and live hold of
-/// it, and closes its waiting list.
+/// it, closes its waiting list, and turns its GOING answers to NOT_GOING.
 pub async fn cancel_event(
     conn: &mut AsyncPgConnection,
     actor: &Viewer,
@@ -638,6 +638,7 @@ pub async fn cancel_event(
         changes.bookings = bookings;
         holds::end_all(conn, &current, HoldStatus::Released, &mut changes).await?;
         waitlist::close_all(conn, id, &mut changes).await?;
+        rsvp::cancel_all(conn, id).await?;
         let event = diesel::update(events::table.find(id))
             .set((
                 events::status.eq(EventStatus::Cancelled),
@@ -712,8 +713,8 @@ pub async fn publish_event(
         )
         .set((
             events::status.eq(EventStatus::Published),
-            events::version.eq(events::version + 1),
             events::published_at.eq(Some(Utc::now())),
+            events::version.eq(events::version + 1),
             events::updated_at.eq(diesel::dsl::now),
         ))
         .returning(Event::as_returning())
@@ -849,8 +850,8 @@ pub(super) fn unbookable_reason(event: &Event) -> Option<AppError> {
 }
 
 /// Refuses a request that would give the user more than the event's `max_per_user` seats,
-/// counting their confirmed bookings and live holds. Run under the event's lock, so two
-/// requests of one user cannot both pass.
+/// counting their confirmed bookings, live holds and the seats their place on the waiting list
+/// waits for. Run under the event's lock, so two requests of one user cannot both pass.
 pub(super) async fn check_user_limit(
     conn: &mut AsyncPgConnection,
     event: &Event,
@@ -877,13 +878,17 @@ pub(super) async fn check_user_limit(
     Ok(())
 }
 
-/// Seats each of `users` has for the event: in confirmed bookings and in live holds.
+/// Seats each of `users` has or waits for at the event: in confirmed bookings, in live holds
+/// (an offer is one) and in a place on the waiting list. Counting the place keeps an offer
+/// within `max_per_user`: the seats were counted when the user joined, and no booking or hold
+/// since could use them twice.
 pub(super) async fn seats_of_user(
     conn: &mut AsyncPgConnection,
     event_id: Uuid,
     users: &[Uuid],
 ) -> AppResult<std::collections::HashMap<Uuid, i64>> {
-    use crate::db::schema::holds;
+    use crate::db::models::WaitlistStatus;
+    use crate::db::schema::{holds, waitlist_entries};
     let booked: Vec<(Uuid, Option<i64>)> = bookings::table
         .filter(bookings::event_id.eq(event_id))
         .filter(bookings::user_id.eq_any(users))
@@ -901,9 +906,71 @@ pub(super) async fn seats_of_user(
         .select((holds::user_id, diesel::dsl::sum(holds::quantity)))
         .load(conn)
         .await?;
+    let waiting: Vec<(Uuid, Option<i64>)> = waitlist_entries::table
+        .filter(waitlist_entries::event_id.eq(event_id))
+        .filter(waitlist_entries::user_id.eq_any(users))
+        .filter(waitlist_entries::status.eq(WaitlistStatus::Waiting))
+        .group_by(waitlist_entries::user_id)
+        .select((
+            waitlist_entries::user_id,
+            diesel::dsl::sum(waitlist_entries::quantity),
+        ))
+        .load(conn)
+        .await?;
     let mut totals = std::collections::HashMap::new();
-    for (user, seats) in booked.into_iter().chain(held) {
+    for (user, seats) in booked.into_iter().chain(held).chain(waiting) {
         *totals.entry(user).or_insert(0) += seats.unwrap_or(0);
     }
     Ok(totals)
+}
+
+/// Most seats one user may keep in live holds of the event at once (checkout holds and
+/// waiting-list offers together), so that one account cannot take an event off sale by holding
+/// it: its `max_per_user` when set, else one booking's worth (`max_per_booking`).
+pub(super) fn hold_cap(event: &Event) -> i32 {
+    event.max_per_user.unwrap_or(event.max_per_booking)
+}
+
+/// Seats the user keeps in live holds of the event.
+pub(super) async fn seats_held_by(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> AppResult<i64> {
+    use crate::db::schema::holds;
+    let held: Option<i64> = holds::table
+        .filter(holds::event_id.eq(event_id))
+        .filter(holds::user_id.eq(user_id))
+        .filter(holds::status.eq(HoldStatus::Held))
+        .filter(holds::expires_at.gt(diesel::dsl::now))
+        .select(diesel::dsl::sum(holds::quantity))
+        .first(conn)
+        .await?;
+    Ok(held.unwrap_or(0))
+}
+
+/// Refuses a hold that would take the user past [`hold_cap`] (and, with `max_per_user`, past
+/// that limit for bookings and holds together).
+pub(super) async fn check_hold_limit(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    user_id: Uuid,
+    quantity: i32,
+) -> AppResult<()> {
+    if event.max_per_user.is_some() {
+        // Holds are among the seats this counts, so the cap follows.
+        return check_user_limit(conn, event, user_id, quantity).await;
+    }
+    let cap = hold_cap(event);
+    let held = seats_held_by(conn, event.id, user_id).await?;
+    if i64::from(quantity) + held > i64::from(cap) {
+        return Err(AppError::BadUserInput {
+            message: format!(
+                "at most {cap} seats held at once per person for this event; you hold {held}"
+            ),
+            field: Some("quantity"),
+            reason: Some("LIMIT_PER_USER"),
+        });
+    }
+    Ok(())
 }

@@ -1,3 +1,10 @@
+//! Events and their rules of sale: creating, updating, publishing, cancelling and completing
+//! them; who may see one (a draft, and a draft cancelled before it was ever published, only
+//! its organizer and admins); whether one is on sale; and how many seats one user may have
+//! (`max_per_user`) or hold at once ([`hold_cap`]). One file because every other domain module
+//! asks these questions under the event's row lock ([`lock_event`], [`lock_event_for`]), and
+//! the answers must agree.
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};

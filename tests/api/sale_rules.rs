@@ -278,10 +278,15 @@ async fn someone_elses_draft_answers_exactly_as_a_missing_event_on_every_operati
     let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
         .await
         .unwrap();
-    for (n, id) in [&draft, &missing].into_iter().enumerate() {
+    const SEAT_MAP: &str = "subscription($id: ID!) { seatMap(eventId: $id) { version } }";
+    const UPDATED: &str = "subscription($id: ID!) { eventUpdated(eventId: $id) { version } }";
+    let subscriptions = [SEATS, SEAT_MAP, UPDATED]
+        .into_iter()
+        .flat_map(|query| [(query, &draft), (query, &missing)]);
+    for (n, (query, id)) in subscriptions.enumerate() {
         let operation = n.to_string();
         client
-            .subscribe(&operation, SEATS, json!({ "id": id }))
+            .subscribe(&operation, query, json!({ "id": id }))
             .await;
         // Its first answer, past the end of the previous operation.
         let message = loop {
@@ -291,8 +296,14 @@ async fn someone_elses_draft_answers_exactly_as_a_missing_event_on_every_operati
             }
         };
         let errors = operation_errors(&message);
-        assert_eq!(errors[0]["extensions"]["code"], "NOT_FOUND", "{message}");
-        assert_eq!(errors[0]["message"], "event not found", "{message}");
+        assert_eq!(
+            errors[0]["extensions"]["code"], "NOT_FOUND",
+            "{query}: {message}"
+        );
+        assert_eq!(
+            errors[0]["message"], "event not found",
+            "{query}: {message}"
+        );
     }
     assert_eq!(app.count("bookings").await, 0);
     assert_eq!(app.count("holds").await, 0);

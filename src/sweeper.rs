@@ -1,12 +1,14 @@
 //! Background work every instance does: ending holds that have expired (their seats go to the
-//! waiting list or back on sale), completing events that are over, and announcing both. Several instances may sweep at once: each
-//! event is swept in a transaction that holds its row lock, and a hold ends only once, so the
-//! only cost of company is a little duplicated looking.
+//! waiting list or back on sale), completing events that are over, offering the waiting list
+//! seats freed while sales were paused once they reopen, and announcing all of it. Several
+//! instances may sweep at once: each event is swept in a transaction that holds its row lock,
+//! and a hold ends (or an entry is offered) only once, so the only cost of company is a little
+//! duplicated looking.
 
 use std::sync::Weak;
 
 use crate::app::{App, AppState};
-use crate::domain::{events, holds};
+use crate::domain::{events, holds, waitlist};
 
 /// Events swept per round; more wait for the next round.
 const EVENTS_PER_ROUND: i64 = 100;
@@ -33,8 +35,9 @@ async fn run(app: Weak<App>) {
     }
 }
 
-/// One round: every event with an expired hold, and every event that has ended, each in its own
-/// transaction. Returns how many events changed.
+/// One round: every event with an expired hold, every event that has ended, and every event
+/// whose reopened sales owe its waiting list seats, each in its own transaction. Returns how
+/// many events changed.
 pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
     let mut conn = app.conn().await?;
     let mut swept = 0;
@@ -53,6 +56,21 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%event_id, error = %error.message(), "sweeping an event failed");
+            }
+        }
+    }
+    // Seats freed while sales were paused go to the waiting list once they reopen, even when
+    // nobody comes to buy.
+    let owed = waitlist::events_owed_seats(&mut conn, EVENTS_PER_ROUND).await?;
+    for event_id in owed {
+        match waitlist::catch_up_event(&mut conn, event_id).await {
+            Ok(changes) if !changes.is_empty() => {
+                swept += 1;
+                app.publish(changes, false);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%event_id, error = %error.message(), "offering freed seats failed");
             }
         }
     }

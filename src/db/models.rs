@@ -158,6 +158,10 @@ pub struct Event {
     /// How long a waiting-list offer lasts.
     #[serde(default)]
     pub offer_minutes: i32,
+    /// When it was first published; none for a draft, or a draft that was cancelled (which
+    /// stays hidden like a draft).
+    #[serde(default)]
+    pub published_at: Option<DateTime<Utc>>,
 }
 
 #[derive(

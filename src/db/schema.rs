@@ -56,6 +56,7 @@ diesel::table! {
         max_per_user -> Nullable<Int4>,
         hold_minutes -> Int4,
         offer_minutes -> Int4,
+        published_at -> Nullable<Timestamptz>,
     }
 }
 

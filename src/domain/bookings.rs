@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
-use super::events::{check_user_limit, lock_event};
+use super::events::{check_user_limit, lock_event, lock_event_for, visible_to};
 use super::holds::{check_sellable, requested_quantity, take_from_expired_seats};
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
@@ -105,7 +105,7 @@ pub async fn book_seats(
         .transaction(async move |conn| {
             // Every transaction that changes an event's seats locks its row first, so batches,
             // single bookings and cancellations queue in one order and cannot deadlock.
-            let event = lock_event(conn, request.event_id).await?;
+            let event = lock_event_for(conn, request.event_id, user_id).await?;
             if let Some(existing) = find_by_key(conn, user_id, request).await? {
                 return Ok(Attempt::Existing(existing));
             }
@@ -113,6 +113,7 @@ pub async fn book_seats(
             check_user_limit(conn, &event, user_id, request.quantity).await?;
             let mut changes = Changes::default();
             let mut inventory = Inventory::new(event);
+            waitlist::catch_up(conn, &mut inventory, &mut changes).await?;
             take_from_expired_seats(
                 conn,
                 &mut inventory,
@@ -303,14 +304,15 @@ pub async fn event_bookings(
     event_id: Uuid,
     page: PageRequest,
 ) -> AppResult<Page<Booking>> {
-    let organizer_id: Uuid = events::table
+    let event: Event = events::table
         .find(event_id)
-        .select(events::organizer_id)
+        .select(Event::as_select())
         .first(conn)
         .await
         .optional()?
+        .filter(|event| visible_to(event, Some(viewer)))
         .ok_or(AppError::NotFound("event"))?;
-    if !viewer.is_admin() && organizer_id != viewer.id() {
+    if !viewer.is_admin() && event.organizer_id != viewer.id() {
         return Err(AppError::Forbidden(
             "only the event's organizer or an admin can see its bookings",
         ));

@@ -1,3 +1,10 @@
+//! Events and their rules of sale: creating, updating, publishing, cancelling and completing
+//! them; who may see one (a draft, and a draft cancelled before it was ever published, only
+//! its organizer and admins); whether one is on sale; and how many seats one user may have
+//! (`max_per_user`) or hold at once ([`hold_cap`]). One file because every other domain module
+//! asks these questions under the event's row lock ([`lock_event`], [`lock_event_for`]), and
+//! the answers must agree.
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -6,7 +13,7 @@ use uuid::Uuid;
 use super::Viewer;
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
-use super::{holds, seats, venues, waitlist};
+use super::{holds, rsvp, seats, venues, waitlist};
 use crate::db::models::{Booking, BookingStatus, Event, EventStatus, HoldStatus};
 use crate::db::schema::{bookings, events};
 use crate::error::{AppError, AppResult};
@@ -79,8 +86,8 @@ fn like_pattern(text: &str) -> String {
 
 const MAX_FILTER_LEN: usize = 200;
 
-/// Lists events; `viewer` matters only for drafts: it sees its own (an admin sees all), an
-/// anonymous caller none.
+/// Lists events; `viewer` matters only for drafts and cancelled drafts: it sees its own (an
+/// admin sees all), an anonymous caller none.
 pub async fn list_events(
     conn: &mut AsyncPgConnection,
     viewer: Option<&Viewer>,
@@ -109,6 +116,17 @@ pub async fn list_events(
             None => return Ok(page.finish(Vec::new())),
             Some(viewer) if viewer.is_admin() => {}
             Some(viewer) => query = query.filter(events::organizer_id.eq(viewer.id())),
+        }
+    }
+    // A cancelled draft stays as hidden as a draft.
+    if status == EventStatus::Cancelled {
+        let was_published = events::published_at.is_not_null();
+        match viewer {
+            None => query = query.filter(was_published),
+            Some(viewer) if viewer.is_admin() => {}
+            Some(viewer) => {
+                query = query.filter(was_published.or(events::organizer_id.eq(viewer.id())));
+            }
         }
     }
     if let Some(category) = filter.category.as_deref().map(str::trim) {
@@ -373,6 +391,7 @@ pub async fn create_event(
         max_per_user: new.max_per_user,
         hold_minutes,
         offer_minutes,
+        published_at: (!new.draft).then_some(now),
     };
     Ok(diesel::insert_into(events::table)
         .values(&event)
@@ -408,11 +427,42 @@ fn ensure_can_manage(actor: &Viewer, event: &Event) -> AppResult<()> {
     }
 }
 
-/// Whether the event may be shown to `viewer` (`None`: anonymous): a draft only to its
-/// organizer and to admins, anything else to everyone.
+/// Whether the event may be shown to `viewer` (`None`: anonymous): a draft, and a draft that
+/// was cancelled before it was ever published, only to its organizer and to admins; anything
+/// else to everyone.
 pub fn visible_to(event: &Event, viewer: Option<&Viewer>) -> bool {
-    event.status != EventStatus::Draft
+    !hidden(event)
         || viewer.is_some_and(|viewer| viewer.is_admin() || viewer.id() == event.organizer_id)
+}
+
+fn hidden(event: &Event) -> bool {
+    match event.status {
+        EventStatus::Draft => true,
+        EventStatus::Cancelled => event.published_at.is_none(),
+        EventStatus::Published | EventStatus::Completed => false,
+    }
+}
+
+/// Locks the event for a sale to `user_id`: a booking, a hold, a place in line or an RSVP.
+/// Someone else's draft answers exactly as an id that does not exist, so that no error tells
+/// a stranger it exists; its organizer is told that it is not published. (A draft is on sale
+/// to nobody, admins included, so they are answered as strangers here.)
+pub(super) async fn lock_event_for(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    user_id: Uuid,
+) -> AppResult<Event> {
+    let event = lock_event(conn, id).await?;
+    check_for_sale_to(&event, user_id)?;
+    Ok(event)
+}
+
+/// The check of [`lock_event_for`], for an event already locked.
+pub(super) fn check_for_sale_to(event: &Event, user_id: Uuid) -> AppResult<()> {
+    if hidden(event) && event.organizer_id != user_id {
+        return Err(AppError::NotFound("event"));
+    }
+    Ok(())
 }
 
 /// Whether the event can be booked right now: published, not started, inside its sales window.
@@ -551,7 +601,7 @@ pub struct CancelledEvent {
 }
 
 /// Cancels the event and, in the same transaction, every confirmed booking and live hold of
-/// it, and closes its waiting list.
+/// it, closes its waiting list, and turns its GOING answers to NOT_GOING.
 pub async fn cancel_event(
     conn: &mut AsyncPgConnection,
     actor: &Viewer,
@@ -595,6 +645,7 @@ pub async fn cancel_event(
         changes.bookings = bookings;
         holds::end_all(conn, &current, HoldStatus::Released, &mut changes).await?;
         waitlist::close_all(conn, id, &mut changes).await?;
+        rsvp::cancel_all(conn, id).await?;
         let event = diesel::update(events::table.find(id))
             .set((
                 events::status.eq(EventStatus::Cancelled),
@@ -669,6 +720,7 @@ pub async fn publish_event(
         )
         .set((
             events::status.eq(EventStatus::Published),
+            events::published_at.eq(Some(Utc::now())),
             events::version.eq(events::version + 1),
             events::updated_at.eq(diesel::dsl::now),
         ))
@@ -805,8 +857,8 @@ pub(super) fn unbookable_reason(event: &Event) -> Option<AppError> {
 }
 
 /// Refuses a request that would give the user more than the event's `max_per_user` seats,
-/// counting their confirmed bookings and live holds. Run under the event's lock, so two
-/// requests of one user cannot both pass.
+/// counting their confirmed bookings, live holds and the seats their place on the waiting list
+/// waits for. Run under the event's lock, so two requests of one user cannot both pass.
 pub(super) async fn check_user_limit(
     conn: &mut AsyncPgConnection,
     event: &Event,
@@ -833,13 +885,17 @@ pub(super) async fn check_user_limit(
     Ok(())
 }
 
-/// Seats each of `users` has for the event: in confirmed bookings and in live holds.
+/// Seats each of `users` has or waits for at the event: in confirmed bookings, in live holds
+/// (an offer is one) and in a place on the waiting list. Counting the place keeps an offer
+/// within `max_per_user`: the seats were counted when the user joined, and no booking or hold
+/// since could use them twice.
 pub(super) async fn seats_of_user(
     conn: &mut AsyncPgConnection,
     event_id: Uuid,
     users: &[Uuid],
 ) -> AppResult<std::collections::HashMap<Uuid, i64>> {
-    use crate::db::schema::holds;
+    use crate::db::models::WaitlistStatus;
+    use crate::db::schema::{holds, waitlist_entries};
     let booked: Vec<(Uuid, Option<i64>)> = bookings::table
         .filter(bookings::event_id.eq(event_id))
         .filter(bookings::user_id.eq_any(users))
@@ -857,9 +913,71 @@ pub(super) async fn seats_of_user(
         .select((holds::user_id, diesel::dsl::sum(holds::quantity)))
         .load(conn)
         .await?;
+    let waiting: Vec<(Uuid, Option<i64>)> = waitlist_entries::table
+        .filter(waitlist_entries::event_id.eq(event_id))
+        .filter(waitlist_entries::user_id.eq_any(users))
+        .filter(waitlist_entries::status.eq(WaitlistStatus::Waiting))
+        .group_by(waitlist_entries::user_id)
+        .select((
+            waitlist_entries::user_id,
+            diesel::dsl::sum(waitlist_entries::quantity),
+        ))
+        .load(conn)
+        .await?;
     let mut totals = std::collections::HashMap::new();
-    for (user, seats) in booked.into_iter().chain(held) {
+    for (user, seats) in booked.into_iter().chain(held).chain(waiting) {
         *totals.entry(user).or_insert(0) += seats.unwrap_or(0);
     }
     Ok(totals)
+}
+
+/// Most seats one user may keep in live holds of the event at once (checkout holds and
+/// waiting-list offers together), so that one account cannot take an event off sale by holding
+/// it: its `max_per_user` when set, else one booking's worth (`max_per_booking`).
+pub(super) fn hold_cap(event: &Event) -> i32 {
+    event.max_per_user.unwrap_or(event.max_per_booking)
+}
+
+/// Seats the user keeps in live holds of the event.
+pub(super) async fn seats_held_by(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+    user_id: Uuid,
+) -> AppResult<i64> {
+    use crate::db::schema::holds;
+    let held: Option<i64> = holds::table
+        .filter(holds::event_id.eq(event_id))
+        .filter(holds::user_id.eq(user_id))
+        .filter(holds::status.eq(HoldStatus::Held))
+        .filter(holds::expires_at.gt(diesel::dsl::now))
+        .select(diesel::dsl::sum(holds::quantity))
+        .first(conn)
+        .await?;
+    Ok(held.unwrap_or(0))
+}
+
+/// Refuses a hold that would take the user past [`hold_cap`] (and, with `max_per_user`, past
+/// that limit for bookings and holds together).
+pub(super) async fn check_hold_limit(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    user_id: Uuid,
+    quantity: i32,
+) -> AppResult<()> {
+    if event.max_per_user.is_some() {
+        // Holds are among the seats this counts, so the cap follows.
+        return check_user_limit(conn, event, user_id, quantity).await;
+    }
+    let cap = hold_cap(event);
+    let held = seats_held_by(conn, event.id, user_id).await?;
+    if i64::from(quantity) + held > i64::from(cap) {
+        return Err(AppError::BadUserInput {
+            message: format!(
+                "at most {cap} seats held at once per person for this event; you hold {held}"
+            ),
+            field: Some("quantity"),
+            reason: Some("LIMIT_PER_USER"),
+        });
+    }
+    Ok(())
 }

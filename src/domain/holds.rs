@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::bookings::{check_idempotency_key, find_booking};
-use super::events::{check_user_limit, lock_event, unbookable_reason};
+use super::events::{check_hold_limit, lock_event, lock_event_for, unbookable_reason};
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
 use super::seats::{self, SeatOwner};
@@ -87,7 +87,8 @@ pub(super) fn check_sellable(event: &Event, quantity: i32) -> AppResult<()> {
     Ok(())
 }
 
-/// Keeps seats for the user for the event's hold time.
+/// Keeps seats for the user for the event's hold time, within the seats one user may hold at
+/// once ([`super::events::hold_cap`]).
 pub async fn hold_seats(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
@@ -96,11 +97,12 @@ pub async fn hold_seats(
     let quantity = requested_quantity(request.quantity, &request.seat_ids)?;
     let request = &request;
     conn.transaction(async move |conn| {
-        let event = lock_event(conn, request.event_id).await?;
+        let event = lock_event_for(conn, request.event_id, user_id).await?;
         check_sellable(&event, quantity)?;
-        check_user_limit(conn, &event, user_id, quantity).await?;
+        check_hold_limit(conn, &event, user_id, quantity).await?;
         let mut changes = Changes::default();
         let mut inventory = Inventory::new(event);
+        waitlist::catch_up(conn, &mut inventory, &mut changes).await?;
         let seat_ids = &request.seat_ids;
         take_from_expired_seats(conn, &mut inventory, quantity, seat_ids, &mut changes).await?;
         if inventory.available < quantity {

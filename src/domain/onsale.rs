@@ -33,9 +33,10 @@ use uuid::Uuid;
 
 use super::auth::live_sessions;
 use super::bookings::{BookingChange, BookingRequest, book_seats, find_by_key, validate};
-use super::events::{lock_event, seats_of_user};
+use super::events::{check_for_sale_to, lock_event, seats_of_user};
 use super::holds::{check_sellable, take_from_expired};
 use super::inventory::{Changes, Inventory};
+use super::waitlist;
 use crate::db::models::{Booking, Event, EventStatus};
 use crate::db::schema::{bookings, events};
 use crate::db::{DbConn, DbPool};
@@ -496,13 +497,11 @@ pub async fn book_batch(
         // now (their seats go to the waiting list first).
         let mut also = Changes::default();
         let wanted: i32 = batch.iter().map(|(_, r)| r.quantity.max(0)).sum();
-        let event = if wanted > event.seats_available && event.seats_held > 0 {
-            let mut inventory = Inventory::new(event);
-            take_from_expired(conn, &mut inventory, wanted, &mut also).await?;
-            inventory.save(conn, &mut also).await?
-        } else {
-            event
-        };
+        // So do seats freed while sales were paused: the waiting list's first.
+        let mut inventory = Inventory::new(event);
+        waitlist::catch_up(conn, &mut inventory, &mut also).await?;
+        take_from_expired(conn, &mut inventory, wanted, &mut also).await?;
+        let event = inventory.save(conn, &mut also).await?;
         let mut per_user = match event.max_per_user {
             Some(_) => {
                 let users: Vec<Uuid> = batch.iter().map(|(b, _)| b.user_id).collect();
@@ -528,7 +527,9 @@ pub async fn book_batch(
                 if let Some(booking) = key.as_ref().and_then(|k| known.get(k)) {
                     return replay(booking, request);
                 }
-                if let Err(reason) = check_sellable(&event, request.quantity) {
+                if let Err(reason) = check_for_sale_to(&event, user_id)
+                    .and_then(|()| check_sellable(&event, request.quantity))
+                {
                     return Outcome::Refused(reason);
                 }
                 if let Some(max) = event.max_per_user {

@@ -9,7 +9,7 @@ use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::events::{check_user_limit, lock_event, unbookable_reason};
+use super::events::{check_user_limit, lock_event_for, unbookable_reason};
 use super::holds::take_from_expired;
 use super::inventory::{Changes, Inventory};
 use super::seats::{self, SeatOwner};
@@ -37,7 +37,7 @@ pub async fn respond(
     response: RsvpResponse,
 ) -> AppResult<(RsvpOutcome, Changes)> {
     conn.transaction(async move |conn| {
-        let event = lock_event(conn, event_id).await?;
+        let event = lock_event_for(conn, event_id, user_id).await?;
         if !event.free {
             return Err(AppError::not_possible(
                 "NOT_FREE",
@@ -65,6 +65,7 @@ pub async fn respond(
             RsvpResponse::Going if booking.is_some() || entry.is_some() => {}
             RsvpResponse::Going => {
                 check_user_limit(conn, &inventory.event, user_id, 1).await?;
+                waitlist::catch_up(conn, &mut inventory, &mut changes).await?;
                 take_from_expired(conn, &mut inventory, 1, &mut changes).await?;
                 if inventory.available >= 1 {
                     let taken = waitlist::insert_booking(conn, event_id, user_id, 1).await?;
@@ -154,6 +155,24 @@ pub(super) async fn forget_booking(
         rsvps::table
             .find((booking.event_id, booking.user_id))
             .filter(rsvps::booking_id.eq(booking.id)),
+    )
+    .set((
+        rsvps::response.eq(RsvpResponse::NotGoing),
+        rsvps::booking_id.eq(None::<Uuid>),
+        rsvps::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Nobody is going to a cancelled event: its GOING answers become NOT_GOING, and none keeps the
+/// booking (cancelled with the event) it had. MAYBE and NOT_GOING stay as they were.
+pub(super) async fn cancel_all(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<()> {
+    diesel::update(
+        rsvps::table
+            .filter(rsvps::event_id.eq(event_id))
+            .filter(rsvps::response.eq(RsvpResponse::Going)),
     )
     .set((
         rsvps::response.eq(RsvpResponse::NotGoing),

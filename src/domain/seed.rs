@@ -306,6 +306,7 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
                     max_per_user: None,
                     hold_minutes: Event::DEFAULT_HOLD_MINUTES,
                     offer_minutes: Event::DEFAULT_OFFER_MINUTES,
+                    published_at: (demo.kind != DemoKind::Draft).then_some(now),
                 };
                 let inserted = diesel::insert_into(events::table)
                     .values(&event)
@@ -405,6 +406,7 @@ async fn seed_seated_event(conn: &mut AsyncPgConnection, organizer: &User) -> Ap
         max_per_user: Some(6),
         hold_minutes: Event::DEFAULT_HOLD_MINUTES,
         offer_minutes: Event::DEFAULT_OFFER_MINUTES,
+        published_at: Some(now),
     };
     diesel::insert_into(events::table)
         .values(&event)

@@ -12,11 +12,14 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::events::{check_user_limit, lock_event, unbookable_reason};
+use super::events::{
+    check_user_limit, hold_cap, lock_event, lock_event_for, seats_held_by, seats_of_user,
+    unbookable_reason,
+};
 use super::holds::{Ending, check_sellable, end_holds, insert_hold, take_from_expired};
 use super::inventory::{Changes, Inventory};
 use super::seats::{self, SeatOwner};
-use crate::db::models::{Booking, HoldStatus, WaitlistEntry, WaitlistStatus};
+use crate::db::models::{Booking, Event, HoldStatus, RsvpResponse, WaitlistEntry, WaitlistStatus};
 use crate::db::schema::{bookings, rsvps, waitlist_entries};
 use crate::error::{AppError, AppResult};
 
@@ -51,7 +54,7 @@ pub async fn join(
     }
     let entry = conn
         .transaction(async move |conn| {
-            let event = lock_event(conn, event_id).await?;
+            let event = lock_event_for(conn, event_id, user_id).await?;
             check_sellable(&event, quantity)?;
             if let Some(existing) = active_entry(conn, event_id, user_id).await? {
                 if existing.quantity != quantity {
@@ -65,6 +68,7 @@ pub async fn join(
             check_user_limit(conn, &event, user_id, quantity).await?;
             let mut changes = Changes::default();
             let mut inventory = Inventory::new(event);
+            catch_up(conn, &mut inventory, &mut changes).await?;
             take_from_expired(conn, &mut inventory, quantity, &mut changes).await?;
             if inventory.available >= quantity {
                 return Err(AppError::not_possible(
@@ -139,20 +143,35 @@ pub(super) async fn active_entry(
 }
 
 /// Takes the user off the event's waiting list. An offer not yet confirmed is given up, and
-/// its seats go to the next in line. Returns the entry, or `None` when there was none.
+/// its seats go to the next in line. Leaving the place an RSVP queued for is answering
+/// NOT_GOING. Returns the entry, or `None` when there was none.
 pub async fn leave(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     event_id: Uuid,
 ) -> AppResult<(Option<WaitlistEntry>, Changes)> {
     conn.transaction(async move |conn| {
-        let event = lock_event(conn, event_id).await?;
+        let event = lock_event_for(conn, event_id, user_id).await?;
         let mut changes = Changes::default();
         let Some(entry) = active_entry(conn, event_id, user_id).await? else {
             return Ok((None, changes));
         };
         let mut inventory = Inventory::new(event);
         let left = leave_entry(conn, &mut inventory, &entry, &mut changes).await?;
+        if entry.rsvp {
+            // Only a queued answer: one with a seat has no live entry.
+            diesel::update(
+                rsvps::table
+                    .find((event_id, user_id))
+                    .filter(rsvps::booking_id.is_null()),
+            )
+            .set((
+                rsvps::response.eq(RsvpResponse::NotGoing),
+                rsvps::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+        }
         inventory.save(conn, &mut changes).await?;
         Ok((Some(left), changes))
     })
@@ -233,7 +252,9 @@ pub async fn promote(
         after = Some((last.created_at, last.id));
         let exhausted = (waiting.len() as i64) < PROMOTE_CHUNK;
         for entry in waiting {
-            if entry.quantity > inventory.available {
+            if entry.quantity > inventory.available
+                || !within_limits(conn, &inventory.event, &entry).await?
+            {
                 continue;
             }
             let promoted = if entry.rsvp {
@@ -251,6 +272,86 @@ pub async fn promote(
         }
     }
     Ok(())
+}
+
+/// Whether the entry's seats keep its user within the event's limits: the seats one user may
+/// hold at once ([`hold_cap`], an offer being a hold), and `max_per_user`, which already
+/// counts the entry. An entry that does not keeps its place, like one too large for the seats
+/// free, until its user has room (say the limit was lowered, or they confirmed a hold).
+async fn within_limits(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    entry: &WaitlistEntry,
+) -> AppResult<bool> {
+    if let Some(max) = event.max_per_user {
+        let have = seats_of_user(conn, event.id, &[entry.user_id]).await?;
+        return Ok(have.get(&entry.user_id).copied().unwrap_or(0) <= i64::from(max));
+    }
+    if entry.rsvp {
+        // Booked straight away: no hold to count.
+        return Ok(true);
+    }
+    let held = seats_held_by(conn, event.id, entry.user_id).await?;
+    Ok(held + i64::from(entry.quantity) <= i64::from(hold_cap(event)))
+}
+
+/// Offers the waiting list the seats freed while sales were paused. [`promote`] offers nothing
+/// outside the sales window (an offer could not be confirmed), so seats freed before the window
+/// opens or after it closes stay free; once sales are open again they are the waiting list's
+/// before anyone else's. Every sale of an event with a sales window runs this first, under the
+/// event's lock, and the sweeper runs it for events nobody is buying
+/// ([`events_owed_seats`]). An event without a sales window pauses only when it starts, and
+/// only an update can reopen it, which promotes by itself.
+pub(super) async fn catch_up(
+    conn: &mut AsyncPgConnection,
+    inventory: &mut Inventory,
+    changes: &mut Changes,
+) -> AppResult<()> {
+    let event = &inventory.event;
+    let has_window = event.sales_start_at.is_some() || event.sales_end_at.is_some();
+    if !has_window || inventory.available == 0 {
+        return Ok(());
+    }
+    promote(conn, inventory, changes).await
+}
+
+/// Events on sale, with a sales window, whose free seats a waiting entry fits: seats freed
+/// while their sales were paused (see [`catch_up`]), for the sweeper.
+pub async fn events_owed_seats(conn: &mut AsyncPgConnection, limit: i64) -> AppResult<Vec<Uuid>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: Uuid,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT e.id FROM events e \
+         WHERE e.status = 'PUBLISHED' AND e.seats_available > 0 AND e.starts_at > now() \
+           AND (e.sales_start_at IS NOT NULL OR e.sales_end_at IS NOT NULL) \
+           AND (e.sales_start_at IS NULL OR e.sales_start_at <= now()) \
+           AND (e.sales_end_at IS NULL OR e.sales_end_at > now()) \
+           AND EXISTS (SELECT 1 FROM waitlist_entries w WHERE w.event_id = e.id \
+                         AND w.status = 'WAITING' AND w.quantity <= e.seats_available) \
+         LIMIT $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| row.id).collect())
+}
+
+/// Offers one event's free seats to its waiting list, in a transaction of its own (see
+/// [`catch_up`]). Safe to run on several instances at once: the event lock queues them, and
+/// an entry is offered once.
+pub async fn catch_up_event(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<Changes> {
+    conn.transaction(async move |conn| {
+        let event = lock_event(conn, event_id).await?;
+        let mut changes = Changes::default();
+        let mut inventory = Inventory::new(event);
+        catch_up(conn, &mut inventory, &mut changes).await?;
+        inventory.save(conn, &mut changes).await?;
+        Ok(changes)
+    })
+    .await
 }
 
 /// Offers an entry its seats as a hold of its own.

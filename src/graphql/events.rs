@@ -79,11 +79,12 @@ pub struct UpdateEventInput {
     pub offer_minutes: Option<i32>,
 }
 
-/// Whether the caller may see the event (drafts: only their organizer and admins). The caller
-/// is looked up only for a draft, and a token that is no longer valid sees what a signed-out
-/// caller sees, so that no error tells a stranger a draft exists.
+/// Whether the caller may see the event (drafts, and drafts that were cancelled: only their
+/// organizer and admins). The caller is looked up only for such an event, and a token that is
+/// no longer valid sees what a signed-out caller sees, so that no error tells a stranger a
+/// draft exists.
 pub(super) async fn may_see(ctx: &Context<'_>, event: &Event) -> AppResult<bool> {
-    if event.status != models::EventStatus::Draft {
+    if events::visible_to(event, None) {
         return Ok(true);
     }
     let viewer = match viewer(ctx).await {
@@ -125,9 +126,12 @@ impl EventQuery {
             starts_before: filter.starts_before,
             status: filter.status.map(Into::into),
         };
-        // Only a listing of drafts depends on who asks.
+        // Only a listing of drafts, or of cancelled events (which may have been drafts),
+        // depends on who asks.
         let viewer = match filter.status {
-            Some(models::EventStatus::Draft) => viewer(ctx).await?,
+            Some(models::EventStatus::Draft | models::EventStatus::Cancelled) => {
+                viewer(ctx).await?
+            }
             _ => None,
         };
         let mut conn = ctx.app().conn().await?;

@@ -10,7 +10,7 @@ use super::types::parse_id;
 use crate::app::AppState;
 use crate::db::models::Event;
 use crate::domain::seats::{self, EventSeat};
-use crate::error::AppError;
+use crate::error::{AppError, AppResult};
 use crate::realtime::{Topic, Update, Updates};
 
 /// A seat map message: every seat (`full`), or only the seats that changed since the
@@ -46,6 +46,18 @@ async fn read_map(
     Ok(seats::seat_map(&mut conn, event_id).await?)
 }
 
+/// Whether the caller may see the event with this id (false when there is none).
+async fn may_see_id(ctx: &Context<'_>, app: &AppState, event_id: Uuid) -> AppResult<bool> {
+    let event = {
+        let mut conn = app.conn().await?;
+        crate::domain::events::find_event(&mut conn, event_id).await?
+    };
+    match event {
+        Some(event) => super::events::may_see(ctx, &event).await,
+        None => Ok(false),
+    }
+}
+
 #[derive(Default)]
 pub struct SeatMapSubscription;
 
@@ -64,7 +76,14 @@ impl SeatMapSubscription {
         let app = ctx.app().clone();
         // Attach before reading, so a change committed in between is not lost.
         let updates = app.bus.subscribe(Topic::SeatMap(event_id));
-        let (event, seats) = read_map(&app, event_id).await?;
+        let (event, seats) = match read_map(&app, event_id).await {
+            Ok(map) => map,
+            // Not even that it has no seat map may tell a stranger that a draft exists.
+            Err(_) if !may_see_id(ctx, &app, event_id).await? => {
+                return Err(AppError::NotFound("event").into());
+            }
+            Err(error) => return Err(error),
+        };
         // Someone else's draft does not exist, as for `event(id)`.
         if !super::events::may_see(ctx, &event).await? {
             return Err(AppError::NotFound("event").into());

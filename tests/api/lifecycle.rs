@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{BOOK, TestApp, TestUser, error_code, event_input};
+use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
 use crate::websocket::{SEATS, WsClient, operation_errors};
 
 const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id status version onSale } }";
@@ -17,6 +17,10 @@ const EVENT: &str = "query($id: ID!) { event(id: $id) { id status } }";
 const DRAFTS: &str = "{ events(filter: { status: DRAFT }) { edges { node { id } } } }";
 const UPDATED: &str = "subscription($id: ID!) { eventUpdated(eventId: $id) { version status } }";
 const LISTED: &str = "{ events { edges { node { id } } } }";
+const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id } }";
+const CONFIRM: &str = "mutation($id: ID!) { confirmHold(holdId: $id) { id } }";
+const JOIN: &str =
+    "mutation($id: ID!, $q: Int!) { joinWaitlist(eventId: $id, quantity: $q) { id } }";
 
 /// An event input with `extra` fields merged in.
 fn input_with(extra: Value) -> Value {
@@ -143,6 +147,16 @@ async fn a_draft_is_seen_only_by_its_organizer_and_admins_until_published() {
             json!({ "input": { "eventId": draft } }),
         )
         .await;
+    assert_eq!(error_code(&body), "NOT_FOUND", "{body}");
+    assert_eq!(body["errors"][0]["message"], "event not found", "{body}");
+    // Its organizer is told why instead.
+    let body = app
+        .gql(
+            Some(&organizer.token),
+            BOOK,
+            json!({ "input": { "eventId": draft } }),
+        )
+        .await;
     assert_eq!(
         reason(&body),
         ("BAD_USER_INPUT", &json!("EVENT_NOT_PUBLISHED")),
@@ -241,6 +255,51 @@ async fn only_a_draft_can_be_published_and_a_draft_can_be_cancelled() {
         ("BAD_USER_INPUT", &json!("EVENT_CANCELLED")),
         "{body}"
     );
+    // Cancelled, it is still nobody else's business: by id and in lists, only its organizer
+    // and admins see it. A cancelled event that was published stays public.
+    let (other, buyer, admin) = (
+        app.user(Role::Organizer).await,
+        app.user(Role::User).await,
+        app.user(Role::Admin).await,
+    );
+    let was_public = app.event(&organizer, 5).await;
+    app.gql_ok(
+        Some(&organizer.token),
+        CANCEL_EVENT,
+        json!({ "id": was_public }),
+    )
+    .await;
+    const CANCELLED: &str = "{ events(filter: { status: CANCELLED }) { edges { node { id } } } }";
+    for (who, token, sees_draft) in [
+        ("anonymous", None, false),
+        ("another user", Some(&buyer.token), false),
+        ("another organizer", Some(&other.token), false),
+        ("its organizer", Some(&organizer.token), true),
+        ("an admin", Some(&admin.token), true),
+    ] {
+        let token = token.map(String::as_str);
+        let data = app.gql_ok(token, EVENT, json!({ "id": draft })).await;
+        let expected = if sees_draft {
+            json!({ "id": draft, "status": "CANCELLED" })
+        } else {
+            Value::Null
+        };
+        assert_eq!(data["event"], expected, "{who} by id");
+        let listed = ids(&app.gql_ok(token, CANCELLED, json!({})).await);
+        let expected = if sees_draft {
+            vec![draft.clone(), was_public.clone()]
+        } else {
+            vec![was_public.clone()]
+        };
+        let mut listed = listed;
+        let mut expected = expected;
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "{who} listing cancelled events");
+        assert!(ids(&app.gql_ok(token, LISTED, json!({})).await).is_empty());
+        let data = app.gql_ok(token, EVENT, json!({ "id": was_public })).await;
+        assert_eq!(data["event"]["status"], "CANCELLED", "{who}");
+    }
 
     // A draft left until its start has passed must be moved before it can go on sale.
     let late = create(&app, &organizer, json!({ "status": "DRAFT" })).await;
@@ -478,6 +537,106 @@ async fn a_user_gets_at_most_max_per_user_seats_of_an_event() {
     assert!(book(&buyer, 1).await.get("errors").is_none());
     assert!(book(&other, 4).await.get("errors").is_none());
     assert_eq!(app.count("bookings").await, 3);
+
+    // Holds count, and a confirmation keeps within the limit.
+    let held = create(app, &organizer, json!({ "maxPerUser": 4 })).await;
+    let hold = |user: &TestUser, quantity: i32| {
+        let token = user.token.clone();
+        let input = json!({ "input": { "eventId": held, "quantity": quantity } });
+        async move { app.gql(Some(&token), HOLD, input).await }
+    };
+    let first = hold(&buyer, 3).await;
+    assert!(first.get("errors").is_none(), "{first}");
+    let body = hold(&buyer, 2).await;
+    assert_eq!(
+        reason(&body),
+        ("BAD_USER_INPUT", &json!("LIMIT_PER_USER")),
+        "{body}"
+    );
+    let body = app
+        .gql(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": held, "quantity": 2 } }),
+        )
+        .await;
+    assert_eq!(
+        reason(&body),
+        ("BAD_USER_INPUT", &json!("LIMIT_PER_USER")),
+        "{body}"
+    );
+    app.gql_ok(
+        Some(&buyer.token),
+        CONFIRM,
+        json!({ "id": first["data"]["holdSeats"]["id"] }),
+    )
+    .await;
+    assert!(hold(&buyer, 1).await.get("errors").is_none());
+    assert_eq!(
+        reason(&hold(&buyer, 1).await),
+        ("BAD_USER_INPUT", &json!("LIMIT_PER_USER"))
+    );
+
+    // The waiting list: an entry counts for what it waits for, and its offer cannot take the
+    // user past the limit.
+    let queued = create(app, &organizer, json!({ "capacity": 5, "maxPerUser": 4 })).await;
+    let (filler, single) = (app.user(Role::User).await, app.user(Role::User).await);
+    let book_in = |user: &TestUser, quantity: i32| {
+        let token = user.token.clone();
+        let input = json!({ "input": { "eventId": queued, "quantity": quantity } });
+        async move { app.gql(Some(&token), BOOK, input).await }
+    };
+    let fill = book_in(&filler, 4).await;
+    let single_booking = book_in(&single, 1).await["data"]["bookSeats"]["id"].clone();
+    let join = |user: &TestUser, quantity: i32| {
+        let token = user.token.clone();
+        let variables = json!({ "id": queued, "q": quantity });
+        async move { app.gql(Some(&token), JOIN, variables).await }
+    };
+    // The filler has four: no place in line for more.
+    assert_eq!(
+        reason(&join(&filler, 1).await),
+        ("BAD_USER_INPUT", &json!("LIMIT_PER_USER"))
+    );
+    assert!(join(&buyer, 4).await.get("errors").is_none());
+    // One seat comes back; the buyer's entry for four does not fit it, and the entry already
+    // counts four towards the buyer's limit, so the buyer cannot book it on the side.
+    app.gql_ok(Some(&single.token), CANCEL, json!({ "id": single_booking }))
+        .await;
+    assert_eq!(
+        reason(&book_in(&buyer, 1).await),
+        ("BAD_USER_INPUT", &json!("LIMIT_PER_USER"))
+    );
+    // Four more come back: the offer, confirmed, gives the buyer exactly four.
+    app.gql_ok(
+        Some(&filler.token),
+        CANCEL,
+        json!({ "id": fill["data"]["bookSeats"]["id"] }),
+    )
+    .await;
+    let entries = app
+        .gql_ok(
+            Some(&buyer.token),
+            "{ myWaitlistEntries { status hold { id } } }",
+            json!({}),
+        )
+        .await;
+    let entry = &entries["myWaitlistEntries"][0];
+    assert_eq!(entry["status"], "OFFERED", "{entries}");
+    app.gql_ok(
+        Some(&buyer.token),
+        CONFIRM,
+        json!({ "id": entry["hold"]["id"] }),
+    )
+    .await;
+    let seats = app
+        .count(&format!(
+            "bookings b, generate_series(1, b.quantity) WHERE b.event_id = '{queued}' \
+             AND b.user_id = '{}' AND b.status = 'CONFIRMED'",
+            buyer.id
+        ))
+        .await;
+    assert_eq!(seats, 4);
     app.assert_invariant().await;
 }
 

@@ -14,6 +14,7 @@ mod lifecycle;
 mod live;
 mod onsale;
 mod reference_client;
+mod sale_rules;
 mod schema;
 mod seats;
 mod security;

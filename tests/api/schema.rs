@@ -43,13 +43,13 @@ async fn migrations_revert_and_reapply_cleanly() {
     let reverted = evently::db::revert_all_migrations(&database.url)
         .await
         .unwrap();
-    assert_eq!(reverted, 5);
+    assert_eq!(reverted, 6);
     assert_eq!(table_count(&database.url).await, 0);
     // Several instances starting at once: the advisory lock lets exactly one apply them.
     let runs =
         futures_util::future::join_all((0..3).map(|_| evently::db::run_migrations(&database.url)))
             .await;
     let applied: usize = runs.into_iter().map(Result::unwrap).sum();
-    assert_eq!(applied, 5);
+    assert_eq!(applied, 6);
     assert_eq!(table_count(&database.url).await, 11);
 }

@@ -39,13 +39,16 @@ use crate::domain::seats::SeatChange;
 use crate::domain::{events, resync};
 
 /// Per-topic buffer. A subscriber that falls behind on seat counts or event details skips to
-/// the newest state; booking changes are few per user, so 64 is plenty.
+/// the newest state; one that falls behind on a user's bookings is told (`Missed`) and re-reads
+/// them from the database, so a burst (an event cancelled with hundreds of bookings) costs a
+/// query, not a silent gap.
 const CHANNEL_CAPACITY: usize = 64;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How far before the moment the Redis subscription was lost the resync looks for booking
-/// changes: covers clock skew between instances and the database, and a loss noticed late.
-const RESYNC_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// How far before the moment messages may have been missed a resync looks for booking
+/// changes: covers clock skew between instances and the database, a transaction that began
+/// (and took its timestamps) before it committed, and a loss noticed late.
+pub const RESYNC_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// Messages kept for republishing while Redis refuses them (the newest per topic or booking).
 const MAX_UNSENT: usize = 10_000;
 
@@ -640,6 +643,24 @@ async fn listen(client: redis::Client, patterns: Vec<String>, bus: Weak<Inner>) 
     }
 }
 
+/// The bookings, holds and waiting-list entries of `user_ids` that changed since `since`, as
+/// the messages that announced them: what a subscriber that may have missed some re-reads.
+pub async fn reservation_changes_since(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user_ids: &[Uuid],
+    since: DateTime<Utc>,
+) -> crate::error::AppResult<Vec<Update>> {
+    let bookings = resync::bookings_changed_since(conn, user_ids, since).await?;
+    let holds = resync::holds_changed_since(conn, user_ids, since).await?;
+    let entries = resync::waitlist_changed_since(conn, user_ids, since).await?;
+    Ok(bookings
+        .into_iter()
+        .map(|b| Update::Booking(Arc::new(b)))
+        .chain(holds.into_iter().map(|h| Update::Hold(Arc::new(h))))
+        .chain(entries.into_iter().map(|w| Update::Waitlist(Arc::new(w))))
+        .collect())
+}
+
 /// Pushes the database's current state to every topic with local subscribers: seat counts and
 /// event details as they are now, and the bookings, holds and waiting-list entries changed
 /// since `since`. Subscribers drop
@@ -663,20 +684,9 @@ async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
     let read = async {
         let mut conn = redis.db.get().await?;
         let events = events::events_by_id(&mut conn, &event_ids).await?;
-        let message = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
-        let mut changes: Vec<Update> = Vec::new();
-        let bookings = resync::bookings_changed_since(&mut conn, &user_ids, since)
+        let changes = reservation_changes_since(&mut conn, &user_ids, since)
             .await
-            .map_err(message)?;
-        changes.extend(bookings.into_iter().map(|b| Update::Booking(Arc::new(b))));
-        let holds = resync::holds_changed_since(&mut conn, &user_ids, since)
-            .await
-            .map_err(message)?;
-        changes.extend(holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
-        let entries = resync::waitlist_changed_since(&mut conn, &user_ids, since)
-            .await
-            .map_err(message)?;
-        changes.extend(entries.into_iter().map(|w| Update::Waitlist(Arc::new(w))));
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         anyhow::Ok((events, changes))
     };
     let (events, changes) = match read.await {
@@ -740,7 +750,10 @@ impl Stream for Updates {
                     }
                 }
                 Poll::Ready(Some(Ok(update))) => return Poll::Ready(Some(update)),
-                // Lagged: the missed messages are superseded by the ones still buffered.
+                // Lagged: seat counts and event details missed are superseded by the ones
+                // still buffered; a seat-map delta carries the version it follows, so its
+                // subscriber sees the gap and re-reads the map. A user's bookings are read with
+                // `next_or_missed` instead.
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
                     tracing::debug!(missed, ?topic, "a slow subscriber skipped updates");
                 }
@@ -752,6 +765,23 @@ impl Stream for Updates {
                     };
                 }
             }
+        }
+    }
+}
+
+/// Messages this subscriber never got: it fell behind and the channel dropped the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missed(pub u64);
+
+impl Updates {
+    /// The next message as sent, without skipping: `Err(Missed)` when some were dropped
+    /// because this subscriber fell behind. For changes that do not supersede each other (a
+    /// user's bookings), the caller then re-reads the state (`reservation_changes_since`);
+    /// polling as a `Stream` would skip them silently.
+    pub async fn next_or_missed(&mut self) -> Option<Result<Update, Missed>> {
+        match self.receiver.as_mut()?.next().await? {
+            Ok(update) => Some(Ok(update)),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Err(Missed(missed))),
         }
     }
 }
@@ -885,6 +915,41 @@ mod tests {
             match feed.next().await {
                 Some(Update::SeatMap(got)) => assert_eq!(got.version, expected),
                 other => panic!("expected a seat-map delta, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_booking_subscriber_that_falls_behind_is_told_what_it_missed() {
+        let bus = Bus::in_process();
+        let user = Uuid::new_v4();
+        let mut slow = bus.subscribe(Topic::UserBookings(user));
+        let booking = || Booking {
+            id: Uuid::new_v4(),
+            event_id: Uuid::nil(),
+            user_id: user,
+            quantity: 1,
+            status: BookingStatus::Cancelled,
+            idempotency_key: None,
+            created_at: Utc::now(),
+            cancelled_at: Some(Utc::now()),
+        };
+        let sent: Vec<Booking> = (0..CHANNEL_CAPACITY + 10).map(|_| booking()).collect();
+        bus.publish_all(
+            sent.iter()
+                .cloned()
+                .map(|b| Update::Booking(Arc::new(b)))
+                .collect(),
+        );
+        assert_eq!(
+            slow.next_or_missed().await.unwrap().unwrap_err(),
+            Missed(10)
+        );
+        // Then the ones still buffered, in order.
+        for expected in &sent[10..] {
+            match slow.next_or_missed().await {
+                Some(Ok(Update::Booking(got))) => assert_eq!(got.id, expected.id),
+                other => panic!("expected a booking, got {other:?}"),
             }
         }
     }

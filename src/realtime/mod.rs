@@ -11,12 +11,18 @@
 //! that only moves forward), so duplicates and reordering are harmless, and whenever messages
 //! may have been missed (the Redis subscription was lost), every topic with local subscribers
 //! is re-read from PostgreSQL and pushed again.
+//!
+//! A subscription can also die without a word: a half-open TCP connection (a NAT or load
+//! balancer dropped it, Redis hangs) delivers nothing and reports no error. So the listener
+//! sends PING on it every `Heartbeat::interval`; an answer not back within `Heartbeat::timeout`
+//! (behind whatever messages came first, on the same connection) ends the subscription as if
+//! it had closed. Until a new one is up, `Bus::redis_health` says why, for `/readyz`.
 
 mod slots;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -244,11 +250,29 @@ impl From<Wire> for Update {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisHealth {
     NotConfigured,
     Up,
-    Down,
+    /// Why: Redis does not answer, or this instance does not hear the others.
+    Down(String),
+}
+
+/// How the Redis subscription is checked (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Whether this instance hears the other instances' messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subscription {
+    /// The first subscription since start-up is being set up.
+    Starting,
+    Up,
+    /// Lost, or never came up: why, until a new one is up.
+    Down(String),
 }
 
 #[derive(Clone)]
@@ -269,6 +293,7 @@ struct Inner {
 struct RedisBus {
     pool: bb8::Pool<RedisConnectionManager>,
     prefix: String,
+    subscription: Mutex<Subscription>,
     db: DbPool,
     unsent: Mutex<Unsent>,
     /// Messages for the one task that publishes them, so that a busy instance sends many in
@@ -320,7 +345,12 @@ impl Bus {
     /// A bus shared by every instance using the same Redis and key prefix. Start-up does not
     /// wait for Redis: if it is down, bookings go on and the listener keeps reconnecting. `db`
     /// is where subscribers' state is re-read after the subscription was lost.
-    pub fn with_redis(url: &str, key_prefix: &str, db: DbPool) -> anyhow::Result<Self> {
+    pub fn with_redis(
+        url: &str,
+        key_prefix: &str,
+        heartbeat: Heartbeat,
+        db: DbPool,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let manager = RedisConnectionManager::new(url)?;
         let pool = bb8::Pool::builder()
@@ -335,6 +365,7 @@ impl Bus {
             redis: Some(RedisBus {
                 pool,
                 prefix: key_prefix.to_owned(),
+                subscription: Mutex::new(Subscription::Starting),
                 db,
                 unsent: Mutex::default(),
                 outbox,
@@ -344,7 +375,7 @@ impl Bus {
         let patterns = ["seats", "events", "user-bookings", "seat-maps"]
             .map(|kind| format!("{key_prefix}{kind}:*"))
             .to_vec();
-        tokio::spawn(listen(client, patterns, Arc::downgrade(&inner)));
+        tokio::spawn(listen(client, patterns, heartbeat, Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -454,10 +485,17 @@ impl Bus {
         self.publish_all(updates);
     }
 
+    /// Whether Redis answers and this instance hears the others through it; the subscription
+    /// being set up for the first time counts as heard (readiness goes by the PING then).
     pub async fn redis_health(&self) -> RedisHealth {
         let Some(redis) = &self.inner.redis else {
             return RedisHealth::NotConfigured;
         };
+        if let Subscription::Down(why) = &*lock(&redis.subscription) {
+            return RedisHealth::Down(format!(
+                "not receiving other instances' updates: the Redis subscription {why}"
+            ));
+        }
         let ping = tokio::time::timeout(REDIS_TIMEOUT, async {
             let mut conn = redis.pool.get().await?;
             redis::cmd("PING").query_async::<String>(&mut *conn).await?;
@@ -467,7 +505,10 @@ impl Bus {
         if matches!(ping, Ok(Ok(()))) {
             RedisHealth::Up
         } else {
-            RedisHealth::Down
+            RedisHealth::Down(format!(
+                "Redis did not answer PING within {} ms",
+                REDIS_TIMEOUT.as_millis()
+            ))
         }
     }
 
@@ -529,6 +570,12 @@ async fn publish_batch(
 }
 
 impl Inner {
+    fn set_subscription(&self, state: Subscription) {
+        if let Some(redis) = &self.redis {
+            *lock(&redis.subscription) = state;
+        }
+    }
+
     fn deliver_local(&self, update: &Update) {
         if matches!(
             update,
@@ -606,41 +653,120 @@ async fn retry_unsent(bus: Weak<Inner>) {
 /// Listens on Redis for every instance's messages, reconnecting with capped backoff. After
 /// every (re)subscription, local subscribers get their state again from the database, since
 /// messages published while the subscription was down are gone.
-async fn listen(client: redis::Client, patterns: Vec<String>, bus: Weak<Inner>) {
+async fn listen(
+    client: redis::Client,
+    patterns: Vec<String>,
+    heartbeat: Heartbeat,
+    bus: Weak<Inner>,
+) {
     let mut backoff = Duration::from_millis(100);
     // Subscribers may attach before the first subscription is up.
     let mut lost_at = Utc::now();
     loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.psubscribe(&patterns).await {
-                Ok(()) => {
-                    tracing::info!("listening for live updates on Redis");
-                    backoff = Duration::from_millis(100);
-                    let Some(inner) = bus.upgrade() else { return };
-                    inner.generation.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(resync_local(inner, lost_at - RESYNC_MARGIN));
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        let Some(inner) = bus.upgrade() else { return };
-                        match serde_json::from_slice::<Envelope>(message.get_payload_bytes()) {
-                            Ok(envelope) if envelope.origin == inner.origin => {}
-                            Ok(envelope) => inner.deliver_local(&envelope.update.into()),
-                            Err(error) => tracing::warn!(%error, "ignoring a malformed update"),
-                        }
-                    }
-                    lost_at = Utc::now();
-                    tracing::warn!("Redis subscription lost; reconnecting");
-                }
-                Err(error) => tracing::warn!(%error, "subscribing on Redis failed"),
-            },
-            Err(error) => tracing::warn!(%error, "connecting to Redis for live updates failed"),
-        }
-        if bus.strong_count() == 0 {
-            return;
-        }
+        let why = match subscribe(&client, &patterns, heartbeat.timeout).await {
+            Ok(pubsub) => {
+                tracing::info!("listening for live updates on Redis");
+                backoff = Duration::from_millis(100);
+                let Some(inner) = bus.upgrade() else { return };
+                inner.set_subscription(Subscription::Up);
+                inner.generation.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(resync_local(inner, lost_at - RESYNC_MARGIN));
+                let Some((why, last_heard)) = follow(pubsub, heartbeat, &bus).await else {
+                    return;
+                };
+                lost_at = last_heard;
+                why
+            }
+            Err(why) => why,
+        };
+        tracing::warn!(why, "Redis subscription down; reconnecting");
+        let Some(inner) = bus.upgrade() else { return };
+        inner.set_subscription(Subscription::Down(why));
+        drop(inner);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// A new pattern subscription, or why there is none. A connection that Redis does not answer
+/// is given up after `timeout`, like a PING.
+async fn subscribe(
+    client: &redis::Client,
+    patterns: &[String],
+    timeout: Duration,
+) -> Result<redis::aio::PubSub, String> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await.map_err(|error| {
+            tracing::warn!(%error, "connecting to Redis for live updates failed");
+            "cannot connect".to_owned()
+        })?;
+        pubsub.psubscribe(patterns).await.map_err(|error| {
+            tracing::warn!(%error, "subscribing on Redis failed");
+            "was refused".to_owned()
+        })?;
+        Ok(pubsub)
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "could not be set up within {} ms",
+                timeout.as_millis()
+            ))
+        })
+}
+
+/// Delivers the subscription's messages until it fails, checking it with PING meanwhile.
+/// Returns why it failed and when Redis was last heard from (every message sent before then
+/// arrived), or `None` once the bus is gone.
+async fn follow(
+    pubsub: redis::aio::PubSub,
+    heartbeat: Heartbeat,
+    bus: &Weak<Inner>,
+) -> Option<(String, DateTime<Utc>)> {
+    let (mut sink, mut messages) = pubsub.split();
+    let last_heard = AtomicI64::new(Utc::now().timestamp_millis());
+    let pings = async {
+        let mut ticks = tokio::time::interval(heartbeat.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let sent = Utc::now();
+            // In subscribed mode Redis answers `["pong", ""]`, not `PONG`.
+            match tokio::time::timeout(heartbeat.timeout, sink.ping::<redis::Value>()).await {
+                Ok(Ok(_)) => last_heard.store(sent.timestamp_millis(), Ordering::Relaxed),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "PING on the Redis subscription failed");
+                    return "failed a PING".to_owned();
+                }
+                Err(_) => {
+                    return format!(
+                        "did not answer PING within {} ms",
+                        heartbeat.timeout.as_millis()
+                    );
+                }
+            }
+        }
+    };
+    let delivery = async {
+        while let Some(message) = messages.next().await {
+            let inner = bus.upgrade()?;
+            match serde_json::from_slice::<Envelope>(message.get_payload_bytes()) {
+                Ok(envelope) if envelope.origin == inner.origin => {}
+                Ok(envelope) => inner.deliver_local(&envelope.update.into()),
+                Err(error) => tracing::warn!(%error, "ignoring a malformed update"),
+            }
+        }
+        Some("was closed".to_owned())
+    };
+    let why = tokio::select! {
+        why = pings => why,
+        why = delivery => why?,
+    };
+    let last_heard = DateTime::from_timestamp_millis(last_heard.load(Ordering::Relaxed))
+        .unwrap_or_else(Utc::now);
+    Some((why, last_heard))
 }
 
 /// The bookings, holds and waiting-list entries of `user_ids` that changed since `since`, as

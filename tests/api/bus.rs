@@ -13,8 +13,10 @@ use evently::realtime::Topic;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::helpers::{BOOK, TestApp, TestUser};
-use crate::websocket::{WAIT, WsClient};
+use crate::fault_proxy::FaultProxy;
+use crate::helpers::{BOOK, TestApp, TestUser, redis_url};
+use crate::live::{converge, readiness, wait_for_readiness};
+use crate::websocket::{SEATS, WAIT, WsClient, seats};
 
 const TRANSPORT: &str = "graphql-transport-ws";
 const MY_BOOKINGS: &str = "subscription { myBookingUpdates { id ... on Booking { status } } }";
@@ -167,4 +169,101 @@ async fn a_subscriber_that_reads_nothing_while_its_bookings_change_still_gets_ev
         assert_eq!(booking["status"], "CANCELLED", "{booking}");
         cancelled.insert(id, ());
     }
+}
+
+/// PING the subscription often and give up on it soon, so a test sees a dead one in about a
+/// second; the deadlines the tests wait with stay far longer (the CPU is shared).
+fn quick_heartbeat(config: &mut evently::config::Config) {
+    config.redis_ping_interval = Duration::from_millis(200);
+    config.redis_ping_timeout = Duration::from_millis(1000);
+}
+
+/// An instance whose Redis traffic (subscription, publishing, rate limits) goes through a fault
+/// proxy, and a peer that reaches Redis directly: what the watched instance misses while its
+/// link is faulty, the peer still publishes and commits.
+async fn watched_and_peer() -> (FaultProxy, TestApp, TestApp) {
+    let (proxy, proxied) = FaultProxy::in_front_of(&redis_url()).await;
+    let watched = TestApp::spawn_on_redis(&proxied, quick_heartbeat).await;
+    let peer = watched
+        .spawn_peer_with(|config| config.redis_url = Some(redis_url()))
+        .await;
+    (proxy, watched, peer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_subscription_is_reported_by_readyz_and_caught_up_after_it_resumes() {
+    let (proxy, watched, peer) = watched_and_peer().await;
+    let organizer = peer.user(Role::Organizer).await;
+    let buyer = peer.user(Role::User).await;
+    let event_id = peer.event(&organizer, 50).await;
+    let mut client = WsClient::connect(&watched.ws_url(), TRANSPORT, json!({}))
+        .await
+        .unwrap();
+    client
+        .subscribe("s", SEATS, json!({ "id": event_id }))
+        .await;
+    assert_eq!(seats(&mut client).await, (50, 1));
+    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    book(&peer, &buyer.token, &event_id).await;
+    converge(&mut client, (49, 2)).await;
+
+    proxy.stall();
+    // Noticed by the heartbeat and reported, with the reason, while the link is down (still
+    // 200: bookings are correct without Redis).
+    let (code, body) = wait_for_readiness(&watched, "degraded").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["redis"], "down", "{body}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut body = body;
+    while !body["reason"]
+        .as_str()
+        .is_some_and(|reason| reason.contains("subscription"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never named the subscription: {body}"
+        );
+        body = readiness(&watched).await.1;
+    }
+
+    // The peer goes on booking; nothing of it can reach the watched instance for now.
+    book(&peer, &buyer.token, &event_id).await;
+    book(&peer, &buyer.token, &event_id).await;
+    proxy.resume();
+    converge(&mut client, (47, 4)).await;
+    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    // And the bus carries the peer's changes again.
+    book(&peer, &buyer.token, &event_id).await;
+    converge(&mut client, (46, 5)).await;
+    peer.assert_invariant().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_subscription_that_went_silent_for_good_is_replaced_and_caught_up() {
+    let (proxy, watched, peer) = watched_and_peer().await;
+    let organizer = peer.user(Role::Organizer).await;
+    let buyer = peer.user(Role::User).await;
+    let event_id = peer.event(&organizer, 50).await;
+    let mut seats_feed = WsClient::connect(&watched.ws_url(), TRANSPORT, json!({}))
+        .await
+        .unwrap();
+    seats_feed
+        .subscribe("s", SEATS, json!({ "id": event_id }))
+        .await;
+    assert_eq!(seats(&mut seats_feed).await, (50, 1));
+    let mut bookings_feed = booking_feed(&watched, &organizer, &buyer).await;
+    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+
+    // Every connection open now (the subscription among them) goes silent without closing;
+    // new connections work. Nothing but a heartbeat can tell.
+    proxy.strand();
+    let booking = book(&peer, &buyer.token, &event_id).await;
+    converge(&mut seats_feed, (49, 2)).await;
+    let data = bookings_feed.next_data().await;
+    assert_eq!(
+        data["data"]["myBookingUpdates"],
+        json!({ "id": booking, "status": "CONFIRMED" })
+    );
+    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    peer.assert_invariant().await;
 }

@@ -9,7 +9,7 @@ use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::inventory::Changes;
 use crate::domain::onsale::Onsale;
 use crate::error::AppResult;
-use crate::realtime::Bus;
+use crate::realtime::{Bus, Heartbeat};
 use crate::security::SharedRedis;
 use crate::security::persisted::{PersistedQueries, load_allowlist};
 use crate::security::rate_limit::RateLimiter;
@@ -41,7 +41,13 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
         let db = db::build_pool(&config.database_url, config.database_pool_size).await?;
         let bus = match &config.redis_url {
-            Some(url) => Bus::with_redis(url, &config.redis_prefix, db.clone())?,
+            Some(url) => {
+                let heartbeat = Heartbeat {
+                    interval: config.redis_ping_interval,
+                    timeout: config.redis_ping_timeout,
+                };
+                Bus::with_redis(url, &config.redis_prefix, heartbeat, db.clone())?
+            }
             None => {
                 tracing::info!(
                     "REDIS_URL is not set: using the in-process bus (single instance only)"

@@ -130,6 +130,13 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so deployments (and tests) can share one Redis.
     pub redis_prefix: String,
+    /// How often the live-update subscription on Redis is checked with a PING
+    /// (`REDIS_PING_INTERVAL_MS`, default 5000): a half-open connection delivers nothing and
+    /// reports no error, so only an unanswered PING shows it.
+    pub redis_ping_interval: Duration,
+    /// How long that PING may go unanswered before the subscription is replaced (and reported
+    /// by `/readyz`) (`REDIS_PING_TIMEOUT_MS`, default 3000).
+    pub redis_ping_timeout: Duration,
     pub jwt_secret: Secret,
     /// Key id (`kid` header) of `jwt_secret`, which signs new tokens.
     pub jwt_kid: String,
@@ -361,6 +368,12 @@ impl Config {
             ),
             redis_url,
             redis_prefix: lookup("REDIS_PREFIX").unwrap_or_else(|| "evently:".into()),
+            redis_ping_interval: Duration::from_millis(
+                parse_or(&lookup, "REDIS_PING_INTERVAL_MS", 5000u64)?.max(10),
+            ),
+            redis_ping_timeout: Duration::from_millis(
+                parse_or(&lookup, "REDIS_PING_TIMEOUT_MS", 3000u64)?.max(10),
+            ),
             jwt_secret,
             jwt_kid,
             jwt_previous_secrets,

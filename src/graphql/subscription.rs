@@ -1,7 +1,8 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use async_graphql::{Context, ID, Subscription};
+use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, stream};
 use uuid::Uuid;
 
@@ -12,7 +13,9 @@ use crate::app::AppState;
 use crate::db::models::{Booking, Event, Hold, WaitlistEntry};
 use crate::domain::{auth, events};
 use crate::error::AppError;
-use crate::realtime::{SeatUpdate, Topic, Update, Updates};
+use crate::realtime::{
+    Missed, RESYNC_MARGIN, SeatUpdate, Topic, Update, Updates, reservation_changes_since,
+};
 
 /// Bookings a `myBookingUpdates` subscription remembers the latest state of, to drop stale
 /// repeats; forgetting (past this many) only risks a harmless repeat.
@@ -107,9 +110,11 @@ impl AvailabilitySubscription {
     /// booking and each cancellation (by the user, an admin, or because the event was
     /// cancelled); each hold as it starts and ends, including a waiting-list offer (a `Hold`
     /// with `isOffer`) and its lapsing; each waiting-list entry as it moves. Only changes are
-    /// sent; read `myBookings`, `myHolds` and `myWaitlistEntries` for the lists. Ends with an
-    /// UNAUTHENTICATED error when the access token expires or the session ends (sign in again
-    /// and resubscribe).
+    /// sent; read `myBookings`, `myHolds` and `myWaitlistEntries` for the lists. Every change
+    /// arrives, however many come at once: a subscriber that falls behind gets the current
+    /// state of what changed meanwhile (an item may then come again, never older than sent
+    /// before). Ends with an UNAUTHENTICATED error when the access token expires or the session
+    /// ends (sign in again and resubscribe).
     async fn my_booking_updates(
         &self,
         ctx: &Context<'_>,
@@ -128,7 +133,11 @@ impl AvailabilitySubscription {
                 Duration::from_secs(left.max(0).unsigned_abs())
             });
         let state = BookingWatch {
+            user_id: viewer.id(),
             updates: app.bus.subscribe(Topic::UserBookings(viewer.id())),
+            // Attached now: a change missed later cannot be older than this.
+            complete_since: Utc::now() - RESYNC_MARGIN,
+            resent: VecDeque::new(),
             expiry: Box::pin(tokio::time::sleep(
                 expires_in.min(Duration::from_secs(100 * 365 * 86_400)),
             )),
@@ -142,7 +151,12 @@ impl AvailabilitySubscription {
 }
 
 struct BookingWatch {
+    user_id: Uuid,
     updates: Updates,
+    /// Whatever changed before this was delivered (or re-read): where a re-read starts.
+    complete_since: DateTime<Utc>,
+    /// Changes re-read from the database after falling behind, sent before newer messages.
+    resent: VecDeque<Update>,
     expiry: std::pin::Pin<Box<tokio::time::Sleep>>,
     seen: HashMap<Uuid, i64>,
     app: AppState,
@@ -157,13 +171,27 @@ impl BookingWatch {
             return None;
         }
         loop {
-            let update = tokio::select! {
-                () = &mut self.expiry => {
-                    self.ended = true;
-                    let error = AppError::Unauthenticated("access token expired; sign in again");
-                    return Some((Err(error.into()), self));
-                }
-                update = self.updates.next() => update?,
+            let update = match self.resent.pop_front() {
+                Some(update) => update,
+                None => tokio::select! {
+                    () = &mut self.expiry => {
+                        self.ended = true;
+                        let error = AppError::Unauthenticated("access token expired; sign in again");
+                        return Some((Err(error.into()), self));
+                    }
+                    update = self.updates.next_or_missed() => match update? {
+                        Ok(update) => update,
+                        Err(missed) => {
+                            if let Err(error) = self.catch_up(missed).await {
+                                // Better an error the client sees (and resubscribes after)
+                                // than a gap it cannot.
+                                self.ended = true;
+                                return Some((Err(error.into()), self));
+                            }
+                            continue;
+                        }
+                    },
+                },
             };
             let Some((id, rank)) = update.reservation_rank() else {
                 continue;
@@ -196,5 +224,23 @@ impl BookingWatch {
             };
             return Some((Ok(reservation), self));
         }
+    }
+
+    /// Re-reads what changed since the stream was last complete, after the channel dropped
+    /// messages this subscriber was too slow for. Duplicates of what was sent are dropped by
+    /// rank, like any repeat.
+    async fn catch_up(&mut self, Missed(missed): Missed) -> Result<(), AppError> {
+        tracing::debug!(
+            missed,
+            "myBookingUpdates fell behind; re-reading from the database"
+        );
+        let read_at = Utc::now();
+        let changes = {
+            let mut conn = self.app.conn().await?;
+            reservation_changes_since(&mut conn, &[self.user_id], self.complete_since).await?
+        };
+        self.resent.extend(changes);
+        self.complete_since = read_at - RESYNC_MARGIN;
+        Ok(())
     }
 }

@@ -387,26 +387,31 @@ async fn healthz() -> &'static str {
 
 /// Ready when PostgreSQL answers. Redis down is `degraded`, still 200: bookings stay correct
 /// without it and live updates catch up when it is back, so taking every instance out of the
-/// load balancer on a Redis blip would turn a degradation into an outage.
+/// load balancer on a Redis blip would turn a degradation into an outage. So is a Redis that
+/// answers while this instance's subscription does not (a half-open connection): other
+/// instances' changes do not reach its subscribers until it is replaced. `reason` says which.
 async fn readyz(State(state): State<HttpState>) -> Response {
     let postgres = tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&state.app.db))
         .await
         .is_ok_and(|r| r.is_ok());
     let redis = state.app.bus.redis_health().await;
-    let (status, word) = match (postgres, redis) {
+    let (status, word) = match (postgres, &redis) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        (true, RedisHealth::Down) => (StatusCode::OK, "degraded"),
+        (true, RedisHealth::Down(_)) => (StatusCode::OK, "degraded"),
         (true, _) => (StatusCode::OK, "ready"),
     };
-    let body = json!({
+    let mut body = json!({
         "status": word,
         "postgres": if postgres { "up" } else { "down" },
         "redis": match redis {
             RedisHealth::NotConfigured => "not_configured",
             RedisHealth::Up => "up",
-            RedisHealth::Down => "down",
+            RedisHealth::Down(_) => "down",
         },
     });
+    if let RedisHealth::Down(reason) = redis {
+        body["reason"] = json!(reason);
+    }
     let mut response = (status, Json(body)).into_response();
     response
         .headers_mut()

@@ -11,12 +11,18 @@
 //! that only moves forward), so duplicates and reordering are harmless, and whenever messages
 //! may have been missed (the Redis subscription was lost), every topic with local subscribers
 //! is re-read from PostgreSQL and pushed again.
+//!
+//! A subscription can also die without a word: a half-open TCP connection (a NAT or load
+//! balancer dropped it, Redis hangs) delivers nothing and reports no error. So the listener
+//! sends PING on it every `Heartbeat::interval`; an answer not back within `Heartbeat::timeout`
+//! (behind whatever messages came first, on the same connection) ends the subscription as if
+//! it had closed. Until a new one is up, `Bus::redis_health` says why, for `/readyz`.
 
 mod slots;
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -39,13 +45,16 @@ use crate::domain::seats::SeatChange;
 use crate::domain::{events, resync};
 
 /// Per-topic buffer. A subscriber that falls behind on seat counts or event details skips to
-/// the newest state; booking changes are few per user, so 64 is plenty.
+/// the newest state; one that falls behind on a user's bookings is told (`Missed`) and re-reads
+/// them from the database, so a burst (an event cancelled with hundreds of bookings) costs a
+/// query, not a silent gap.
 const CHANNEL_CAPACITY: usize = 64;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How far before the moment the Redis subscription was lost the resync looks for booking
-/// changes: covers clock skew between instances and the database, and a loss noticed late.
-const RESYNC_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// How far before the moment messages may have been missed a resync looks for booking
+/// changes: covers clock skew between instances and the database, a transaction that began
+/// (and took its timestamps) before it committed, and a loss noticed late.
+pub const RESYNC_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// Messages kept for republishing while Redis refuses them (the newest per topic or booking).
 const MAX_UNSENT: usize = 10_000;
 
@@ -241,11 +250,29 @@ impl From<Wire> for Update {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisHealth {
     NotConfigured,
     Up,
-    Down,
+    /// Why: Redis does not answer, or this instance does not hear the others.
+    Down(String),
+}
+
+/// How the Redis subscription is checked (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// Whether this instance hears the other instances' messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subscription {
+    /// The first subscription since start-up is being set up.
+    Starting,
+    Up,
+    /// Lost, or never came up: why, until a new one is up.
+    Down(String),
 }
 
 #[derive(Clone)]
@@ -266,6 +293,7 @@ struct Inner {
 struct RedisBus {
     pool: bb8::Pool<RedisConnectionManager>,
     prefix: String,
+    subscription: Mutex<Subscription>,
     db: DbPool,
     unsent: Mutex<Unsent>,
     /// Messages for the one task that publishes them, so that a busy instance sends many in
@@ -317,7 +345,12 @@ impl Bus {
     /// A bus shared by every instance using the same Redis and key prefix. Start-up does not
     /// wait for Redis: if it is down, bookings go on and the listener keeps reconnecting. `db`
     /// is where subscribers' state is re-read after the subscription was lost.
-    pub fn with_redis(url: &str, key_prefix: &str, db: DbPool) -> anyhow::Result<Self> {
+    pub fn with_redis(
+        url: &str,
+        key_prefix: &str,
+        heartbeat: Heartbeat,
+        db: DbPool,
+    ) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)?;
         let manager = RedisConnectionManager::new(url)?;
         let pool = bb8::Pool::builder()
@@ -332,6 +365,7 @@ impl Bus {
             redis: Some(RedisBus {
                 pool,
                 prefix: key_prefix.to_owned(),
+                subscription: Mutex::new(Subscription::Starting),
                 db,
                 unsent: Mutex::default(),
                 outbox,
@@ -341,7 +375,7 @@ impl Bus {
         let patterns = ["seats", "events", "user-bookings", "seat-maps"]
             .map(|kind| format!("{key_prefix}{kind}:*"))
             .to_vec();
-        tokio::spawn(listen(client, patterns, Arc::downgrade(&inner)));
+        tokio::spawn(listen(client, patterns, heartbeat, Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
@@ -451,10 +485,17 @@ impl Bus {
         self.publish_all(updates);
     }
 
+    /// Whether Redis answers and this instance hears the others through it; the subscription
+    /// being set up for the first time counts as heard (readiness goes by the PING then).
     pub async fn redis_health(&self) -> RedisHealth {
         let Some(redis) = &self.inner.redis else {
             return RedisHealth::NotConfigured;
         };
+        if let Subscription::Down(why) = &*lock(&redis.subscription) {
+            return RedisHealth::Down(format!(
+                "not receiving other instances' updates: the Redis subscription {why}"
+            ));
+        }
         let ping = tokio::time::timeout(REDIS_TIMEOUT, async {
             let mut conn = redis.pool.get().await?;
             redis::cmd("PING").query_async::<String>(&mut *conn).await?;
@@ -464,7 +505,10 @@ impl Bus {
         if matches!(ping, Ok(Ok(()))) {
             RedisHealth::Up
         } else {
-            RedisHealth::Down
+            RedisHealth::Down(format!(
+                "Redis did not answer PING within {} ms",
+                REDIS_TIMEOUT.as_millis()
+            ))
         }
     }
 
@@ -526,6 +570,12 @@ async fn publish_batch(
 }
 
 impl Inner {
+    fn set_subscription(&self, state: Subscription) {
+        if let Some(redis) = &self.redis {
+            *lock(&redis.subscription) = state;
+        }
+    }
+
     fn deliver_local(&self, update: &Update) {
         if matches!(
             update,
@@ -603,41 +653,138 @@ async fn retry_unsent(bus: Weak<Inner>) {
 /// Listens on Redis for every instance's messages, reconnecting with capped backoff. After
 /// every (re)subscription, local subscribers get their state again from the database, since
 /// messages published while the subscription was down are gone.
-async fn listen(client: redis::Client, patterns: Vec<String>, bus: Weak<Inner>) {
+async fn listen(
+    client: redis::Client,
+    patterns: Vec<String>,
+    heartbeat: Heartbeat,
+    bus: Weak<Inner>,
+) {
     let mut backoff = Duration::from_millis(100);
     // Subscribers may attach before the first subscription is up.
     let mut lost_at = Utc::now();
     loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.psubscribe(&patterns).await {
-                Ok(()) => {
-                    tracing::info!("listening for live updates on Redis");
-                    backoff = Duration::from_millis(100);
-                    let Some(inner) = bus.upgrade() else { return };
-                    inner.generation.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(resync_local(inner, lost_at - RESYNC_MARGIN));
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        let Some(inner) = bus.upgrade() else { return };
-                        match serde_json::from_slice::<Envelope>(message.get_payload_bytes()) {
-                            Ok(envelope) if envelope.origin == inner.origin => {}
-                            Ok(envelope) => inner.deliver_local(&envelope.update.into()),
-                            Err(error) => tracing::warn!(%error, "ignoring a malformed update"),
-                        }
-                    }
-                    lost_at = Utc::now();
-                    tracing::warn!("Redis subscription lost; reconnecting");
-                }
-                Err(error) => tracing::warn!(%error, "subscribing on Redis failed"),
-            },
-            Err(error) => tracing::warn!(%error, "connecting to Redis for live updates failed"),
-        }
-        if bus.strong_count() == 0 {
-            return;
-        }
+        let why = match subscribe(&client, &patterns, heartbeat.timeout).await {
+            Ok(pubsub) => {
+                tracing::info!("listening for live updates on Redis");
+                backoff = Duration::from_millis(100);
+                let Some(inner) = bus.upgrade() else { return };
+                inner.set_subscription(Subscription::Up);
+                inner.generation.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(resync_local(inner, lost_at - RESYNC_MARGIN));
+                let Some((why, last_heard)) = follow(pubsub, heartbeat, &bus).await else {
+                    return;
+                };
+                lost_at = last_heard;
+                why
+            }
+            Err(why) => why,
+        };
+        tracing::warn!(why, "Redis subscription down; reconnecting");
+        let Some(inner) = bus.upgrade() else { return };
+        inner.set_subscription(Subscription::Down(why));
+        drop(inner);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// A new pattern subscription, or why there is none. A connection that Redis does not answer
+/// is given up after `timeout`, like a PING.
+async fn subscribe(
+    client: &redis::Client,
+    patterns: &[String],
+    timeout: Duration,
+) -> Result<redis::aio::PubSub, String> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await.map_err(|error| {
+            tracing::warn!(%error, "connecting to Redis for live updates failed");
+            "cannot connect".to_owned()
+        })?;
+        pubsub.psubscribe(patterns).await.map_err(|error| {
+            tracing::warn!(%error, "subscribing on Redis failed");
+            "was refused".to_owned()
+        })?;
+        Ok(pubsub)
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "could not be set up within {} ms",
+                timeout.as_millis()
+            ))
+        })
+}
+
+/// Delivers the subscription's messages until it fails, checking it with PING meanwhile.
+/// Returns why it failed and when Redis was last heard from (every message sent before then
+/// arrived), or `None` once the bus is gone.
+async fn follow(
+    pubsub: redis::aio::PubSub,
+    heartbeat: Heartbeat,
+    bus: &Weak<Inner>,
+) -> Option<(String, DateTime<Utc>)> {
+    let (mut sink, mut messages) = pubsub.split();
+    let last_heard = AtomicI64::new(Utc::now().timestamp_millis());
+    let pings = async {
+        let mut ticks = tokio::time::interval(heartbeat.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            let sent = Utc::now();
+            // In subscribed mode Redis answers `["pong", ""]`, not `PONG`.
+            match tokio::time::timeout(heartbeat.timeout, sink.ping::<redis::Value>()).await {
+                Ok(Ok(_)) => last_heard.store(sent.timestamp_millis(), Ordering::Relaxed),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "PING on the Redis subscription failed");
+                    return "failed a PING".to_owned();
+                }
+                Err(_) => {
+                    return format!(
+                        "did not answer PING within {} ms",
+                        heartbeat.timeout.as_millis()
+                    );
+                }
+            }
+        }
+    };
+    let delivery = async {
+        while let Some(message) = messages.next().await {
+            let inner = bus.upgrade()?;
+            match serde_json::from_slice::<Envelope>(message.get_payload_bytes()) {
+                Ok(envelope) if envelope.origin == inner.origin => {}
+                Ok(envelope) => inner.deliver_local(&envelope.update.into()),
+                Err(error) => tracing::warn!(%error, "ignoring a malformed update"),
+            }
+        }
+        Some("was closed".to_owned())
+    };
+    let why = tokio::select! {
+        why = pings => why,
+        why = delivery => why?,
+    };
+    let last_heard = DateTime::from_timestamp_millis(last_heard.load(Ordering::Relaxed))
+        .unwrap_or_else(Utc::now);
+    Some((why, last_heard))
+}
+
+/// The bookings, holds and waiting-list entries of `user_ids` that changed since `since`, as
+/// the messages that announced them: what a subscriber that may have missed some re-reads.
+pub async fn reservation_changes_since(
+    conn: &mut diesel_async::AsyncPgConnection,
+    user_ids: &[Uuid],
+    since: DateTime<Utc>,
+) -> crate::error::AppResult<Vec<Update>> {
+    let bookings = resync::bookings_changed_since(conn, user_ids, since).await?;
+    let holds = resync::holds_changed_since(conn, user_ids, since).await?;
+    let entries = resync::waitlist_changed_since(conn, user_ids, since).await?;
+    Ok(bookings
+        .into_iter()
+        .map(|b| Update::Booking(Arc::new(b)))
+        .chain(holds.into_iter().map(|h| Update::Hold(Arc::new(h))))
+        .chain(entries.into_iter().map(|w| Update::Waitlist(Arc::new(w))))
+        .collect())
 }
 
 /// Pushes the database's current state to every topic with local subscribers: seat counts and
@@ -663,20 +810,9 @@ async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
     let read = async {
         let mut conn = redis.db.get().await?;
         let events = events::events_by_id(&mut conn, &event_ids).await?;
-        let message = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message());
-        let mut changes: Vec<Update> = Vec::new();
-        let bookings = resync::bookings_changed_since(&mut conn, &user_ids, since)
+        let changes = reservation_changes_since(&mut conn, &user_ids, since)
             .await
-            .map_err(message)?;
-        changes.extend(bookings.into_iter().map(|b| Update::Booking(Arc::new(b))));
-        let holds = resync::holds_changed_since(&mut conn, &user_ids, since)
-            .await
-            .map_err(message)?;
-        changes.extend(holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
-        let entries = resync::waitlist_changed_since(&mut conn, &user_ids, since)
-            .await
-            .map_err(message)?;
-        changes.extend(entries.into_iter().map(|w| Update::Waitlist(Arc::new(w))));
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
         anyhow::Ok((events, changes))
     };
     let (events, changes) = match read.await {
@@ -740,7 +876,10 @@ impl Stream for Updates {
                     }
                 }
                 Poll::Ready(Some(Ok(update))) => return Poll::Ready(Some(update)),
-                // Lagged: the missed messages are superseded by the ones still buffered.
+                // Lagged: seat counts and event details missed are superseded by the ones
+                // still buffered; a seat-map delta carries the version it follows, so its
+                // subscriber sees the gap and re-reads the map. A user's bookings are read with
+                // `next_or_missed` instead.
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
                     tracing::debug!(missed, ?topic, "a slow subscriber skipped updates");
                 }
@@ -752,6 +891,23 @@ impl Stream for Updates {
                     };
                 }
             }
+        }
+    }
+}
+
+/// Messages this subscriber never got: it fell behind and the channel dropped the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missed(pub u64);
+
+impl Updates {
+    /// The next message as sent, without skipping: `Err(Missed)` when some were dropped
+    /// because this subscriber fell behind. For changes that do not supersede each other (a
+    /// user's bookings), the caller then re-reads the state (`reservation_changes_since`);
+    /// polling as a `Stream` would skip them silently.
+    pub async fn next_or_missed(&mut self) -> Option<Result<Update, Missed>> {
+        match self.receiver.as_mut()?.next().await? {
+            Ok(update) => Some(Ok(update)),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Err(Missed(missed))),
         }
     }
 }
@@ -885,6 +1041,41 @@ mod tests {
             match feed.next().await {
                 Some(Update::SeatMap(got)) => assert_eq!(got.version, expected),
                 other => panic!("expected a seat-map delta, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_booking_subscriber_that_falls_behind_is_told_what_it_missed() {
+        let bus = Bus::in_process();
+        let user = Uuid::new_v4();
+        let mut slow = bus.subscribe(Topic::UserBookings(user));
+        let booking = || Booking {
+            id: Uuid::new_v4(),
+            event_id: Uuid::nil(),
+            user_id: user,
+            quantity: 1,
+            status: BookingStatus::Cancelled,
+            idempotency_key: None,
+            created_at: Utc::now(),
+            cancelled_at: Some(Utc::now()),
+        };
+        let sent: Vec<Booking> = (0..CHANNEL_CAPACITY + 10).map(|_| booking()).collect();
+        bus.publish_all(
+            sent.iter()
+                .cloned()
+                .map(|b| Update::Booking(Arc::new(b)))
+                .collect(),
+        );
+        assert_eq!(
+            slow.next_or_missed().await.unwrap().unwrap_err(),
+            Missed(10)
+        );
+        // Then the ones still buffered, in order.
+        for expected in &sent[10..] {
+            match slow.next_or_missed().await {
+                Some(Ok(Update::Booking(got))) => assert_eq!(got.id, expected.id),
+                other => panic!("expected a booking, got {other:?}"),
             }
         }
     }

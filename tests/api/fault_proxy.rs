@@ -7,6 +7,9 @@
 //!   server cannot know whether the statement took effect.
 //! - [`FaultProxy::stall`]: every connection stops forwarding in both directions without closing,
 //!   as a half-open link does; [`FaultProxy::resume`] lets the bytes flow again.
+//! - [`FaultProxy::strand`]: every connection open now stops forwarding for good, without
+//!   closing, while new connections work: a half-open link that never comes back, as after a
+//!   NAT or load balancer silently dropped it.
 //! - [`FaultProxy::cut_all`]: closes every open connection now.
 //! - [`FaultProxy::refuse`]: new connections are closed as soon as they are accepted.
 //!
@@ -37,6 +40,8 @@ struct Shared {
     /// Incremented to close every connection open at that moment.
     cut_generation: watch::Sender<u64>,
     stalled: watch::Sender<bool>,
+    /// Incremented to strand every connection open at that moment.
+    strand_generation: watch::Sender<u64>,
     refusing: AtomicBool,
     accepted: AtomicUsize,
 }
@@ -53,6 +58,7 @@ impl FaultProxy {
             cut_happened: Notify::new(),
             cut_generation: watch::channel(0).0,
             stalled: watch::channel(false).0,
+            strand_generation: watch::channel(0).0,
             refusing: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
         });
@@ -130,6 +136,12 @@ impl FaultProxy {
         self.shared.stalled.send_replace(false);
     }
 
+    /// Every connection open now stops forwarding for good, in both directions, without
+    /// closing; later ones are forwarded as usual.
+    pub fn strand(&self) {
+        self.shared.strand_generation.send_modify(|g| *g += 1);
+    }
+
     /// Closes every connection open now; later ones are forwarded as usual.
     pub fn cut_all(&self) {
         self.shared.cut_generation.send_modify(|g| *g += 1);
@@ -179,10 +191,11 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
     let _ = upstream.set_nodelay(true);
     let mut generation = shared.cut_generation.subscribe();
     generation.mark_unchanged();
+    let born = *shared.strand_generation.borrow();
     let (client_read, client_write) = client.into_split();
     let (upstream_read, upstream_write) = upstream.into_split();
-    let outbound = pump(client_read, upstream_write, &shared, true);
-    let inbound = pump(upstream_read, client_write, &shared, false);
+    let outbound = pump(client_read, upstream_write, &shared, true, born);
+    let inbound = pump(upstream_read, client_write, &shared, false, born);
     // The first direction to end (EOF, error or an armed cut) ends the connection: dropping
     // both halves closes both sockets.
     tokio::select! {
@@ -198,6 +211,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     shared: &Shared,
     from_client: bool,
+    born: u64,
 ) {
     let mut stalled = shared.stalled.subscribe();
     let mut buffer = vec![0u8; 64 * 1024];
@@ -213,6 +227,10 @@ async fn pump(
         // A stall holds the bytes already read, as a link that stopped carrying them would.
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
+        }
+        // Stranded: the bytes go nowhere, and the connection stays open until cut.
+        if *shared.strand_generation.borrow() > born {
+            std::future::pending::<()>().await;
         }
         if to.write_all(chunk).await.is_err() {
             return;

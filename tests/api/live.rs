@@ -247,7 +247,7 @@ impl OwnRedis {
     }
 }
 
-async fn readiness(app: &TestApp) -> (u16, Value) {
+pub async fn readiness(app: &TestApp) -> (u16, Value) {
     let response = app
         .client
         .get(format!("{}/readyz", app.base_url))
@@ -258,7 +258,7 @@ async fn readiness(app: &TestApp) -> (u16, Value) {
 }
 
 /// Polls readiness until it reports `status` (the probe is what a load balancer polls too).
-async fn wait_for_readiness(app: &TestApp, status: &str) -> (u16, Value) {
+pub async fn wait_for_readiness(app: &TestApp, status: &str) -> (u16, Value) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let (code, body) = readiness(app).await;
@@ -274,7 +274,7 @@ async fn wait_for_readiness(app: &TestApp, status: &str) -> (u16, Value) {
 }
 
 /// Reads seat messages until the subscriber shows `expected`, checking that versions only grow.
-async fn converge(client: &mut WsClient, expected: (i64, i64)) {
+pub async fn converge(client: &mut WsClient, expected: (i64, i64)) {
     let mut last_version = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -371,9 +371,12 @@ async fn without_redis_bookings_and_local_subscribers_carry_on() {
     let app = TestApp::spawn_on_redis("redis://127.0.0.1:1", |_| {}).await;
     let (code, body) = readiness(&app).await;
     assert_eq!(code, 200, "{body}");
+    // The reason is Redis's silence or the subscription's, whichever is noticed first.
+    let reason = body["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(!reason.is_empty(), "{body}");
     assert_eq!(
         body,
-        json!({ "status": "degraded", "postgres": "up", "redis": "down" })
+        json!({ "status": "degraded", "postgres": "up", "redis": "down", "reason": reason })
     );
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;

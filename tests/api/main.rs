@@ -2,6 +2,7 @@
 
 mod authorization;
 mod browser;
+mod bus;
 mod cache;
 mod concurrency;
 mod errors;

@@ -265,8 +265,11 @@ pub async fn start_session(
     })
 }
 
+/// Signs in with email and password. The connection is taken twice, briefly: to read the
+/// account and to start the session. Verifying the password may queue for a hashing slot,
+/// and a login flood queued there while holding connections would starve every other request.
 pub async fn login(
-    conn: &mut AsyncPgConnection,
+    pool: &crate::db::DbPool,
     passwords: &Passwords,
     tokens: &Tokens,
     email: &str,
@@ -277,16 +280,19 @@ pub async fn login(
         return Err(AppError::Unauthenticated("invalid email or password"));
     }
     let email = super::users::normalize_email(email);
-    let user: Option<User> = users::table
-        .filter(users::email.eq(&email))
-        .select(User::as_select())
-        .first(conn)
-        .await
-        .optional()?;
+    let user: Option<User> = {
+        let mut conn = pool.get().await?;
+        users::table
+            .filter(users::email.eq(&email))
+            .select(User::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+    };
     let hash = user.as_ref().map(|u| u.password_hash.as_str());
     let ok = passwords.verify(password, hash).await?;
     match user {
-        Some(user) if ok => start_session(conn, tokens, user).await,
+        Some(user) if ok => start_session(&mut *pool.get().await?, tokens, user).await,
         _ => Err(AppError::Unauthenticated("invalid email or password")),
     }
 }

@@ -94,9 +94,8 @@ impl UserMutation {
         let app = ctx.app();
         let limit = app.config.rate_limits.login;
         limit_by_client(ctx, Bucket::Login, limit, Some(&input.email)).await?;
-        let mut conn = app.conn().await?;
         let issued = auth::login(
-            &mut conn,
+            &app.db,
             &app.passwords,
             &app.tokens,
             &input.email,

@@ -71,10 +71,13 @@ impl RateLimit {
 /// The sliding-window limits (README, "Security model"). Each is `COUNT/SECONDS` or `0` (off).
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimits {
-    /// `login` attempts per client IP.
+    /// `login` attempts per client address (an IPv6 address counts by its /64).
     pub login: Option<RateLimit>,
-    /// `register` attempts per client IP.
+    /// `register` attempts per client address (an IPv6 address counts by its /64).
     pub register: Option<RateLimit>,
+    /// `login` and `register` attempts per account (the normalised email), from any address:
+    /// an attacker rotating addresses against one account meets this one.
+    pub account: Option<RateLimit>,
     /// `bookSeats` calls per signed-in user.
     pub booking: Option<RateLimit>,
     /// HTTP requests per client (the user when the token is valid, else the IP).
@@ -87,6 +90,7 @@ impl RateLimits {
         Self {
             login: None,
             register: None,
+            account: None,
             booking: None,
             requests: None,
         }
@@ -327,6 +331,7 @@ impl Config {
         let rate_limits = RateLimits {
             login: rate_limit(&lookup, "RATE_LIMIT_LOGIN", RateLimit::per(10, 60))?,
             register: rate_limit(&lookup, "RATE_LIMIT_REGISTER", RateLimit::per(10, 3600))?,
+            account: rate_limit(&lookup, "RATE_LIMIT_ACCOUNT", RateLimit::per(10, 300))?,
             booking: rate_limit(&lookup, "RATE_LIMIT_BOOKING", RateLimit::per(30, 60))?,
             requests: rate_limit(&lookup, "RATE_LIMIT_REQUESTS", RateLimit::per(600, 60))?,
         };
@@ -588,6 +593,7 @@ mod tests {
         assert_eq!(limits.login, RateLimit::per(5, 30));
         assert_eq!(limits.requests, None);
         assert_eq!(limits.booking, RateLimit::per(30, 60));
+        assert_eq!(limits.account, RateLimit::per(10, 300));
         for bad in ["5", "5/0", "0/60", "many/60", "5/60/2"] {
             let err = config(&[db, ("RATE_LIMIT_BOOKING", bad)]).unwrap_err();
             assert!(

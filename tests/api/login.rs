@@ -1,12 +1,13 @@
-//! Signing in under pressure: logins that wait for a hashing slot without starving the pool.
+//! Signing in under pressure: logins that wait for a hashing slot without starving the pool,
+//! limits per account and per IPv6 /64 beside the per-address ones.
 
 use std::time::{Duration, Instant};
 
-use evently::config::PasswordHashing;
+use evently::config::{Config, PasswordHashing, RateLimit};
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, error_code};
 
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
 const REGISTER: &str =
@@ -15,6 +16,24 @@ const ME: &str = "{ me { id } }";
 
 fn login(email: &str, password: &str) -> Value {
     json!({ "input": { "email": email, "password": password } })
+}
+
+/// A login attempt arriving through the trusted proxy on 127.0.0.1 for `forwarded_for`.
+async fn login_from(app: &TestApp, forwarded_for: &str, email: &str, password: &str) -> Value {
+    app.client
+        .post(format!("{}/graphql", app.base_url))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({ "query": LOGIN, "variables": login(email, password) }))
+        .send()
+        .await
+        .expect("request reaches the server")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
+fn behind_proxy(config: &mut Config) {
+    config.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,5 +92,158 @@ async fn logins_queued_for_a_hashing_slot_leave_the_pool_to_other_requests() {
         reads.len() >= 2 && slowest < Duration::from_secs(1),
         "{} reads during the logins, the slowest took {slowest:?}: {reads:?}",
         reads.len()
+    );
+}
+
+#[tokio::test]
+async fn an_attacker_rotating_addresses_is_refused_by_the_per_account_limit() {
+    let app = TestApp::spawn_with(|c| {
+        behind_proxy(c);
+        c.rate_limits.login = RateLimit::per(2, 60);
+        c.rate_limits.account = RateLimit::per(3, 60);
+    })
+    .await;
+    // Every attempt from a new address, each spelling of the email the same account.
+    let emails = ["victim@x.co", " Victim@X.co", "VICTIM@x.co ", "victim@x.co"];
+    let mut codes = Vec::new();
+    for (n, email) in emails.iter().enumerate() {
+        let body = login_from(&app, &format!("203.0.113.{n}"), email, "guess-guess").await;
+        codes.push(error_code(&body).to_owned());
+    }
+    assert_eq!(
+        codes,
+        [
+            "UNAUTHENTICATED",
+            "UNAUTHENTICATED",
+            "UNAUTHENTICATED",
+            "RATE_LIMITED"
+        ]
+    );
+    // Another account is not affected, from an address used before or a new one.
+    for forwarded in ["203.0.113.0", "203.0.113.99"] {
+        let body = login_from(&app, forwarded, "other@x.co", "guess-guess").await;
+        assert_eq!(error_code(&body), "UNAUTHENTICATED", "{forwarded}: {body}");
+    }
+    // Registration probes count against the account too.
+    let input =
+        json!({ "input": { "email": "VICTIM@x.co", "password": "long-enough", "name": "V" } });
+    let body = app
+        .client
+        .post(format!("{}/graphql", app.base_url))
+        .header("x-forwarded-for", "198.51.100.1")
+        .json(&json!({ "query": REGISTER, "variables": input }))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(error_code(&body), "RATE_LIMITED", "{body}");
+    assert_eq!(app.count("users").await, 0);
+}
+
+#[tokio::test]
+async fn ipv6_addresses_in_one_64_share_a_bucket() {
+    let app = TestApp::spawn_with(|c| {
+        behind_proxy(c);
+        c.rate_limits.login = RateLimit::per(2, 60);
+    })
+    .await;
+    // Two attempts from one /64 (different accounts, so only the address limit counts).
+    for (address, email) in [
+        ("2001:db8:1:2::1", "a@x.co"),
+        ("2001:db8:1:2:ffff::9", "b@x.co"),
+    ] {
+        let body = login_from(&app, address, email, "guess-guess").await;
+        assert_eq!(error_code(&body), "UNAUTHENTICATED", "{address}: {body}");
+    }
+    let body = login_from(&app, "2001:db8:1:2:abcd::1", "c@x.co", "guess-guess").await;
+    assert_eq!(error_code(&body), "RATE_LIMITED", "same /64: {body}");
+    // The next /64 is another client; an IPv4-mapped address is its IPv4 address.
+    let body = login_from(&app, "2001:db8:1:3::1", "d@x.co", "guess-guess").await;
+    assert_eq!(error_code(&body), "UNAUTHENTICATED", "next /64: {body}");
+    for address in ["192.0.2.7", "::ffff:192.0.2.7"] {
+        let body = login_from(&app, address, "e@x.co", "guess-guess").await;
+        assert_eq!(error_code(&body), "UNAUTHENTICATED", "{address}: {body}");
+    }
+    let body = login_from(&app, "192.0.2.7", "f@x.co", "guess-guess").await;
+    assert_eq!(error_code(&body), "RATE_LIMITED", "mapped IPv4: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_looks_and_takes_the_same_for_known_and_unknown_accounts() {
+    // Production's argon2 cost, so checking a password would show in the timing.
+    let app = TestApp::spawn_with(|c| {
+        behind_proxy(c);
+        c.password_hashing = PasswordHashing::default();
+        c.rate_limits.account = RateLimit::per(2, 60);
+    })
+    .await;
+    let register = json!({ "input": { "email": "real@x.co", "password": "the-real-password", "name": "Real" } });
+    app.gql_ok(None, REGISTER, register).await;
+
+    let mut failed = Vec::new();
+    let mut refusals: Vec<(Duration, Value)> = Vec::new();
+    let mut address = 0;
+    let mut attempt = async |email: &str| {
+        address += 1;
+        let started = Instant::now();
+        let body = login_from(
+            &app,
+            &format!("203.0.113.{address}"),
+            email,
+            "wrong-password",
+        )
+        .await;
+        (started.elapsed(), body)
+    };
+    let mut refusal_times = [Vec::new(), Vec::new()];
+    for (account, email) in ["real@x.co", "nobody@x.co"].into_iter().enumerate() {
+        // The account (registration counted once for real@x.co) uses up its two attempts...
+        loop {
+            let (took, body) = attempt(email).await;
+            if error_code(&body) == "RATE_LIMITED" {
+                refusal_times[account].push(took);
+                refusals.push((took, body));
+                break;
+            }
+            assert_eq!(error_code(&body), "UNAUTHENTICATED", "{body}");
+            failed.push(took);
+            assert!(failed.len() <= 4, "{email} was never refused");
+        }
+        // ...and is refused from then on, from any address.
+        for _ in 0..4 {
+            let (took, body) = attempt(email).await;
+            refusal_times[account].push(took);
+            refusals.push((took, body));
+        }
+    }
+    // Every refusal says the same, apart from when to retry.
+    let shape = |body: &Value| {
+        let mut body = body.clone();
+        let retry = body["errors"][0]["extensions"]
+            .as_object_mut()
+            .and_then(|extensions| extensions.remove("retryAfter"))
+            .and_then(|retry| retry.as_u64());
+        assert!(retry.is_some_and(|secs| (1..=60).contains(&secs)), "{body}");
+        body
+    };
+    let first = shape(&refusals[0].1);
+    assert_eq!(error_code(&first), "RATE_LIMITED", "{first}");
+    for (_, body) in &refusals {
+        assert_eq!(shape(body), first);
+    }
+    // Neither kind of refusal looks the account up or checks a password: both are far
+    // quicker than an attempt that hashes (medians; the CPU is shared).
+    let median = |times: &mut Vec<Duration>| {
+        times.sort();
+        times[times.len() / 2]
+    };
+    let hashing = median(&mut failed);
+    let [known, unknown] = &mut refusal_times;
+    let (known, unknown) = (median(known), median(unknown));
+    assert!(
+        known < hashing / 2 && unknown < hashing / 2,
+        "refusals took {known:?} (known) and {unknown:?} (unknown); a hashed attempt {hashing:?}"
     );
 }

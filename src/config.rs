@@ -143,6 +143,9 @@ pub struct Config {
     pub jwt_leeway: Duration,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// How long after a refresh token was used a retry with it (its answer lost on the way)
+    /// gets the same new refresh token instead of ending the session; zero: never.
+    pub refresh_reuse_grace: Duration,
     pub password_hashing: PasswordHashing,
     pub rate_limits: RateLimits,
     /// Peers whose `X-Forwarded-For` is believed (load balancers); empty: use the socket address.
@@ -375,6 +378,11 @@ impl Config {
                 &lookup,
                 "REFRESH_TOKEN_TTL_SECS",
                 30 * 24 * 3600,
+            )?),
+            refresh_reuse_grace: Duration::from_secs(parse_or(
+                &lookup,
+                "REFRESH_REUSE_GRACE_SECS",
+                30,
             )?),
             password_hashing: PasswordHashing::default(),
             rate_limits,

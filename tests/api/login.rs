@@ -1,5 +1,5 @@
 //! Signing in under pressure: logins that wait for a hashing slot without starving the pool,
-//! limits per account and per IPv6 /64 beside the per-address ones.
+//! limits per account and per IPv6 /64 beside the per-address ones, and refresh-token retries.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,8 @@ use crate::helpers::{TestApp, error_code};
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
 const REGISTER: &str =
     "mutation($input: RegisterInput!) { register(input: $input) { accessToken } }";
+const REFRESH: &str =
+    "mutation($token: String!) { refreshToken(refreshToken: $token) { accessToken refreshToken } }";
 const ME: &str = "{ me { id } }";
 
 fn login(email: &str, password: &str) -> Value {
@@ -246,4 +248,70 @@ async fn a_refusal_looks_and_takes_the_same_for_known_and_unknown_accounts() {
         known < hashing / 2 && unknown < hashing / 2,
         "refusals took {known:?} (known) and {unknown:?} (unknown); a hashed attempt {hashing:?}"
     );
+}
+
+/// Refreshes with `token`; the data or the error.
+async fn refresh(app: &TestApp, token: &str) -> Value {
+    app.gql(None, REFRESH, json!({ "token": token })).await
+}
+
+#[tokio::test]
+async fn a_refresh_retried_within_the_grace_window_gets_the_same_refresh_token() {
+    let app = TestApp::spawn().await;
+    let user = app.user(Role::User).await;
+    // The first answer is lost on its way to the client, which retries.
+    let lost = refresh(&app, &user.refresh_token).await;
+    let lost = &lost["data"]["refreshToken"];
+    assert!(lost["refreshToken"].is_string(), "{lost}");
+    let retried = refresh(&app, &user.refresh_token).await;
+    assert!(
+        retried.get("errors").is_none(),
+        "the retry was refused: {retried}"
+    );
+    let retried = &retried["data"]["refreshToken"];
+    assert_eq!(retried["refreshToken"], lost["refreshToken"]);
+    // The session lives on: both access tokens work, and the one refresh token moves on.
+    for access in [&lost["accessToken"], &retried["accessToken"]] {
+        let me = app.gql_ok(access.as_str(), ME, json!({})).await;
+        assert_eq!(me["me"]["id"], json!(user.id));
+    }
+    let next = refresh(&app, retried["refreshToken"].as_str().unwrap()).await;
+    assert!(next.get("errors").is_none(), "{next}");
+    assert_eq!(app.count("sessions WHERE revoked_at IS NULL").await, 1);
+}
+
+#[tokio::test]
+async fn reusing_a_refresh_token_after_the_grace_window_or_its_successor_revokes_the_session() {
+    let app = TestApp::spawn().await;
+
+    // Presented again after the window: revoked.
+    let user = app.user(Role::User).await;
+    let first = refresh(&app, &user.refresh_token).await["data"]["refreshToken"].clone();
+    let moved = diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(
+            "UPDATE refresh_tokens SET used_at = used_at - interval '1 hour' WHERE used_at IS NOT NULL",
+        ),
+        &mut app.db().await,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 1);
+    let reused = refresh(&app, &user.refresh_token).await;
+    assert_eq!(error_code(&reused), "UNAUTHENTICATED", "{reused}");
+    let me = app.gql(first["accessToken"].as_str(), ME, json!({})).await;
+    assert_eq!(error_code(&me), "UNAUTHENTICATED", "{me}");
+    let next = refresh(&app, first["refreshToken"].as_str().unwrap()).await;
+    assert_eq!(error_code(&next), "UNAUTHENTICATED", "{next}");
+
+    // Within the window, once its successor was used the old token is a copy: revoked.
+    let other = app.user(Role::User).await;
+    let first = refresh(&app, &other.refresh_token).await["data"]["refreshToken"].clone();
+    let second = refresh(&app, first["refreshToken"].as_str().unwrap()).await;
+    let second = second["data"]["refreshToken"].clone();
+    assert!(second["accessToken"].is_string(), "{second}");
+    let reused = refresh(&app, &other.refresh_token).await;
+    assert_eq!(error_code(&reused), "UNAUTHENTICATED", "{reused}");
+    let me = app.gql(second["accessToken"].as_str(), ME, json!({})).await;
+    assert_eq!(error_code(&me), "UNAUTHENTICATED", "{me}");
+    assert_eq!(app.count("sessions WHERE revoked_at IS NULL").await, 0);
 }

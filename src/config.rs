@@ -71,10 +71,13 @@ impl RateLimit {
 /// The sliding-window limits (README, "Security model"). Each is `COUNT/SECONDS` or `0` (off).
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimits {
-    /// `login` attempts per client IP.
+    /// `login` attempts per client address (an IPv6 address counts by its /64).
     pub login: Option<RateLimit>,
-    /// `register` attempts per client IP.
+    /// `register` attempts per client address (an IPv6 address counts by its /64).
     pub register: Option<RateLimit>,
+    /// `login` and `register` attempts per account (the normalised email), from any address:
+    /// an attacker rotating addresses against one account meets this one.
+    pub account: Option<RateLimit>,
     /// `bookSeats` calls per signed-in user.
     pub booking: Option<RateLimit>,
     /// HTTP requests per client (the user when the token is valid, else the IP).
@@ -87,6 +90,7 @@ impl RateLimits {
         Self {
             login: None,
             register: None,
+            account: None,
             booking: None,
             requests: None,
         }
@@ -146,6 +150,9 @@ pub struct Config {
     pub jwt_leeway: Duration,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
+    /// How long after a refresh token was used a retry with it (its answer lost on the way)
+    /// gets the same new refresh token instead of ending the session; zero: never.
+    pub refresh_reuse_grace: Duration,
     pub password_hashing: PasswordHashing,
     pub rate_limits: RateLimits,
     /// Peers whose `X-Forwarded-For` is believed (load balancers); empty: use the socket address.
@@ -243,6 +250,54 @@ pub enum ConfigError {
 /// Used only when EVENTLY_ENV=development and JWT_SECRET is unset.
 const DEVELOPMENT_JWT_SECRET: &str = "evently-development-secret-do-not-use-in-production";
 
+/// Secrets written in this repository (the development fallback, docker-compose.yml's old
+/// default, the tests' and the benchmark's): anyone can sign tokens with them, so production
+/// refuses them.
+const PUBLISHED_SECRETS: &[&str] = &[
+    DEVELOPMENT_JWT_SECRET,
+    "change-me-to-a-long-random-secret-of-32-chars-or-more",
+    "test-secret-test-secret-test-secret-0123",
+    "bench-only-secret-bench-only-secret-0000",
+    "rotated-secret-rotated-secret-rotated-01",
+    "another-secret-another-secret-0123456",
+    "an-old-secret-of-at-least-32-characters",
+    "a-production-secret-of-32-characters",
+];
+
+/// Words that mark a placeholder, as this repository's own example secrets use them. Matched
+/// as whole words (between non-alphanumerics), so a random secret is all but never caught.
+const PLACEHOLDER_WORDS: &[&str] = &[
+    "change",
+    "changeme",
+    "example",
+    "dev",
+    "development",
+    "test",
+    "demo",
+    "bench",
+    "placeholder",
+    "sample",
+];
+
+/// Whether production must refuse `secret`: published here, or a placeholder by its words.
+fn is_published_secret(secret: &str) -> bool {
+    PUBLISHED_SECRETS.contains(&secret)
+        || secret
+            .to_ascii_lowercase()
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|word| PLACEHOLDER_WORDS.contains(&word))
+}
+
+fn published_secret(name: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: "(hidden)".into(),
+        reason: "is an example or placeholder secret (one written in the repository); \
+                 in production use a random one, e.g. `openssl rand -base64 48`"
+            .into(),
+    }
+}
+
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
@@ -286,6 +341,9 @@ impl Config {
                     reason: "must be at least 32 characters".into(),
                 });
             }
+            (Some(secret), Environment::Production) if is_published_secret(&secret) => {
+                return Err(published_secret("JWT_SECRET"));
+            }
             (Some(secret), _) => Secret::new(secret),
             (None, Environment::Development) => Secret::new(DEVELOPMENT_JWT_SECRET),
             (None, Environment::Production) => return Err(ConfigError::Missing("JWT_SECRET")),
@@ -295,6 +353,14 @@ impl Config {
             None => Vec::new(),
             Some(list) => parse_previous_secrets(&list, &jwt_kid)?,
         };
+        // A retired key still verifies tokens, so a published one is as bad as a current one.
+        if env == Environment::Production
+            && jwt_previous_secrets
+                .iter()
+                .any(|(_, secret)| is_published_secret(secret.expose()))
+        {
+            return Err(published_secret("JWT_PREVIOUS_SECRETS"));
+        }
         let development = env == Environment::Development;
         let cors_allowed_origins = match lookup("CORS_ALLOWED_ORIGINS") {
             None if development => None,
@@ -334,6 +400,7 @@ impl Config {
         let rate_limits = RateLimits {
             login: rate_limit(&lookup, "RATE_LIMIT_LOGIN", RateLimit::per(10, 60))?,
             register: rate_limit(&lookup, "RATE_LIMIT_REGISTER", RateLimit::per(10, 3600))?,
+            account: rate_limit(&lookup, "RATE_LIMIT_ACCOUNT", RateLimit::per(10, 300))?,
             booking: rate_limit(&lookup, "RATE_LIMIT_BOOKING", RateLimit::per(30, 60))?,
             requests: rate_limit(&lookup, "RATE_LIMIT_REQUESTS", RateLimit::per(600, 60))?,
         };
@@ -383,6 +450,11 @@ impl Config {
                 &lookup,
                 "REFRESH_TOKEN_TTL_SECS",
                 30 * 24 * 3600,
+            )?),
+            refresh_reuse_grace: Duration::from_secs(parse_or(
+                &lookup,
+                "REFRESH_REUSE_GRACE_SECS",
+                30,
             )?),
             password_hashing: PasswordHashing::default(),
             rate_limits,
@@ -503,6 +575,53 @@ mod tests {
     }
 
     #[test]
+    fn production_refuses_secrets_published_in_the_repository() {
+        let published = [
+            // docker-compose.yml's old default, the development fallback, tests and bench.
+            "change-me-to-a-long-random-secret-of-32-chars-or-more",
+            DEVELOPMENT_JWT_SECRET,
+            "test-secret-test-secret-test-secret-0123",
+            "bench-only-secret-bench-only-secret-0000",
+            "rotated-secret-rotated-secret-rotated-01",
+            "an-old-secret-of-at-least-32-characters",
+            "a-production-secret-of-32-characters",
+            // Placeholders of the same kind.
+            "please-CHANGE_ME-before-going-live-0123456",
+            "jwt-secret-for-the-example-deployment-42",
+            "dev-secret-dev-secret-dev-secret-dev-secret",
+        ];
+        let db = ("DATABASE_URL", "postgres://h/db");
+        for secret in published {
+            let err = config(&[db, ("EVENTLY_ENV", "production"), ("JWT_SECRET", secret)])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with("JWT_SECRET has an invalid value"),
+                "{secret}: {err}"
+            );
+            assert!(!err.contains(secret), "secrets stay hidden: {err}");
+            // A retired key must not be a published one either.
+            let previous = format!("k0:{secret}");
+            let err = config(&[
+                db,
+                ("EVENTLY_ENV", "production"),
+                ("JWT_SECRET", "q8WvZ0u3kR-Yb1TnLx7PfHs2Jc9MdEa4"),
+                ("JWT_PREVIOUS_SECRETS", &previous),
+            ])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with("JWT_PREVIOUS_SECRETS"), "{secret}: {err}");
+            assert!(!err.contains(secret), "secrets stay hidden: {err}");
+            // Development (and the test suite) may use them.
+            config(&[db, ("JWT_SECRET", secret)]).unwrap();
+        }
+        let random = "q8WvZ0u3kR-Yb1TnLx7PfHs2Jc9MdEa4";
+        config(&[db, ("EVENTLY_ENV", "production"), ("JWT_SECRET", random)]).unwrap();
+    }
+
+    #[test]
     fn development_falls_back_to_a_known_secret() {
         let config = config(&[("DATABASE_URL", "postgres://db/x")]).unwrap();
         assert!(config.uses_development_secret());
@@ -562,7 +681,7 @@ mod tests {
         let production = config(&[
             ("EVENTLY_ENV", "production"),
             ("DATABASE_URL", "postgres://h/db"),
-            ("JWT_SECRET", "a-production-secret-of-32-characters"),
+            ("JWT_SECRET", "q8WvZ0u3kR-Yb1TnLx7PfHs2Jc9MdEa4"),
         ])
         .unwrap();
         assert!(!production.graphql.introspection && !production.graphql.suggestions);
@@ -573,7 +692,7 @@ mod tests {
         let overridden = config(&[
             ("EVENTLY_ENV", "production"),
             ("DATABASE_URL", "postgres://h/db"),
-            ("JWT_SECRET", "a-production-secret-of-32-characters"),
+            ("JWT_SECRET", "q8WvZ0u3kR-Yb1TnLx7PfHs2Jc9MdEa4"),
             ("GRAPHQL_INTROSPECTION", "true"),
             (
                 "CORS_ALLOWED_ORIGINS",
@@ -601,6 +720,7 @@ mod tests {
         assert_eq!(limits.login, RateLimit::per(5, 30));
         assert_eq!(limits.requests, None);
         assert_eq!(limits.booking, RateLimit::per(30, 60));
+        assert_eq!(limits.account, RateLimit::per(10, 300));
         for bad in ["5", "5/0", "0/60", "many/60", "5/60/2"] {
             let err = config(&[db, ("RATE_LIMIT_BOOKING", bad)]).unwrap_err();
             assert!(

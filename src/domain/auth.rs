@@ -11,6 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm as JwtAlgorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -131,8 +132,11 @@ pub struct Tokens {
     decoding: Arc<HashMap<String, DecodingKey>>,
     validation: Validation,
     leeway: i64,
+    /// Derives each refresh token's successor (see `refresh`), keyed with the signing secret.
+    successors: Hmac<Sha256>,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    pub refresh_grace: Duration,
 }
 
 impl Tokens {
@@ -160,9 +164,20 @@ impl Tokens {
             decoding: Arc::new(decoding),
             validation,
             leeway: config.jwt_leeway.as_secs() as i64,
+            successors: Hmac::new_from_slice(secret).expect("HMAC takes keys of any length"),
             access_ttl: config.access_token_ttl,
             refresh_ttl: config.refresh_token_ttl,
+            refresh_grace: config.refresh_reuse_grace,
         }
+    }
+
+    /// The refresh token that replaces `token`: the same for every retry, and unknowable
+    /// without the server's key, so a stolen old token does not reveal its successor.
+    fn successor(&self, token: &str) -> String {
+        let mut mac = self.successors.clone();
+        mac.update(b"evently refresh successor\0");
+        mac.update(token.as_bytes());
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
     fn issue_access_token(&self, user: &User, session_id: Uuid) -> AppResult<String> {
@@ -265,8 +280,11 @@ pub async fn start_session(
     })
 }
 
+/// Signs in with email and password. The connection is taken twice, briefly: to read the
+/// account and to start the session. Verifying the password may queue for a hashing slot,
+/// and a login flood queued there while holding connections would starve every other request.
 pub async fn login(
-    conn: &mut AsyncPgConnection,
+    pool: &crate::db::DbPool,
     passwords: &Passwords,
     tokens: &Tokens,
     email: &str,
@@ -277,30 +295,38 @@ pub async fn login(
         return Err(AppError::Unauthenticated("invalid email or password"));
     }
     let email = super::users::normalize_email(email);
-    let user: Option<User> = users::table
-        .filter(users::email.eq(&email))
-        .select(User::as_select())
-        .first(conn)
-        .await
-        .optional()?;
+    let user: Option<User> = {
+        let mut conn = pool.get().await?;
+        users::table
+            .filter(users::email.eq(&email))
+            .select(User::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+    };
     let hash = user.as_ref().map(|u| u.password_hash.as_str());
     let ok = passwords.verify(password, hash).await?;
     match user {
-        Some(user) if ok => start_session(conn, tokens, user).await,
+        Some(user) if ok => start_session(&mut *pool.get().await?, tokens, user).await,
         _ => Err(AppError::Unauthenticated("invalid email or password")),
     }
 }
 
 /// Trades a refresh token for a new pair. Each refresh token works once: a second use means
-/// it was copied, so the whole session is revoked.
+/// it was copied, so the whole session is revoked. One exception: a client whose answer was
+/// lost retries with the same token, and within `refresh_grace` of the first use, while the
+/// successor handed out then is still unused, the retry gets that same successor again (a
+/// successor is derived from its token, so there is one per token and nothing to store).
 pub async fn refresh(
     conn: &mut AsyncPgConnection,
     tokens: &Tokens,
     refresh_token: &str,
 ) -> AppResult<IssuedTokens> {
     let presented = refresh_token_hash(refresh_token);
-    let (new_token, new_hash) = new_refresh_token();
+    let new_token = tokens.successor(refresh_token);
+    let new_hash = refresh_token_hash(&new_token);
     let refresh_ttl = tokens.refresh_ttl;
+    let grace_from = Utc::now() - tokens.refresh_grace;
     let outcome = conn
         .transaction(async move |conn| {
             let session_id: Option<Uuid> = diesel::update(
@@ -314,17 +340,33 @@ pub async fn refresh(
             .await
             .optional()?;
             let Some(session_id) = session_id else {
-                let reused: Option<Uuid> = refresh_tokens::table
+                let used: Option<(Uuid, Option<chrono::DateTime<Utc>>)> = refresh_tokens::table
                     .filter(refresh_tokens::token_hash.eq(&presented))
-                    .select(refresh_tokens::session_id)
+                    .select((refresh_tokens::session_id, refresh_tokens::used_at))
                     .first(conn)
                     .await
                     .optional()?;
-                if let Some(session_id) = reused {
-                    revoke_session(conn, session_id).await?;
-                    return Ok(Err(true));
+                let Some((session_id, used_at)) = used else {
+                    return Ok(Err(false));
+                };
+                let retry = used_at.is_some_and(|at| at > grace_from)
+                    && refresh_tokens::table
+                        .filter(refresh_tokens::token_hash.eq(&new_hash))
+                        .filter(refresh_tokens::session_id.eq(session_id))
+                        .filter(refresh_tokens::used_at.is_null())
+                        .select(refresh_tokens::session_id)
+                        .first::<Uuid>(conn)
+                        .await
+                        .optional()?
+                        .is_some();
+                if retry {
+                    return Ok(live_session_user(conn, session_id)
+                        .await?
+                        .map(|user| (user, session_id))
+                        .ok_or(false));
                 }
-                return Ok(Err(false));
+                revoke_session(conn, session_id).await?;
+                return Ok(Err(true));
             };
             let Some(user) = live_session_user(conn, session_id).await? else {
                 return Ok(Err(false));

@@ -1,4 +1,5 @@
 use async_graphql::{Context, ID, InputObject, Object};
+use sha2::{Digest, Sha256};
 
 use super::context::{ContextExt, require_viewer, viewer};
 use super::types::{AuthPayload, Role, UserNode, parse_id};
@@ -23,28 +24,39 @@ pub struct LoginInput {
     pub password: String,
 }
 
-/// Counts a sign-in attempt against the caller's IP address. Over WebSocket the address is
-/// known only if the connection's data carries a `ClientIp`; until then login attempts are
-/// counted per account, and registrations share one budget (`account: None`), so a socket
-/// cannot mint accounts faster than the limit allows.
-async fn limit_by_client(
+/// Counts a sign-in attempt twice: against the caller's address (see
+/// `ClientIp::rate_limit_key`) and against the account, whatever the address, so rotating
+/// addresses does not buy an attacker more guesses at one password. Both are checked before
+/// the account is looked up, so a refusal looks and takes the same whether it exists or not.
+///
+/// Over WebSocket the address is known only if the connection's data carries a `ClientIp`;
+/// until then registrations share one budget (a socket cannot mint accounts faster than the
+/// limit allows) and logins meet the account limit alone.
+async fn limit_sign_in(
     ctx: &Context<'_>,
     bucket: Bucket,
     limit: Option<RateLimit>,
-    account: Option<&str>,
+    email: &str,
 ) -> Result<(), AppError> {
-    if limit.is_none() {
-        return Ok(());
-    }
-    let client = match (ctx.data_opt::<ClientIp>(), account) {
-        (Some(ClientIp(ip)), _) => format!("ip:{ip}"),
-        (None, Some(email)) => {
-            let email: String = users::normalize_email(email).chars().take(254).collect();
-            format!("account:{email}")
-        }
-        (None, None) => "websocket".to_owned(),
+    let app = ctx.app();
+    let address = match ctx.data_opt::<ClientIp>() {
+        Some(ip) => Some(ip.rate_limit_key()),
+        None if matches!(bucket, Bucket::Register) => Some("websocket".to_owned()),
+        None => None,
     };
-    ctx.app().rate_limiter.check(bucket, limit, &client).await?;
+    if let Some(address) = address
+        && limit.is_some()
+    {
+        app.rate_limiter.check(bucket, limit, &address).await?;
+    }
+    let account = app.config.rate_limits.account;
+    if account.is_some() {
+        // Hashed: Redis need not hold anyone's email address.
+        let key = format!("{:x}", Sha256::digest(users::normalize_email(email)));
+        app.rate_limiter
+            .check(Bucket::Account, account, &key)
+            .await?;
+    }
     Ok(())
 }
 
@@ -72,7 +84,7 @@ impl UserMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
         let limit = app.config.rate_limits.register;
-        limit_by_client(ctx, Bucket::Register, limit, None).await?;
+        limit_sign_in(ctx, Bucket::Register, limit, &input.email).await?;
         let new = users::NewUser {
             email: &input.email,
             password: &input.password,
@@ -93,10 +105,9 @@ impl UserMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
         let limit = app.config.rate_limits.login;
-        limit_by_client(ctx, Bucket::Login, limit, Some(&input.email)).await?;
-        let mut conn = app.conn().await?;
+        limit_sign_in(ctx, Bucket::Login, limit, &input.email).await?;
         let issued = auth::login(
-            &mut conn,
+            &app.db,
             &app.passwords,
             &app.tokens,
             &input.email,

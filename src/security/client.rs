@@ -1,7 +1,7 @@
 //! Who the client is, for rate limits: the socket peer's address, or the address a trusted
 //! proxy says it forwarded for.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use axum::extract::ConnectInfo;
 use axum::http::Request;
@@ -9,6 +9,26 @@ use axum::http::Request;
 /// The client's address, put into each request's extensions (and GraphQL request data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
+
+impl ClientIp {
+    /// What rate limits count this client as: its IPv4 address, or the /64 network of its
+    /// IPv6 address. One subscriber is routinely given a whole /64, so counting single IPv6
+    /// addresses would give an attacker 2^64 fresh budgets. An IPv4-mapped IPv6 address
+    /// (a dual-stack socket's view of an IPv4 client) counts as that IPv4 address.
+    pub fn rate_limit_key(self) -> String {
+        let v6 = match self.0 {
+            IpAddr::V4(v4) => return format!("ip:{v4}"),
+            IpAddr::V6(v6) => v6,
+        };
+        match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let network = Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX));
+                format!("ip:{network}/64")
+            }
+        }
+    }
+}
 
 /// The peer address; when the peer is a trusted proxy, the right-most `X-Forwarded-For`
 /// entry that is not itself a trusted proxy (entries further left are the client's to forge).
@@ -56,6 +76,19 @@ mod tests {
 
     fn ip(text: &str) -> Option<ClientIp> {
         Some(ClientIp(text.parse().unwrap()))
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let key = |text: &str| ClientIp(text.parse().unwrap()).rate_limit_key();
+        assert_eq!(key("203.0.113.9"), "ip:203.0.113.9");
+        assert_eq!(key("::ffff:203.0.113.9"), "ip:203.0.113.9");
+        assert_eq!(key("2001:db8:1:2::1"), "ip:2001:db8:1:2::/64");
+        assert_eq!(
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            "ip:2001:db8:1:2::/64"
+        );
+        assert_eq!(key("2001:db8:1:3::1"), "ip:2001:db8:1:3::/64");
     }
 
     #[test]

@@ -46,6 +46,8 @@ const LOCAL_SWEEP_EVERY: Duration = Duration::from_secs(10);
 pub enum Bucket {
     Login,
     Register,
+    /// Sign-in attempts (login and register) on one account, from any address.
+    Account,
     Booking,
     Requests,
 }
@@ -55,6 +57,7 @@ impl Bucket {
         match self {
             Self::Login => "login",
             Self::Register => "register",
+            Self::Account => "account",
             Self::Booking => "booking",
             Self::Requests => "requests",
         }
@@ -211,7 +214,7 @@ impl Extension for WebSocketBudget {
             // A signed-in connection is charged to its user, an anonymous one to its address.
             let client = match (user, ctx.data_opt::<ClientIp>()) {
                 (Some(claims), _) => Some(format!("user:{}", claims.sub)),
-                (None, Some(ClientIp(ip))) => Some(format!("ip:{ip}")),
+                (None, Some(ip)) => Some(ip.rate_limit_key()),
                 (None, None) => None,
             };
             if let Some(client) = client

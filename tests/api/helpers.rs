@@ -146,6 +146,7 @@ pub fn test_config(database_url: &str, redis: Option<(&str, &str)>) -> Config {
     config.rate_limits = RateLimits {
         login: generous,
         register: generous,
+        account: generous,
         booking: generous,
         requests: generous,
     };

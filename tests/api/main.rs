@@ -13,6 +13,7 @@ mod hostile;
 mod journey;
 mod lifecycle;
 mod live;
+mod login;
 mod onsale;
 mod reference_client;
 mod sale_rules;

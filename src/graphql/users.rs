@@ -118,7 +118,8 @@ impl UserMutation {
     }
 
     /// Exchanges a refresh token for new tokens. Each refresh token works once; reusing one
-    /// ends the session it belongs to.
+    /// ends the session it belongs to, except for a retry within a short grace window while its
+    /// successor is unused, which gets that same successor again.
     async fn refresh_token(
         &self,
         ctx: &Context<'_>,

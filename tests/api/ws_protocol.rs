@@ -685,10 +685,21 @@ async fn subscription_text_gets_the_size_and_nesting_checks_before_parsing_as_ov
             "]".repeat(depth)
         )
     };
+    let selections = |depth: usize| {
+        format!(
+            "subscription {{ seatAvailability(eventId: \"1\") {}{} }}",
+            "{a".repeat(depth),
+            "}".repeat(depth)
+        )
+    };
     // Too deep (within the size limit), then too large and too deep: size is checked first.
+    // The largest fill a frame: parsed before the checks, they cost the parser its stack.
     for (id, query, code) in [
         ("1", nested(15_000), "QUERY_TOO_DEEP"),
         ("2", nested(20_000), "DOCUMENT_TOO_LARGE"),
+        ("3", selections(10_000), "QUERY_TOO_DEEP"),
+        ("4", selections(21_000), "DOCUMENT_TOO_LARGE"),
+        ("5", nested(32_000), "DOCUMENT_TOO_LARGE"),
     ] {
         let (_, over_http) = app.post_json(&json!({ "query": query }), None).await;
         assert_eq!(crate::helpers::error_code(&over_http), code);
@@ -698,7 +709,7 @@ async fn subscription_text_gets_the_size_and_nesting_checks_before_parsing_as_ov
         assert_eq!(first_code(&message), code, "{message}");
     }
     // The connection is still good.
-    socket.subscribe("3", QUERY, json!({})).await;
+    socket.subscribe("6", QUERY, json!({})).await;
     assert_eq!(socket.next_message().await.unwrap()["type"], "next");
 }
 

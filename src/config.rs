@@ -170,6 +170,14 @@ pub struct WebSocketConfig {
     pub max_operations_per_connection: usize,
     /// Signed-in connections one user may hold on one instance.
     pub max_connections_per_user: usize,
+    /// Connections this instance holds at once, whoever opened them (each is an open file);
+    /// beyond it the upgrade is refused with 503. Defaults to the open-file limit less
+    /// headroom (see [`connections_within_open_file_limit`]).
+    pub max_connections: usize,
+    /// Anonymous connections one address may hold on one instance (refused with close code
+    /// 4429), and connections it may have waiting for `connection_init` (refused with 429).
+    /// Generous: a venue's Wi-Fi puts thousands of phones behind one address. `0`: no cap.
+    pub max_anonymous_per_address: usize,
     /// How long a new connection may take to send `connection_init`.
     pub init_timeout: Duration,
     /// How often the server pings an idle connection.
@@ -185,6 +193,8 @@ impl Default for WebSocketConfig {
         Self {
             max_operations_per_connection: 100,
             max_connections_per_user: 20,
+            max_connections: connections_within_open_file_limit(),
+            max_anonymous_per_address: 1_000,
             init_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
@@ -218,6 +228,12 @@ impl WebSocketConfig {
                 "WS_MAX_CONNECTIONS_PER_USER",
                 default.max_connections_per_user,
             )?,
+            max_connections: parse_or(lookup, "WS_MAX_CONNECTIONS", default.max_connections)?,
+            max_anonymous_per_address: parse_or(
+                lookup,
+                "WS_MAX_ANONYMOUS_PER_ADDRESS",
+                default.max_anonymous_per_address,
+            )?,
             init_timeout: secs("WS_INIT_TIMEOUT_SECS", default.init_timeout)?,
             ping_interval: secs("WS_PING_INTERVAL_SECS", default.ping_interval)?,
             idle_timeout: secs("WS_IDLE_TIMEOUT_SECS", default.idle_timeout)?,
@@ -232,6 +248,24 @@ impl WebSocketConfig {
             });
         }
         Ok(config)
+    }
+}
+
+/// WebSocket connections that fit in the process's open-file limit, leaving a quarter of it (at
+/// least 256 files) for the database pool, Redis, the listener, HTTP requests and logs.
+pub fn connections_within_open_file_limit() -> usize {
+    let limit = open_file_limit().unwrap_or(1024);
+    limit.saturating_sub((limit / 4).max(256)).max(16)
+}
+
+/// The soft `RLIMIT_NOFILE`, as Linux reports it in `/proc/self/limits` (no libc call needed);
+/// `None` elsewhere.
+fn open_file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    match line["Max open files".len()..].split_whitespace().next()? {
+        "unlimited" => Some(1 << 20),
+        soft => soft.parse().ok(),
     }
 }
 

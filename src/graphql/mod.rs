@@ -5,7 +5,7 @@ pub mod context;
 mod events;
 pub mod loaders;
 pub mod reservations;
-mod seatmap;
+pub mod seatmap;
 pub mod seats;
 mod subscription;
 pub mod types;

@@ -1,4 +1,11 @@
 //! `seatMap`: a seated event's seats, live, for a seat picker.
+//!
+//! Thousands of viewers open one event's map at once (an onsale). Each reads the event's row
+//! to learn its version, but the seats themselves are read once per version and instance and
+//! shared ([`SeatMaps`]); later changes reach every viewer as deltas from the bus.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use async_graphql::{Context, ID, SimpleObject, Subscription};
 use futures_util::{Stream, StreamExt, stream};
@@ -58,6 +65,56 @@ async fn may_see_id(ctx: &Context<'_>, app: &AppState, event_id: Uuid) -> AppRes
     }
 }
 
+/// The newest seat map read of each event someone is watching on this instance. Viewers hold
+/// their event's entry; it goes when the last one leaves.
+#[derive(Default)]
+pub struct SeatMaps {
+    events: Mutex<HashMap<Uuid, Weak<SharedMap>>>,
+}
+
+impl SeatMaps {
+    fn watch(&self, event_id: Uuid) -> Arc<SharedMap> {
+        let mut events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(map) = events.get(&event_id).and_then(Weak::upgrade) {
+            return map;
+        }
+        events.retain(|_, map| map.strong_count() > 0);
+        let map = Arc::new(SharedMap::default());
+        events.insert(event_id, Arc::downgrade(&map));
+        map
+    }
+}
+
+/// An event and all its seats as of one version.
+type Snapshot = Arc<(Event, Vec<EventSeat>)>;
+
+/// One event's newest map. The async lock makes viewers who need a newer one wait for a
+/// single read instead of each making their own.
+#[derive(Default)]
+struct SharedMap(tokio::sync::Mutex<Option<Snapshot>>);
+
+impl SharedMap {
+    /// The map at `version` or newer. A viewer passes the version it read after attaching to
+    /// the bus: every change after the map it gets then reaches it as an update.
+    async fn at_least(
+        &self,
+        app: &AppState,
+        event_id: Uuid,
+        version: i32,
+    ) -> async_graphql::Result<Snapshot> {
+        let mut newest = self.0.lock().await;
+        if let Some(map) = newest.as_ref().filter(|map| map.0.version >= version) {
+            return Ok(map.clone());
+        }
+        let map = Arc::new(read_map(app, event_id).await?);
+        *newest = Some(map.clone());
+        Ok(map)
+    }
+}
+
 #[derive(Default)]
 pub struct SeatMapSubscription;
 
@@ -76,22 +133,34 @@ impl SeatMapSubscription {
         let app = ctx.app().clone();
         // Attach before reading, so a change committed in between is not lost.
         let updates = app.bus.subscribe(Topic::SeatMap(event_id));
-        let (event, seats) = match read_map(&app, event_id).await {
-            Ok(map) => map,
+        let event = {
+            let mut conn = app.conn().await?;
+            seats::seat_map_event(&mut conn, event_id).await
+        };
+        let event = match event {
+            Ok(event) => event,
             // Not even that it has no seat map may tell a stranger that a draft exists.
             Err(_) if !may_see_id(ctx, &app, event_id).await? => {
                 return Err(AppError::NotFound("event").into());
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         };
         // Someone else's draft does not exist, as for `event(id)`.
         if !super::events::may_see(ctx, &event).await? {
             return Err(AppError::NotFound("event").into());
         }
-        let first = SeatMapMessage::new(event_id, event.version, true, seats);
+        // Shared between the connections of this instance where the server provides it.
+        let map = match ctx.data_opt::<Arc<SeatMaps>>() {
+            Some(maps) => maps.watch(event_id),
+            None => Arc::default(),
+        };
+        let newest = map.at_least(&app, event_id, event.version).await?;
+        let (event, seats) = &*newest;
+        let first = SeatMapMessage::new(event_id, event.version, true, seats.clone());
         let watch = SeatMapWatch {
             updates,
             app,
+            map,
             event_id,
             last_version: event.version,
         };
@@ -105,6 +174,7 @@ impl SeatMapSubscription {
 struct SeatMapWatch {
     updates: Updates,
     app: AppState,
+    map: Arc<SharedMap>,
     event_id: Uuid,
     /// The version of the map as this stream last sent it.
     last_version: i32,
@@ -126,11 +196,17 @@ impl SeatMapWatch {
                 return Some((message, self));
             }
             // Something between the last message and this one went missing (or the bus lost
-            // its Redis subscription): the database has the whole truth.
-            match read_map(&self.app, self.event_id).await {
+            // its Redis subscription): the database has the whole truth. Every viewer of the
+            // event finds the same gap at once; they share one read.
+            let newest = self
+                .map
+                .at_least(&self.app, self.event_id, update.version)
+                .await;
+            match newest.as_deref() {
                 Ok((event, seats)) if event.version > self.last_version => {
                     self.last_version = event.version;
-                    let message = SeatMapMessage::new(self.event_id, event.version, true, seats);
+                    let message =
+                        SeatMapMessage::new(self.event_id, event.version, true, seats.clone());
                     return Some((message, self));
                 }
                 Ok(_) => {}

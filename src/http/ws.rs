@@ -4,17 +4,26 @@
 //!
 //! One task per connection runs everything: reading frames, running its operations (each a
 //! stream from `Schema::execute_stream`), keep-alive and timeouts. Nothing is buffered per
-//! connection beyond what is being written: a client too slow to read stalls only its own task,
-//! and its subscriptions skip to the newest state meanwhile (see `realtime::Updates`).
+//! connection beyond the one message being written, whatever its size (a whole arena's seat
+//! map is megabytes): a client too slow to read stalls only its own task, and its
+//! subscriptions skip to the newest state meanwhile (see `realtime::Updates`).
+//!
+//! Admission: an instance holds at most `max_connections` sockets (more is refused with 503
+//! before the upgrade), and one address at most `max_anonymous_per_address` anonymous ones
+//! (close 4429 at `connection_init`) and as many waiting for their `connection_init` (429).
+//! Signed-in connections are counted per user instead.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_graphql::{Data, Response, ServerError};
+use async_graphql::{Data, Pos, Response, ServerError};
 use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response as HttpResponse;
 use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt};
@@ -30,10 +39,13 @@ use super::{HttpState, bearer_token, identify, init_token};
 use crate::config::WebSocketConfig;
 use crate::domain::{Viewer, auth};
 use crate::error::{AppError, REQUEST_ID};
-use crate::graphql::context::Caller;
+use crate::graphql::context::{Caller, ViewerCache};
 use crate::graphql::loaders;
+use crate::graphql::seatmap::SeatMaps;
 use crate::realtime::Bus;
 use crate::security::client::ClientIp;
+use crate::security::document;
+use crate::security::rate_limit::Bucket;
 
 /// A `connection_init` token, checked against its session.
 enum Checked {
@@ -44,8 +56,11 @@ enum Checked {
 
 const TRANSPORT_WS: &str = "graphql-transport-ws";
 const LEGACY_WS: &str = "graphql-ws";
-/// Client messages are small GraphQL documents; per-connection buffers stay small with them.
+/// Client messages are small GraphQL documents; per-connection read buffers stay small with
+/// them. Server messages have no such cap: they are what the server chose to answer.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// What a refused upgrade suggests waiting before trying again.
+const RETRY_AFTER_SECS: u64 = 5;
 const READ_BUFFER_BYTES: usize = 2 * 1024;
 const MAX_ID_BYTES: usize = 128;
 /// How long a closing connection waits for the client's close frame before dropping the TCP
@@ -68,12 +83,67 @@ pub mod close {
 }
 
 /// What every WebSocket connection of one server shares: its limits, the shutdown signal, the
-/// tracker shutdown waits on, and the count of signed-in connections per user.
+/// tracker shutdown waits on, the counts of connections (in all, per user, per address) and
+/// the seat maps its viewers share.
 pub struct Sockets {
     config: WebSocketConfig,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     per_user: Mutex<HashMap<Uuid, usize>>,
+    open: AtomicUsize,
+    per_address: Mutex<HashMap<IpAddr, AddressCount>>,
+    seat_maps: Arc<SeatMaps>,
+}
+
+/// One address's connections that are not signed in.
+#[derive(Default)]
+struct AddressCount {
+    /// Upgraded, `connection_init` not yet received.
+    waiting: usize,
+    anonymous: usize,
+}
+
+#[derive(Clone, Copy)]
+enum AddressUse {
+    Waiting,
+    Anonymous,
+}
+
+impl AddressCount {
+    fn of(&mut self, kind: AddressUse) -> &mut usize {
+        match kind {
+            AddressUse::Waiting => &mut self.waiting,
+            AddressUse::Anonymous => &mut self.anonymous,
+        }
+    }
+}
+
+/// A connection's place among the instance's, given back when the connection ends.
+struct OpenSlot(Arc<Sockets>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A connection's place in its address's count, given back when it ends or signs in.
+struct AddressSlot {
+    sockets: Arc<Sockets>,
+    ip: IpAddr,
+    kind: AddressUse,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut per_address = self.sockets.lock_addresses();
+        if let Some(count) = per_address.get_mut(&self.ip) {
+            *count.of(self.kind) -= 1;
+            if count.waiting == 0 && count.anonymous == 0 {
+                per_address.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Sockets {
@@ -83,7 +153,44 @@ impl Sockets {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             per_user: Mutex::default(),
+            open: AtomicUsize::new(0),
+            per_address: Mutex::default(),
+            seat_maps: Arc::default(),
         }
+    }
+
+    /// Takes one of the instance's connection places, if any is left.
+    fn admit(self: &Arc<Self>) -> Option<OpenSlot> {
+        let max = self.config.max_connections;
+        self.open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()?;
+        Some(OpenSlot(self.clone()))
+    }
+
+    /// Takes one of the address's places for a waiting or an anonymous connection, if any is
+    /// left.
+    fn claim_address(self: &Arc<Self>, ip: IpAddr, kind: AddressUse) -> Option<AddressSlot> {
+        let max = self.config.max_anonymous_per_address;
+        let mut per_address = self.lock_addresses();
+        let count = per_address.entry(ip).or_default();
+        if max > 0 && *count.of(kind) >= max {
+            return None;
+        }
+        *count.of(kind) += 1;
+        Some(AddressSlot {
+            sockets: self.clone(),
+            ip,
+            kind,
+        })
+    }
+
+    fn lock_addresses(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, AddressCount>> {
+        self.per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Asks every connection to finish its operations in flight and close with 1001.
@@ -198,12 +305,36 @@ pub(super) async fn graphql_ws(
     client: Option<Extension<ClientIp>>,
     upgrade: WebSocketUpgrade,
 ) -> HttpResponse {
+    // Refused before upgrading: an HTTP answer costs less than a socket, and says why.
+    let Some(open) = state.sockets.admit() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            "this server holds all the WebSocket connections it can; retry shortly",
+        );
+    };
+    let client = client.map(|Extension(ip)| ip);
+    let waiting = match client {
+        Some(ClientIp(ip)) => match state.sockets.claim_address(ip, AddressUse::Waiting) {
+            Some(slot) => Some(slot),
+            None => {
+                return refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMITED",
+                    "too many connections from this address are waiting to initialise",
+                );
+            }
+        },
+        None => None,
+    };
     let upgrade = upgrade
         .protocols([TRANSPORT_WS, LEGACY_WS])
         .read_buffer_size(READ_BUFFER_BYTES)
-        // Written as soon as sent: nothing waits in a buffer, so nothing needs one.
+        // Written as soon as sent: nothing waits in a buffer, so nothing needs one. The write
+        // buffer keeps tungstenite's unlimited maximum: capped, any message larger than the
+        // cap failed to send and dropped the connection without a close frame. What bounds
+        // the queue is that a connection sends one message at a time (see `send`).
         .write_buffer_size(0)
-        .max_write_buffer_size(MAX_MESSAGE_BYTES)
         .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES);
     let protocol = match upgrade.selected_protocol().and_then(|p| p.to_str().ok()) {
@@ -221,12 +352,23 @@ pub(super) async fn graphql_ws(
             };
             let connection_id = Uuid::new_v4().to_string();
             let mut connection = Connection::new(state, protocol);
-            connection.client = client.map(|Extension(ip)| ip);
+            connection.client = client;
+            connection.open = Some(open);
+            connection.address = waiting;
             REQUEST_ID
                 .scope(connection_id, connection.run(socket))
                 .await;
         })
     })
+}
+
+/// An upgrade refused with a GraphQL-shaped error and `Retry-After`.
+fn refuse(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    let mut response = super::error_response(status, code, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    response
 }
 
 /// Messages a client may send, in either protocol.
@@ -264,27 +406,42 @@ enum ClientMessage {
     ConnectionTerminate,
 }
 
-/// A `subscribe` payload as the protocol defines it: `query` is required, `variables` and
-/// `extensions` are objects when present.
+/// A `subscribe` payload as the protocol defines it: `query` is required (unless a persisted
+/// query's hash stands for it, as over HTTP), `variables` and `extensions` are objects when
+/// present.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct OperationPayload {
-    query: String,
+    #[serde(default)]
+    query: Option<String>,
     #[serde(default)]
     operation_name: Option<String>,
     #[serde(default)]
     variables: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Handed to the schema's extensions, as over HTTP (`persistedQuery`, see
+    /// `security::persisted`).
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted as the protocol allows; no extension is used"
-    )]
     extensions: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl OperationPayload {
+    fn is_valid(&self) -> bool {
+        self.query.is_some()
+            || self
+                .extensions
+                .as_ref()
+                .is_some_and(|e| e.contains_key("persistedQuery"))
+    }
 }
 
 impl From<OperationPayload> for async_graphql::Request {
     fn from(payload: OperationPayload) -> Self {
-        let mut request = async_graphql::Request::new(payload.query);
+        let mut request = async_graphql::Request::new(payload.query.unwrap_or_default());
+        for (name, value) in payload.extensions.unwrap_or_default() {
+            if let Ok(value) = async_graphql::Value::from_json(value) {
+                request.extensions.insert(name, value);
+            }
+        }
         if let Some(name) = payload.operation_name {
             request = request.operation_name(name);
         }
@@ -341,6 +498,10 @@ struct Connection {
     /// Set once acknowledged: the caller and loaders every operation of the connection shares.
     session: Option<Arc<Data>>,
     user_slot: Option<UserSlot>,
+    /// This connection's place among the instance's.
+    open: Option<OpenSlot>,
+    /// Its place among its address's waiting, then anonymous, connections.
+    address: Option<AddressSlot>,
     /// The client's address, for per-address rate limits on what it does over the socket.
     client: Option<ClientIp>,
     /// By operation id; shared ids, since the map hands out a copy of the key with every
@@ -362,6 +523,8 @@ impl Connection {
             init_received: false,
             session: None,
             user_slot: None,
+            open: None,
+            address: None,
             client: None,
             operations: StreamMap::new(),
             answered: HashSet::new(),
@@ -556,6 +719,8 @@ impl Connection {
                     ));
                 };
                 self.user_slot = Some(slot);
+                // Counted as its user's now, not its address's.
+                self.address = None;
                 let token = authorization.as_deref().and_then(bearer_token);
                 Caller::Connection(token.unwrap_or_default().to_owned())
             }
@@ -571,7 +736,19 @@ impl Connection {
                 }
                 return Err(stop(close::FORBIDDEN, "Forbidden"));
             }
-            Ok(Checked::Anonymous) => Caller::Anonymous,
+            Ok(Checked::Anonymous) => {
+                if let Some(ClientIp(ip)) = self.client {
+                    let sockets = &self.state.sockets;
+                    let Some(slot) = sockets.claim_address(ip, AddressUse::Anonymous) else {
+                        return Err(stop(
+                            close::TOO_MANY_INIT,
+                            "Too many anonymous connections from this address",
+                        ));
+                    };
+                    self.address = Some(slot);
+                }
+                Caller::Anonymous
+            }
             Err(error) => {
                 tracing::warn!(
                     code = error.code(),
@@ -582,6 +759,7 @@ impl Connection {
         };
         let mut data = Data::default();
         data.insert(caller);
+        data.insert(self.state.sockets.seat_maps.clone());
         loaders::install(&self.state.app, &mut data);
         if let Some(ip) = self.client {
             data.insert(ip);
@@ -614,7 +792,7 @@ impl Connection {
             return Err(stop(close::UNAUTHORIZED, "Unauthorized"));
         };
         // Clients use UUIDs or counters; a long id is only a way to make the server hold more.
-        if id.is_empty() || id.len() > MAX_ID_BYTES {
+        if id.is_empty() || id.len() > MAX_ID_BYTES || !payload.is_valid() {
             return Err(stop(close::INVALID_MESSAGE, "Invalid message received"));
         }
         if self.operations.contains_key(id.as_str()) {
@@ -649,24 +827,39 @@ impl Connection {
             )
             .await;
         }
+        // The text's checks come before anything parses it, as over HTTP.
+        let query = payload.query.as_deref().unwrap_or_default();
+        let max_document_bytes = self.state.app.config.graphql.max_document_bytes;
+        if let Err(error) = document::check_text(query, max_document_bytes) {
+            let refusal = self.error_message(&id, &[error]);
+            return send(socket, self.config.idle_timeout, refusal).await;
+        }
         let shared = Fanout::shareable(
-            &payload.query,
+            query,
             payload.operation_name.as_deref(),
             payload.variables.as_ref(),
         );
         let results: Operation = match shared {
-            Some(key) => self
-                .state
-                .fanout
-                .join(key, move || payload.into())
-                .map(Output::Shared)
-                .boxed(),
+            Some(key) => {
+                let user = self.user_slot.as_ref().map(|slot| slot.user);
+                if let Err(error) = charge_shared(&self.state, user, self.client).await {
+                    let refusal = self.error_message(&id, &[error]);
+                    return send(socket, self.config.idle_timeout, refusal).await;
+                }
+                self.state
+                    .fanout
+                    .join(key, move || payload.into())
+                    .map(Output::Shared)
+                    .boxed()
+            }
             None => {
                 // A mutation makes answers cached before it untrustworthy.
-                self.state.cache.note_write(&payload.query);
+                self.state.cache.note_write(query);
+                // The caller is looked up at most once per operation (and again for the next).
+                let request = async_graphql::Request::from(payload).data(ViewerCache::default());
                 self.state
                     .schema
-                    .execute_stream_with_session_data(payload, session.clone())
+                    .execute_stream_with_session_data(request, session.clone())
                     .map(Output::Own)
                     .boxed()
             }
@@ -742,6 +935,34 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Charges a shared subscription to the request budget as `security::rate_limit`'s
+/// `WebSocketBudget` charges every other operation (shared ones do not run through the
+/// schema per connection): to the user when signed in, else to the address.
+async fn charge_shared(
+    state: &HttpState,
+    user: Option<Uuid>,
+    client: Option<ClientIp>,
+) -> Result<(), ServerError> {
+    let app = &state.app;
+    let limit = app.config.rate_limits.requests;
+    if limit.is_none() {
+        return Ok(());
+    }
+    let client = match (user, client) {
+        (Some(user), _) => format!("user:{user}"),
+        (None, Some(ClientIp(ip))) => format!("ip:{ip}"),
+        (None, None) => return Ok(()),
+    };
+    app.rate_limiter
+        .check(Bucket::Requests, limit, &client)
+        .await
+        .map(drop)
+        .map_err(|limited| {
+            let error: async_graphql::Error = AppError::from(limited).into();
+            error.into_server_error(Pos::default())
+        })
 }
 
 /// A message around a payload serialized once for many connections.

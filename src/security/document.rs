@@ -78,6 +78,29 @@ pub fn limit_error(code: &'static str, message: impl Into<String>) -> ServerErro
     error
 }
 
+/// The checks on a document's text that come before anything parses it, in this order: its
+/// size (`max_document_bytes`, `0`: none), then its bracket nesting. Whatever reads a
+/// document outside the schema (the WebSocket's look at subscriptions it may share) runs them
+/// first too.
+pub fn check_text(query: &str, max_document_bytes: usize) -> ServerResult<()> {
+    if max_document_bytes > 0 && query.len() > max_document_bytes {
+        return Err(limit_error(
+            "DOCUMENT_TOO_LARGE",
+            format!(
+                "the query is {} bytes; the limit is {max_document_bytes}",
+                query.len()
+            ),
+        ));
+    }
+    if nesting(query) > MAX_NESTING {
+        return Err(limit_error(
+            "QUERY_TOO_DEEP",
+            format!("the query nests brackets more than {MAX_NESTING} deep"),
+        ));
+    }
+    Ok(())
+}
+
 /// The deepest bracket nesting outside strings and comments.
 fn nesting(query: &str) -> usize {
     let bytes = query.as_bytes();
@@ -223,22 +246,7 @@ impl Extension for DocumentLimits {
         if let Some(document) = self.parsed.get(query) {
             return Ok(document);
         }
-        if self.max_document_bytes > 0 && query.len() > self.max_document_bytes {
-            return Err(limit_error(
-                "DOCUMENT_TOO_LARGE",
-                format!(
-                    "the query is {} bytes; the limit is {}",
-                    query.len(),
-                    self.max_document_bytes
-                ),
-            ));
-        }
-        if nesting(query) > MAX_NESTING {
-            return Err(limit_error(
-                "QUERY_TOO_DEEP",
-                format!("the query nests brackets more than {MAX_NESTING} deep"),
-            ));
-        }
+        check_text(query, self.max_document_bytes)?;
         let document = next.run(ctx, query, variables).await.map_err(|error| {
             if error
                 .message

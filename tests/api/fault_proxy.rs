@@ -14,6 +14,9 @@
 //! - [`FaultProxy::refuse`]: new connections are closed as soon as they are accepted.
 //!
 //! Faults are awaited, never slept on: [`FaultProxy::cuts`] resolves once a cut happened.
+//!
+//! [`FaultProxy::count`] counts a pattern in what clients send (say a statement's text, or
+//! PostgreSQL's `Sync` message, one per round trip), to measure how often the server asks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +47,9 @@ struct Shared {
     strand_generation: watch::Sender<u64>,
     refusing: AtomicBool,
     accepted: AtomicUsize,
+    /// The pattern counted in clients' bytes, and how often it was seen.
+    count_on: Mutex<Option<Vec<u8>>>,
+    counted: AtomicUsize,
 }
 
 impl FaultProxy {
@@ -61,6 +67,8 @@ impl FaultProxy {
             strand_generation: watch::channel(0).0,
             refusing: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
+            count_on: Mutex::new(None),
+            counted: AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
@@ -152,6 +160,19 @@ impl FaultProxy {
         self.shared.refusing.store(refusing, Ordering::SeqCst);
     }
 
+    /// From now on, counts the occurrences of `pattern` in the bytes clients send (within each
+    /// read: a pattern split across two reads is missed, which whole protocol messages are
+    /// not in practice). Replaces any earlier pattern and starts from zero.
+    pub fn count(&self, pattern: &[u8]) {
+        *self.shared.count_on.lock().unwrap() = Some(pattern.to_vec());
+        self.shared.counted.store(0, Ordering::SeqCst);
+    }
+
+    /// How often the pattern given to [`FaultProxy::count`] has been sent since.
+    pub fn counted(&self) -> usize {
+        self.shared.counted.load(Ordering::SeqCst)
+    }
+
     /// How many connections the proxy has accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
@@ -224,6 +245,9 @@ async fn pump(
         };
         let chunk = &buffer[..n];
         let cut = from_client && should_cut(shared, &mut tail, chunk);
+        if from_client {
+            count_pattern(shared, chunk);
+        }
         // A stall holds the bytes already read, as a link that stopped carrying them would.
         if stalled.wait_for(|s| !*s).await.is_err() {
             return;
@@ -241,6 +265,17 @@ async fn pump(
             shared.cut_happened.notify_waiters();
             return;
         }
+    }
+}
+
+fn count_pattern(shared: &Shared, chunk: &[u8]) {
+    let counting = shared.count_on.lock().unwrap();
+    if let Some(pattern) = counting.as_deref() {
+        let seen = chunk
+            .windows(pattern.len())
+            .filter(|w| *w == pattern)
+            .count();
+        shared.counted.fetch_add(seen, Ordering::SeqCst);
     }
 }
 

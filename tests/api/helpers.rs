@@ -532,3 +532,23 @@ pub fn claims(user: Uuid, session: Uuid) -> Value {
         "iat": now, "nbf": now, "exp": now + 900, "iss": "evently", "aud": "evently-api",
     })
 }
+
+/// A server whose PostgreSQL connections all pass through a [`FaultProxy`], to count or break
+/// what it sends; `tweak` changes its configuration as for `TestApp::spawn_with`.
+pub async fn spawn_behind_database_proxy(
+    tweak: impl FnOnce(&mut Config),
+) -> (TestApp, crate::fault_proxy::FaultProxy) {
+    let (proxy, _) = crate::fault_proxy::FaultProxy::in_front_of(&server_url()).await;
+    let addr = proxy.addr;
+    let app = TestApp::spawn_with(move |config| {
+        let url = &config.database_url;
+        let host_start = url
+            .rfind('@')
+            .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
+        let path_start = host_start + url[host_start..].find('/').unwrap();
+        config.database_url = format!("{}{addr}{}", &url[..host_start], &url[path_start..]);
+        tweak(config);
+    })
+    .await;
+    (app, proxy)
+}

@@ -887,3 +887,139 @@ async fn a_bad_section_name_is_bad_input() {
         assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
     }
 }
+
+/// A published seated event in a venue of `rows` rows of 1,000 seats; returns its id.
+async fn big_seated_event(app: &TestApp, organizer: &TestUser, rows: usize) -> String {
+    let rows: Vec<Value> = (1..=rows)
+        .map(|row| json!({ "label": row.to_string(), "seats": 1000 }))
+        .collect();
+    let venue = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_VENUE,
+            json!({ "input": { "name": "Arena", "address": "1 Arena Way", "sections": [{ "name": "Floor", "rows": rows }] } }),
+        )
+        .await;
+    let mut input = event_input("Arena Show", 0);
+    input["capacity"] = Value::Null;
+    input["venueId"] = venue["createVenue"]["id"].clone();
+    let event = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_EVENT,
+            json!({ "input": input }),
+        )
+        .await;
+    event["createEvent"]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seat_maps_of_large_venues_reach_the_reference_client_whole() {
+    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let small = seated_event(&app, &organizer).await.event_id;
+    let two_thousand = big_seated_event(&app, &organizer, 2).await;
+    let twenty_thousand = big_seated_event(&app, &organizer, 20).await;
+
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg("seat-map.mjs")
+            .current_dir(js)
+            .env("EVENTLY_WS_URL", app.ws_url())
+            .env(
+                "EVENTLY_EVENT_IDS",
+                format!("{small},{two_thousand},{twenty_thousand},{small}"),
+            )
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the node client finishes")
+    .expect("node is installed (scripts/services.sh)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "node failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    // Every map arrives whole, on the one connection the client opened.
+    assert_eq!(
+        seen,
+        json!({
+            "maps": [
+                { "full": true, "seats": 10 },
+                { "full": true, "seats": 2000 },
+                { "full": true, "seats": 20000 },
+                { "full": true, "seats": 10 },
+            ],
+            "connections": 1,
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_viewers_of_one_seat_map_share_one_read_per_version() {
+    let (app, proxy) = crate::helpers::spawn_behind_database_proxy(|_| {}).await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let seated = seated_event(&app, &organizer).await;
+    // The seat map's read is the one read-only repeatable-read transaction.
+    proxy.count(b"REPEATABLE READ READ ONLY");
+
+    // Viewers arriving one after another, then many at once, all at version 1.
+    let mut viewers = Vec::new();
+    for _ in 0..5 {
+        let mut viewer = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+            .await
+            .unwrap();
+        viewer
+            .subscribe("map", SEAT_MAP, json!({ "id": seated.event_id }))
+            .await;
+        assert_eq!(seat_map(&mut viewer).await["version"], 1);
+        viewers.push(viewer);
+    }
+    let together = futures_util::future::join_all((0..15).map(|_| async {
+        let mut viewer = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+            .await
+            .unwrap();
+        viewer
+            .subscribe("map", SEAT_MAP, json!({ "id": seated.event_id }))
+            .await;
+        let first = seat_map(&mut viewer).await;
+        assert_eq!(first["version"], 1);
+        assert_eq!(first["seats"].as_array().unwrap().len(), 10);
+        viewer
+    }))
+    .await;
+    viewers.extend(together);
+    assert_eq!(
+        proxy.counted(),
+        1,
+        "twenty viewers of one version read the map this often"
+    );
+
+    // A change reaches every viewer as a delta, with no read; a viewer arriving after it gets
+    // the new version, read once.
+    hold_ok(&app, &buyer, &seated.event_id, &[seated.id("A 1-1")]).await;
+    for viewer in &mut viewers {
+        let delta = seat_map(viewer).await;
+        assert_eq!(
+            (delta["version"].clone(), delta["full"].clone()),
+            (json!(2), json!(false))
+        );
+    }
+    for _ in 0..3 {
+        let mut late = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+            .await
+            .unwrap();
+        late.subscribe("map", SEAT_MAP, json!({ "id": seated.event_id }))
+            .await;
+        let first = seat_map(&mut late).await;
+        assert_eq!(first["version"], 2);
+        assert_eq!(state_of(&states(&first["seats"]), "A 1-1"), "HELD");
+    }
+    assert_eq!(proxy.counted(), 2, "a new version is read once");
+}

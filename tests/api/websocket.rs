@@ -45,6 +45,14 @@ impl WsClient {
         Ok(client)
     }
 
+    /// A client over a connection already upgraded with `protocol`.
+    pub fn from_socket(socket: WebSocketStream<MaybeTlsStream<TcpStream>>, protocol: &str) -> Self {
+        Self {
+            socket,
+            legacy: protocol == "graphql-ws",
+        }
+    }
+
     /// Opens a connection without sending `connection_init`.
     pub async fn open(url: &str, protocol: Option<&str>) -> Self {
         let mut request = url.into_client_request().unwrap();
@@ -438,4 +446,48 @@ async fn identical_seat_subscriptions_share_one_execution() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_over_a_websocket_looks_its_caller_up_once_per_operation() {
+    let (app, proxy) = crate::helpers::spawn_behind_database_proxy(|_| {}).await;
+    let organizer = app.user(Role::Organizer).await;
+    for _ in 0..40 {
+        app.event(&organizer, 10).await;
+    }
+    let init = json!({ "Authorization": format!("Bearer {}", organizer.token) });
+    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
+        .await
+        .unwrap();
+    // Every `email` asks who the caller is: before, each asked PostgreSQL again.
+    let query = "{ events(first: 40) { edges { node { organizer { email } } } } }";
+    for id in ["1", "2"] {
+        // PostgreSQL's Sync message ends every statement sent: one per round trip.
+        proxy.count(b"S\0\0\0\x04");
+        client.subscribe(id, query, json!({})).await;
+        let data = client.next_data().await;
+        let edges = data["data"]["events"]["edges"].as_array().unwrap();
+        assert_eq!(edges.len(), 40, "{data}");
+        assert!(
+            edges
+                .iter()
+                .all(|e| e["node"]["organizer"]["email"].is_string())
+        );
+        assert_eq!(client.next_message().await.unwrap()["type"], "complete");
+        let round_trips = proxy.counted();
+        assert!(
+            round_trips <= 12,
+            "one list of 40 events took {round_trips} round trips to PostgreSQL"
+        );
+    }
+    // Each operation checks the session again: a logout shows at the next one.
+    app.gql_ok(Some(&organizer.token), "mutation { logout }", json!({}))
+        .await;
+    client.subscribe("3", "{ me { id } }", json!({})).await;
+    let message = client.next_message().await.unwrap();
+    assert_eq!(
+        operation_errors(&message)[0]["extensions"]["code"],
+        "UNAUTHENTICATED",
+        "{message}"
+    );
 }

@@ -507,3 +507,311 @@ async fn a_dead_instances_connection_slots_expire_with_their_lease() {
         None
     );
 }
+
+/// Opens a WebSocket with the transport protocol; on refusal, the HTTP status and body.
+async fn upgrade(app: &TestApp) -> Result<WsClient, (u16, Value)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = app.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", TRANSPORT.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(WsClient::from_socket(socket, TRANSPORT)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().unwrap_or_default();
+            let retry_after = response.headers().get("retry-after").is_some();
+            assert!(retry_after, "a refusal says when to retry");
+            Err((
+                response.status().as_u16(),
+                serde_json::from_slice(body).unwrap_or(Value::Null),
+            ))
+        }
+        Err(other) => panic!("unexpected upgrade failure: {other}"),
+    }
+}
+
+/// Retries `attempt` until it succeeds, for at most ten seconds: a closed connection's slot
+/// is given back when its task ends, a moment after the client sees the close.
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(done) = attempt().await {
+            return done;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no success within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_refuses_websockets_beyond_its_connection_cap_with_503() {
+    let app = TestApp::spawn_with(|c| c.websocket.max_connections = 3).await;
+    let user = app.user(Role::User).await;
+    let signed_in = json!({ "Authorization": format!("Bearer {}", user.token) });
+    let mut open = vec![
+        acked(&app, json!({})).await,
+        acked(&app, signed_in.clone()).await,
+        WsClient::open(&app.ws_url(), Some(TRANSPORT)).await,
+    ];
+    let (status, body) = upgrade(&app)
+        .await
+        .err()
+        .expect("a fourth connection is refused");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "SERVICE_UNAVAILABLE"
+    );
+    // A connection that ends gives its place back.
+    open.pop();
+    let mut again = eventually(|| async { upgrade(&app).await.ok() }).await;
+    again.send(json!({ "type": "connection_init" })).await;
+    assert_eq!(
+        again.next_message().await.unwrap()["type"],
+        "connection_ack"
+    );
+}
+
+#[tokio::test]
+async fn anonymous_websockets_per_address_are_capped_and_signed_in_ones_still_pass() {
+    let app = TestApp::spawn_with(|c| c.websocket.max_anonymous_per_address = 2).await;
+    let user = app.user(Role::User).await;
+    // Connections that have not said who they are count: at most two wait at once.
+    let waiting = [
+        WsClient::open(&app.ws_url(), Some(TRANSPORT)).await,
+        WsClient::open(&app.ws_url(), Some(TRANSPORT)).await,
+    ];
+    let (status, body) = upgrade(&app)
+        .await
+        .err()
+        .expect("a third waiting socket is refused");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+    drop(waiting);
+
+    // Once initialised, at most two anonymous ones; the third is closed with 4429.
+    let initialised = |init: Value| {
+        let app = &app;
+        move || {
+            let init = init.clone();
+            async move {
+                let mut client = upgrade(app).await.ok()?;
+                client
+                    .send(json!({ "type": "connection_init", "payload": init }))
+                    .await;
+                Some(client)
+            }
+        }
+    };
+    let mut anonymous = Vec::new();
+    for _ in 0..2 {
+        let mut client = eventually(initialised(json!({}))).await;
+        assert_eq!(
+            client.next_message().await.unwrap()["type"],
+            "connection_ack"
+        );
+        anonymous.push(client);
+    }
+    let mut third = eventually(initialised(json!({}))).await;
+    assert_eq!(
+        third.closed().await,
+        (
+            4429,
+            "Too many anonymous connections from this address".to_owned()
+        )
+    );
+    // A signed-in user behind the same address (a venue's Wi-Fi) is not anonymous.
+    let signed_in = json!({ "Authorization": format!("Bearer {}", user.token) });
+    let mut member = eventually(initialised(signed_in)).await;
+    assert_eq!(
+        member.next_message().await.unwrap()["type"],
+        "connection_ack"
+    );
+    member.subscribe("1", QUERY, json!({})).await;
+    assert_eq!(member.next_message().await.unwrap()["type"], "next");
+    // An anonymous connection that ends gives its place back.
+    anonymous.pop();
+    eventually(|| async {
+        let mut client = initialised(json!({}))().await?;
+        (client.next_message().await.ok()?["type"] == "connection_ack").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shared_subscriptions_count_against_the_addresss_request_budget() {
+    let app = TestApp::spawn_with(|c| {
+        c.rate_limits.requests = evently::config::RateLimit::per(3, 60);
+    })
+    .await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 10).await;
+    // The upgrade request is the address's first request, two subscriptions its others.
+    let mut socket = acked(&app, json!({})).await;
+    for id in ["1", "2", "3"] {
+        socket.subscribe(id, SEATS, json!({ "id": event_id })).await;
+        let message = socket.next_message().await.unwrap();
+        if id == "3" {
+            let errors = crate::websocket::operation_errors(&message);
+            assert_eq!(errors[0]["extensions"]["code"], "RATE_LIMITED", "{message}");
+            assert!(errors[0]["extensions"]["retryAfter"].as_u64().is_some());
+        } else {
+            assert_eq!(
+                message["payload"]["data"]["seatAvailability"]["seatsAvailable"], 10,
+                "{message}"
+            );
+        }
+    }
+}
+
+/// The code of the first error of an operation's answer.
+fn first_code(message: &Value) -> Value {
+    crate::websocket::operation_errors(message)[0]["extensions"]["code"].clone()
+}
+
+#[tokio::test]
+async fn subscription_text_gets_the_size_and_nesting_checks_before_parsing_as_over_http() {
+    let app = TestApp::spawn().await;
+    let mut socket = acked(&app, json!({})).await;
+    let nested = |depth: usize| {
+        format!(
+            "subscription {{ seatAvailability(eventId: {}1{}) {{ version }} }}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+    };
+    let selections = |depth: usize| {
+        format!(
+            "subscription {{ seatAvailability(eventId: \"1\") {}{} }}",
+            "{a".repeat(depth),
+            "}".repeat(depth)
+        )
+    };
+    // Too deep (within the size limit), then too large and too deep: size is checked first.
+    // The largest fill a frame: parsed before the checks, they cost the parser its stack.
+    for (id, query, code) in [
+        ("1", nested(15_000), "QUERY_TOO_DEEP"),
+        ("2", nested(20_000), "DOCUMENT_TOO_LARGE"),
+        ("3", selections(10_000), "QUERY_TOO_DEEP"),
+        ("4", selections(21_000), "DOCUMENT_TOO_LARGE"),
+        ("5", nested(32_000), "DOCUMENT_TOO_LARGE"),
+    ] {
+        let (_, over_http) = app.post_json(&json!({ "query": query }), None).await;
+        assert_eq!(crate::helpers::error_code(&over_http), code);
+        socket.subscribe(id, &query, json!({})).await;
+        let message = socket.next_message().await.unwrap();
+        assert_eq!(message["type"], "error", "{message}");
+        assert_eq!(first_code(&message), code, "{message}");
+    }
+    // The connection is still good.
+    socket.subscribe("6", QUERY, json!({})).await;
+    assert_eq!(socket.next_message().await.unwrap()["type"], "next");
+}
+
+fn sha256(query: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(query.as_bytes()))
+}
+
+fn persisted(hash: &str) -> Value {
+    json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } })
+}
+
+#[tokio::test]
+async fn automatic_persisted_queries_work_over_a_websocket_as_over_http() {
+    let app = TestApp::spawn().await;
+    let mut socket = acked(&app, json!({})).await;
+    let query = "{ events(first: 4) { edges { cursor } } }";
+    let hash = sha256(query);
+    let by_hash = json!({ "extensions": persisted(&hash) });
+    let mut with_query = by_hash.clone();
+    with_query["query"] = json!(query);
+    let send =
+        |id: &str, payload: &Value| json!({ "id": id, "type": "subscribe", "payload": payload });
+
+    socket.send(send("1", &by_hash)).await;
+    let message = socket.next_message().await.unwrap();
+    assert_eq!(
+        first_code(&message),
+        "PERSISTED_QUERY_NOT_FOUND",
+        "{message}"
+    );
+    socket.send(send("2", &with_query)).await;
+    let message = socket.next_message().await.unwrap();
+    assert_eq!(
+        message["payload"]["data"]["events"]["edges"],
+        json!([]),
+        "{message}"
+    );
+    assert_eq!(socket.next_message().await.unwrap()["type"], "complete");
+    // Registered: the hash alone runs it, here and over HTTP.
+    socket.send(send("3", &by_hash)).await;
+    let message = socket.next_message().await.unwrap();
+    assert_eq!(
+        message["payload"]["data"]["events"]["edges"],
+        json!([]),
+        "{message}"
+    );
+    assert_eq!(socket.next_message().await.unwrap()["type"], "complete");
+    let (_, over_http) = app.post_json(&by_hash, None).await;
+    assert_eq!(
+        over_http["data"]["events"]["edges"],
+        json!([]),
+        "{over_http}"
+    );
+    // A hash that is not its query's is refused as over HTTP.
+    let wrong = json!({ "query": "{ __typename }", "extensions": persisted(&hash) });
+    socket.send(send("4", &wrong)).await;
+    let message = socket.next_message().await.unwrap();
+    assert_eq!(first_code(&message), "BAD_REQUEST", "{message}");
+}
+
+#[tokio::test]
+async fn allow_list_mode_runs_only_registered_operations_over_a_websocket() {
+    let allowed = "query Upcoming { events(first: 2) { edges { cursor } } }";
+    let dir = std::env::temp_dir().join(format!("evently-allowlist-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("operations.json");
+    std::fs::write(&path, json!({ sha256(allowed): allowed }).to_string()).unwrap();
+    let app =
+        TestApp::spawn_with(|c| c.graphql.persisted_query_allowlist = Some(path.clone())).await;
+    let mut socket = acked(&app, json!({})).await;
+    let runs = [
+        json!({ "extensions": persisted(&sha256(allowed)) }),
+        json!({ "query": allowed }),
+    ];
+    for (id, payload) in runs.iter().enumerate() {
+        socket
+            .send(json!({ "id": id.to_string(), "type": "subscribe", "payload": payload }))
+            .await;
+        let message = socket.next_message().await.unwrap();
+        assert!(
+            message["payload"]["data"]["events"]["edges"].is_array(),
+            "{message}"
+        );
+        assert_eq!(socket.next_message().await.unwrap()["type"], "complete");
+    }
+    for (id, payload) in [
+        json!({ "query": "{ __typename }" }),
+        json!({ "extensions": persisted(&sha256("{ __typename }")) }),
+    ]
+    .iter()
+    .enumerate()
+    {
+        socket
+            .send(json!({ "id": format!("x{id}"), "type": "subscribe", "payload": payload }))
+            .await;
+        let message = socket.next_message().await.unwrap();
+        assert_eq!(
+            first_code(&message),
+            "PERSISTED_QUERY_NOT_ALLOWED",
+            "{message}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

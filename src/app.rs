@@ -66,7 +66,12 @@ impl App {
         let state = AppState(Arc::new(App {
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
-            onsale: Onsale::new(db.clone(), bus.clone(), config.group_commit),
+            onsale: Onsale::new(
+                db.clone(),
+                bus.clone(),
+                config.group_commit,
+                config.database_pool_size,
+            ),
             rate_limiter: RateLimiter::new(shared.clone()),
             persisted_queries: PersistedQueries::new(
                 shared,

@@ -31,6 +31,8 @@ pub enum AppError {
         retry_after_secs: u64,
     },
     Unavailable,
+    /// A write's COMMIT went unanswered and PostgreSQL could not say whether it took effect.
+    OutcomeUnknown,
     Internal(anyhow::Error),
 }
 
@@ -68,6 +70,9 @@ impl AppError {
                 format!("too many requests: retry in {retry_after_secs} s")
             }
             Self::Unavailable => "the service is busy, try again shortly".to_owned(),
+            Self::OutcomeUnknown => "the database did not confirm whether this went through: \
+                                     check before retrying, or retry with the same idempotencyKey"
+                .to_owned(),
             Self::Internal(_) => "internal server error".to_owned(),
         }
     }
@@ -82,6 +87,7 @@ impl AppError {
             Self::Conflict(_) => "CONFLICT",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Unavailable => "SERVICE_UNAVAILABLE",
+            Self::OutcomeUnknown => "OUTCOME_UNKNOWN",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }

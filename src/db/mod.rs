@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use diesel::ConnectionError;
+use diesel::result::QueryResult;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection, TransactionManager,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -92,6 +95,120 @@ pub async fn revert_all_migrations(database_url: &str) -> anyhow::Result<usize> 
             .map_err(|e| anyhow::anyhow!("reverting migrations: {e}"))
     })
     .await?
+}
+
+type Transactions = <AsyncPgConnection as AsyncConnection>::TransactionManager;
+
+/// How long to wait for a transaction whose COMMIT went unanswered to end, before its outcome
+/// is called unknown.
+const OUTCOME_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a transaction opened with [`begin`] did not (knowingly) commit.
+#[derive(Debug)]
+pub enum Uncommitted<E> {
+    /// The work failed and was rolled back.
+    Failed(E),
+    /// The COMMIT failed, and PostgreSQL says the transaction was rolled back: doing the work
+    /// again is safe.
+    RolledBack,
+    /// The COMMIT got no answer and PostgreSQL cannot say how the transaction ended (yet).
+    /// Doing the work again might do it twice.
+    Unknown,
+}
+
+/// Opens a transaction, to be ended by [`finish`], and returns its id. Unlike
+/// `AsyncConnection::transaction`, which reports a lost COMMIT like any other error, this pair
+/// finds out whether a COMMIT whose reply was lost took effect, so that a caller never redoes
+/// work that was in fact committed.
+pub async fn begin(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    Transactions::begin_transaction(conn).await?;
+    // Assigns the transaction its id now, so that it can be looked up if the COMMIT's
+    // reply is lost.
+    let id = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "txid_current()",
+    ))
+    .get_result(conn)
+    .await;
+    if id.is_err() {
+        let _ = Transactions::rollback_transaction(conn).await;
+    }
+    id
+}
+
+/// Commits the transaction opened by [`begin`] when `work` succeeded, and rolls it back when
+/// not. When the COMMIT itself fails (the connection dropped, say), another connection from
+/// `pool` asks PostgreSQL how transaction `txid` ended: committed means `work`'s result
+/// stands.
+pub async fn finish<T, E>(
+    conn: &mut AsyncPgConnection,
+    pool: &DbPool,
+    txid: i64,
+    work: Result<T, E>,
+) -> Result<T, Uncommitted<E>> {
+    let value = match work {
+        Ok(value) => value,
+        Err(error) => {
+            // A failed rollback leaves the connection broken, and the pool drops it; the
+            // transaction ends with it.
+            let _ = Transactions::rollback_transaction(conn).await;
+            return Err(Uncommitted::Failed(error));
+        }
+    };
+    let Err(error) = Transactions::commit_transaction(conn).await else {
+        return Ok(value);
+    };
+    match committed(pool, txid).await {
+        Some(true) => {
+            tracing::warn!(?error, txid, "COMMIT went unanswered but took effect");
+            Ok(value)
+        }
+        Some(false) => {
+            tracing::warn!(
+                ?error,
+                txid,
+                "COMMIT failed; the transaction was rolled back"
+            );
+            Err(Uncommitted::RolledBack)
+        }
+        None => {
+            tracing::error!(
+                ?error,
+                txid,
+                "COMMIT went unanswered; its outcome is unknown"
+            );
+            Err(Uncommitted::Unknown)
+        }
+    }
+}
+
+/// Whether transaction `txid` committed, asked of a fresh connection; `None` when that cannot
+/// be told. A transaction whose connection was just cut may still be ending: its backend
+/// finishes the COMMIT it received, or notices the lost client and rolls back, within
+/// moments, so it is asked again for a short while.
+async fn committed(pool: &DbPool, txid: i64) -> Option<bool> {
+    #[derive(diesel::QueryableByName)]
+    struct Status {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        status: Option<String>,
+    }
+    let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
+    let mut conn = pool.get().await.ok()?;
+    loop {
+        let row: Status = diesel::sql_query("SELECT txid_status($1) AS status")
+            .bind::<diesel::sql_types::BigInt, _>(txid)
+            .get_result(&mut conn)
+            .await
+            .ok()?;
+        match row.status.as_deref() {
+            Some("committed") => return Some(true),
+            Some("aborted") => return Some(false),
+            Some("in progress") if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Still in progress (a half-open link), or too old to tell.
+            _ => return None,
+        }
+    }
 }
 
 pub async fn ping(pool: &DbPool) -> anyhow::Result<()> {

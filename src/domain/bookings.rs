@@ -17,6 +17,7 @@ use super::seats::{self, SeatOwner};
 use super::{rsvp, waitlist};
 use crate::db::models::{Booking, BookingStatus, Event};
 use crate::db::schema::{bookings, events};
+use crate::db::{self, DbPool, Uncommitted};
 use crate::error::{AppError, AppResult};
 
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
@@ -94,92 +95,99 @@ pub(super) fn check_idempotency_key(key: Option<&str>) -> AppResult<()> {
 
 /// Books seats in a transaction of its own. The onsale path ([`super::onsale`]) batches
 /// bookings and falls back to this one when a batch cannot be committed as a whole.
+///
+/// A COMMIT whose reply is lost is looked up (see [`db::finish`]): if it took effect, the
+/// booking it wrote is the answer. The caller decides what to do with a booking that was
+/// rolled back ([`Uncommitted::RolledBack`]: it may book again) or whose fate is unknown.
 pub async fn book_seats(
     conn: &mut AsyncPgConnection,
+    pool: &DbPool,
     user_id: Uuid,
-    request: BookingRequest,
-) -> AppResult<BookingChange> {
-    validate(&request)?;
-    let request = &request;
-    let attempt = conn
-        .transaction(async move |conn| {
-            // Every transaction that changes an event's seats locks its row first, so batches,
-            // single bookings and cancellations queue in one order and cannot deadlock.
-            let event = lock_event_for(conn, request.event_id, user_id).await?;
-            if let Some(existing) = find_by_key(conn, user_id, request).await? {
-                return Ok(Attempt::Existing(existing));
-            }
-            check_sellable(&event, request.quantity)?;
-            check_user_limit(conn, &event, user_id, request.quantity).await?;
-            let mut changes = Changes::default();
-            let mut inventory = Inventory::new(event);
-            waitlist::catch_up(conn, &mut inventory, &mut changes).await?;
-            take_from_expired_seats(
-                conn,
-                &mut inventory,
-                request.quantity,
-                &request.seat_ids,
-                &mut changes,
-            )
-            .await?;
-            if inventory.available < request.quantity {
-                return Err(AppError::SoldOut {
-                    seats_available: inventory.available,
-                });
-            }
-            let booking = Booking::confirmed(
-                inventory.event.id,
-                user_id,
-                request.quantity,
-                request.idempotency_key.clone(),
-                Utc::now(),
-            );
-            // A concurrent request with the same key for another event waits here on the
-            // unique index and, once that one commits, inserts nothing.
-            let inserted: Option<Booking> = diesel::insert_into(bookings::table)
-                .values(&booking)
-                .on_conflict(on_constraint("bookings_user_idempotency_key"))
-                .do_nothing()
-                .returning(Booking::as_returning())
-                .get_result(conn)
-                .await
-                .optional()?;
-            let Some(booking) = inserted else {
-                return find_by_key(conn, user_id, request)
-                    .await?
-                    .map(Attempt::Existing)
-                    .ok_or_else(|| anyhow::anyhow!("idempotency conflict without a row").into());
-            };
-            let owner = SeatOwner::Booking(booking.id);
-            let event = inventory.event.clone();
-            seats::claim(
-                conn,
-                &event,
-                owner,
-                request.quantity,
-                &request.seat_ids,
-                &mut changes,
-            )
-            .await?;
-            inventory.book(request.quantity);
-            inventory.save(conn, &mut changes).await?;
-            Ok(Attempt::Created(booking, Box::new(changes)))
-        })
-        .await?;
-    match attempt {
+    request: &BookingRequest,
+) -> Result<BookingChange, Uncommitted<AppError>> {
+    validate(request).map_err(Uncommitted::Failed)?;
+    let txid = db::begin(conn)
+        .await
+        .map_err(|e| Uncommitted::Failed(e.into()))?;
+    let attempt = attempt_booking(conn, user_id, request).await;
+    match db::finish(conn, pool, txid, attempt).await? {
         Attempt::Created(booking, mut also) => Ok(BookingChange {
             booking,
             changed: true,
             event: also.event.take(),
             also: *also,
         }),
-        Attempt::Existing(booking) => Ok(BookingChange {
-            booking,
-            changed: false,
-            event: None,
-            also: Changes::default(),
-        }),
+        Attempt::Existing(booking) => Ok(unchanged(booking)),
     }
+}
+
+/// The writes of [`book_seats`], inside its transaction.
+async fn attempt_booking(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    request: &BookingRequest,
+) -> AppResult<Attempt> {
+    // Every transaction that changes an event's seats locks its row first, so batches,
+    // single bookings and cancellations queue in one order and cannot deadlock.
+    let event = lock_event_for(conn, request.event_id, user_id).await?;
+    if let Some(existing) = find_by_key(conn, user_id, request).await? {
+        return Ok(Attempt::Existing(existing));
+    }
+    check_sellable(&event, request.quantity)?;
+    check_user_limit(conn, &event, user_id, request.quantity).await?;
+    let mut changes = Changes::default();
+    let mut inventory = Inventory::new(event);
+    waitlist::catch_up(conn, &mut inventory, &mut changes).await?;
+    take_from_expired_seats(
+        conn,
+        &mut inventory,
+        request.quantity,
+        &request.seat_ids,
+        &mut changes,
+    )
+    .await?;
+    if inventory.available < request.quantity {
+        return Err(AppError::SoldOut {
+            seats_available: inventory.available,
+        });
+    }
+    let booking = Booking::confirmed(
+        inventory.event.id,
+        user_id,
+        request.quantity,
+        request.idempotency_key.clone(),
+        Utc::now(),
+    );
+    // A concurrent request with the same key for another event waits here on the
+    // unique index and, once that one commits, inserts nothing.
+    let inserted: Option<Booking> = diesel::insert_into(bookings::table)
+        .values(&booking)
+        .on_conflict(on_constraint("bookings_user_idempotency_key"))
+        .do_nothing()
+        .returning(Booking::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?;
+    let Some(booking) = inserted else {
+        return find_by_key(conn, user_id, request)
+            .await?
+            .map(Attempt::Existing)
+            .ok_or_else(|| anyhow::anyhow!("idempotency conflict without a row").into());
+    };
+    let owner = SeatOwner::Booking(booking.id);
+    let event = inventory.event.clone();
+    seats::claim(
+        conn,
+        &event,
+        owner,
+        request.quantity,
+        &request.seat_ids,
+        &mut changes,
+    )
+    .await?;
+    inventory.book(request.quantity);
+    inventory.save(conn, &mut changes).await?;
+    Ok(Attempt::Created(booking, Box::new(changes)))
 }
 
 /// The booking already made under this request's idempotency key, if any. The same key for a

@@ -12,23 +12,37 @@
 //! The guard is still PostgreSQL's. Seats are counted against the locked row, the `UPDATE`
 //! still says `WHERE seats_available >= taken`, and the CHECK constraints still hold, so several
 //! instances batching the same event stay correct. Each caller gets its own answer only after
-//! the batch has committed, so "confirmed" always means durable. Anything unusual (a race on an
-//! idempotency key with another instance, a database error) rolls the batch back and replays
-//! its bookings one by one through [`book_seats`], which gives each its own precise answer.
+//! the batch has committed, so "confirmed" always means durable. An idempotency key booked
+//! meanwhile by another batch or instance is found by the insert and answered as a replay.
+//! Anything else unusual (a database error, a dropped connection) rolls the batch back and
+//! replays its bookings one by one through [`book_seats`], which gives each its own precise
+//! answer. A batch whose COMMIT went unanswered is never replayed blindly: PostgreSQL is asked
+//! how that transaction ended (see [`db::finish`]), and a batch that did commit is answered
+//! from what it wrote.
+//!
+//! The onsale path holds at most [`connection_share`] of the pool's connections at once (its
+//! workers, its replays and its one-at-a-time bookings together), so that a few hot events
+//! cannot starve browsing and signing in.
 //!
 //! Once a batch finds the event sold out, the instance remembers it briefly and answers
-//! SOLD_OUT without touching PostgreSQL. The hint only ever refuses, never confirms; it lapses
-//! after [`SOLD_OUT_HINT_TTL`] and is dropped as soon as this instance sees seats come back.
+//! SOLD_OUT to requests without an idempotency key without touching PostgreSQL. The hint only
+//! ever refuses, never confirms; it lapses after [`SOLD_OUT_HINT_TTL`] and is dropped as soon
+//! as this instance sees seats come back. A request with a key is always looked up, since it
+//! may have booked on another instance.
+//!
+//! One module past 600 lines: the queue, its workers and the batch transaction share one
+//! contract (what each caller is told, and when a batch may be replayed). The seam for a later
+//! split is [`book_batch`] (the transaction) apart from the queue and its workers.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use tokio::sync::{mpsc, oneshot};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::auth::live_sessions;
@@ -39,7 +53,7 @@ use super::inventory::{Changes, Inventory};
 use super::waitlist;
 use crate::db::models::{Booking, Event, EventStatus};
 use crate::db::schema::{bookings, events};
-use crate::db::{DbConn, DbPool};
+use crate::db::{self, DbConn, DbPool, Uncommitted};
 use crate::error::{AppError, AppResult};
 use crate::realtime::Bus;
 
@@ -55,6 +69,35 @@ const WORKERS_PER_EVENT: usize = 3;
 const QUEUE_CAPACITY: usize = 4096;
 /// A worker with nothing to do for this long stops; the next booking starts a new one.
 const WORKER_IDLE: Duration = Duration::from_secs(30);
+/// How long a booking waits for one of the onsale path's connections before it is refused
+/// SERVICE_UNAVAILABLE: twice the pool's own wait, since it shares half the pool, and within
+/// the default request deadline (15 s).
+const CONNECTION_WAIT: Duration = Duration::from_secs(10);
+/// Batch sizes kept for [`Onsale::stats`].
+const RECENT_BATCHES: usize = 1024;
+
+/// How many pooled connections the onsale path may hold at once: half the pool, at least one.
+/// An event's bookings queue on its row lock, so its [`WORKERS_PER_EVENT`] workers are all it
+/// can use; with the default pool of 16, eight connections serve two or three hot events at
+/// full speed, more hot events share them, and the other half of the pool stays free for
+/// browsing, signing in and everything else (`bench onsale --events N` measures both sides).
+pub fn connection_share(pool_size: u32) -> usize {
+    (pool_size as usize / 2).max(1)
+}
+
+/// What the onsale path has been doing, for tests and diagnostics.
+#[derive(Debug, Clone)]
+pub struct OnsaleStats {
+    /// Bookings handed to the batch workers and not answered yet.
+    pub pending: usize,
+    /// The sizes of the most recent committed batches, oldest first.
+    pub batch_sizes: Vec<usize>,
+    /// Bookings replayed one by one after their batch failed.
+    pub replayed: u64,
+    /// Connections the onsale path holds now, and the most it may hold.
+    pub connections_held: usize,
+    pub connection_limit: usize,
+}
 
 /// Who is booking: the token's user and session. The session is checked against PostgreSQL
 /// with the booking (for a whole batch in one query), not before it.
@@ -80,6 +123,30 @@ struct Job {
     buyer: Buyer,
     request: BookingRequest,
     reply: oneshot::Sender<AppResult<BookingChange>>,
+    _pending: Pending,
+}
+
+/// Counts a booking as pending from the moment it is queued until its job is dropped, answered
+/// or not.
+struct Pending(Arc<AtomicUsize>);
+
+impl Pending {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A pooled connection within the onsale path's share of the pool.
+struct Held {
+    conn: DbConn,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Books seats through per-event batches, or one transaction per booking when group commit
@@ -96,23 +163,21 @@ struct Inner {
     /// Seated events met so far: booked one at a time (see [`Onsale::book`]).
     seated: Mutex<HashSet<Uuid>>,
     queues: Mutex<HashMap<Uuid, mpsc::Sender<Job>>>,
-    sold_out: Mutex<HashMap<Uuid, SoldOut>>,
-}
-
-/// What this instance knows about a sold-out event.
-struct SoldOut {
-    /// When PostgreSQL last said so.
-    at: Instant,
-    /// The event's version then; `None` when only a refusal was seen.
-    version: Option<i32>,
-    /// Fingerprints of the idempotency keys booked for the event as of `version`, so that a
-    /// retried request that did book can be told apart from a new one without a query.
-    /// `None` until loaded.
-    keys: Option<Arc<HashSet<u64>>>,
+    /// When PostgreSQL last said each event was sold out. Lapsed hints are dropped whenever
+    /// one is added, so the map holds only events that sold out recently.
+    sold_out: Mutex<HashMap<Uuid, Instant>>,
+    /// The onsale path's share of the pool: see [`connection_share`].
+    connections: Arc<Semaphore>,
+    connection_limit: usize,
+    pending: Arc<AtomicUsize>,
+    recent_batches: Mutex<VecDeque<usize>>,
+    replayed: AtomicU64,
 }
 
 impl Onsale {
-    pub fn new(db: DbPool, bus: Bus, group_commit: bool) -> Self {
+    /// `pool_size` is `db`'s size, of which the onsale path takes [`connection_share`].
+    pub fn new(db: DbPool, bus: Bus, group_commit: bool, pool_size: u32) -> Self {
+        let connection_limit = connection_share(pool_size);
         Self {
             inner: Arc::new(Inner {
                 db,
@@ -121,7 +186,24 @@ impl Onsale {
                 seated: Mutex::default(),
                 queues: Mutex::default(),
                 sold_out: Mutex::default(),
+                connections: Arc::new(Semaphore::new(connection_limit)),
+                connection_limit,
+                pending: Arc::default(),
+                recent_batches: Mutex::default(),
+                replayed: AtomicU64::new(0),
             }),
+        }
+    }
+
+    pub fn stats(&self) -> OnsaleStats {
+        let inner = &self.inner;
+        OnsaleStats {
+            // Spelled out: diesel's `RunQueryDsl::load` would be found first.
+            pending: AtomicUsize::load(&inner.pending, Ordering::Relaxed),
+            batch_sizes: lock(&inner.recent_batches).iter().copied().collect(),
+            replayed: AtomicU64::load(&inner.replayed, Ordering::Relaxed),
+            connections_held: inner.connection_limit - inner.connections.available_permits(),
+            connection_limit: inner.connection_limit,
         }
     }
 
@@ -142,12 +224,10 @@ impl Onsale {
         let seated =
             !request.seat_ids.is_empty() || self.inner.lock_seated().contains(&request.event_id);
         if !self.inner.group_commit || seated {
-            let mut conn = self.inner.db.get().await?;
-            ensure_live(&mut conn, buyer).await?;
-            let event_id = request.event_id;
-            let change = book_seats(&mut conn, buyer.user_id, request).await;
+            let held = self.inner.connection().await?;
+            let change = self.inner.book_one(held, buyer, &request).await;
             if let Err(AppError::SoldOut { seats_available: 0 }) = &change {
-                self.inner.mark_sold_out(event_id);
+                self.inner.mark_sold_out(request.event_id);
             }
             return change;
         }
@@ -156,6 +236,7 @@ impl Onsale {
             buyer,
             request,
             reply,
+            _pending: Pending::new(&self.inner.pending),
         };
         loop {
             let queue = self.inner.queue(job.request.event_id);
@@ -176,27 +257,18 @@ impl Onsale {
     }
 
     /// True when the request is certain to be refused SOLD_OUT: the event is known to be sold
-    /// out and the request is not a retry of one that booked. Needs neither the database nor
-    /// the user's session, so callers may ask before looking the session up.
-    pub fn refuses(&self, user_id: Uuid, request: &BookingRequest) -> bool {
+    /// out and the request has no idempotency key (a request with one may be the retry of a
+    /// booking made on any instance, and gets it back). Needs neither the database nor the
+    /// user's session, so callers may ask before looking the session up.
+    pub fn refuses(&self, _user_id: Uuid, request: &BookingRequest) -> bool {
         if validate(request).is_err() {
             return false; // The booking path says what is wrong with it.
         }
-        let hints = self.inner.lock_hints();
-        let Some(hint) = hints.get(&request.event_id) else {
-            return false;
-        };
-        if hint.at.elapsed() >= SOLD_OUT_HINT_TTL {
-            return false;
-        }
-        match (&request.idempotency_key, &hint.keys) {
-            (None, _) => true,
-            (Some(key), Some(keys)) => !keys.contains(&fingerprint(user_id, key)),
-            (Some(_), None) => false,
-        }
+        request.idempotency_key.is_none() && self.inner.known_sold_out(request.event_id)
     }
 
     /// Seats came back or the event changed: stop answering from memory.
+    /// (Only batches mark an event sold out: a hold may take its last seats for a while.)
     pub fn observe(&self, event: &Event) {
         if event.seats_available > 0 || event.status != EventStatus::Published {
             self.inner.lock_hints().remove(&event.id);
@@ -211,9 +283,9 @@ impl Onsale {
         request: &BookingRequest,
     ) -> AppResult<BookingChange> {
         if request.idempotency_key.is_some() {
-            let mut conn = self.inner.db.get().await?;
-            ensure_live(&mut conn, buyer).await?;
-            if let Some(booking) = find_by_key(&mut conn, buyer.user_id, request).await? {
+            let mut held = self.inner.connection().await?;
+            ensure_live(&mut held.conn, buyer).await?;
+            if let Some(booking) = find_by_key(&mut held.conn, buyer.user_id, request).await? {
                 return Ok(BookingChange {
                     booking,
                     changed: false,
@@ -226,68 +298,104 @@ impl Onsale {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Inner {
     fn lock_seated(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
-        self.seated.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.seated)
     }
 
-    fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SoldOut>> {
-        self.sold_out.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Instant>> {
+        lock(&self.sold_out)
     }
 
-    /// A lapsed hint is kept, not trusted: if the next batch finds the event still sold out
-    /// at the same version, its idempotency keys need not be loaded again.
+    /// A connection within the onsale path's share of the pool, waited for as long as the
+    /// pool itself would wait.
+    async fn connection(&self) -> AppResult<Held> {
+        let permit =
+            tokio::time::timeout(CONNECTION_WAIT, self.connections.clone().acquire_owned())
+                .await
+                .map_err(|_| AppError::Unavailable)?
+                .expect("the semaphore is never closed");
+        let conn = self.db.get_owned().await?;
+        Ok(Held {
+            conn,
+            _permit: permit,
+        })
+    }
+
+    /// Books in a transaction of its own on `held`, checking the session first. A booking
+    /// whose COMMIT failed and was rolled back is booked again, once, on a new connection.
+    async fn book_one(
+        &self,
+        mut held: Held,
+        buyer: Buyer,
+        request: &BookingRequest,
+    ) -> AppResult<BookingChange> {
+        ensure_live(&mut held.conn, buyer).await?;
+        let first = book_seats(&mut held.conn, &self.db, buyer.user_id, request).await;
+        let result = match first {
+            Err(Uncommitted::RolledBack) => {
+                drop(held);
+                let mut held = self.connection().await?;
+                book_seats(&mut held.conn, &self.db, buyer.user_id, request).await
+            }
+            other => other,
+        };
+        result.map_err(|uncommitted| match uncommitted {
+            Uncommitted::Failed(error) => error,
+            Uncommitted::RolledBack => AppError::Unavailable,
+            Uncommitted::Unknown => AppError::OutcomeUnknown,
+        })
+    }
+
     fn known_sold_out(&self, event_id: Uuid) -> bool {
         self.lock_hints()
             .get(&event_id)
-            .is_some_and(|hint| hint.at.elapsed() < SOLD_OUT_HINT_TTL)
+            .is_some_and(|at| at.elapsed() < SOLD_OUT_HINT_TTL)
     }
 
     fn mark_sold_out(&self, event_id: Uuid) {
-        let hint = SoldOut {
-            at: Instant::now(),
-            version: None,
-            keys: None,
-        };
-        self.lock_hints().insert(event_id, hint);
-    }
-
-    /// Records the event as a committed batch left it, loading the idempotency keys booked
-    /// for it when it has just sold out.
-    fn note(self: &Arc<Self>, event: &Event) {
         let mut hints = self.lock_hints();
+        hints.retain(|_, at| at.elapsed() < SOLD_OUT_HINT_TTL);
+        hints.insert(event_id, Instant::now());
+    }
+
+    /// Records the event as a committed transaction left it.
+    fn note(&self, event: &Event) {
         if event.seats_available > 0 || event.status != EventStatus::Published {
-            hints.remove(&event.id);
-            return;
-        }
-        let now = Instant::now();
-        match hints.get_mut(&event.id) {
-            Some(hint) if hint.version == Some(event.version) => hint.at = now,
-            _ => {
-                let hint = SoldOut {
-                    at: now,
-                    version: Some(event.version),
-                    keys: None,
-                };
-                hints.insert(event.id, hint);
-                tokio::spawn(load_keys(self.clone(), event.id, event.version));
-            }
+            self.lock_hints().remove(&event.id);
+        } else {
+            self.mark_sold_out(event.id);
         }
     }
 
+    fn record_batch(&self, size: usize) {
+        let mut recent = lock(&self.recent_batches);
+        if recent.len() == RECENT_BATCHES {
+            recent.pop_front();
+        }
+        recent.push_back(size);
+    }
+
+    /// The event's queue, with workers started for it when it has none, or when its workers
+    /// are all gone (they panicked): then its receiver is dropped and the old queue is closed.
     fn queue(self: &Arc<Self>, event_id: Uuid) -> mpsc::Sender<Job> {
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        queues
-            .entry(event_id)
-            .or_insert_with(|| {
-                let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
-                let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-                for _ in 0..WORKERS_PER_EVENT {
-                    tokio::spawn(run_worker(self.clone(), event_id, receiver.clone()));
-                }
-                sender
-            })
-            .clone()
+        let mut queues = lock(&self.queues);
+        if let Some(queue) = queues.get(&event_id)
+            && !queue.is_closed()
+        {
+            return queue.clone();
+        }
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        for _ in 0..WORKERS_PER_EVENT {
+            tokio::spawn(run_worker(self.clone(), event_id, receiver.clone()));
+        }
+        queues.insert(event_id, sender.clone());
+        sender
     }
 }
 
@@ -298,8 +406,9 @@ async fn run_worker(
 ) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     // Held from one batch to the next while more are waiting, so a busy worker never queues
-    // for a connection behind the requests it is serving; given back when the queue is empty.
-    let mut conn: Option<DbConn> = None;
+    // for a connection behind the requests it is serving; given back when the queue is empty,
+    // or when the onsale path's share of the pool is all taken and others may be waiting.
+    let mut held: Option<Held> = None;
     loop {
         let more_waiting = {
             let mut receiver = receiver.lock().await;
@@ -309,11 +418,7 @@ async fn run_worker(
                 Err(_idle) => {
                     // Unlist the queue, then finish whatever was sent before it was unlisted;
                     // later senders find the channel closed and start new workers.
-                    inner
-                        .queues
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&event_id);
+                    lock(&inner.queues).remove(&event_id);
                     receiver.close();
                     continue;
                 }
@@ -327,12 +432,12 @@ async fn run_worker(
             }
             !receiver.is_empty()
         };
-        if conn.is_none() {
-            conn = inner.db.get_owned().await.ok();
+        if held.is_none() {
+            held = inner.connection().await.ok();
         }
-        let healthy = commit(&inner, conn.as_deref_mut(), event_id, &mut jobs).await;
-        if !healthy || !more_waiting {
-            conn = None;
+        let healthy = commit(&inner, &mut held, event_id, &mut jobs).await;
+        if !healthy || !more_waiting || inner.connections.available_permits() == 0 {
+            held = None;
         }
     }
 }
@@ -341,7 +446,7 @@ async fn run_worker(
 /// the worker does not keep a connection that may be broken.
 async fn commit(
     inner: &Arc<Inner>,
-    conn: Option<&mut AsyncPgConnection>,
+    held: &mut Option<Held>,
     event_id: Uuid,
     jobs: &mut Vec<Job>,
 ) -> bool {
@@ -354,9 +459,9 @@ async fn commit(
     let batch: Vec<(Buyer, &BookingRequest)> = jobs.iter().map(|j| (j.buyer, &j.request)).collect();
     let abandoned = |i: usize| jobs[i].reply.is_closed();
     let started = std::time::Instant::now();
-    let outcome = match conn {
-        Some(conn) => book_batch(conn, event_id, &batch, abandoned).await,
-        None => Err(AppError::Unavailable),
+    let outcome = match held {
+        Some(held) => book_batch(&mut held.conn, &inner.db, event_id, &batch, abandoned).await,
+        None => Err(Uncommitted::Failed(AppError::Unavailable)),
     };
     tracing::debug!(
         size = batch.len(),
@@ -364,8 +469,9 @@ async fn commit(
         "batch committed"
     );
     drop(batch);
-    match outcome {
+    let error = match outcome {
         Ok((results, event, also)) => {
+            inner.record_batch(jobs.len());
             if let Some(event) = &event {
                 inner.note(event);
             }
@@ -373,77 +479,51 @@ async fn commit(
                 inner.bus.publish_changes(also, false);
             }
             for (job, result) in jobs.drain(..).zip(results) {
-                // The caller may have gone away after the event was locked; the booking stands
-                // either way, and what its caller would have announced is announced here.
+                // The caller may have gone away during the COMMIT; the booking stands, and what
+                // its caller would have announced is announced here.
                 if let Err(Ok(change)) = job.reply.send(result) {
                     inner
                         .bus
                         .publish_changes(change.into_announcements().1, false);
                 }
             }
-            true
+            return true;
         }
-        Err(error) => {
-            if is_seated(&error) {
-                inner.lock_seated().insert(event_id);
-            } else {
-                tracing::warn!(
-                    ?error,
-                    size = jobs.len(),
-                    "batch failed; booking one by one"
-                );
+        Err(Uncommitted::Unknown) => {
+            // Replaying could book everyone twice.
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(AppError::OutcomeUnknown));
             }
-            for job in jobs.drain(..).filter(|job| !job.reply.is_closed()) {
-                let result = match inner.db.get().await {
-                    Ok(mut conn) => match ensure_live(&mut conn, job.buyer).await {
-                        Ok(()) => book_seats(&mut conn, job.buyer.user_id, job.request).await,
-                        Err(error) => Err(error),
-                    },
-                    Err(error) => Err(error.into()),
-                };
-                if let Err(AppError::SoldOut { seats_available: 0 }) = &result {
-                    inner.mark_sold_out(event_id);
-                }
-                let _ = job.reply.send(result);
-            }
-            false
+            return false;
         }
-    }
-}
-
-/// Loads the fingerprints of the idempotency keys booked for a sold-out event. Nobody can
-/// book it until seats come back, which changes its version, so the set stays complete for
-/// as long as the hint it belongs to.
-async fn load_keys(inner: Arc<Inner>, event_id: Uuid, version: i32) {
-    let rows: AppResult<Vec<(Uuid, Option<String>)>> = async {
-        let mut conn = inner.db.get().await?;
-        Ok(bookings::table
-            .filter(bookings::event_id.eq(event_id))
-            .filter(bookings::idempotency_key.is_not_null())
-            .select((bookings::user_id, bookings::idempotency_key))
-            .load(&mut conn)
-            .await?)
-    }
-    .await;
-    let Ok(rows) = rows else {
-        return; // Keyed requests keep asking PostgreSQL.
+        Err(Uncommitted::Failed(error)) => Some(error),
+        Err(Uncommitted::RolledBack) => None,
     };
-    let keys: HashSet<u64> = rows
-        .iter()
-        .filter_map(|(user, key)| Some(fingerprint(*user, key.as_deref()?)))
-        .collect();
-    if let Some(hint) = inner.lock_hints().get_mut(&event_id)
-        && hint.version == Some(version)
-    {
-        hint.keys = Some(Arc::new(keys));
+    match error {
+        Some(error) if is_seated(&error) => {
+            inner.lock_seated().insert(event_id);
+        }
+        error => tracing::warn!(
+            ?error,
+            size = jobs.len(),
+            "batch failed; booking one by one"
+        ),
     }
-}
-
-/// A collision only sends a request the slow way, never refuses a retry.
-fn fingerprint(user_id: Uuid, key: &str) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    (user_id, key).hash(&mut hasher);
-    hasher.finish()
+    // On a new connection: the batch's may be the reason it failed. It is taken within the
+    // onsale path's share, after the batch's own is given back.
+    *held = None;
+    for job in jobs.drain(..).filter(|job| !job.reply.is_closed()) {
+        inner.replayed.fetch_add(1, Ordering::Relaxed);
+        let result = match inner.connection().await {
+            Ok(held) => inner.book_one(held, job.buyer, &job.request).await,
+            Err(error) => Err(error),
+        };
+        if let Err(AppError::SoldOut { seats_available: 0 }) = &result {
+            inner.mark_sold_out(event_id);
+        }
+        let _ = job.reply.send(result);
+    }
+    false
 }
 
 /// Why a batch stepped aside: the event is seated, and its bookings need seats claimed one
@@ -471,161 +551,253 @@ enum Outcome {
 }
 
 /// Books a batch of requests for one event in one transaction. Returns each request's result
-/// in order and the event as this transaction left it. `abandoned(i)` says, once the event is
-/// locked, whether request `i`'s caller has gone; such requests are left out. An `Err` means
-/// nothing was written and the batch should be replayed one by one.
+/// in order and the event as this transaction left it. `abandoned(i)` says whether request
+/// `i`'s caller has gone; such requests are left out, as late as possible before the COMMIT.
+/// [`Uncommitted::Failed`] and [`Uncommitted::RolledBack`] mean nothing was written and the
+/// batch may be replayed one by one; [`Uncommitted::Unknown`] means it must not be.
 pub async fn book_batch(
+    conn: &mut AsyncPgConnection,
+    pool: &DbPool,
+    event_id: Uuid,
+    batch: &[(Buyer, &BookingRequest)],
+    abandoned: impl Fn(usize) -> bool + Send,
+) -> Result<BatchResult, Uncommitted<AppError>> {
+    let txid = db::begin(conn)
+        .await
+        .map_err(|e| Uncommitted::Failed(e.into()))?;
+    let written = write_batch(conn, event_id, batch, abandoned).await;
+    db::finish(conn, pool, txid, written).await
+}
+
+/// Each request's result, the event as the batch left it, and what else it changed.
+pub type BatchResult = (Vec<AppResult<BookingChange>>, Option<Event>, Changes);
+
+/// The writes of [`book_batch`], inside its transaction.
+async fn write_batch(
     conn: &mut AsyncPgConnection,
     event_id: Uuid,
     batch: &[(Buyer, &BookingRequest)],
     abandoned: impl Fn(usize) -> bool + Send,
-) -> AppResult<(Vec<AppResult<BookingChange>>, Option<Event>, Changes)> {
-    conn.transaction(async move |conn| {
-        // Checked before the event row is locked, so another batch of this event can hold the
-        // row meanwhile. A key used by that batch too is caught by the insert below.
-        let pairs: Vec<(Uuid, Uuid)> = batch
-            .iter()
-            .map(|(b, _)| (b.session_id, b.user_id))
-            .collect();
-        let live = live_sessions(conn, &pairs).await?;
-        let mut known = previous_bookings(conn, batch).await?;
-        let event = lock_event(conn, event_id).await?;
-        if event.venue_id.is_some() {
-            return Err(anyhow::Error::new(SeatedEvent).into());
+) -> AppResult<BatchResult> {
+    // Checked before the event row is locked, so another batch of this event can hold the
+    // row meanwhile. A key used by that batch too is caught by the insert below.
+    let pairs: Vec<(Uuid, Uuid)> = batch
+        .iter()
+        .map(|(b, _)| (b.session_id, b.user_id))
+        .collect();
+    let live = live_sessions(conn, &pairs).await?;
+    let mut known = previous_bookings(conn, batch).await?;
+    let event = lock_event(conn, event_id).await?;
+    if event.venue_id.is_some() {
+        return Err(anyhow::Error::new(SeatedEvent).into());
+    }
+    // Keys booked for this event by a transaction that held the row before us: asked again
+    // now, so that retries racing each other across batches (a client retrying impatiently)
+    // are answered as replays instead of meeting at the insert.
+    let unknown: Vec<(Buyer, &BookingRequest)> = batch
+        .iter()
+        .filter(|(buyer, request)| {
+            request
+                .idempotency_key
+                .as_ref()
+                .is_some_and(|key| !known.contains_key(&(buyer.user_id, key.clone())))
+        })
+        .copied()
+        .collect();
+    known.extend(previous_bookings(conn, &unknown).await?);
+    // Holds that have expired but are not swept yet must not refuse anyone: end them
+    // now (their seats go to the waiting list first).
+    let mut also = Changes::default();
+    // Summed wide: a batch of absurd quantities must not overflow.
+    let wanted: i64 = batch
+        .iter()
+        .map(|(_, r)| i64::from(r.quantity.max(0)))
+        .sum();
+    let wanted = i32::try_from(wanted).unwrap_or(i32::MAX);
+    // So do seats freed while sales were paused: the waiting list's first.
+    let mut inventory = Inventory::new(event);
+    waitlist::catch_up(conn, &mut inventory, &mut also).await?;
+    take_from_expired(conn, &mut inventory, wanted, &mut also).await?;
+    let event = inventory.save(conn, &mut also).await?;
+    let mut per_user = match event.max_per_user {
+        Some(_) => {
+            let users: Vec<Uuid> = batch.iter().map(|(b, _)| b.user_id).collect();
+            seats_of_user(conn, event_id, &users).await?
         }
-        // Holds that have expired but are not swept yet must not refuse anyone: end them
-        // now (their seats go to the waiting list first).
-        let mut also = Changes::default();
-        let wanted: i32 = batch.iter().map(|(_, r)| r.quantity.max(0)).sum();
-        // So do seats freed while sales were paused: the waiting list's first.
-        let mut inventory = Inventory::new(event);
-        waitlist::catch_up(conn, &mut inventory, &mut also).await?;
-        take_from_expired(conn, &mut inventory, wanted, &mut also).await?;
-        let event = inventory.save(conn, &mut also).await?;
-        let mut per_user = match event.max_per_user {
-            Some(_) => {
-                let users: Vec<Uuid> = batch.iter().map(|(b, _)| b.user_id).collect();
-                seats_of_user(conn, event_id, &users).await?
+        None => HashMap::new(),
+    };
+    let gone: Vec<bool> = (0..batch.len()).map(&abandoned).collect();
+    let mut remaining = event.seats_available;
+    let now = Utc::now();
+    let mut outcomes: Vec<Outcome> = batch
+        .iter()
+        .zip(gone)
+        .map(|(&(buyer, request), gone)| {
+            if gone {
+                return Outcome::Refused(AppError::Unavailable);
             }
-            None => HashMap::new(),
-        };
-        let gone: Vec<bool> = (0..batch.len()).map(&abandoned).collect();
-        let mut remaining = event.seats_available;
-        let now = Utc::now();
-        let mut outcomes: Vec<Outcome> = batch
-            .iter()
-            .zip(gone)
-            .map(|(&(buyer, request), gone)| {
-                if gone {
-                    return Outcome::Refused(AppError::Unavailable);
-                }
-                if !live.contains(&(buyer.session_id, buyer.user_id)) {
-                    return Outcome::Refused(SESSION_ENDED);
-                }
-                let user_id = buyer.user_id;
-                let key = request.idempotency_key.clone().map(|k| (user_id, k));
-                if let Some(booking) = key.as_ref().and_then(|k| known.get(k)) {
-                    return replay(booking, request);
-                }
-                if let Err(reason) = check_for_sale_to(&event, user_id)
-                    .and_then(|()| check_sellable(&event, request.quantity))
-                {
-                    return Outcome::Refused(reason);
-                }
-                if let Some(max) = event.max_per_user {
-                    let have = per_user.entry(user_id).or_insert(0);
-                    if *have + i64::from(request.quantity) > i64::from(max) {
-                        return Outcome::Refused(AppError::BadUserInput {
-                            message: format!(
-                                "at most {max} seats per person for this event; you already have {have}"
-                            ),
-                            field: Some("quantity"),
-                            reason: Some("LIMIT_PER_USER"),
-                        });
-                    }
-                }
-                if request.quantity > remaining {
-                    return Outcome::Refused(AppError::SoldOut {
-                        seats_available: remaining,
+            if !live.contains(&(buyer.session_id, buyer.user_id)) {
+                return Outcome::Refused(SESSION_ENDED);
+            }
+            let user_id = buyer.user_id;
+            let key = request.idempotency_key.clone().map(|k| (user_id, k));
+            if let Some(booking) = key.as_ref().and_then(|k| known.get(k)) {
+                return replay(booking, request);
+            }
+            if let Err(reason) = check_for_sale_to(&event, user_id)
+                .and_then(|()| check_sellable(&event, request.quantity))
+            {
+                return Outcome::Refused(reason);
+            }
+            if let Some(max) = event.max_per_user {
+                let have = per_user.entry(user_id).or_insert(0);
+                if *have + i64::from(request.quantity) > i64::from(max) {
+                    return Outcome::Refused(AppError::BadUserInput {
+                        message: format!(
+                            "at most {max} seats per person for this event; you already have {have}"
+                        ),
+                        field: Some("quantity"),
+                        reason: Some("LIMIT_PER_USER"),
                     });
                 }
-                remaining -= request.quantity;
-                if let Some(have) = per_user.get_mut(&user_id) {
-                    *have += i64::from(request.quantity);
-                }
-                let booking = Booking::confirmed(
-                    event_id,
-                    user_id,
-                    request.quantity,
-                    request.idempotency_key.clone(),
-                    now,
-                );
-                if let Some(key) = key {
-                    known.insert(key, booking.clone());
-                }
-                Outcome::New(booking)
-            })
-            .collect();
-        recheck_refused_keys(conn, batch, &mut outcomes).await?;
+            }
+            if request.quantity > remaining {
+                return Outcome::Refused(AppError::SoldOut {
+                    seats_available: remaining,
+                });
+            }
+            remaining -= request.quantity;
+            if let Some(have) = per_user.get_mut(&user_id) {
+                *have += i64::from(request.quantity);
+            }
+            let booking = Booking::confirmed(
+                event_id,
+                user_id,
+                request.quantity,
+                request.idempotency_key.clone(),
+                now,
+            );
+            if let Some(key) = key {
+                known.insert(key, booking.clone());
+            }
+            Outcome::New(booking)
+        })
+        .collect();
+    recheck_refused_keys(conn, batch, &mut outcomes).await?;
 
-        let new: Vec<&Booking> = outcomes
+    let new: Vec<&Booking> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::New(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    if !new.is_empty() {
+        // Only a transaction for another event can have used one of these keys since we
+        // looked (every one for this event locks its row): then fewer rows are inserted,
+        // and the batch is replayed one by one, which sorts it out.
+        let inserted = insert_bookings(conn, &new).await?;
+        if inserted != new.len() {
+            return Err(anyhow::anyhow!("an idempotency key was used concurrently").into());
+        }
+        // A caller that gave up while the batch was being written gets no booking, as late
+        // as can be told. (One leaving during the COMMIT itself still books: the booking
+        // stands and is announced, and a retry with its idempotency key finds it.)
+        // A booking that another request of the batch replays (the same key, sent twice) is
+        // kept for that one.
+        let replayed: HashSet<Uuid> = outcomes
             .iter()
-            .filter_map(|o| match o {
-                Outcome::New(b) => Some(b),
+            .enumerate()
+            .filter_map(|(i, o)| match o {
+                Outcome::Replay(b) if !abandoned(i) => Some(b.id),
                 _ => None,
             })
             .collect();
-        if new.is_empty() {
-            let results = outcomes.into_iter().map(|o| into_result(o, None)).collect();
-            return Ok((results, Some(event), also));
-        }
-        let taken: i32 = new.iter().map(|b| b.quantity).sum();
-        let count = i32::try_from(new.len()).expect("batches are small");
-        // Another path may have used one of these idempotency keys since we looked: then
-        // fewer rows come back and the batch is replayed one by one, which sorts it out.
-        let inserted = insert_bookings(conn, &new).await?;
-        if inserted != count as usize {
-            return Err(anyhow::anyhow!("an idempotency key was used concurrently").into());
-        }
-        let updated: Option<Event> = diesel::update(
-            events::table
-                .find(event_id)
-                .filter(events::status.eq(EventStatus::Published))
-                .filter(events::starts_at.gt(diesel::dsl::now))
-                .filter(events::seats_available.ge(taken)),
-        )
-        .set((
-            events::seats_available.eq(events::seats_available - taken),
-            // One step per booking, as if they had been committed one at a time.
-            events::version.eq(events::version + count),
-            events::updated_at.eq(diesel::dsl::now),
-        ))
-        .returning(Event::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-        let Some(updated) = updated else {
-            return Err(anyhow::anyhow!("the event changed under its lock").into());
-        };
-        let last_new = outcomes
-            .iter()
-            .rposition(|o| matches!(o, Outcome::New(_)))
-            .expect("at least one booking is new");
-        let results = outcomes
-            .into_iter()
+        let gone: Vec<Uuid> = outcomes
+            .iter_mut()
             .enumerate()
-            .map(|(i, o)| into_result(o, (i == last_new).then(|| updated.clone())))
+            .filter_map(|(i, outcome)| match outcome {
+                Outcome::New(booking) if abandoned(i) && !replayed.contains(&booking.id) => {
+                    let id = booking.id;
+                    *outcome = Outcome::Refused(AppError::Unavailable);
+                    Some(id)
+                }
+                _ => None,
+            })
             .collect();
-        Ok((results, Some(updated), also))
-    })
+        if !gone.is_empty() {
+            // Their seats were counted out for others of the batch: refused ones are asked
+            // again, one by one.
+            if outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Refused(AppError::SoldOut { .. })))
+            {
+                return Err(anyhow::anyhow!("callers left a batch with refusals").into());
+            }
+            diesel::delete(bookings::table.filter(bookings::id.eq_any(&gone)))
+                .execute(conn)
+                .await?;
+        }
+    }
+    let new: Vec<&Booking> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::New(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    if new.is_empty() {
+        let results = outcomes.into_iter().map(|o| into_result(o, None)).collect();
+        return Ok((results, Some(event), also));
+    }
+    // At most the event's seats, so no overflow.
+    let taken: i32 = new.iter().map(|b| b.quantity).sum();
+    let count = i32::try_from(new.len()).expect("batches are small");
+    let updated: Option<Event> = diesel::update(
+        events::table
+            .find(event_id)
+            .filter(events::status.eq(EventStatus::Published))
+            .filter(events::starts_at.gt(diesel::dsl::now))
+            .filter(events::seats_available.ge(taken)),
+    )
+    .set((
+        events::seats_available.eq(events::seats_available - taken),
+        // One step per booking, as if they had been committed one at a time.
+        events::version.eq(events::version + count),
+        events::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(Event::as_returning())
+    .get_result(conn)
     .await
+    .optional()?;
+    let Some(updated) = updated else {
+        return Err(anyhow::anyhow!("the event changed under its lock").into());
+    };
+    // The seat count after expired holds were ended was never the committed one: only
+    // the count after this batch's bookings is announced (with its last booking).
+    also.event = None;
+    let last_new = outcomes
+        .iter()
+        .rposition(|o| matches!(o, Outcome::New(_)))
+        .expect("at least one booking is new");
+    let results = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| into_result(o, (i == last_new).then(|| updated.clone())))
+        .collect();
+    Ok((results, Some(updated), also))
 }
 
 /// Inserts the batch's bookings with one statement of fixed shape (one array per column),
 /// which PostgreSQL plans once per connection, where a multi-row `VALUES` list would be a new
-/// statement with eight parameters per row for every batch size.
+/// statement with eight parameters per row for every batch size. Returns how many rows were
+/// inserted: a row whose idempotency key is taken is skipped. Rows go in in (user, key)
+/// order, the same in every batch, so two batches (of two events) waiting on each other's
+/// keys cannot deadlock.
 async fn insert_bookings(conn: &mut AsyncPgConnection, new: &[&Booking]) -> AppResult<usize> {
     use diesel::sql_types::{Array, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+    let mut new = new.to_vec();
+    new.sort_by(|a, b| (a.user_id, &a.idempotency_key).cmp(&(b.user_id, &b.idempotency_key)));
     let column = |f: fn(&Booking) -> Uuid| new.iter().map(|b| f(b)).collect::<Vec<_>>();
     let inserted = diesel::sql_query(
         "INSERT INTO bookings (id, event_id, user_id, quantity, status, idempotency_key, created_at) \

@@ -6,6 +6,7 @@ use super::reservations::parse_ids;
 use super::types::{booking_cursor, connection, page_complexity, parse_id};
 use crate::db::models::Booking;
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
+use crate::domain::holds::requested_quantity;
 use crate::domain::onsale::Buyer;
 use crate::domain::pagination::PageRequest;
 use crate::error::AppError;
@@ -14,12 +15,12 @@ use crate::security::rate_limit::Bucket;
 #[derive(InputObject)]
 pub struct BookSeatsInput {
     pub event_id: ID,
-    #[graphql(default = 1)]
-    pub quantity: i32,
+    /// How many seats; defaults to the number of `seatIds`, or 1.
+    pub quantity: Option<i32>,
     /// Makes the request safe to retry: the same key always returns the same booking.
     pub idempotency_key: Option<String>,
     /// Particular seats of a seated event: all or none are booked, and `quantity` must be
-    /// their number (or left out).
+    /// their number (or left out), as for `holdSeats`.
     #[graphql(default)]
     pub seat_ids: Vec<ID>,
 }
@@ -89,11 +90,8 @@ impl BookingMutation {
         let seat_ids = parse_ids(&input.seat_ids, "seatIds")?;
         let request = BookingRequest {
             event_id: parse_id(&input.event_id, "eventId")?,
-            quantity: if seat_ids.is_empty() {
-                input.quantity
-            } else {
-                i32::try_from(seat_ids.len()).unwrap_or(i32::MAX)
-            },
+            // A quantity that disagrees with the seats named is refused, not ignored.
+            quantity: requested_quantity(input.quantity, &seat_ids)?,
             idempotency_key: input.idempotency_key,
             seat_ids,
         };

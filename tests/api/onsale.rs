@@ -2,15 +2,18 @@
 //! the one-transaction-per-booking path, and the sold-out hint.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use evently::db::models::Role;
 use evently::domain::bookings::BookingRequest;
-use evently::domain::onsale::{Buyer, Onsale};
+use evently::domain::onsale::{Buyer, Onsale, book_batch};
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{BOOK, CANCEL, TestApp, error_code};
+use crate::fault_proxy::FaultProxy;
+use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code};
 
 /// What one request came to: the booking id, or the error code.
 fn outcome(body: &Value) -> Result<String, String> {
@@ -25,7 +28,12 @@ async fn batches_on_two_instances_and_the_single_path_never_oversell_or_book_a_k
     let app = TestApp::spawn().await;
     let peer = app.spawn_peer().await;
     // A third way in: one transaction per booking, as with EVENTLY_GROUP_COMMIT=false.
-    let single = Onsale::new(app.state.db.clone(), app.state.bus.clone(), false);
+    let single = Onsale::new(
+        app.state.db.clone(),
+        app.state.bus.clone(),
+        false,
+        app.state.config.database_pool_size,
+    );
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 120).await;
     let event_uuid: Uuid = event_id.parse().unwrap();
@@ -188,4 +196,429 @@ async fn a_sold_out_event_is_refused_from_memory_until_a_seat_comes_back() {
         .await;
     assert_eq!(error_code(&refused), "UNAUTHENTICATED", "{refused}");
     assert_eq!(app.count("bookings").await, bookings);
+}
+
+/// `url` with its host and port replaced by the proxy's address.
+fn through(proxy: &FaultProxy, url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((auth, rest)) => (format!("{auth}@"), rest),
+        None => (String::new(), rest),
+    };
+    let path = rest.find('/').map_or("", |i| &rest[i..]);
+    format!("{scheme}://{auth}{}{path}", proxy.addr)
+}
+
+/// A server whose connections to PostgreSQL all go through a fault proxy. The sweeper is
+/// slowed down so that only the bookings' transactions meet the armed faults.
+async fn behind_proxy(tweak: impl FnOnce(&mut evently::config::Config)) -> (TestApp, FaultProxy) {
+    let server = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
+    let (proxy, _) = FaultProxy::in_front_of(&server).await;
+    let app = TestApp::spawn_with(|config| {
+        config.database_url = through(&proxy, &config.database_url);
+        config.sweep_interval = Duration::from_secs(3600);
+        tweak(config);
+    })
+    .await;
+    (app, proxy)
+}
+
+/// `n` signed-in buyers, a few at a time: signing in hundreds at once can outwait the pool
+/// on a busy machine.
+async fn buyers(app: &TestApp, n: usize) -> Vec<TestUser> {
+    futures_util::stream::iter(0..n)
+        .map(|_| app.user(Role::User))
+        .buffered(8)
+        .collect()
+        .await
+}
+
+/// Each buyer's one unkeyed booking, all sent at once.
+async fn book_once_each(app: &TestApp, buyers: &[TestUser], event_id: &str) -> Vec<Value> {
+    join_all(buyers.iter().map(|buyer| {
+        app.gql(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": event_id } }),
+        )
+    }))
+    .await
+}
+
+async fn assert_one_booking_per_buyer(app: &TestApp, buyers: usize) {
+    assert_eq!(
+        app.count("bookings").await,
+        buyers as i64,
+        "one booking per buyer, none twice"
+    );
+    assert_eq!(
+        app.count("(SELECT user_id FROM bookings GROUP BY 1 HAVING count(*) > 1) twice")
+            .await,
+        0,
+        "nobody booked twice"
+    );
+    app.assert_invariant().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_whose_commit_reply_is_lost_is_answered_from_what_was_written_not_replayed() {
+    let (app, proxy) = behind_proxy(|_| {}).await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 100).await;
+    let buyers = buyers(&app, 50).await;
+
+    // PostgreSQL receives the first COMMIT and commits; its reply never comes back.
+    proxy.cut_after(b"COMMIT", 1);
+    let results = book_once_each(&app, &buyers, &event_id).await;
+    assert_eq!(proxy.cut_count(), 1, "the fault was met");
+    for result in &results {
+        assert!(result.get("errors").is_none(), "{result}");
+    }
+    assert_one_booking_per_buyer(&app, 50).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_booking_whose_commit_reply_is_lost_is_answered_from_what_was_written() {
+    let (app, proxy) = behind_proxy(|config| config.group_commit = false).await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 100).await;
+    let buyers = buyers(&app, 10).await;
+
+    proxy.cut_after(b"COMMIT", 3);
+    let results = book_once_each(&app, &buyers, &event_id).await;
+    assert_eq!(proxy.cut_count(), 3, "the faults were met");
+    for result in &results {
+        assert!(result.get("errors").is_none(), "{result}");
+    }
+    assert_one_booking_per_buyer(&app, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_cut_before_its_commit_is_replayed_one_by_one_and_books_each_buyer_once() {
+    let (app, proxy) = behind_proxy(|_| {}).await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 100).await;
+    let buyers = buyers(&app, 20).await;
+
+    // The connection dies after the batch's INSERT reached PostgreSQL, before COMMIT: the
+    // transaction is rolled back, and the batch is replayed one booking at a time.
+    proxy.cut_after(b"INSERT INTO bookings", 1);
+    let results = book_once_each(&app, &buyers, &event_id).await;
+    assert_eq!(proxy.cut_count(), 1, "the fault was met");
+    for result in &results {
+        assert!(result.get("errors").is_none(), "{result}");
+    }
+    let stats = app.state.onsale.stats();
+    assert!(stats.replayed >= 1, "the batch was replayed: {stats:?}");
+    assert_one_booking_per_buyer(&app, 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bookings_waiting_behind_a_locked_event_are_committed_in_batches() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 100).await;
+    let buyers = buyers(&app, 30).await;
+
+    let blocker = app.hold_event_row(&event_id).await;
+    let bookings = tokio::spawn({
+        let (base, buyers, event_id) = (app.base_url.clone(), buyers.clone(), event_id.clone());
+        async move {
+            let client = reqwest::Client::new();
+            join_all(buyers.iter().map(|buyer| {
+                client
+                    .post(format!("{base}/graphql"))
+                    .bearer_auth(&buyer.token)
+                    .json(&json!({ "query": BOOK, "variables": { "input": { "eventId": event_id } } }))
+                    .send()
+            }))
+            .await
+        }
+    });
+    // Every booking has reached the event's queue or a worker, and none can commit yet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.state.onsale.stats().pending < 30 {
+        assert!(Instant::now() < deadline, "{:?}", app.state.onsale.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(blocker);
+    for response in bookings.await.unwrap() {
+        let body: Value = response.unwrap().json().await.unwrap();
+        assert!(body.get("errors").is_none(), "{body}");
+    }
+    let stats = app.state.onsale.stats();
+    // At most one batch per worker was taken before the lock was released; whatever waited
+    // meanwhile goes in the next one.
+    assert_eq!(stats.batch_sizes.iter().sum::<usize>(), 30, "{stats:?}");
+    assert!(stats.batch_sizes.len() <= 4, "{stats:?}");
+    assert!(stats.batch_sizes.iter().any(|&n| n > 1), "{stats:?}");
+    assert_one_booking_per_buyer(&app, 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_hot_events_leave_connections_for_browsing_and_signing_in() {
+    // Ten connections; the onsale path may hold half of them.
+    let app = TestApp::spawn_with(|config| config.database_pool_size = 10).await;
+    let organizer = app.user(Role::Organizer).await;
+    let events = join_all((0..5).map(|_| app.event(&organizer, 100))).await;
+    let buyers = buyers(&app, 20).await;
+    let email = format!("browser-{}@example.com", Uuid::new_v4().simple());
+    evently::domain::users::create_user(
+        &app.state.db,
+        &app.state.passwords,
+        evently::domain::users::NewUser {
+            email: &email,
+            password: "correct horse battery",
+            name: "Browser",
+            role: Role::User,
+        },
+    )
+    .await
+    .unwrap();
+
+    // Every event row is locked, so its bookings hold whatever connections they get.
+    let mut blockers = Vec::new();
+    for event_id in &events {
+        blockers.push(app.hold_event_row(event_id).await);
+    }
+    let bookings = tokio::spawn({
+        let (base, buyers, events) = (app.base_url.clone(), buyers.clone(), events.clone());
+        async move {
+            let client = &reqwest::Client::new();
+            let (base, buyers) = (&base, &buyers);
+            let requests = events.iter().flat_map(|event_id| {
+                buyers.iter().map(move |buyer| {
+                    client
+                        .post(format!("{base}/graphql"))
+                        .bearer_auth(&buyer.token)
+                        .json(&json!({ "query": BOOK, "variables": { "input": { "eventId": event_id } } }))
+                        .send()
+                })
+            });
+            join_all(requests).await
+        }
+    });
+    let waiting =
+        "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.count(waiting).await < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "bookings never reached the locked rows"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let browse = "query { events(first: 20) { edges { node { id seatsAvailable } } } }";
+    let login = "mutation($i: LoginInput!) { login(input: $i) { accessToken } }";
+    for _ in 0..3 {
+        let (browsed, signed_in) = tokio::join!(
+            app.gql(Some(&buyers[0].token), browse, json!({})),
+            app.gql(
+                None,
+                login,
+                json!({ "i": { "email": email, "password": "correct horse battery" } })
+            ),
+        );
+        assert!(browsed.get("errors").is_none(), "browse: {browsed}");
+        assert!(signed_in.get("errors").is_none(), "login: {signed_in}");
+    }
+    assert!(
+        app.count(waiting).await <= 5,
+        "the onsale path holds at most half the pool"
+    );
+
+    drop(blockers);
+    for response in bookings.await.unwrap() {
+        let body: Value = response.unwrap().json().await.unwrap();
+        assert!(body.get("errors").is_none(), "{body}");
+    }
+    assert_eq!(app.count("bookings").await, 100);
+    app.assert_invariant().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_booking_whose_caller_timed_out_after_the_event_was_locked_is_not_made() {
+    let app = TestApp::spawn_with(|c| c.graphql.timeout = Some(Duration::from_millis(500))).await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 10).await;
+    let before = app.fingerprint().await;
+    // Another transaction is inserting a booking under the same idempotency key, so the
+    // batch's insert waits for it, with the event row already locked by the batch.
+    let mut blocker = app.db().await;
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut blocker,
+        &format!(
+            "BEGIN; INSERT INTO bookings (id, event_id, user_id, quantity, status, idempotency_key, created_at) \
+             VALUES ('{}', '{event_id}', '{}', 1, 'CONFIRMED', 'impatient', now())",
+            Uuid::new_v4(),
+            buyer.id
+        ),
+    )
+    .await
+    .unwrap();
+    let (status, body) = app
+        .post_json(
+            &json!({ "query": BOOK, "variables": { "input": {
+                "eventId": event_id, "idempotencyKey": "impatient",
+            } } }),
+            Some(&buyer.token),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (504, "TIMEOUT"), "{body}");
+    diesel_async::SimpleAsyncConnection::batch_execute(&mut blocker, "ROLLBACK")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.state.onsale.stats().pending > 0 {
+        assert!(Instant::now() < deadline, "the batch never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        app.fingerprint().await,
+        before,
+        "TIMEOUT means nothing was booked"
+    );
+    app.assert_invariant().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_retries_with_one_key_gets_one_booking_without_replaying_batches() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 100).await;
+    let buyers = buyers(&app, 20).await;
+    let impatient = &buyers[0];
+
+    let blocker = app.hold_event_row(&event_id).await;
+    let bookings = tokio::spawn({
+        let (base, buyers, event_id) = (app.base_url.clone(), buyers.clone(), event_id.clone());
+        async move {
+            let client = &reqwest::Client::new();
+            // Twenty retries of one request, mixed with nineteen other buyers' bookings.
+            let requests = (0..39).map(|i| {
+                let (buyer, input) = if i % 2 == 0 {
+                    (
+                        &buyers[0],
+                        json!({ "eventId": event_id, "idempotencyKey": "again" }),
+                    )
+                } else {
+                    (&buyers[1 + i / 2], json!({ "eventId": event_id }))
+                };
+                client
+                    .post(format!("{base}/graphql"))
+                    .bearer_auth(&buyer.token)
+                    .json(&json!({ "query": BOOK, "variables": { "input": input } }))
+                    .send()
+            });
+            join_all(requests).await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.state.onsale.stats().pending < 39 {
+        assert!(Instant::now() < deadline, "{:?}", app.state.onsale.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(blocker);
+    let mut retried = Vec::new();
+    for (i, response) in bookings.await.unwrap().into_iter().enumerate() {
+        let body: Value = response.unwrap().json().await.unwrap();
+        let id = outcome(&body).unwrap_or_else(|code| panic!("{code}: {body}"));
+        if i % 2 == 0 {
+            retried.push(id);
+        }
+    }
+    assert!(retried.iter().all(|id| id == &retried[0]), "{retried:?}");
+    let stats = app.state.onsale.stats();
+    assert_eq!(stats.replayed, 0, "no batch was replayed: {stats:?}");
+    assert_eq!(
+        app.count(&format!("bookings WHERE user_id = '{}'", impatient.id))
+            .await,
+        1
+    );
+    assert_one_booking_per_buyer(&app, 20).await;
+}
+
+#[tokio::test]
+async fn two_enormous_quantities_in_one_batch_are_refused_without_overflowing() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyers = buyers(&app, 2).await;
+    let event_id: Uuid = app.event(&organizer, 10).await.parse().unwrap();
+    let requests: Vec<(Buyer, BookingRequest)> = buyers
+        .iter()
+        .map(|buyer| {
+            let claims = app.state.tokens.decode(&buyer.token).unwrap();
+            let who = Buyer {
+                user_id: buyer.id,
+                session_id: claims.sid,
+            };
+            let request = BookingRequest {
+                event_id,
+                quantity: i32::MAX,
+                idempotency_key: None,
+                seat_ids: Vec::new(),
+            };
+            (who, request)
+        })
+        .collect();
+    let batch: Vec<(Buyer, &BookingRequest)> = requests.iter().map(|(b, r)| (*b, r)).collect();
+    let mut conn = app.state.conn().await.unwrap();
+    let (results, _, _) = book_batch(&mut conn, &app.state.db, event_id, &batch, |_| false)
+        .await
+        .unwrap();
+    for result in results {
+        let error = result.err().expect("refused");
+        assert_eq!(error.code(), "BAD_USER_INPUT");
+    }
+    assert_eq!(app.count("bookings").await, 0);
+}
+
+#[tokio::test]
+async fn a_quantity_that_disagrees_with_the_seats_named_is_refused() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 10).await;
+    let seats = [Uuid::new_v4().to_string(), Uuid::new_v4().to_string()];
+    let refused = app
+        .gql(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": event_id, "quantity": 3, "seatIds": seats } }),
+        )
+        .await;
+    assert_eq!(error_code(&refused), "BAD_USER_INPUT", "{refused}");
+    assert_eq!(
+        refused["errors"][0]["extensions"]["field"], "quantity",
+        "{refused}"
+    );
+    assert_eq!(app.count("bookings").await, 0);
+}
+
+#[tokio::test]
+async fn a_retry_whose_key_booked_on_another_instance_gets_its_booking_while_sold_out() {
+    let app = TestApp::spawn().await;
+    let peer = app.spawn_peer().await;
+    let organizer = app.user(Role::Organizer).await;
+    let (first, second) = (app.user(Role::User).await, app.user(Role::User).await);
+    let event_id = app.event(&organizer, 1).await;
+    let book = async |target: &TestApp, buyer: &TestUser, key: &str| {
+        let input = json!({ "eventId": event_id, "idempotencyKey": key });
+        target
+            .gql(Some(&buyer.token), BOOK, json!({ "input": input }))
+            .await
+    };
+    // This instance sells the last seat and remembers the event as sold out.
+    let sold = outcome(&book(&app, &first, "a").await).unwrap();
+    assert!(app.state.onsale.known_sold_out(event_id.parse().unwrap()));
+    // On the other instance, the seat comes back and is booked again under another key.
+    peer.gql_ok(Some(&first.token), CANCEL, json!({ "id": sold }))
+        .await;
+    let rebooked = outcome(&book(&peer, &second, "b").await).unwrap();
+    // Its retry on this instance gets the booking back.
+    assert_eq!(outcome(&book(&app, &second, "b").await), Ok(rebooked));
+    app.assert_invariant().await;
 }

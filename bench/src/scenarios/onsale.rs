@@ -1,8 +1,11 @@
-//! `onsale`: C buyers book one event until it is sold out, then keep trying for a while.
-//! Afterwards the server is killed (as a crash would) and every booking a client was told is
-//! confirmed is looked up in PostgreSQL, along with the capacity invariant.
+//! `onsale`: C buyers book one event (or `--events` N, spread over them) until it is sold out,
+//! then keep trying for a while. Meanwhile one visitor browses and one signs in, back to back,
+//! to show what the onsale leaves for everyone else. Afterwards the server is killed (as a
+//! crash would) and every booking a client was told is confirmed is looked up in PostgreSQL,
+//! along with the capacity invariant.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,9 +23,12 @@ use crate::system::{CpuMeter, kill_hard};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Seats on sale.
+    /// Seats on sale, per event.
     #[arg(long, default_value_t = 20_000)]
     capacity: i64,
+    /// Hot events on sale at once; buyer i books event i mod N.
+    #[arg(long, default_value_t = 1)]
+    events: usize,
     /// Concurrent buyers, each with their own account and connection.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
@@ -45,8 +51,13 @@ pub struct Options {
     baseline: baseline::Options,
 }
 
+/// A signed-in `events(first: 20)`: signed in, so that no cached answer hides the database.
+const BROWSE: &str = "query { events(first: 20) { edges { node { id title seatsAvailable } } } }";
+const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
+
 #[derive(Default)]
 struct Buyer {
+    event: usize,
     confirmed: Samples,
     rejected: Samples,
     booking_ids: Vec<String>,
@@ -67,33 +78,49 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     let organizer = gql
         .login(&common.organizer_email, &common.organizer_password)
         .await?;
-    let event_id = gql
-        .create_event(
-            &organizer,
-            "Onsale",
-            options.capacity,
-            options.quantity.max(10),
-        )
-        .await?;
+    anyhow::ensure!(options.events >= 1, "--events must be at least 1");
+    let mut event_ids = Vec::new();
+    for _ in 0..options.events {
+        let event_id = gql
+            .create_event(
+                &organizer,
+                "Onsale",
+                options.capacity,
+                options.quantity.max(10),
+            )
+            .await?;
+        event_ids.push(event_id);
+    }
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     println!("registering {} buyers", options.concurrency);
     let buyers = gql.register_buyers(&run_id, options.concurrency).await?;
 
     println!(
-        "onsale: {} seats, {} buyers",
-        options.capacity, options.concurrency
+        "onsale: {} event(s) of {} seats, {} buyers",
+        options.events, options.capacity, options.concurrency
     );
     let cpu = common.server_pid.map(CpuMeter::start).transpose()?;
     let start = Instant::now();
-    let sold_out_at = Arc::new(OnceLock::<Instant>::new());
+    let sold_out: Vec<Arc<OnceLock<Instant>>> =
+        (0..options.events).map(|_| Arc::default()).collect();
     let after = Duration::from_secs(options.after_sellout_secs);
     let deadline = start + Duration::from_secs(options.max_secs);
+    let done = Arc::new(AtomicBool::new(false));
+    let probes = spawn_probes(&gql, &organizer, common, start, deadline, done.clone());
     let mut tasks = Vec::new();
-    for (_, token) in buyers {
-        let (gql, sold_out_at, event_id) = (gql.clone(), sold_out_at.clone(), event_id.clone());
+    for (i, (_, token)) in buyers.into_iter().enumerate() {
+        let event = i % options.events;
+        let (gql, sold_out_at, event_id) = (
+            gql.clone(),
+            sold_out[event].clone(),
+            event_ids[event].clone(),
+        );
         let (quantity, keys) = (options.quantity, !options.no_idempotency_keys);
         tasks.push(tokio::spawn(async move {
-            let mut me = Buyer::default();
+            let mut me = Buyer {
+                event,
+                ..Buyer::default()
+            };
             loop {
                 let now = Instant::now();
                 if now > deadline || sold_out_at.get().is_some_and(|t| now > *t + after) {
@@ -126,17 +153,20 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         }));
     }
     let mut all = Buyer::default();
+    let mut booked: Vec<Vec<String>> = vec![Vec::new(); options.events];
     for task in tasks {
         let buyer = task.await?;
         all.confirmed.merge(buyer.confirmed);
         all.rejected.merge(buyer.rejected);
-        all.booking_ids.extend(buyer.booking_ids);
+        booked[buyer.event].extend(buyer.booking_ids);
         for (code, n) in buyer.errors {
             *all.errors.entry(code).or_default() += n;
         }
         all.last_confirmed = all.last_confirmed.max(buyer.last_confirmed);
         all.last_finished = all.last_finished.max(buyer.last_finished);
     }
+    done.store(true, Ordering::Relaxed);
+    let (browse, login, probe_errors) = probes.await?;
     let server_cores = cpu.map(|c| c.cores()).transpose()?;
 
     let crashed = match common.server_pid {
@@ -146,24 +176,34 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         }
         _ => false,
     };
-    let check = verify(common, &event_id, &all.booking_ids).await?;
+    let mut checks = Vec::new();
+    for (event_id, reported) in event_ids.iter().zip(&booked) {
+        checks.push(verify(common, event_id, reported).await?);
+    }
+    let check = checks
+        .into_iter()
+        .reduce(Check::add)
+        .expect("at least one event");
 
     let selling = all.last_confirmed.map_or(0.0, |t| secs(t - start));
     let confirmed_per_sec = all.confirmed.count() as f64 / selling.max(f64::EPSILON);
-    let rejecting = match (sold_out_at.get(), all.last_finished) {
-        (Some(from), Some(to)) if to > *from => secs(to - *from),
+    let first_sold_out = sold_out.iter().filter_map(|at| at.get().copied()).min();
+    let rejecting = match (first_sold_out, all.last_finished) {
+        (Some(from), Some(to)) if to > from => secs(to - from),
         _ => 0.0,
     };
     let rejections_per_sec = all.rejected.count() as f64 / rejecting.max(f64::EPSILON);
     let confirmed = all.confirmed.summary();
     let rejected = all.rejected.summary();
+    let (browse_latency, login_latency) = (browse.summary(), login.summary());
 
     let mut rows: Vec<(String, String)> = vec![
         (
             "buyers (concurrent)".into(),
             options.concurrency.to_string(),
         ),
-        ("capacity".into(), options.capacity.to_string()),
+        ("events".into(), options.events.to_string()),
+        ("capacity (per event)".into(), options.capacity.to_string()),
         (
             "idempotency keys".into(),
             (!options.no_idempotency_keys).to_string(),
@@ -196,6 +236,30 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
             ),
         ),
         ("other errors".into(), format!("{:?}", all.errors)),
+        (
+            "**browse `events(first: 20)` during the onsale: p50 / p99 / max**".into(),
+            format!(
+                "{:.1} / **{:.1}** / {:.1} ms ({} requests)",
+                browse_latency.p50_ms,
+                browse_latency.p99_ms,
+                browse_latency.max_ms,
+                browse.count()
+            ),
+        ),
+        (
+            "**login during the onsale: p50 / p99 / max**".into(),
+            format!(
+                "{:.1} / **{:.1}** / {:.1} ms ({} requests)",
+                login_latency.p50_ms,
+                login_latency.p99_ms,
+                login_latency.max_ms,
+                login.count()
+            ),
+        ),
+        (
+            "browse and login errors".into(),
+            format!("{probe_errors:?}"),
+        ),
         (
             "server CPU (cores busy)".into(),
             server_cores.map_or("n/a".into(), |c| format!("{c:.2}")),
@@ -232,6 +296,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         results: json!({
             "options": {
                 "capacity": options.capacity, "concurrency": options.concurrency,
+                "events": options.events,
                 "quantity": options.quantity, "after_sellout_secs": options.after_sellout_secs,
                 "idempotency_keys": !options.no_idempotency_keys,
             },
@@ -243,13 +308,21 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
             "rejections_per_sec": rejections_per_sec,
             "rejection_latency": rejected,
             "errors": all.errors,
+            "browse_latency": browse_latency,
+            "login_latency": login_latency,
+            "probe_errors": probe_errors,
             "server_cores": server_cores,
             "crashed_before_check": crashed,
             "check": check,
             "pgbench": pgbench,
         }),
         markdown: table(&rows),
-        series: vec![("booking", &all.confirmed), ("SOLD_OUT", &all.rejected)],
+        series: vec![
+            ("booking", &all.confirmed),
+            ("SOLD_OUT", &all.rejected),
+            ("browse", &browse),
+            ("login", &login),
+        ],
     }
     .write()?;
     anyhow::ensure!(
@@ -257,6 +330,51 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         "the onsale check failed"
     );
     Ok(())
+}
+
+type ProbeResults = (Samples, Samples, BTreeMap<String, u64>);
+
+/// One visitor browsing and one signing in (as the organizer), each back to back, until
+/// `done` or `deadline`.
+fn spawn_probes(
+    gql: &Gql,
+    organizer: &str,
+    common: &Common,
+    start: Instant,
+    deadline: Instant,
+    done: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<ProbeResults> {
+    let (gql, organizer) = (gql.clone(), organizer.to_owned());
+    let credentials = json!({ "input": {
+        "email": common.organizer_email, "password": common.organizer_password,
+    } });
+    tokio::spawn(async move {
+        let errors = std::sync::Mutex::new(BTreeMap::<String, u64>::new());
+        let probe = async |token: Option<&str>, query: &str, variables: &serde_json::Value| {
+            let mut samples = Samples::default();
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let started = Instant::now();
+                let answer = gql.call(token, query, variables.clone()).await;
+                match answer {
+                    Ok(Answer::Data(_)) => samples.record(start, started, Instant::now()),
+                    Ok(Answer::Error(code)) => {
+                        *errors.lock().unwrap().entry(code).or_default() += 1;
+                    }
+                    Err(error) => {
+                        let key = format!("transport: {error}");
+                        *errors.lock().unwrap().entry(key).or_default() += 1;
+                    }
+                }
+            }
+            samples
+        };
+        let no_variables = json!({});
+        let (browse, login) = tokio::join!(
+            probe(Some(&organizer), BROWSE, &no_variables),
+            probe(None, LOGIN, &credentials),
+        );
+        (browse, login, errors.into_inner().unwrap())
+    })
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -269,6 +387,21 @@ struct Check {
     invariant_holds: bool,
     missing: i64,
     unreported: i64,
+}
+
+impl Check {
+    /// Adds up two events' checks.
+    fn add(mut self, other: Check) -> Check {
+        self.capacity += other.capacity;
+        self.seats_available += other.seats_available;
+        self.seats_held += other.seats_held;
+        self.confirmed_seats += other.confirmed_seats;
+        self.oversold += other.oversold;
+        self.invariant_holds &= other.invariant_holds;
+        self.missing += other.missing;
+        self.unreported += other.unreported;
+        self
+    }
 }
 
 /// What PostgreSQL says after the run.

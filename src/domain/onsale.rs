@@ -916,3 +916,39 @@ fn into_result(outcome: Outcome, event: Option<Event>) -> AppResult<BookingChang
         Outcome::Refused(error) => Err(error),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+
+    use super::*;
+
+    /// An onsale whose pool never connects: these tests send no bookings.
+    fn onsale() -> Onsale {
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new("postgres://127.0.0.1:1/none");
+        Onsale::new(
+            bb8::Pool::builder().build_unchecked(manager),
+            Bus::in_process(),
+            true,
+            4,
+        )
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_workers_are_all_gone_gets_a_new_queue_and_workers() {
+        let onsale = onsale();
+        let event_id = Uuid::new_v4();
+        // Workers that died took the queue's receiver with them: the queue is closed.
+        let (dead, receiver) = mpsc::channel(1);
+        drop(receiver);
+        lock(&onsale.inner.queues).insert(event_id, dead);
+
+        let queue = onsale.inner.queue(event_id);
+        assert!(
+            !queue.is_closed(),
+            "a closed queue was handed out: every booking would spin until its deadline"
+        );
+        assert!(!lock(&onsale.inner.queues)[&event_id].is_closed());
+    }
+}

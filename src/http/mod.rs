@@ -35,7 +35,7 @@ use crate::graphql::{EventlySchema, build_schema};
 use crate::realtime::RedisHealth;
 use crate::security::client::{ClientIp, client_ip};
 use crate::security::deadline::OverHttp;
-use crate::security::rate_limit::Bucket;
+use crate::security::rate_limit::{Bucket, budget_key};
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// Answers of the API load nothing and may not be framed (GraphiQL's page sets its own policy).
@@ -173,11 +173,7 @@ async fn request_budget(
             .and_then(bearer_token)
             .and_then(|token| app.tokens.decode(token).ok())
             .map(|claims| claims.sub);
-        let client = match (user, ip) {
-            (Some(user), _) => format!("user:{user}"),
-            (None, Some(ClientIp(ip))) => format!("ip:{ip}"),
-            (None, None) => "ip:unknown".to_owned(),
-        };
+        let client = budget_key(user, ip).unwrap_or_else(|| "ip:unknown".to_owned());
         if let Err(limited) = app
             .rate_limiter
             .check(Bucket::Requests, limit, &client)

@@ -45,7 +45,7 @@ use crate::graphql::seatmap::SeatMaps;
 use crate::realtime::Bus;
 use crate::security::client::ClientIp;
 use crate::security::document;
-use crate::security::rate_limit::Bucket;
+use crate::security::rate_limit::{Bucket, budget_key};
 
 /// A `connection_init` token, checked against its session.
 enum Checked {
@@ -950,10 +950,8 @@ async fn charge_shared(
     if limit.is_none() {
         return Ok(());
     }
-    let client = match (user, client) {
-        (Some(user), _) => format!("user:{user}"),
-        (None, Some(ClientIp(ip))) => format!("ip:{ip}"),
-        (None, None) => return Ok(()),
+    let Some(client) = budget_key(user, client) else {
+        return Ok(());
     };
     app.rate_limiter
         .check(Bucket::Requests, limit, &client)

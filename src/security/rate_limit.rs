@@ -9,6 +9,7 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextPrepareRequest,
 };
 use async_graphql::{Pos, Request, ServerResult};
+use uuid::Uuid;
 
 use super::SharedRedis;
 use super::client::ClientIp;
@@ -212,11 +213,7 @@ impl Extension for WebSocketBudget {
                 _ => None,
             };
             // A signed-in connection is charged to its user, an anonymous one to its address.
-            let client = match (user, ctx.data_opt::<ClientIp>()) {
-                (Some(claims), _) => Some(format!("user:{}", claims.sub)),
-                (None, Some(ip)) => Some(ip.rate_limit_key()),
-                (None, None) => None,
-            };
+            let client = budget_key(user.map(|claims| claims.sub), ctx.data_opt().copied());
             if let Some(client) = client
                 && let Err(limited) = app
                     .rate_limiter
@@ -228,6 +225,16 @@ impl Extension for WebSocketBudget {
             }
         }
         next.run(ctx, request).await
+    }
+}
+
+/// Whose `RATE_LIMIT_REQUESTS` budget a request or operation spends: its user's when it is
+/// signed in, else its address's (an IPv6 client's /64); `None` when neither is known.
+pub fn budget_key(user: Option<Uuid>, client: Option<ClientIp>) -> Option<String> {
+    match (user, client) {
+        (Some(user), _) => Some(format!("user:{user}")),
+        (None, Some(client)) => Some(client.rate_limit_key()),
+        (None, None) => None,
     }
 }
 

@@ -79,14 +79,8 @@ impl FaultProxy {
     /// rewritten to go through it.
     pub async fn in_front_of(url: &str) -> (Self, String) {
         let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
-        let (auth, rest) = match rest.rsplit_once('@') {
-            Some((auth, rest)) => (format!("{auth}@"), rest),
-            None => (String::new(), rest),
-        };
-        let (host_port, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
+        let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+        let host_port = rest.find('/').map_or(rest, |i| &rest[..i]);
         let default_port = if scheme.starts_with("redis") {
             6379
         } else {
@@ -103,8 +97,20 @@ impl FaultProxy {
             .find(SocketAddr::is_ipv4)
             .expect("an IPv4 address for the service");
         let proxy = Self::start(upstream).await;
-        let proxied = format!("{scheme}://{auth}{}{path}", proxy.addr);
+        let proxied = proxy.route(url);
         (proxy, proxied)
+    }
+
+    /// `url` with its host and port replaced by the proxy's address (scheme, credentials and
+    /// path kept).
+    pub fn route(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, rest)) => (format!("{auth}@"), rest),
+            None => (String::new(), rest),
+        };
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        format!("{scheme}://{auth}{}{path}", self.addr)
     }
 
     /// The next `times` connections whose client sends `pattern` have those bytes forwarded and

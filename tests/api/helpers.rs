@@ -539,14 +539,8 @@ pub async fn spawn_behind_database_proxy(
     tweak: impl FnOnce(&mut Config),
 ) -> (TestApp, crate::fault_proxy::FaultProxy) {
     let (proxy, _) = crate::fault_proxy::FaultProxy::in_front_of(&server_url()).await;
-    let addr = proxy.addr;
-    let app = TestApp::spawn_with(move |config| {
-        let url = &config.database_url;
-        let host_start = url
-            .rfind('@')
-            .map_or_else(|| url.find("://").unwrap() + 3, |at| at + 1);
-        let path_start = host_start + url[host_start..].find('/').unwrap();
-        config.database_url = format!("{}{addr}{}", &url[..host_start], &url[path_start..]);
+    let app = TestApp::spawn_with(|config| {
+        config.database_url = proxy.route(&config.database_url);
         tweak(config);
     })
     .await;

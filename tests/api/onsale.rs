@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::fault_proxy::FaultProxy;
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code};
+use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, spawn_behind_database_proxy};
+use crate::websocket::WsClient;
 
 /// What one request came to: the booking id, or the error code.
 fn outcome(body: &Value) -> Result<String, String> {
@@ -198,30 +199,14 @@ async fn a_sold_out_event_is_refused_from_memory_until_a_seat_comes_back() {
     assert_eq!(app.count("bookings").await, bookings);
 }
 
-/// `url` with its host and port replaced by the proxy's address.
-fn through(proxy: &FaultProxy, url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (auth, rest) = match rest.rsplit_once('@') {
-        Some((auth, rest)) => (format!("{auth}@"), rest),
-        None => (String::new(), rest),
-    };
-    let path = rest.find('/').map_or("", |i| &rest[i..]);
-    format!("{scheme}://{auth}{}{path}", proxy.addr)
-}
-
 /// A server whose connections to PostgreSQL all go through a fault proxy. The sweeper is
 /// slowed down so that only the bookings' transactions meet the armed faults.
 async fn behind_proxy(tweak: impl FnOnce(&mut evently::config::Config)) -> (TestApp, FaultProxy) {
-    let server = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into());
-    let (proxy, _) = FaultProxy::in_front_of(&server).await;
-    let app = TestApp::spawn_with(|config| {
-        config.database_url = through(&proxy, &config.database_url);
+    spawn_behind_database_proxy(|config| {
         config.sweep_interval = Duration::from_secs(3600);
         tweak(config);
     })
-    .await;
-    (app, proxy)
+    .await
 }
 
 /// `n` signed-in buyers, a few at a time: signing in hundreds at once can outwait the pool
@@ -620,5 +605,87 @@ async fn a_retry_whose_key_booked_on_another_instance_gets_its_booking_while_sol
     let rebooked = outcome(&book(&peer, &second, "b").await).unwrap();
     // Its retry on this instance gets the booking back.
     assert_eq!(outcome(&book(&app, &second, "b").await), Ok(rebooked));
+    app.assert_invariant().await;
+}
+
+/// A batch that has to end an expired hold before it can book frees those seats and takes them
+/// again in one transaction: watchers see only what it committed, never the count in between.
+#[tokio::test]
+async fn watchers_see_only_the_seat_counts_a_batch_committed() {
+    let app = TestApp::spawn_with(|config| {
+        // The batch, not the sweeper, must end the expired hold.
+        config.sweep_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 10).await;
+    let holder = app.user(Role::User).await;
+    let held = app
+        .gql_ok(
+            Some(&holder.token),
+            "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id } }",
+            json!({ "input": { "eventId": event_id, "quantity": 4 } }),
+        )
+        .await;
+    let hold_id = held["holdSeats"]["id"].as_str().unwrap();
+    {
+        use diesel_async::RunQueryDsl;
+        let mut db = app.db().await;
+        diesel::sql_query(format!(
+            "UPDATE holds SET expires_at = now() - interval '1 second' WHERE id = '{hold_id}'"
+        ))
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    let mut watcher = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    watcher
+        .subscribe(
+            "seats",
+            "subscription($id: ID!) { seatAvailability(eventId: $id) { seatsAvailable seatsHeld } }",
+            json!({ "id": event_id }),
+        )
+        .await;
+    let seats = |message: Value| {
+        let seats = &message["data"]["seatAvailability"];
+        (
+            seats["seatsAvailable"].as_i64(),
+            seats["seatsHeld"].as_i64(),
+        )
+    };
+    assert_eq!(seats(watcher.next_data().await), (Some(6), Some(4)));
+
+    // Seven seats: more than are free, so the batch ends the expired hold first.
+    let buyer = app.user(Role::User).await;
+    let booked = app
+        .gql(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": event_id, "quantity": 7 } }),
+        )
+        .await;
+    assert_eq!(
+        booked["data"]["bookSeats"]["status"], "CONFIRMED",
+        "{booked}"
+    );
+    assert!(
+        app.state.onsale.stats().batch_sizes.contains(&1),
+        "the booking went through a batch"
+    );
+    let mut seen = Vec::new();
+    loop {
+        let state = seats(watcher.next_data().await);
+        seen.push(state);
+        if state == (Some(3), Some(0)) {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![(Some(3), Some(0))],
+        "watchers saw a seat count that was never committed"
+    );
     app.assert_invariant().await;
 }

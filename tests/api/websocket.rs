@@ -450,7 +450,11 @@ async fn identical_seat_subscriptions_share_one_execution() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_over_a_websocket_looks_its_caller_up_once_per_operation() {
-    let (app, proxy) = crate::helpers::spawn_behind_database_proxy(|_| {}).await;
+    // No sweeper rounds: only the operations' statements are counted.
+    let (app, proxy) = crate::helpers::spawn_behind_database_proxy(|config| {
+        config.sweep_interval = Duration::from_secs(3600);
+    })
+    .await;
     let organizer = app.user(Role::Organizer).await;
     for _ in 0..40 {
         app.event(&organizer, 10).await;
@@ -474,9 +478,12 @@ async fn a_list_over_a_websocket_looks_its_caller_up_once_per_operation() {
                 .all(|e| e["node"]["organizer"]["email"].is_string())
         );
         assert_eq!(client.next_message().await.unwrap()["type"], "complete");
+        // Looking the caller up for each `email` costs at least two round trips per event
+        // (80 or more; 230 were measured before the fix). Batching the organizers' DataLoader
+        // may split under load, and each pooled checkout pings, so the bound leaves room.
         let round_trips = proxy.counted();
         assert!(
-            round_trips <= 12,
+            round_trips < 40,
             "one list of 40 events took {round_trips} round trips to PostgreSQL"
         );
     }

@@ -34,7 +34,7 @@ export REDIS_PREFIX="evently:bench:$$:"
 export JWT_SECRET="bench-only-secret-bench-only-secret-0000"
 export RUST_LOG="${RUST_LOG:-warn}"
 # One load tool does the work of thousands of clients from one address: no rate limits.
-export RATE_LIMIT_REQUESTS=0 RATE_LIMIT_LOGIN=0 RATE_LIMIT_REGISTER=0 RATE_LIMIT_BOOKING=0
+export RATE_LIMIT_REQUESTS=0 RATE_LIMIT_LOGIN=0 RATE_LIMIT_REGISTER=0 RATE_LIMIT_BOOKING=0 RATE_LIMIT_ACCOUNT=0
 mkdir -p bench/results
 log="bench/results/server.log"
 

@@ -25,16 +25,19 @@
 //! cannot starve browsing and signing in.
 //!
 //! Once a batch finds the event sold out, the instance remembers it briefly and answers
-//! SOLD_OUT to requests without an idempotency key without touching PostgreSQL. The hint only
-//! ever refuses, never confirms; it lapses after [`SOLD_OUT_HINT_TTL`] and is dropped as soon
-//! as this instance sees seats come back. A request with a key is always looked up, since it
-//! may have booked on another instance.
+//! SOLD_OUT without touching PostgreSQL: to requests without an idempotency key, and to those
+//! whose key no booking of the event had at that version (the keys are loaded once per
+//! sold-out version). A retry whose key booked gets its booking back. The hint only ever
+//! refuses, never confirms; it lapses after [`SOLD_OUT_HINT_TTL`], and is dropped as soon as
+//! the bus shows the event at any other version, committed by any instance (a key may have
+//! booked since). With Redis down, other instances' commits are unseen: the TTL bounds that.
 //!
 //! One module past 600 lines: the queue, its workers and the batch transaction share one
 //! contract (what each caller is told, and when a batch may be replayed). The seam for a later
 //! split is [`book_batch`] (the transaction) apart from the queue and its workers.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +45,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -55,7 +59,7 @@ use crate::db::models::{Booking, Event, EventStatus};
 use crate::db::schema::{bookings, events};
 use crate::db::{self, DbConn, DbPool, Uncommitted};
 use crate::error::{AppError, AppResult};
-use crate::realtime::Bus;
+use crate::realtime::{Bus, Topic, Update, Updates};
 
 /// The most bookings committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -165,13 +169,25 @@ struct Inner {
     queues: Mutex<HashMap<Uuid, mpsc::Sender<Job>>>,
     /// When PostgreSQL last said each event was sold out. Lapsed hints are dropped whenever
     /// one is added, so the map holds only events that sold out recently.
-    sold_out: Mutex<HashMap<Uuid, Instant>>,
+    sold_out: Mutex<HashMap<Uuid, SoldOut>>,
     /// The onsale path's share of the pool: see [`connection_share`].
     connections: Arc<Semaphore>,
     connection_limit: usize,
     pending: Arc<AtomicUsize>,
     recent_batches: Mutex<VecDeque<usize>>,
     replayed: AtomicU64,
+}
+
+/// What this instance knows about a sold-out event.
+struct SoldOut {
+    /// When PostgreSQL last said so.
+    at: Instant,
+    /// The event's version then; `None` when only a refusal was seen.
+    version: Option<i32>,
+    /// Fingerprints of the idempotency keys booked for the event as of `version`, loaded once
+    /// per sold-out version: a request with a key not among them is not the retry of a booking
+    /// and is refused without a query. `None` until loaded.
+    keys: Option<Arc<HashSet<u64>>>,
 }
 
 impl Onsale {
@@ -257,14 +273,26 @@ impl Onsale {
     }
 
     /// True when the request is certain to be refused SOLD_OUT: the event is known to be sold
-    /// out and the request has no idempotency key (a request with one may be the retry of a
-    /// booking made on any instance, and gets it back). Needs neither the database nor the
-    /// user's session, so callers may ask before looking the session up.
-    pub fn refuses(&self, _user_id: Uuid, request: &BookingRequest) -> bool {
+    /// out, and the request has no idempotency key or one that no booking of the event had when
+    /// it sold out (a retry of a booking made on any instance gets it back instead). Needs
+    /// neither the database nor the user's session, so callers may ask before looking the
+    /// session up.
+    pub fn refuses(&self, user_id: Uuid, request: &BookingRequest) -> bool {
         if validate(request).is_err() {
             return false; // The booking path says what is wrong with it.
         }
-        request.idempotency_key.is_none() && self.inner.known_sold_out(request.event_id)
+        let hints = self.inner.lock_hints();
+        let Some(hint) = hints.get(&request.event_id) else {
+            return false;
+        };
+        if hint.at.elapsed() >= SOLD_OUT_HINT_TTL {
+            return false;
+        }
+        match (&request.idempotency_key, &hint.keys) {
+            (None, _) => true,
+            (Some(key), Some(keys)) => !keys.contains(&fingerprint(user_id, key)),
+            (Some(_), None) => false,
+        }
     }
 
     /// Seats came back or the event changed: stop answering from memory.
@@ -307,7 +335,7 @@ impl Inner {
         lock(&self.seated)
     }
 
-    fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Instant>> {
+    fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SoldOut>> {
         lock(&self.sold_out)
     }
 
@@ -354,21 +382,51 @@ impl Inner {
     fn known_sold_out(&self, event_id: Uuid) -> bool {
         self.lock_hints()
             .get(&event_id)
-            .is_some_and(|at| at.elapsed() < SOLD_OUT_HINT_TTL)
+            .is_some_and(|hint| hint.at.elapsed() < SOLD_OUT_HINT_TTL)
     }
 
+    /// A refusal was seen, with no version: refuse requests without a key for a while.
     fn mark_sold_out(&self, event_id: Uuid) {
         let mut hints = self.lock_hints();
-        hints.retain(|_, at| at.elapsed() < SOLD_OUT_HINT_TTL);
-        hints.insert(event_id, Instant::now());
+        forget_old_hints(&mut hints);
+        hints
+            .entry(event_id)
+            .and_modify(|hint| hint.at = Instant::now())
+            .or_insert(SoldOut {
+                at: Instant::now(),
+                version: None,
+                keys: None,
+            });
     }
 
-    /// Records the event as a committed transaction left it.
-    fn note(&self, event: &Event) {
+    /// Records the event as a committed transaction left it. A new sold-out version gets its
+    /// keys loaded, and is watched on the bus: any other version, committed by any instance,
+    /// drops the hint, since keys may have booked since.
+    fn note(self: &Arc<Self>, event: &Event) {
         if event.seats_available > 0 || event.status != EventStatus::Published {
             self.lock_hints().remove(&event.id);
-        } else {
-            self.mark_sold_out(event.id);
+            return;
+        }
+        let mut hints = self.lock_hints();
+        forget_old_hints(&mut hints);
+        match hints.get_mut(&event.id) {
+            Some(hint) if hint.version == Some(event.version) => hint.at = Instant::now(),
+            _ => {
+                let hint = SoldOut {
+                    at: Instant::now(),
+                    version: Some(event.version),
+                    keys: None,
+                };
+                hints.insert(event.id, hint);
+                // Attached before the keys are read, so no later commit goes unseen.
+                let updates = self.bus.subscribe(Topic::Seats(event.id));
+                tokio::spawn(watch_sold_out(
+                    self.clone(),
+                    event.id,
+                    event.version,
+                    updates,
+                ));
+            }
         }
     }
 
@@ -397,6 +455,64 @@ impl Inner {
         queues.insert(event_id, sender.clone());
         sender
     }
+}
+
+/// A hint older than this is forgotten; one younger than it but past [`SOLD_OUT_HINT_TTL`] is
+/// kept, not trusted, so a batch finding the same sold-out version again reuses its keys.
+const HINT_KEPT: Duration = Duration::from_secs(60);
+
+fn forget_old_hints(hints: &mut HashMap<Uuid, SoldOut>) {
+    hints.retain(|_, hint| hint.at.elapsed() < HINT_KEPT);
+}
+
+/// Loads the keys booked for a sold-out event as of `version`, then drops the hint as soon as
+/// the bus shows the event at another version (a cancellation, a booking on another
+/// instance), or once the hint is gone.
+async fn watch_sold_out(inner: Arc<Inner>, event_id: Uuid, version: i32, mut updates: Updates) {
+    let is_current = |hint: Option<&SoldOut>| hint.is_some_and(|h| h.version == Some(version));
+    let rows: AppResult<Vec<(Uuid, Option<String>)>> = async {
+        let mut conn = inner.db.get().await?;
+        Ok(bookings::table
+            .filter(bookings::event_id.eq(event_id))
+            .filter(bookings::idempotency_key.is_not_null())
+            .select((bookings::user_id, bookings::idempotency_key))
+            .load(&mut conn)
+            .await?)
+    }
+    .await;
+    // Without them, requests with a key keep asking PostgreSQL.
+    if let Ok(rows) = rows {
+        let keys: HashSet<u64> = rows
+            .iter()
+            .filter_map(|(user, key)| Some(fingerprint(*user, key.as_deref()?)))
+            .collect();
+        match inner.lock_hints().get_mut(&event_id) {
+            Some(hint) if hint.version == Some(version) => hint.keys = Some(Arc::new(keys)),
+            _ => return,
+        }
+    }
+    loop {
+        match tokio::time::timeout(SOLD_OUT_HINT_TTL, updates.next()).await {
+            Ok(Some(Update::Seats(seats))) if seats.version != version => {
+                let mut hints = inner.lock_hints();
+                if is_current(hints.get(&event_id)) {
+                    hints.remove(&event_id);
+                }
+                return;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(_quiet) if !is_current(inner.lock_hints().get(&event_id)) => return,
+            Err(_quiet) => {}
+        }
+    }
+}
+
+/// A collision only sends a request the slow way, never refuses a retry.
+fn fingerprint(user_id: Uuid, key: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    (user_id, key).hash(&mut hasher);
+    hasher.finish()
 }
 
 async fn run_worker(

@@ -35,6 +35,8 @@ export JWT_SECRET="bench-only-secret-bench-only-secret-0000"
 export RUST_LOG="${RUST_LOG:-warn}"
 # One load tool does the work of thousands of clients from one address: no rate limits.
 export RATE_LIMIT_REQUESTS=0 RATE_LIMIT_LOGIN=0 RATE_LIMIT_REGISTER=0 RATE_LIMIT_BOOKING=0 RATE_LIMIT_ACCOUNT=0
+# ...and holds thousands of anonymous WebSockets from a few loopback addresses.
+export WS_MAX_ANONYMOUS_PER_ADDRESS=0
 mkdir -p bench/results
 log="bench/results/server.log"
 

@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::TestApp;
 
-#[tokio::test]
-async fn the_reference_graphql_ws_client_subscribes_queries_mutates_and_is_refused_a_bad_token() {
+/// Runs a script of tests/js with Node and the given environment, and returns the JSON it
+/// prints; fails the test if it fails or takes over a minute.
+pub async fn run_node(script: &str, env: &[(&str, &str)]) -> Value {
     let js = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
     assert!(
         std::path::Path::new(js)
@@ -17,23 +18,12 @@ async fn the_reference_graphql_ws_client_subscribes_queries_mutates_and_is_refus
             .exists(),
         "run `npm ci` in tests/js (scripts/test.sh does)"
     );
-    let app = TestApp::spawn_with(|config| {
-        config.websocket.ping_interval = Duration::from_millis(300);
-        config.websocket.idle_timeout = Duration::from_secs(5);
-    })
-    .await;
-    let organizer = app.user(Role::Organizer).await;
-    let buyer = app.user(Role::User).await;
-    let event_id = app.event(&organizer, 10).await;
-
     let output = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new("node")
-            .arg("reference-client.mjs")
+            .arg(script)
             .current_dir(js)
-            .env("EVENTLY_WS_URL", app.ws_url())
-            .env("EVENTLY_TOKEN", &buyer.token)
-            .env("EVENTLY_EVENT_ID", &event_id)
+            .envs(env.iter().copied())
             .kill_on_drop(true)
             .output(),
     )
@@ -46,7 +36,29 @@ async fn the_reference_graphql_ws_client_subscribes_queries_mutates_and_is_refus
         "node failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[tokio::test]
+async fn the_reference_graphql_ws_client_subscribes_queries_mutates_and_is_refused_a_bad_token() {
+    let app = TestApp::spawn_with(|config| {
+        config.websocket.ping_interval = Duration::from_millis(300);
+        config.websocket.idle_timeout = Duration::from_secs(5);
+    })
+    .await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 10).await;
+
+    let seen = run_node(
+        "reference-client.mjs",
+        &[
+            ("EVENTLY_WS_URL", app.ws_url().as_str()),
+            ("EVENTLY_TOKEN", &buyer.token),
+            ("EVENTLY_EVENT_ID", &event_id),
+        ],
+    )
+    .await;
     assert_eq!(
         seen["query"],
         json!({ "data": { "event": { "title": "Test Event", "seatsAvailable": 10 } } })

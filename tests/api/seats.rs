@@ -915,36 +915,21 @@ async fn big_seated_event(app: &TestApp, organizer: &TestUser, rows: usize) -> S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seat_maps_of_large_venues_reach_the_reference_client_whole() {
-    let js = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
     let app = TestApp::spawn().await;
     let organizer = app.user(Role::Organizer).await;
     let small = seated_event(&app, &organizer).await.event_id;
     let two_thousand = big_seated_event(&app, &organizer, 2).await;
     let twenty_thousand = big_seated_event(&app, &organizer, 20).await;
 
-    let output = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        tokio::process::Command::new("node")
-            .arg("seat-map.mjs")
-            .current_dir(js)
-            .env("EVENTLY_WS_URL", app.ws_url())
-            .env(
-                "EVENTLY_EVENT_IDS",
-                format!("{small},{two_thousand},{twenty_thousand},{small}"),
-            )
-            .kill_on_drop(true)
-            .output(),
+    let ids = format!("{small},{two_thousand},{twenty_thousand},{small}");
+    let seen = crate::reference_client::run_node(
+        "seat-map.mjs",
+        &[
+            ("EVENTLY_WS_URL", app.ws_url().as_str()),
+            ("EVENTLY_EVENT_IDS", &ids),
+        ],
     )
-    .await
-    .expect("the node client finishes")
-    .expect("node is installed (scripts/services.sh)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "node failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    .await;
     // Every map arrives whole, on the one connection the client opened.
     assert_eq!(
         seen,

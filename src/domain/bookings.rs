@@ -9,14 +9,14 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
-use super::events::{check_user_limit, lock_event, lock_event_for, visible_to};
+use super::events::{check_user_limit, find_event, lock_event, lock_event_for, visible_to};
 use super::holds::{check_sellable, requested_quantity, take_from_expired_seats};
 use super::inventory::{Changes, Inventory};
 use super::pagination::{Page, PageRequest};
 use super::seats::{self, SeatOwner};
 use super::{rsvp, waitlist};
 use crate::db::models::{Booking, BookingStatus, Event};
-use crate::db::schema::{bookings, events};
+use crate::db::schema::bookings;
 use crate::db::{self, DbPool, Uncommitted};
 use crate::error::{AppError, AppResult};
 
@@ -312,12 +312,8 @@ pub async fn event_bookings(
     event_id: Uuid,
     page: PageRequest,
 ) -> AppResult<Page<Booking>> {
-    let event: Event = events::table
-        .find(event_id)
-        .select(Event::as_select())
-        .first(conn)
-        .await
-        .optional()?
+    let event = find_event(conn, event_id)
+        .await?
         .filter(|event| visible_to(event, Some(viewer)))
         .ok_or(AppError::NotFound("event"))?;
     if !viewer.is_admin() && event.organizer_id != viewer.id() {

@@ -801,13 +801,7 @@ async fn write_batch(
         .collect();
     recheck_refused_keys(conn, batch, &mut outcomes).await?;
 
-    let new: Vec<&Booking> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::New(b) => Some(b),
-            _ => None,
-        })
-        .collect();
+    let new = new_bookings(&outcomes);
     if !new.is_empty() {
         // Only a transaction for another event can have used one of these keys since we
         // looked (every one for this event locks its row): then fewer rows are inserted,
@@ -855,13 +849,7 @@ async fn write_batch(
                 .await?;
         }
     }
-    let new: Vec<&Booking> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::New(b) => Some(b),
-            _ => None,
-        })
-        .collect();
+    let new = new_bookings(&outcomes);
     if new.is_empty() {
         let results = outcomes.into_iter().map(|o| into_result(o, None)).collect();
         return Ok((results, Some(event), also));
@@ -1003,6 +991,17 @@ async fn previous_bookings(
         .into_iter()
         .filter_map(|b| Some(((b.user_id, b.idempotency_key.clone()?), b)))
         .collect())
+}
+
+/// The bookings a batch writes: its outcomes that are new.
+fn new_bookings(outcomes: &[Outcome]) -> Vec<&Booking> {
+    outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::New(b) => Some(b),
+            _ => None,
+        })
+        .collect()
 }
 
 fn replay(booking: &Booking, request: &BookingRequest) -> Outcome {

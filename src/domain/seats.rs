@@ -387,23 +387,22 @@ pub async fn seat_map(
         .read_only()
         .repeatable_read()
         .run(async |conn| {
-            let event = seat_map_event(conn, event_id).await?;
+            let event: Event = events::table
+                .find(event_id)
+                .select(Event::as_select())
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(AppError::NotFound("event"))?;
+            check_seat_map(&event)?;
             let seats = event_seats(conn, &event, None).await?;
             Ok((event, seats))
         })
         .await
 }
 
-/// The event of a seat map, without its seats: one row, whose version tells whether a map
-/// read earlier is still current. A general-admission event has no seat map.
-pub async fn seat_map_event(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<Event> {
-    let event: Event = events::table
-        .find(event_id)
-        .select(Event::as_select())
-        .first(conn)
-        .await
-        .optional()?
-        .ok_or(AppError::NotFound("event"))?;
+/// Refuses an event without a seat map: a general-admission one.
+pub fn check_seat_map(event: &Event) -> AppResult<()> {
     if event.venue_id.is_none() {
         return Err(AppError::BadUserInput {
             message: "this event is general admission: it has no seat map".into(),
@@ -411,7 +410,7 @@ pub async fn seat_map_event(conn: &mut AsyncPgConnection, event_id: Uuid) -> App
             reason: Some("NO_SEAT_MAP"),
         });
     }
-    Ok(event)
+    Ok(())
 }
 
 /// The seats each owner (a hold or a booking) has, in venue order.

@@ -16,8 +16,9 @@ use super::seats::SeatNode;
 use super::types::parse_id;
 use crate::app::AppState;
 use crate::db::models::Event;
+use crate::domain::events::find_event;
 use crate::domain::seats::{self, EventSeat};
-use crate::error::{AppError, AppResult};
+use crate::error::AppError;
 use crate::realtime::{Topic, Update, Updates};
 
 /// A seat map message: every seat (`full`), or only the seats that changed since the
@@ -51,18 +52,6 @@ async fn read_map(
 ) -> async_graphql::Result<(Event, Vec<EventSeat>)> {
     let mut conn = app.conn().await?;
     Ok(seats::seat_map(&mut conn, event_id).await?)
-}
-
-/// Whether the caller may see the event with this id (false when there is none).
-async fn may_see_id(ctx: &Context<'_>, app: &AppState, event_id: Uuid) -> AppResult<bool> {
-    let event = {
-        let mut conn = app.conn().await?;
-        crate::domain::events::find_event(&mut conn, event_id).await?
-    };
-    match event {
-        Some(event) => super::events::may_see(ctx, &event).await,
-        None => Ok(false),
-    }
 }
 
 /// The newest seat map read of each event someone is watching on this instance. Viewers hold
@@ -135,20 +124,15 @@ impl SeatMapSubscription {
         let updates = app.bus.subscribe(Topic::SeatMap(event_id));
         let event = {
             let mut conn = app.conn().await?;
-            seats::seat_map_event(&mut conn, event_id).await
+            find_event(&mut conn, event_id).await?
         };
+        // Someone else's draft does not exist, as for `event(id)`: not even that it has no
+        // seat map may tell a stranger it is there.
         let event = match event {
-            Ok(event) => event,
-            // Not even that it has no seat map may tell a stranger that a draft exists.
-            Err(_) if !may_see_id(ctx, &app, event_id).await? => {
-                return Err(AppError::NotFound("event").into());
-            }
-            Err(error) => return Err(error.into()),
+            Some(event) if super::events::may_see(ctx, &event).await? => event,
+            _ => return Err(AppError::NotFound("event").into()),
         };
-        // Someone else's draft does not exist, as for `event(id)`.
-        if !super::events::may_see(ctx, &event).await? {
-            return Err(AppError::NotFound("event").into());
-        }
+        seats::check_seat_map(&event)?;
         // Shared between the connections of this instance where the server provides it.
         let map = match ctx.data_opt::<Arc<SeatMaps>>() {
             Some(maps) => maps.watch(event_id),

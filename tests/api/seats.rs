@@ -72,16 +72,14 @@ fn states(seats: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn seated_event(app: &TestApp, organizer: &TestUser) -> Seated {
-    let venue = app
-        .gql_ok(
-            Some(&organizer.token),
-            CREATE_VENUE,
-            json!({ "input": layout() }),
-        )
-        .await;
-    let venue_id = venue["createVenue"]["id"].as_str().unwrap().to_owned();
-    let mut input = event_input("Seated Show", 0);
+/// A published event in the venue, its capacity the venue's seats; returns its id.
+async fn event_in_venue(
+    app: &TestApp,
+    organizer: &TestUser,
+    title: &str,
+    venue_id: &str,
+) -> String {
+    let mut input = event_input(title, 0);
     input["capacity"] = Value::Null;
     input["venueId"] = json!(venue_id);
     let event = app
@@ -91,7 +89,19 @@ async fn seated_event(app: &TestApp, organizer: &TestUser) -> Seated {
             json!({ "input": input }),
         )
         .await;
-    let event_id = event["createEvent"]["id"].as_str().unwrap().to_owned();
+    event["createEvent"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn seated_event(app: &TestApp, organizer: &TestUser) -> Seated {
+    let venue = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_VENUE,
+            json!({ "input": layout() }),
+        )
+        .await;
+    let venue_id = venue["createVenue"]["id"].as_str().unwrap();
+    let event_id = event_in_venue(app, organizer, "Seated Show", venue_id).await;
     let listed = app
         .gql_ok(None, EVENT_SEATS, json!({ "id": event_id }))
         .await;
@@ -900,17 +910,8 @@ async fn big_seated_event(app: &TestApp, organizer: &TestUser, rows: usize) -> S
             json!({ "input": { "name": "Arena", "address": "1 Arena Way", "sections": [{ "name": "Floor", "rows": rows }] } }),
         )
         .await;
-    let mut input = event_input("Arena Show", 0);
-    input["capacity"] = Value::Null;
-    input["venueId"] = venue["createVenue"]["id"].clone();
-    let event = app
-        .gql_ok(
-            Some(&organizer.token),
-            CREATE_EVENT,
-            json!({ "input": input }),
-        )
-        .await;
-    event["createEvent"]["id"].as_str().unwrap().to_owned()
+    let venue_id = venue["createVenue"]["id"].as_str().unwrap();
+    event_in_venue(app, organizer, "Arena Show", venue_id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

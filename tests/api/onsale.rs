@@ -689,3 +689,35 @@ async fn watchers_see_only_the_seat_counts_a_batch_committed() {
     );
     app.assert_invariant().await;
 }
+
+/// A COMMIT that fails while PostgreSQL still reports its transaction in progress (a
+/// half-open link) has an unknown outcome: it is never taken for committed or rolled back,
+/// so nothing is replayed behind the caller's back (the caller answers OUTCOME_UNKNOWN).
+#[tokio::test]
+async fn a_commit_whose_transaction_is_still_in_progress_has_an_unknown_outcome() {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    use evently::db::{Uncommitted, finish};
+    use evently::error::AppError;
+
+    #[derive(diesel::QueryableByName)]
+    struct Txid {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        txid: i64,
+    }
+    let app = TestApp::spawn().await;
+    // Another session's transaction, still open: PostgreSQL says "in progress".
+    let mut open = app.db().await;
+    open.batch_execute("BEGIN").await.unwrap();
+    let Txid { txid } = diesel::sql_query("SELECT txid_current() AS txid")
+        .get_result(&mut open)
+        .await
+        .unwrap();
+    // A connection with no transaction: its COMMIT fails.
+    let mut conn = app.db().await;
+    let outcome = finish(&mut conn, &app.state.db, txid, Ok::<(), AppError>(())).await;
+    assert!(
+        matches!(outcome, Err(Uncommitted::Unknown)),
+        "an in-progress transaction was taken as ended: {outcome:?}"
+    );
+    open.batch_execute("ROLLBACK").await.unwrap();
+}

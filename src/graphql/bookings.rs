@@ -34,12 +34,6 @@ pub enum BookingStatus {
 /// event, user and seats looked up.
 pub struct BookingView(pub Booking);
 
-impl From<Booking> for BookingView {
-    fn from(booking: Booking) -> Self {
-        Self(booking)
-    }
-}
-
 /// A booking reached through something else (a hold, a waiting-list entry), batched.
 pub(super) async fn load_booking(
     ctx: &Context<'_>,
@@ -120,7 +114,7 @@ impl BookingQuery {
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = bookings::user_bookings(&mut conn, viewer.id(), page).await?;
-        Ok(connection(rows, &page))
+        Ok(connection(rows, &page, BookingView))
     }
 
     /// An event's bookings, newest first: for its organizer and admins.
@@ -137,7 +131,7 @@ impl BookingQuery {
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = bookings::event_bookings(&mut conn, viewer, event_id, page).await?;
-        Ok(connection(rows, &page))
+        Ok(connection(rows, &page, BookingView))
     }
 }
 
@@ -192,7 +186,7 @@ impl BookingMutation {
             session_id: claims.sid,
         };
         let change = app.onsale.book(buyer, request).await?;
-        Ok(Self::publish(ctx, change).into())
+        Ok(BookingView(Self::publish(ctx, change)))
     }
 
     /// The booking's owner or an admin. Cancelling again returns the cancelled booking.
@@ -205,6 +199,6 @@ impl BookingMutation {
         let id = parse_id(&id, "id")?;
         let mut conn = ctx.app().conn().await?;
         let change = bookings::cancel_booking(&mut conn, viewer, id).await?;
-        Ok(Self::publish(ctx, change).into())
+        Ok(BookingView(Self::publish(ctx, change)))
     }
 }

@@ -20,53 +20,36 @@ pub trait Listed {
     fn cursor(&self) -> Cursor;
 }
 
-/// Events are listed by start time.
-impl Listed for Event {
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            at: self.starts_at,
-            id: self.id,
+/// Each listed row's sort key: a timestamp and the id that breaks ties.
+macro_rules! listed_by {
+    ($($row:ty => $($at:ident).+, $($id:ident).+;)+) => {$(
+        impl Listed for $row {
+            fn cursor(&self) -> Cursor {
+                Cursor { at: self.$($at).+, id: self.$($id).+ }
+            }
         }
-    }
+    )+};
 }
 
-impl Listed for Booking {
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            at: self.created_at,
-            id: self.id,
-        }
-    }
+listed_by! {
+    // Events are listed by start time, everything else newest or oldest first.
+    Event => starts_at, id;
+    Booking => created_at, id;
+    Hold => created_at, id;
+    VenueLayout => venue.created_at, venue.id;
 }
 
-impl Listed for Hold {
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            at: self.created_at,
-            id: self.id,
-        }
-    }
-}
-
-impl Listed for VenueLayout {
-    fn cursor(&self) -> Cursor {
-        Cursor {
-            at: self.venue.created_at,
-            id: self.venue.id,
-        }
-    }
-}
-
-/// A Relay connection over one page of rows, each shown as its view `V`.
-pub fn connection<R: Listed, V: OutputType + From<R>>(
+/// A Relay connection over one page of rows, each shown as `view` makes it.
+pub fn connection<R: Listed, V: OutputType>(
     page: Page<R>,
     request: &PageRequest,
+    view: impl Fn(R) -> V,
 ) -> Connection<String, V> {
     let mut connection = Connection::new(request.after.is_some(), page.has_next_page);
     connection.edges.extend(
         page.items
             .into_iter()
-            .map(|row| Edge::new(row.cursor().encode(), V::from(row))),
+            .map(|row| Edge::new(row.cursor().encode(), view(row))),
     );
     connection
 }

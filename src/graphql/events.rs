@@ -41,12 +41,6 @@ pub enum EventStatus {
 /// from them or from other rows (`soldOut`, `onSale`, the organizer, seats, RSVPs).
 pub struct EventView(pub Event);
 
-impl From<Event> for EventView {
-    fn from(event: Event) -> Self {
-        Self(event)
-    }
-}
-
 /// An event reached through something else, batched with the other lookups of the request.
 pub(super) async fn load_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<EventView> {
     ctx.data_unchecked::<DataLoader<EventLoader>>()
@@ -268,6 +262,18 @@ pub(super) async fn may_see(ctx: &Context<'_>, event: &Event) -> AppResult<bool>
     Ok(events::visible_to(event, viewer.as_ref()))
 }
 
+/// The event, if there is one and the caller may see it (see [`may_see`]).
+async fn find_visible_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<Event>> {
+    let event = {
+        let mut conn = ctx.app().conn().await?;
+        events::find_event(&mut conn, id).await?
+    };
+    match event {
+        Some(event) if may_see(ctx, &event).await? => Ok(Some(event)),
+        _ => Ok(None),
+    }
+}
+
 fn patch<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
     match value {
         MaybeUndefined::Undefined => None,
@@ -309,20 +315,13 @@ impl EventQuery {
         };
         let mut conn = ctx.app().conn().await?;
         let rows = events::list_events(&mut conn, viewer.as_ref(), &filter, page).await?;
-        Ok(connection(rows, &page))
+        Ok(connection(rows, &page, EventView))
     }
 
     /// Null when there is no such event, or when it is a draft of someone else.
     async fn event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<EventView>> {
         let id = parse_id(&id, "id")?;
-        let event = {
-            let mut conn = ctx.app().conn().await?;
-            events::find_event(&mut conn, id).await?
-        };
-        match event {
-            Some(event) if may_see(ctx, &event).await? => Ok(Some(EventView(event))),
-            _ => Ok(None),
-        }
+        Ok(find_visible_event(ctx, id).await?.map(EventView))
     }
 }
 
@@ -370,7 +369,9 @@ impl EventMutation {
             offer_minutes: input.offer_minutes,
         };
         let mut conn = ctx.app().conn().await?;
-        Ok(events::create_event(&mut conn, viewer, new).await?.into())
+        Ok(EventView(
+            events::create_event(&mut conn, viewer, new).await?,
+        ))
     }
 
     /// The event's organizer or an ADMIN.
@@ -406,7 +407,7 @@ impl EventMutation {
             .ok_or_else(|| anyhow::anyhow!("an updated event without its row"))
             .map_err(crate::error::AppError::from)?;
         app.publish(changes, true);
-        Ok(event.into())
+        Ok(EventView(event))
     }
 
     /// The event's organizer or an ADMIN. Makes a DRAFT visible to everyone and bookable inside
@@ -421,7 +422,7 @@ impl EventMutation {
             tracing::info!(event_id = %id, "event published");
             app.publish(published.changes, true);
         }
-        Ok(published.event.into())
+        Ok(EventView(published.event))
     }
 
     /// Cancels the event and every booking of it. Repeating it returns the cancelled event.
@@ -440,7 +441,7 @@ impl EventMutation {
             );
             app.publish(cancelled.changes, true);
         }
-        Ok(cancelled.event.into())
+        Ok(EventView(cancelled.event))
     }
 }
 
@@ -491,15 +492,13 @@ fn newer_than(
 /// The event as the caller may see it: someone else's draft is NOT_FOUND. (`seatAvailability`
 /// is executed once for all its subscribers, as a signed-out caller: see `http::fanout`. So a
 /// draft's seat counts are NOT_FOUND to everyone; its organizer can follow `eventUpdated`.)
-async fn current_event(ctx: &Context<'_>, event_id: Uuid) -> async_graphql::Result<Event> {
-    let event = {
-        let mut conn = ctx.app().conn().await?;
-        events::find_event(&mut conn, event_id).await?
-    };
-    match event {
-        Some(event) if may_see(ctx, &event).await? => Ok(event),
-        _ => Err(AppError::NotFound("event").into()),
-    }
+pub(super) async fn current_event(
+    ctx: &Context<'_>,
+    event_id: Uuid,
+) -> async_graphql::Result<Event> {
+    find_visible_event(ctx, event_id)
+        .await?
+        .ok_or_else(|| AppError::NotFound("event").into())
 }
 
 #[Subscription]

@@ -37,12 +37,6 @@ pub enum HoldStatus {
 /// A hold as the API shows it: whether it is an offer, its booking and seats looked up.
 pub struct HoldView(pub Hold);
 
-impl From<Hold> for HoldView {
-    fn from(hold: Hold) -> Self {
-        Self(hold)
-    }
-}
-
 #[Object(name = "Hold")]
 impl HoldView {
     pub(crate) async fn id(&self) -> ID {
@@ -115,7 +109,7 @@ impl HoldQuery {
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = holds::user_holds(&mut conn, viewer.id(), all, page).await?;
-        Ok(connection(rows, &page))
+        Ok(connection(rows, &page, HoldView))
     }
 
     /// One of the signed-in user's holds (any user's, for an admin).
@@ -123,7 +117,7 @@ impl HoldQuery {
         let viewer = require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let mut conn = ctx.app().conn().await?;
-        Ok(holds::visible_hold(&mut conn, &viewer, id).await?.into())
+        Ok(HoldView(holds::visible_hold(&mut conn, &viewer, id).await?))
     }
 }
 
@@ -159,7 +153,7 @@ impl HoldMutation {
         let mut conn = app.conn().await?;
         let (hold, changes) = holds::hold_seats(&mut conn, viewer.id(), request).await?;
         app.publish(changes, false);
-        Ok(hold.into())
+        Ok(HoldView(hold))
     }
 
     /// Turns the signed-in user's hold into a booking, exactly once: confirming again returns
@@ -177,7 +171,7 @@ impl HoldMutation {
         let (booking, changes) =
             holds::confirm_hold(&mut conn, &viewer, hold_id, idempotency_key).await?;
         app.publish(changes, false);
-        Ok(booking.into())
+        Ok(BookingView(booking))
     }
 
     /// Gives the hold's seats back (the waiting list gets them first). Releasing a hold that
@@ -193,6 +187,6 @@ impl HoldMutation {
         let mut conn = app.conn().await?;
         let (hold, changes) = holds::release_hold(&mut conn, &viewer, hold_id).await?;
         app.publish(changes, false);
-        Ok(hold.into())
+        Ok(HoldView(hold))
     }
 }

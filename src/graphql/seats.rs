@@ -14,14 +14,12 @@ use futures_util::{Stream, StreamExt, stream};
 use uuid::Uuid;
 
 use super::context::ContextExt;
-use super::events::may_see;
+use super::events::current_event;
 use super::ids::{parse_id, to_id};
 use super::loaders::OwnedSeatsLoader;
 use crate::app::AppState;
 use crate::db::models::Event;
-use crate::domain::events::find_event;
 use crate::domain::seats::{self, EventSeat, SeatOwner};
-use crate::error::AppError;
 use crate::realtime::{Topic, Update, Updates};
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq)]
@@ -170,16 +168,9 @@ impl SeatSubscription {
         let app = ctx.app().clone();
         // Attach before reading, so a change committed in between is not lost.
         let updates = app.bus.subscribe(Topic::SeatMap(event_id));
-        let event = {
-            let mut conn = app.conn().await?;
-            find_event(&mut conn, event_id).await?
-        };
         // Someone else's draft does not exist, as for `event(id)`: not even that it has no
         // seat map may tell a stranger it is there.
-        let event = match event {
-            Some(event) if may_see(ctx, &event).await? => event,
-            _ => return Err(AppError::NotFound("event").into()),
-        };
+        let event = current_event(ctx, event_id).await?;
         seats::check_seat_map(&event)?;
         // Shared between the connections of this instance where the server provides it.
         let map = match ctx.data_opt::<Arc<SeatMaps>>() {

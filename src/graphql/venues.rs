@@ -38,12 +38,6 @@ pub struct CreateVenueInput {
 /// A venue and its seat layout.
 pub struct VenueView(pub VenueLayout);
 
-impl From<VenueLayout> for VenueView {
-    fn from(layout: VenueLayout) -> Self {
-        Self(layout)
-    }
-}
-
 #[Object(name = "Venue")]
 impl VenueView {
     async fn id(&self) -> ID {
@@ -109,7 +103,7 @@ impl VenueQuery {
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = venues::list_venues(&mut conn, page).await?;
-        Ok(connection(rows, &page))
+        Ok(connection(rows, &page, VenueView))
     }
 }
 

@@ -1,16 +1,88 @@
-use async_graphql::connection::Connection;
-use async_graphql::{Context, ID, InputObject, Object};
+//! Bookings: the `Booking` object, the lists of bookings, and booking and cancelling seats.
+//! A booking request goes to the group commit queue (`app.onsale`), which books many at once.
 
-use super::context::{ContextExt, require_viewer, token_claims};
-use super::reservations::parse_ids;
-use super::types::{booking_cursor, connection, page_complexity, parse_id};
-use crate::db::models::Booking;
+use async_graphql::connection::Connection;
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, Enum, ID, InputObject, Object};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::connections::{connection, page_complexity};
+use super::context::{ContextExt, require_viewer, token_claims, viewer};
+use super::events::{EventView, load_event};
+use super::ids::{parse_id, parse_ids, to_id};
+use super::loaders::BookingLoader;
+use super::seats::{SeatView, seats_of};
+use super::users::{UserView, load_user};
+use crate::db::models::{self, Booking};
 use crate::domain::bookings::{self, BookingChange, BookingRequest};
 use crate::domain::holds::requested_quantity;
 use crate::domain::onsale::Buyer;
 use crate::domain::pagination::PageRequest;
+use crate::domain::seats::SeatOwner;
 use crate::error::AppError;
 use crate::security::rate_limit::Bucket;
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "models::BookingStatus")]
+pub enum BookingStatus {
+    Confirmed,
+    Cancelled,
+}
+
+/// A booking as the API shows it: its idempotency key only to its owner and admins, and its
+/// event, user and seats looked up.
+pub struct BookingView(pub Booking);
+
+/// A booking reached through something else (a hold, a waiting-list entry), batched.
+pub(super) async fn load_booking(
+    ctx: &Context<'_>,
+    id: Option<Uuid>,
+) -> async_graphql::Result<Option<BookingView>> {
+    let Some(id) = id else { return Ok(None) };
+    ctx.data_unchecked::<DataLoader<BookingLoader>>()
+        .load_one(id)
+        .await
+        .map(|booking| booking.map(BookingView))
+}
+
+#[Object(name = "Booking")]
+impl BookingView {
+    pub(crate) async fn id(&self) -> ID {
+        to_id(self.0.id)
+    }
+    pub(crate) async fn event(&self, ctx: &Context<'_>) -> async_graphql::Result<EventView> {
+        load_event(ctx, self.0.event_id).await
+    }
+    pub(crate) async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserView> {
+        load_user(ctx, self.0.user_id).await
+    }
+    pub(crate) async fn quantity(&self) -> i32 {
+        self.0.quantity
+    }
+    /// The numbered seats of a seated event's booking; empty for general admission and once
+    /// the booking is cancelled.
+    async fn seats(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SeatView>> {
+        seats_of(ctx, SeatOwner::Booking(self.0.id)).await
+    }
+    async fn status(&self) -> BookingStatus {
+        self.0.status.into()
+    }
+    /// Shown to the booking's owner and to admins; null for the event's organizer.
+    async fn idempotency_key(&self, ctx: &Context<'_>) -> Option<&str> {
+        let visible = match viewer(ctx).await {
+            Ok(Some(viewer)) => viewer.id() == self.0.user_id || viewer.is_admin(),
+            _ => false,
+        };
+        self.0.idempotency_key.as_deref().filter(|_| visible)
+    }
+    pub(crate) async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn cancelled_at(&self) -> Option<DateTime<Utc>> {
+        self.0.cancelled_at
+    }
+}
 
 #[derive(InputObject)]
 pub struct BookSeatsInput {
@@ -37,12 +109,12 @@ impl BookingQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Booking>> {
+    ) -> async_graphql::Result<Connection<String, BookingView>> {
         let viewer = &require_viewer(ctx).await?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = bookings::user_bookings(&mut conn, viewer.id(), page).await?;
-        Ok(connection(rows, page.after.is_some(), booking_cursor))
+        Ok(connection(rows, &page, BookingView))
     }
 
     /// An event's bookings, newest first: for its organizer and admins.
@@ -53,13 +125,13 @@ impl BookingQuery {
         event_id: ID,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Booking>> {
+    ) -> async_graphql::Result<Connection<String, BookingView>> {
         let viewer = &require_viewer(ctx).await?;
         let event_id = parse_id(&event_id, "eventId")?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = bookings::event_bookings(&mut conn, viewer, event_id, page).await?;
-        Ok(connection(rows, page.after.is_some(), booking_cursor))
+        Ok(connection(rows, &page, BookingView))
     }
 }
 
@@ -86,7 +158,7 @@ impl BookingMutation {
         &self,
         ctx: &Context<'_>,
         input: BookSeatsInput,
-    ) -> async_graphql::Result<Booking> {
+    ) -> async_graphql::Result<BookingView> {
         let seat_ids = parse_ids(&input.seat_ids, "seatIds")?;
         let request = BookingRequest {
             event_id: parse_id(&input.event_id, "eventId")?,
@@ -114,15 +186,19 @@ impl BookingMutation {
             session_id: claims.sid,
         };
         let change = app.onsale.book(buyer, request).await?;
-        Ok(Self::publish(ctx, change))
+        Ok(BookingView(Self::publish(ctx, change)))
     }
 
     /// The booking's owner or an admin. Cancelling again returns the cancelled booking.
-    async fn cancel_booking(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Booking> {
+    async fn cancel_booking(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> async_graphql::Result<BookingView> {
         let viewer = &require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let mut conn = ctx.app().conn().await?;
         let change = bookings::cancel_booking(&mut conn, viewer, id).await?;
-        Ok(Self::publish(ctx, change))
+        Ok(BookingView(Self::publish(ctx, change)))
     }
 }

@@ -1,13 +1,180 @@
-use async_graphql::connection::Connection;
-use async_graphql::{Context, ID, InputObject, MaybeUndefined, Object};
-use chrono::{DateTime, Utc};
+//! Events: the `Event` object, the event queries, the organizer's mutations (create, update,
+//! publish, cancel) and the live views of one event (`seatAvailability`, `eventUpdated`).
 
+use async_graphql::connection::Connection;
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{
+    Context, Enum, ID, InputObject, MaybeUndefined, Object, SimpleObject, Subscription,
+};
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt, stream};
+use uuid::Uuid;
+
+use super::connections::{connection, page_complexity};
 use super::context::{ContextExt, require_viewer, viewer};
-use super::types::{EventStatus, connection, event_cursor, page_complexity, parse_id};
+use super::ids::{parse_id, to_id};
+use super::loaders::{EventLoader, VenueLoader};
+use super::rsvp::{self, RsvpCounts, RsvpResponse};
+use super::seats::SeatView;
+use super::users::{UserView, load_user};
+use super::venues::VenueView;
+use super::waitlist;
 use crate::db::models::{self, Event};
 use crate::domain::events::{self, EventPatch, NewEvent};
 use crate::domain::pagination::PageRequest;
+use crate::domain::seats;
 use crate::error::{AppError, AppResult};
+use crate::realtime::{SeatUpdate, Topic, Update, Updates};
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "models::EventStatus")]
+pub enum EventStatus {
+    /// Being prepared: visible only to its organizer and admins, and not bookable.
+    Draft,
+    Published,
+    Cancelled,
+    /// Over: it has ended.
+    Completed,
+}
+
+/// An event as the API shows it: the row's columns (not `publishedAt`), and what follows
+/// from them or from other rows (`soldOut`, `onSale`, the organizer, seats, RSVPs).
+pub struct EventView(pub Event);
+
+/// An event reached through something else, batched with the other lookups of the request.
+pub(super) async fn load_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<EventView> {
+    ctx.data_unchecked::<DataLoader<EventLoader>>()
+        .load_one(id)
+        .await?
+        .map(EventView)
+        .ok_or_else(|| AppError::NotFound("event").into())
+}
+
+#[Object(name = "Event")]
+impl EventView {
+    async fn id(&self) -> ID {
+        to_id(self.0.id)
+    }
+    async fn title(&self) -> &str {
+        &self.0.title
+    }
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    async fn category(&self) -> &str {
+        &self.0.category
+    }
+    async fn venue(&self) -> &str {
+        &self.0.venue
+    }
+    async fn starts_at(&self) -> DateTime<Utc> {
+        self.0.starts_at
+    }
+    async fn ends_at(&self) -> DateTime<Utc> {
+        self.0.ends_at
+    }
+    async fn capacity(&self) -> i32 {
+        self.0.capacity
+    }
+    async fn seats_available(&self) -> i32 {
+        self.0.seats_available
+    }
+    /// Seats kept by holds (checkouts in progress and waiting-list offers):
+    /// `seatsAvailable + seatsHeld + booked = capacity`.
+    async fn seats_held(&self) -> i32 {
+        self.0.seats_held
+    }
+    async fn sold_out(&self) -> bool {
+        self.0.seats_available == 0
+    }
+    /// Most seats one booking may take.
+    async fn max_per_booking(&self) -> i32 {
+        self.0.max_per_booking
+    }
+    /// When sales open; null: as soon as the event is published.
+    async fn sales_start_at(&self) -> Option<DateTime<Utc>> {
+        self.0.sales_start_at
+    }
+    /// When sales close; null: when the event starts (they close then in any case).
+    async fn sales_end_at(&self) -> Option<DateTime<Utc>> {
+        self.0.sales_end_at
+    }
+    /// Most seats one user may have for the event, bookings and holds together; null: no limit.
+    async fn max_per_user(&self) -> Option<i32> {
+        self.0.max_per_user
+    }
+    /// How long a hold keeps seats during checkout, in minutes.
+    async fn hold_minutes(&self) -> i32 {
+        self.0.hold_minutes
+    }
+    /// How long a waiting-list offer keeps seats, in minutes.
+    async fn offer_minutes(&self) -> i32 {
+        self.0.offer_minutes
+    }
+    /// A free event takes RSVPs instead of bookings.
+    async fn free(&self) -> bool {
+        self.0.free
+    }
+    /// Whether it can be booked now: published, not started and inside its sales window
+    /// (whether seats are left is `soldOut`).
+    async fn on_sale(&self) -> bool {
+        events::on_sale(&self.0)
+    }
+    async fn status(&self) -> EventStatus {
+        self.0.status.into()
+    }
+    /// Increases by one with every change to the event; matches `SeatAvailability.version`.
+    async fn version(&self) -> i32 {
+        self.0.version
+    }
+    async fn organizer(&self, ctx: &Context<'_>) -> async_graphql::Result<UserView> {
+        load_user(ctx, self.0.organizer_id).await
+    }
+    /// The venue whose seats a seated event has; null for general admission.
+    async fn venue_layout(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VenueView>> {
+        let Some(venue_id) = self.0.venue_id else {
+            return Ok(None);
+        };
+        Ok(ctx
+            .data_unchecked::<DataLoader<VenueLoader>>()
+            .load_one(venue_id)
+            .await?
+            .map(VenueView))
+    }
+    /// A seated event's seats in venue order (of one section when given), each with its
+    /// state. Empty for general admission. For a live view, subscribe to `seatMap`.
+    ///
+    /// A venue has up to 20,000 seats, so this field counts as 100 rows towards the query's
+    /// complexity: one event's map per query, not a page of them.
+    #[graphql(complexity = "100 * child_complexity")]
+    async fn seats(
+        &self,
+        ctx: &Context<'_>,
+        section: Option<String>,
+    ) -> async_graphql::Result<Vec<SeatView>> {
+        let mut conn = ctx.app().conn().await?;
+        let seats = seats::event_seats(&mut conn, &self.0, section.as_deref()).await?;
+        Ok(seats.into_iter().map(SeatView).collect())
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    /// How many wait on the waiting list (not counting those with an offer).
+    async fn waitlist_length(&self, ctx: &Context<'_>) -> async_graphql::Result<i32> {
+        waitlist::waitlist_length(ctx, &self.0).await
+    }
+    /// For a free event: how many answered what. Null for a ticketed event.
+    async fn rsvp_counts(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<RsvpCounts>> {
+        rsvp::rsvp_counts(ctx, &self.0).await
+    }
+    /// For a free event: the signed-in user's answer, if any.
+    async fn my_rsvp(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<RsvpResponse>> {
+        rsvp::my_rsvp(ctx, &self.0).await
+    }
+}
 
 #[derive(InputObject, Default)]
 pub struct EventFilter {
@@ -95,6 +262,18 @@ pub(super) async fn may_see(ctx: &Context<'_>, event: &Event) -> AppResult<bool>
     Ok(events::visible_to(event, viewer.as_ref()))
 }
 
+/// The event, if there is one and the caller may see it (see [`may_see`]).
+async fn find_visible_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<Event>> {
+    let event = {
+        let mut conn = ctx.app().conn().await?;
+        events::find_event(&mut conn, id).await?
+    };
+    match event {
+        Some(event) if may_see(ctx, &event).await? => Ok(Some(event)),
+        _ => Ok(None),
+    }
+}
+
 fn patch<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
     match value {
         MaybeUndefined::Undefined => None,
@@ -116,7 +295,7 @@ impl EventQuery {
         filter: Option<EventFilter>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, Event>> {
+    ) -> async_graphql::Result<Connection<String, EventView>> {
         let page = PageRequest::new(first, after.as_deref())?;
         let filter = filter.unwrap_or_default();
         let filter = events::EventFilter {
@@ -136,20 +315,13 @@ impl EventQuery {
         };
         let mut conn = ctx.app().conn().await?;
         let rows = events::list_events(&mut conn, viewer.as_ref(), &filter, page).await?;
-        Ok(connection(rows, page.after.is_some(), event_cursor))
+        Ok(connection(rows, &page, EventView))
     }
 
     /// Null when there is no such event, or when it is a draft of someone else.
-    async fn event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Event>> {
+    async fn event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<EventView>> {
         let id = parse_id(&id, "id")?;
-        let event = {
-            let mut conn = ctx.app().conn().await?;
-            events::find_event(&mut conn, id).await?
-        };
-        match event {
-            Some(event) if may_see(ctx, &event).await? => Ok(Some(event)),
-            _ => Ok(None),
-        }
+        Ok(find_visible_event(ctx, id).await?.map(EventView))
     }
 }
 
@@ -163,7 +335,7 @@ impl EventMutation {
         &self,
         ctx: &Context<'_>,
         input: CreateEventInput,
-    ) -> async_graphql::Result<Event> {
+    ) -> async_graphql::Result<EventView> {
         let viewer = &require_viewer(ctx).await?;
         let new = NewEvent {
             title: input.title,
@@ -197,7 +369,9 @@ impl EventMutation {
             offer_minutes: input.offer_minutes,
         };
         let mut conn = ctx.app().conn().await?;
-        Ok(events::create_event(&mut conn, viewer, new).await?)
+        Ok(EventView(
+            events::create_event(&mut conn, viewer, new).await?,
+        ))
     }
 
     /// The event's organizer or an ADMIN.
@@ -206,7 +380,7 @@ impl EventMutation {
         ctx: &Context<'_>,
         id: ID,
         input: UpdateEventInput,
-    ) -> async_graphql::Result<Event> {
+    ) -> async_graphql::Result<EventView> {
         let viewer = &require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let patch = EventPatch {
@@ -233,12 +407,12 @@ impl EventMutation {
             .ok_or_else(|| anyhow::anyhow!("an updated event without its row"))
             .map_err(crate::error::AppError::from)?;
         app.publish(changes, true);
-        Ok(event)
+        Ok(EventView(event))
     }
 
     /// The event's organizer or an ADMIN. Makes a DRAFT visible to everyone and bookable inside
     /// its sales window. Repeating it returns the published event.
-    async fn publish_event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Event> {
+    async fn publish_event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<EventView> {
         let viewer = &require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let app = ctx.app();
@@ -248,11 +422,11 @@ impl EventMutation {
             tracing::info!(event_id = %id, "event published");
             app.publish(published.changes, true);
         }
-        Ok(published.event)
+        Ok(EventView(published.event))
     }
 
     /// Cancels the event and every booking of it. Repeating it returns the cancelled event.
-    async fn cancel_event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Event> {
+    async fn cancel_event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<EventView> {
         let viewer = &require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let app = ctx.app();
@@ -267,6 +441,118 @@ impl EventMutation {
             );
             app.publish(cancelled.changes, true);
         }
-        Ok(cancelled.event)
+        Ok(EventView(cancelled.event))
+    }
+}
+
+/// An event's seat counts at one version.
+#[derive(SimpleObject, Clone)]
+pub struct SeatAvailability {
+    pub event_id: ID,
+    pub capacity: i32,
+    pub seats_available: i32,
+    /// Seats kept by holds: checkouts in progress and waiting-list offers. Always
+    /// `seatsAvailable + seatsHeld + booked = capacity`.
+    pub seats_held: i32,
+    pub sold_out: bool,
+    pub version: i32,
+}
+
+impl From<SeatUpdate> for SeatAvailability {
+    fn from(update: SeatUpdate) -> Self {
+        Self {
+            event_id: to_id(update.event_id),
+            capacity: update.capacity,
+            seats_available: update.seats_available,
+            seats_held: update.seats_held,
+            sold_out: update.seats_available == 0,
+            version: update.version,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct EventSubscription;
+
+/// Messages of one topic whose version is above the last one passed on.
+fn newer_than(
+    updates: Updates,
+    mut last_version: i32,
+    version: impl Fn(&Update) -> Option<i32> + Send + 'static,
+) -> impl Stream<Item = Update> + Send + 'static {
+    updates.filter(move |update| {
+        let newer = version(update).is_some_and(|v| v > last_version);
+        if newer {
+            last_version = version(update).unwrap_or(last_version);
+        }
+        std::future::ready(newer)
+    })
+}
+
+/// The event as the caller may see it: someone else's draft is NOT_FOUND. (`seatAvailability`
+/// is executed once for all its subscribers, as a signed-out caller: see `http::fanout`. So a
+/// draft's seat counts are NOT_FOUND to everyone; its organizer can follow `eventUpdated`.)
+pub(super) async fn current_event(
+    ctx: &Context<'_>,
+    event_id: Uuid,
+) -> async_graphql::Result<Event> {
+    find_visible_event(ctx, event_id)
+        .await?
+        .ok_or_else(|| AppError::NotFound("event").into())
+}
+
+#[Subscription]
+impl EventSubscription {
+    /// The event's seat counts now, then again after every change. Versions only increase.
+    async fn seat_availability(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = SeatAvailability> + use<>> {
+        let event_id = parse_id(&event_id, "eventId")?;
+        let app = ctx.app();
+        // Attach before reading, so a change committed in between is not lost.
+        let updates = app.bus.subscribe(Topic::Seats(event_id));
+        let first = SeatUpdate::from(&current_event(ctx, event_id).await?);
+        let later = newer_than(updates, first.version, |update| match update {
+            Update::Seats(seats) => Some(seats.version),
+            _ => None,
+        })
+        .filter_map(|update| {
+            std::future::ready(match update {
+                Update::Seats(seats) => Some(seats),
+                _ => None,
+            })
+        });
+        Ok(stream::once(std::future::ready(first))
+            .chain(later)
+            .map(SeatAvailability::from))
+    }
+
+    /// The event now, then again whenever its details or status change (for instance when it
+    /// is cancelled). For seat counts, subscribe to `seatAvailability`: this one is not sent
+    /// for bookings, so its `seatsAvailable` is only as fresh as the last change of details.
+    async fn event_updated(
+        &self,
+        ctx: &Context<'_>,
+        event_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = EventView> + use<>> {
+        let event_id = parse_id(&event_id, "eventId")?;
+        let app = ctx.app();
+        let updates = app.bus.subscribe(Topic::Event(event_id));
+        let first = current_event(ctx, event_id).await?;
+        let later = newer_than(updates, first.version, |update| match update {
+            Update::Event(event) => Some(event.version),
+            _ => None,
+        })
+        .filter_map(|update| {
+            std::future::ready(match update {
+                Update::Event(event) => Some(Event::clone(&event)),
+                _ => None,
+            })
+        });
+        Ok(stream::once(std::future::ready(first))
+            .chain(later)
+            .map(EventView))
     }
 }

@@ -1,58 +1,61 @@
-//! The GraphQL schema: one query/mutation/subscription object per domain, merged here.
+//! The GraphQL schema: one file per domain, each with its objects, inputs, queries, mutations
+//! and subscriptions, merged here. The order of the merges is the order of the fields of
+//! `Query`, `Mutation` and `Subscription` in `schema.graphql`.
+//!
+//! Shared pieces live once each: ids in `ids`, cursors and connections in `connections`, error
+//! codes in `error_codes`, the caller in `context`, the DataLoaders in `loaders`.
 
+mod auth;
 mod bookings;
+mod connections;
 pub mod context;
+mod error_codes;
 mod events;
+mod holds;
+mod ids;
 pub mod loaders;
-pub mod reservations;
-pub mod seatmap;
+mod reservations;
+mod rsvp;
 pub mod seats;
-mod subscription;
-pub mod types;
 mod users;
 mod venues;
+mod waitlist;
 
-use std::sync::Arc;
-
-use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe,
-    NextValidation,
-};
-use async_graphql::futures_util::stream::BoxStream;
-use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{
-    MergedObject, MergedSubscription, Response, Schema, SchemaBuilder, ServerError, ServerResult,
-    ValidationResult, Variables,
-};
-use futures_util::StreamExt;
+use async_graphql::{MergedObject, MergedSubscription, Schema, SchemaBuilder};
 
 use crate::app::AppState;
 use crate::security::deadline::OperationDeadline;
 use crate::security::document::DocumentLimits;
 use crate::security::rate_limit::WebSocketBudget;
+use error_codes::ErrorCodes;
 
 #[derive(MergedObject, Default)]
 pub struct Query(
     events::EventQuery,
     bookings::BookingQuery,
-    reservations::ReservationQuery,
+    holds::HoldQuery,
+    waitlist::WaitlistQuery,
     users::UserQuery,
     venues::VenueQuery,
 );
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(
+    auth::AuthMutation,
     users::UserMutation,
     bookings::BookingMutation,
-    reservations::ReservationMutation,
+    holds::HoldMutation,
+    waitlist::WaitlistMutation,
+    rsvp::RsvpMutation,
     events::EventMutation,
     venues::VenueMutation,
 );
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(
-    subscription::AvailabilitySubscription,
-    seatmap::SeatMapSubscription,
+    events::EventSubscription,
+    reservations::ReservationSubscription,
+    seats::SeatSubscription,
 );
 
 pub type EventlySchema = Schema<Query, Mutation, Subscription>;
@@ -98,82 +101,4 @@ pub fn build_schema(state: AppState) -> EventlySchema {
 
 pub fn sdl() -> String {
     schema_builder().finish().sdl()
-}
-
-/// Gives every error an `extensions.code`. Ours carry one already; async-graphql's own errors
-/// get the codes Apollo clients know: a document that does not parse or validate, or an
-/// argument value that cannot be coerced to its type (which is the caller's input).
-struct ErrorCodes;
-
-impl ExtensionFactory for ErrorCodes {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodes)
-    }
-}
-
-fn with_code(mut error: ServerError, code: &'static str) -> ServerError {
-    let extensions = error.extensions.get_or_insert_with(Default::default);
-    if extensions.get("code").is_none() {
-        extensions.set("code", code);
-    }
-    error
-}
-
-fn fill_codes(mut response: Response) -> Response {
-    response.errors = response
-        .errors
-        .into_iter()
-        .map(|e| with_code(e, "BAD_USER_INPUT"))
-        .collect();
-    response
-}
-
-#[async_graphql::async_trait::async_trait]
-impl Extension for ErrorCodes {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        fill_codes(next.run(ctx).await)
-    }
-
-    fn subscribe<'s>(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
-        next.run(ctx, stream).map(fill_codes).boxed()
-    }
-
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        next.run(ctx, query, variables)
-            .await
-            .map_err(|e| with_code(e, "GRAPHQL_PARSE_FAILED"))
-    }
-
-    async fn validation(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        next: NextValidation<'_>,
-    ) -> Result<ValidationResult, Vec<ServerError>> {
-        next.run(ctx).await.map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|e| {
-                    // A value that does not fit its argument's type is the caller's input, as in
-                    // Apollo Server; every other rule broken is a problem with the document.
-                    let code = if e.message.starts_with("Invalid value for argument") {
-                        "BAD_USER_INPUT"
-                    } else {
-                        "GRAPHQL_VALIDATION_FAILED"
-                    };
-                    with_code(e, code)
-                })
-                .collect()
-        })
-    }
 }

@@ -1,63 +1,77 @@
-use async_graphql::{Context, ID, InputObject, Object};
-use sha2::{Digest, Sha256};
+//! Users: the `User` object (whose email only some callers see), roles, `me` and
+//! `setUserRole`. Signing in and out is in `auth`.
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, Enum, ID, Object};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use super::context::{ContextExt, require_viewer, viewer};
-use super::types::{AuthPayload, Role, UserNode, parse_id};
-use crate::config::RateLimit;
+use super::ids::{parse_id, to_id};
+use super::loaders::UserLoader;
 use crate::db::models;
-use crate::domain::{auth, users};
+use crate::domain::users;
 use crate::error::AppError;
-use crate::security::client::ClientIp;
-use crate::security::rate_limit::Bucket;
 
-#[derive(InputObject)]
-pub struct RegisterInput {
-    pub email: String,
-    /// 8 to 128 characters.
-    pub password: String,
-    pub name: String,
+#[derive(Enum, Copy, Clone, Eq, PartialEq)]
+#[graphql(remote = "models::Role")]
+pub enum Role {
+    User,
+    Organizer,
+    Admin,
 }
 
-#[derive(InputObject)]
-pub struct LoginInput {
-    pub email: String,
-    pub password: String,
+/// A user as the API shows it. Whether the email may be shown is known where the user is
+/// reached: the caller's own account (`me`, a sign-in's payload) shows it; anyone else's
+/// shows it only to admins and to that user.
+pub struct UserView {
+    user: models::User,
+    own: bool,
 }
 
-/// Counts a sign-in attempt twice: against the caller's address (see
-/// `ClientIp::rate_limit_key`) and against the account, whatever the address, so rotating
-/// addresses does not buy an attacker more guesses at one password. Both are checked before
-/// the account is looked up, so a refusal looks and takes the same whether it exists or not.
-///
-/// Over WebSocket the address is known only if the connection's data carries a `ClientIp`;
-/// until then registrations share one budget (a socket cannot mint accounts faster than the
-/// limit allows) and logins meet the account limit alone.
-async fn limit_sign_in(
-    ctx: &Context<'_>,
-    bucket: Bucket,
-    limit: Option<RateLimit>,
-    email: &str,
-) -> Result<(), AppError> {
-    let app = ctx.app();
-    let address = match ctx.data_opt::<ClientIp>() {
-        Some(ip) => Some(ip.rate_limit_key()),
-        None if matches!(bucket, Bucket::Register) => Some("websocket".to_owned()),
-        None => None,
-    };
-    if let Some(address) = address
-        && limit.is_some()
-    {
-        app.rate_limiter.check(bucket, limit, &address).await?;
+impl UserView {
+    /// The caller's own account.
+    pub fn own(user: models::User) -> Self {
+        Self { user, own: true }
     }
-    let account = app.config.rate_limits.account;
-    if account.is_some() {
-        // Hashed: Redis need not hold anyone's email address.
-        let key = format!("{:x}", Sha256::digest(users::normalize_email(email)));
-        app.rate_limiter
-            .check(Bucket::Account, account, &key)
-            .await?;
+    /// An account reached through something else (an organizer, a booking's user).
+    pub fn other(user: models::User) -> Self {
+        Self { user, own: false }
     }
-    Ok(())
+}
+
+/// A user reached through something else, batched with the other lookups of the request.
+pub(super) async fn load_user(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<UserView> {
+    ctx.data_unchecked::<DataLoader<UserLoader>>()
+        .load_one(id)
+        .await?
+        .map(UserView::other)
+        .ok_or_else(|| AppError::NotFound("user").into())
+}
+
+#[Object(name = "User")]
+impl UserView {
+    async fn id(&self) -> ID {
+        to_id(self.user.id)
+    }
+    /// Shown to the user themselves and to admins; null for everyone else.
+    async fn email(&self, ctx: &Context<'_>) -> Option<&str> {
+        let visible = self.own
+            || match viewer(ctx).await {
+                Ok(Some(viewer)) => viewer.id() == self.user.id || viewer.is_admin(),
+                _ => false,
+            };
+        visible.then_some(self.user.email.as_str())
+    }
+    async fn name(&self) -> &str {
+        &self.user.name
+    }
+    async fn role(&self) -> Role {
+        self.user.role.into()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.user.created_at
+    }
 }
 
 #[derive(Default)]
@@ -66,8 +80,8 @@ pub struct UserQuery;
 #[Object]
 impl UserQuery {
     /// The signed-in user; null when anonymous.
-    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserNode>> {
-        Ok(viewer(ctx).await?.map(|viewer| UserNode::own(viewer.user)))
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<UserView>> {
+        Ok(viewer(ctx).await?.map(|viewer| UserView::own(viewer.user)))
     }
 }
 
@@ -76,94 +90,17 @@ pub struct UserMutation;
 
 #[Object]
 impl UserMutation {
-    /// Creates a USER account and signs it in.
-    async fn register(
-        &self,
-        ctx: &Context<'_>,
-        input: RegisterInput,
-    ) -> async_graphql::Result<AuthPayload> {
-        let app = ctx.app();
-        let limit = app.config.rate_limits.register;
-        limit_sign_in(ctx, Bucket::Register, limit, &input.email).await?;
-        let new = users::NewUser {
-            email: &input.email,
-            password: &input.password,
-            name: &input.name,
-            role: models::Role::User,
-        };
-        let user = users::create_user(&app.db, &app.passwords, new).await?;
-        let mut conn = app.conn().await?;
-        Ok(auth::start_session(&mut conn, &app.tokens, user)
-            .await?
-            .into())
-    }
-
-    async fn login(
-        &self,
-        ctx: &Context<'_>,
-        input: LoginInput,
-    ) -> async_graphql::Result<AuthPayload> {
-        let app = ctx.app();
-        let limit = app.config.rate_limits.login;
-        limit_sign_in(ctx, Bucket::Login, limit, &input.email).await?;
-        let issued = auth::login(
-            &app.db,
-            &app.passwords,
-            &app.tokens,
-            &input.email,
-            &input.password,
-        )
-        .await?;
-        Ok(issued.into())
-    }
-
-    /// Exchanges a refresh token for new tokens. Each refresh token works once; reusing one
-    /// ends the session it belongs to, except for a retry within a short grace window while its
-    /// successor is unused, which gets that same successor again.
-    async fn refresh_token(
-        &self,
-        ctx: &Context<'_>,
-        refresh_token: String,
-    ) -> async_graphql::Result<AuthPayload> {
-        let app = ctx.app();
-        let mut conn = app.conn().await?;
-        Ok(auth::refresh(&mut conn, &app.tokens, &refresh_token)
-            .await?
-            .into())
-    }
-
-    /// Ends the current session: its access and refresh tokens stop working.
-    async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        let viewer = &require_viewer(ctx).await?;
-        let mut conn = ctx.app().conn().await?;
-        auth::revoke_session(&mut conn, viewer.session_id).await?;
-        Ok(true)
-    }
-
-    /// ADMIN only. Ends every session of the user, on every instance at once; returns how
-    /// many were live.
-    async fn revoke_user_sessions(
-        &self,
-        ctx: &Context<'_>,
-        user_id: ID,
-    ) -> async_graphql::Result<i32> {
-        let viewer = &require_viewer(ctx).await?;
-        let user_id = parse_id(&user_id, "userId")?;
-        let mut conn = ctx.app().conn().await?;
-        Ok(auth::revoke_user_sessions(&mut conn, viewer, user_id).await?)
-    }
-
     /// ADMIN only.
     async fn set_user_role(
         &self,
         ctx: &Context<'_>,
         user_id: ID,
         role: Role,
-    ) -> async_graphql::Result<UserNode> {
+    ) -> async_graphql::Result<UserView> {
         let viewer = &require_viewer(ctx).await?;
         let user_id = parse_id(&user_id, "userId")?;
         let mut conn = ctx.app().conn().await?;
         let user = users::set_role(&mut conn, viewer, user_id, role.into()).await?;
-        Ok(UserNode::other(user))
+        Ok(UserView::other(user))
     }
 }

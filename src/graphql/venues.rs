@@ -1,12 +1,14 @@
-//! Venues with seat layouts.
+//! Venues with seat layouts: the `Venue` object and its sections and rows, the venue queries,
+//! and `createVenue`.
 
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 use chrono::{DateTime, Utc};
 
+use super::connections::{connection, page_complexity};
 use super::context::{ContextExt, require_viewer};
-use super::types::{connection, page_complexity, parse_id};
-use crate::domain::pagination::{Cursor, PageRequest};
+use super::ids::{parse_id, to_id};
+use crate::domain::pagination::PageRequest;
 use crate::domain::venues::{self, NewVenue, RowLayout, SectionLayout, VenueLayout};
 
 #[derive(InputObject)]
@@ -34,12 +36,12 @@ pub struct CreateVenueInput {
 }
 
 /// A venue and its seat layout.
-pub struct VenueNode(pub VenueLayout);
+pub struct VenueView(pub VenueLayout);
 
 #[Object(name = "Venue")]
-impl VenueNode {
+impl VenueView {
     async fn id(&self) -> ID {
-        ID(self.0.venue.id.to_string())
+        to_id(self.0.venue.id)
     }
     async fn name(&self) -> &str {
         &self.0.venue.name
@@ -79,22 +81,15 @@ impl RowLayout {
     }
 }
 
-fn venue_cursor(venue: &VenueNode) -> Cursor {
-    Cursor {
-        at: venue.0.venue.created_at,
-        id: venue.0.venue.id,
-    }
-}
-
 #[derive(Default)]
 pub struct VenueQuery;
 
 #[Object]
 impl VenueQuery {
-    async fn venue(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<VenueNode>> {
+    async fn venue(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<VenueView>> {
         let id = parse_id(&id, "id")?;
         let mut conn = ctx.app().conn().await?;
-        Ok(venues::find_venue(&mut conn, id).await?.map(VenueNode))
+        Ok(venues::find_venue(&mut conn, id).await?.map(VenueView))
     }
 
     /// Venues in the order they were created.
@@ -104,15 +99,11 @@ impl VenueQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, VenueNode>> {
+    ) -> async_graphql::Result<Connection<String, VenueView>> {
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = venues::list_venues(&mut conn, page).await?;
-        let rows = crate::domain::pagination::Page {
-            items: rows.items.into_iter().map(VenueNode).collect(),
-            has_next_page: rows.has_next_page,
-        };
-        Ok(connection(rows, page.after.is_some(), venue_cursor))
+        Ok(connection(rows, &page, VenueView))
     }
 }
 
@@ -127,7 +118,7 @@ impl VenueMutation {
         &self,
         ctx: &Context<'_>,
         input: CreateVenueInput,
-    ) -> async_graphql::Result<VenueNode> {
+    ) -> async_graphql::Result<VenueView> {
         let viewer = &require_viewer(ctx).await?;
         let new = NewVenue {
             name: input.name,
@@ -149,7 +140,7 @@ impl VenueMutation {
                 .collect(),
         };
         let mut conn = ctx.app().conn().await?;
-        Ok(VenueNode(
+        Ok(VenueView(
             venues::create_venue(&mut conn, viewer, new).await?,
         ))
     }

@@ -41,7 +41,7 @@ use crate::domain::{Viewer, auth};
 use crate::error::{AppError, REQUEST_ID};
 use crate::graphql::context::{Caller, ViewerCache};
 use crate::graphql::loaders;
-use crate::graphql::seatmap::SeatMaps;
+use crate::graphql::seats::SeatMaps;
 use crate::realtime::Bus;
 use crate::security::client::ClientIp;
 use crate::security::document;

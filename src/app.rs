@@ -9,7 +9,7 @@ use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::inventory::Changes;
 use crate::domain::onsale::Onsale;
 use crate::error::AppResult;
-use crate::realtime::{Bus, Heartbeat};
+use crate::realtime::{Bus, Heartbeat, SeatMapUpdate, SeatUpdate, Update};
 use crate::security::SharedRedis;
 use crate::security::persisted::{PersistedQueries, load_allowlist};
 use crate::security::rate_limit::RateLimiter;
@@ -94,11 +94,49 @@ impl App {
         if let Some(event) = &changes.event {
             self.onsale.observe(event);
         }
-        self.bus.publish_changes(changes, details);
+        self.bus.publish_all(announcements(changes, details));
     }
 
     /// A pooled connection, owned so it can be held across awaits in resolvers.
     pub async fn conn(&self) -> AppResult<DbConn> {
         Ok(self.db.get_owned().await?)
     }
+}
+
+/// What a committed transaction changed, as the bus's messages: the event's seat counts (and,
+/// when `details` changed, the event itself) to its watchers, and each booking, hold and
+/// waiting-list entry to its owner's `myBookingUpdates`, and the seats whose state changed to
+/// the event's `seatMap` (seat changes always come with the event's new version).
+pub fn announcements(changes: Changes, details: bool) -> Vec<Update> {
+    let mut updates = Vec::with_capacity(
+        3 + changes.bookings.len() + changes.holds.len() + changes.waitlist.len(),
+    );
+    if let Some(event) = changes.event {
+        if !changes.seats.is_empty() {
+            updates.push(Update::SeatMap(Arc::new(SeatMapUpdate {
+                event_id: event.id,
+                previous_version: changes.previous_version,
+                version: event.version,
+                seats: changes.seats,
+            })));
+        }
+        updates.push(Update::Seats(SeatUpdate::from(&event)));
+        if details {
+            updates.push(Update::Event(Arc::new(event)));
+        }
+    }
+    updates.extend(
+        changes
+            .bookings
+            .into_iter()
+            .map(|b| Update::Booking(Arc::new(b))),
+    );
+    updates.extend(changes.holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
+    updates.extend(
+        changes
+            .waitlist
+            .into_iter()
+            .map(|w| Update::Waitlist(Arc::new(w))),
+    );
+    updates
 }

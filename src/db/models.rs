@@ -300,3 +300,22 @@ pub struct Rsvp {
     pub booking_id: Option<Uuid>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// Whether a seat of a seated event is taken, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SeatState {
+    Available,
+    Held,
+    Booked,
+}
+
+/// One seat of an event, where it is and whether it is taken: a venue seat read with its claim
+/// (`seat_claims`), not a table of its own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventSeat {
+    pub seat_id: Uuid,
+    pub section: String,
+    pub row_label: String,
+    pub number: i32,
+    pub state: SeatState,
+}

@@ -18,7 +18,10 @@
 //! (behind whatever messages came first, on the same connection) ends the subscription as if
 //! it had closed. Until a new one is up, `Bus::redis_health` says why, for `/readyz`.
 
+mod resync;
 mod slots;
+
+pub use resync::{RESYNC_MARGIN, reservation_changes_since};
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -38,11 +41,8 @@ use uuid::Uuid;
 
 use crate::db::DbPool;
 use crate::db::models::{
-    Booking, BookingStatus, Event, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
+    Booking, BookingStatus, Event, EventSeat, Hold, HoldStatus, WaitlistEntry, WaitlistStatus,
 };
-use crate::domain::inventory::Changes;
-use crate::domain::seats::SeatChange;
-use crate::domain::{events, resync};
 
 /// Per-topic buffer. A subscriber that falls behind on seat counts or event details skips to
 /// the newest state; one that falls behind on a user's bookings is told (`Missed`) and re-reads
@@ -51,10 +51,6 @@ use crate::domain::{events, resync};
 const CHANNEL_CAPACITY: usize = 64;
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How far before the moment messages may have been missed a resync looks for booking
-/// changes: covers clock skew between instances and the database, a transaction that began
-/// (and took its timestamps) before it committed, and a loss noticed late.
-pub const RESYNC_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 /// Messages kept for republishing while Redis refuses them (the newest per topic or booking).
 const MAX_UNSENT: usize = 10_000;
 
@@ -89,7 +85,7 @@ pub struct SeatMapUpdate {
     pub event_id: Uuid,
     pub previous_version: Option<i32>,
     pub version: i32,
-    pub seats: Vec<SeatChange>,
+    pub seats: Vec<EventSeat>,
 }
 
 /// What a subscriber listens to.
@@ -447,44 +443,6 @@ impl Bus {
         let _ = redis.outbox.send(batch);
     }
 
-    /// Announces what a committed transaction changed: the event's seat counts (and, when
-    /// `details` changed, the event itself) to its watchers, and each booking, hold and
-    /// waiting-list entry to its owner's `myBookingUpdates`, and the seats whose state changed
-    /// to the event's `seatMap` (seat changes always come with the event's new version).
-    pub fn publish_changes(&self, changes: Changes, details: bool) {
-        let mut updates = Vec::with_capacity(
-            3 + changes.bookings.len() + changes.holds.len() + changes.waitlist.len(),
-        );
-        if let Some(event) = changes.event {
-            if !changes.seats.is_empty() {
-                updates.push(Update::SeatMap(Arc::new(SeatMapUpdate {
-                    event_id: event.id,
-                    previous_version: changes.previous_version,
-                    version: event.version,
-                    seats: changes.seats,
-                })));
-            }
-            updates.push(Update::Seats(SeatUpdate::from(&event)));
-            if details {
-                updates.push(Update::Event(Arc::new(event)));
-            }
-        }
-        updates.extend(
-            changes
-                .bookings
-                .into_iter()
-                .map(|b| Update::Booking(Arc::new(b))),
-        );
-        updates.extend(changes.holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
-        updates.extend(
-            changes
-                .waitlist
-                .into_iter()
-                .map(|w| Update::Waitlist(Arc::new(w))),
-        );
-        self.publish_all(updates);
-    }
-
     /// Whether Redis answers and this instance hears the others through it; the subscription
     /// being set up for the first time counts as heard (readiness goes by the PING then).
     pub async fn redis_health(&self) -> RedisHealth {
@@ -670,7 +628,7 @@ async fn listen(
                 let Some(inner) = bus.upgrade() else { return };
                 inner.set_subscription(Subscription::Up);
                 inner.generation.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(resync_local(inner, lost_at - RESYNC_MARGIN));
+                tokio::spawn(resync::resync_local(inner, lost_at - RESYNC_MARGIN));
                 let Some((why, last_heard)) = follow(pubsub, heartbeat, &bus).await else {
                     return;
                 };
@@ -767,81 +725,6 @@ async fn follow(
     let last_heard = DateTime::from_timestamp_millis(last_heard.load(Ordering::Relaxed))
         .unwrap_or_else(Utc::now);
     Some((why, last_heard))
-}
-
-/// The bookings, holds and waiting-list entries of `user_ids` that changed since `since`, as
-/// the messages that announced them: what a subscriber that may have missed some re-reads.
-pub async fn reservation_changes_since(
-    conn: &mut diesel_async::AsyncPgConnection,
-    user_ids: &[Uuid],
-    since: DateTime<Utc>,
-) -> crate::error::AppResult<Vec<Update>> {
-    let bookings = resync::bookings_changed_since(conn, user_ids, since).await?;
-    let holds = resync::holds_changed_since(conn, user_ids, since).await?;
-    let entries = resync::waitlist_changed_since(conn, user_ids, since).await?;
-    Ok(bookings
-        .into_iter()
-        .map(|b| Update::Booking(Arc::new(b)))
-        .chain(holds.into_iter().map(|h| Update::Hold(Arc::new(h))))
-        .chain(entries.into_iter().map(|w| Update::Waitlist(Arc::new(w))))
-        .collect())
-}
-
-/// Pushes the database's current state to every topic with local subscribers: seat counts and
-/// event details as they are now, and the bookings, holds and waiting-list entries changed
-/// since `since`. Subscribers drop
-/// whatever is not newer than what they sent.
-async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
-    let Some(redis) = &inner.redis else { return };
-    let topics: Vec<Topic> = lock(&inner.channels).keys().copied().collect();
-    if topics.is_empty() {
-        return;
-    }
-    let mut event_ids = Vec::new();
-    let mut user_ids = Vec::new();
-    for topic in &topics {
-        match topic {
-            Topic::Seats(id) | Topic::Event(id) | Topic::SeatMap(id) => event_ids.push(*id),
-            Topic::UserBookings(id) => user_ids.push(*id),
-        }
-    }
-    event_ids.sort_unstable();
-    event_ids.dedup();
-    let read = async {
-        let mut conn = redis.db.get().await?;
-        let events = events::events_by_id(&mut conn, &event_ids).await?;
-        let changes = reservation_changes_since(&mut conn, &user_ids, since)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-        anyhow::Ok((events, changes))
-    };
-    let (events, changes) = match read.await {
-        Ok(state) => state,
-        Err(error) => {
-            tracing::warn!(%error, "cannot re-read live state after reconnecting to Redis");
-            return;
-        }
-    };
-    for event in events.into_values() {
-        inner.deliver_local(&Update::Seats(SeatUpdate::from(&event)));
-        if event.venue_id.is_some() {
-            // No previous version: seat-map subscribers re-read the map if it moved on.
-            inner.deliver_local(&Update::SeatMap(Arc::new(SeatMapUpdate {
-                event_id: event.id,
-                previous_version: None,
-                version: event.version,
-                seats: Vec::new(),
-            })));
-        }
-        inner.deliver_local(&Update::Event(Arc::new(event)));
-    }
-    for change in changes {
-        inner.deliver_local(&change);
-    }
-    tracing::info!(
-        topics = topics.len(),
-        "re-sent live state after reconnecting to Redis"
-    );
 }
 
 /// A subscriber's view of one topic's channel. For seat counts and event details, a subscriber
@@ -1082,7 +965,7 @@ mod tests {
 
     #[test]
     fn a_seat_map_update_round_trips_on_the_wire() {
-        use crate::domain::seats::{EventSeat, SeatState};
+        use crate::db::models::SeatState;
         let update = SeatMapUpdate {
             event_id: Uuid::new_v4(),
             previous_version: Some(3),

@@ -37,27 +37,42 @@ impl Deref for AppState {
 
 impl App {
     /// Connects to PostgreSQL (failing fast when it cannot) and sets up the bus: Redis pub/sub
-    /// when `REDIS_URL` is set, otherwise an in-process bus for a single instance.
+    /// when `REDIS_URL` is set, otherwise an in-process bus for a single instance. Redis is set
+    /// up here once: one pool for the bus and the shared security state, and the same client
+    /// opens the bus's dedicated subscription connection.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        /// Pooled Redis connections: the bus's eight and the security state's sixteen of when
+        /// each had a pool of its own.
+        const REDIS_POOL_SIZE: u32 = 24;
         let db = db::build_pool(&config.database_url, config.database_pool_size).await?;
-        let bus = match &config.redis_url {
+        let (bus, shared) = match &config.redis_url {
             Some(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let pool = bb8::Pool::builder()
+                    .max_size(REDIS_POOL_SIZE)
+                    .connection_timeout(config.redis_connect_timeout)
+                    .build_unchecked(bb8_redis::RedisConnectionManager::new(
+                        client.get_connection_info().clone(),
+                    )?);
                 let heartbeat = Heartbeat {
                     interval: config.redis_ping_interval,
                     timeout: config.redis_ping_timeout,
                 };
-                Bus::with_redis(url, &config.redis_prefix, heartbeat, db.clone())?
+                let bus = Bus::with_redis(
+                    client,
+                    pool.clone(),
+                    &config.redis_prefix,
+                    heartbeat,
+                    db.clone(),
+                );
+                (bus, SharedRedis::new(pool, &config.redis_prefix))
             }
             None => {
                 tracing::info!(
                     "REDIS_URL is not set: using the in-process bus (single instance only)"
                 );
-                Bus::in_process()
+                (Bus::in_process(), SharedRedis::none())
             }
-        };
-        let shared = match &config.redis_url {
-            Some(url) => SharedRedis::new(url, &config.redis_prefix)?,
-            None => SharedRedis::none(),
         };
         let allowlist = match &config.graphql.persisted_query_allowlist {
             Some(path) => Some(load_allowlist(path)?),

@@ -1,8 +1,16 @@
 //! Typed configuration, read once from the environment. Bad values fail at start-up with a
 //! message naming the variable; secrets never reach `Debug` output or logs.
+//!
+//! This is the only place that reads the environment: code gets its settings from [`Config`]
+//! (or a part of it handed down), and logging from [`TelemetryConfig`], read first because
+//! logging starts before the rest (and `print-schema` needs nothing else).
+//!
+//! Over 600 lines for a reason: it is one table of variables, each parsed and checked where
+//! it is read, and half of it is the tests of those checks; splitting it would scatter the
+//! table.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -119,9 +127,33 @@ pub struct GraphqlLimits {
     pub persisted_query_allowlist: Option<PathBuf>,
 }
 
+/// How logs are written: to stderr, filtered by `RUST_LOG` (default: info for this crate, warn
+/// otherwise), as JSON lines when `EVENTLY_LOG_FORMAT=json` (for log shippers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `RUST_LOG` as given; an invalid filter falls back to the default one.
+    pub filter: Option<String>,
+    pub json: bool,
+}
+
+impl TelemetryConfig {
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            filter: lookup("RUST_LOG"),
+            json: lookup("EVENTLY_LOG_FORMAT").is_some_and(|format| format == "json"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub env: Environment,
+    /// Where `serve` listens unless `--listen` says otherwise (`EVENTLY_LISTEN`).
+    pub listen: SocketAddr,
     pub database_url: String,
     pub database_pool_size: u32,
     /// Commit concurrent bookings of one event together (see `domain::onsale`).
@@ -132,6 +164,10 @@ pub struct Config {
     /// `sweeper`).
     pub sweep_interval: Duration,
     pub redis_url: Option<String>,
+    /// How long taking a connection from the Redis pool may wait, connecting included
+    /// (`REDIS_CONNECT_TIMEOUT_MS`, default 1000). One pool serves the bus and the state shared
+    /// by instances; each caller bounds its commands by its own deadline besides.
+    pub redis_connect_timeout: Duration,
     /// Prefix of every Redis key and channel, so deployments (and tests) can share one Redis.
     pub redis_prefix: String,
     /// How often the live-update subscription on Redis is checked with a PING
@@ -454,8 +490,17 @@ impl Config {
             persisted_query_allowlist: lookup("GRAPHQL_PERSISTED_QUERIES_ALLOWLIST")
                 .map(PathBuf::from),
         };
+        let listen = match lookup("EVENTLY_LISTEN") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8000)),
+            Some(address) => address.trim().parse().map_err(|_| ConfigError::Invalid {
+                name: "EVENTLY_LISTEN",
+                value: address,
+                reason: "expected an address and port, e.g. 127.0.0.1:8000".into(),
+            })?,
+        };
         Ok(Self {
             env,
+            listen,
             database_url,
             database_pool_size: parse_or(&lookup, "DATABASE_POOL_SIZE", 16)?,
             group_commit: parse_or(&lookup, "EVENTLY_GROUP_COMMIT", true)?,
@@ -468,6 +513,9 @@ impl Config {
                 parse_or(&lookup, "SWEEP_INTERVAL_MS", 1000u64)?.max(10),
             ),
             redis_url,
+            redis_connect_timeout: Duration::from_millis(
+                parse_or(&lookup, "REDIS_CONNECT_TIMEOUT_MS", 1000u64)?.max(10),
+            ),
             redis_prefix: lookup("REDIS_PREFIX").unwrap_or_else(|| "evently:".into()),
             redis_ping_interval: Duration::from_millis(
                 parse_or(&lookup, "REDIS_PING_INTERVAL_MS", 5000u64)?.max(10),
@@ -762,6 +810,27 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_listen_address_and_the_log_format_come_from_the_environment() {
+        let db = ("DATABASE_URL", "postgres://h/db");
+        assert_eq!(config(&[db]).unwrap().listen.to_string(), "127.0.0.1:8000");
+        let listen = config(&[db, ("EVENTLY_LISTEN", "0.0.0.0:9000")]).unwrap();
+        assert_eq!(listen.listen.to_string(), "0.0.0.0:9000");
+        let err = config(&[db, ("EVENTLY_LISTEN", "localhost")]).unwrap_err();
+        assert!(err.to_string().starts_with("EVENTLY_LISTEN"), "{err}");
+        let telemetry = TelemetryConfig::from_lookup(|name| match name {
+            "EVENTLY_LOG_FORMAT" => Some("json".into()),
+            _ => None,
+        });
+        assert_eq!(
+            telemetry,
+            TelemetryConfig {
+                filter: None,
+                json: true
+            }
+        );
     }
 
     #[test]

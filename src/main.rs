@@ -1,3 +1,6 @@
+//! The `evently` command: parses the command line, reads the configuration (`config`, the only
+//! reader of the environment), sets up logging, and serves or runs a one-off command.
+
 use std::net::SocketAddr;
 
 use anyhow::Context;

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use super::resync::{self, RESYNC_MARGIN};
 use super::{Bus, Inner, MAX_BACKOFF, REDIS_TIMEOUT, lock, wire};
 
+/// What `/readyz` says about Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisHealth {
     NotConfigured,

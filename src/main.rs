@@ -1,5 +1,6 @@
-//! The `evently` command: parses the command line, reads the configuration (`config`, the only
-//! reader of the environment), sets up logging, and serves or runs a one-off command.
+//! The `evently` command: parses the command line, reads the configuration (`config`), sets up
+//! logging, and serves or runs a one-off command. Its one environment read of its own is
+//! `create-user`'s password (`EVENTLY_USER_PASSWORD`), an argument kept out of `ps`, not a setting.
 
 use std::net::SocketAddr;
 

@@ -1,9 +1,13 @@
+//! The `evently` command: parses the command line, reads the configuration (`config`), sets up
+//! logging, and serves or runs a one-off command. Its one environment read of its own is
+//! `create-user`'s password (`EVENTLY_USER_PASSWORD`), an argument kept out of `ps`, not a setting.
+
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use evently::app::App;
-use evently::config::Config;
+use evently::config::{Config, TelemetryConfig};
 use evently::db::{self, models};
 use evently::domain::auth::Passwords;
 use evently::domain::{seed, users};
@@ -44,9 +48,9 @@ enum Command {
 
 #[derive(Parser)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "EVENTLY_LISTEN", default_value = "127.0.0.1:8000")]
-    listen: SocketAddr,
+    /// Address to listen on [default: EVENTLY_LISTEN, else 127.0.0.1:8000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -69,7 +73,7 @@ impl From<RoleArg> for models::Role {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    evently::telemetry::init();
+    evently::telemetry::init(&TelemetryConfig::from_env());
     let command = match cli.command {
         Some(command) => command,
         None => Command::Serve(ServeArgs::parse_from(["evently"])),
@@ -147,10 +151,11 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     if applied > 0 {
         tracing::info!(applied, "applied migrations");
     }
+    let listen = args.listen.unwrap_or(config.listen);
     let app = App::build(config).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "Evently is serving");
     println!("GraphiQL: http://{addr}/graphql   (WebSocket: ws://{addr}/graphql/ws)");

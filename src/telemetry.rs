@@ -1,14 +1,21 @@
+//! Logging, set up once at start-up from [`TelemetryConfig`].
+
 use tracing_subscriber::EnvFilter;
+
+use crate::config::TelemetryConfig;
 
 /// Logs go to stderr, filtered by `RUST_LOG` (default: info for this crate, warn otherwise).
 /// JSON lines when `EVENTLY_LOG_FORMAT=json`, for log shippers.
-pub fn init() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("evently=info,tower_http=info,warn"));
+pub fn init(config: &TelemetryConfig) {
+    let filter = config
+        .filter
+        .as_deref()
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| EnvFilter::new("evently=info,tower_http=info,warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("EVENTLY_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    if config.json {
         builder.json().init();
     } else {
         builder.init();

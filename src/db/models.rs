@@ -24,19 +24,6 @@ macro_rules! text_enum {
             }
         }
 
-        impl serde::Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-                text.parse().map_err(serde::de::Error::custom)
-            }
-        }
-
         impl std::str::FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -117,8 +104,7 @@ pub struct Session {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// Serializable so the live-update bus can carry it between instances.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = events, check_for_backend(diesel::pg::Pg))]
 pub struct Event {
     pub id: Uuid,
@@ -137,43 +123,25 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Seats kept by holds (checkouts in progress and waiting-list offers).
-    #[serde(default)]
     pub seats_held: i32,
     /// Set for a seated event: its seats are the venue's.
-    #[serde(default)]
     pub venue_id: Option<Uuid>,
     /// A free event takes RSVPs instead of bookings.
-    #[serde(default)]
     pub free: bool,
-    #[serde(default)]
     pub sales_start_at: Option<DateTime<Utc>>,
-    #[serde(default)]
     pub sales_end_at: Option<DateTime<Utc>>,
     /// Most seats one user may hold and book for the event, all bookings together.
-    #[serde(default)]
     pub max_per_user: Option<i32>,
     /// How long a checkout hold lasts.
-    #[serde(default)]
     pub hold_minutes: i32,
     /// How long a waiting-list offer lasts.
-    #[serde(default)]
     pub offer_minutes: i32,
     /// When it was first published; none for a draft, or a draft that was cancelled (which
     /// stays hidden like a draft).
-    #[serde(default)]
     pub published_at: Option<DateTime<Utc>>,
 }
 
-#[derive(
-    Debug,
-    Clone,
-    Queryable,
-    QueryableByName,
-    Selectable,
-    Insertable,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = bookings, check_for_backend(diesel::pg::Pg))]
 pub struct Booking {
     pub id: Uuid,
@@ -214,16 +182,7 @@ impl Booking {
 }
 
 /// Seats kept for one user for a while: a checkout in progress, or a waiting-list offer.
-#[derive(
-    Debug,
-    Clone,
-    Queryable,
-    QueryableByName,
-    Selectable,
-    Insertable,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = holds, check_for_backend(diesel::pg::Pg))]
 pub struct Hold {
     pub id: Uuid,
@@ -247,7 +206,7 @@ pub struct Venue {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = venue_seats, check_for_backend(diesel::pg::Pg))]
 pub struct VenueSeat {
     pub id: Uuid,
@@ -267,16 +226,7 @@ pub struct SeatClaim {
     pub booking_id: Option<Uuid>,
 }
 
-#[derive(
-    Debug,
-    Clone,
-    Queryable,
-    QueryableByName,
-    Selectable,
-    Insertable,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = waitlist_entries, check_for_backend(diesel::pg::Pg))]
 pub struct WaitlistEntry {
     pub id: Uuid,
@@ -299,4 +249,23 @@ pub struct Rsvp {
     pub response: RsvpResponse,
     pub booking_id: Option<Uuid>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Whether a seat of a seated event is taken, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeatState {
+    Available,
+    Held,
+    Booked,
+}
+
+/// One seat of an event, where it is and whether it is taken: a venue seat read with its claim
+/// (`seat_claims`), not a table of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSeat {
+    pub seat_id: Uuid,
+    pub section: String,
+    pub row_label: String,
+    pub number: i32,
+    pub state: SeatState,
 }

@@ -8,7 +8,6 @@ pub mod holds;
 pub mod inventory;
 pub mod onsale;
 pub mod pagination;
-pub mod resync;
 pub mod rsvp;
 pub mod seats;
 pub mod seed;

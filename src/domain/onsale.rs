@@ -592,15 +592,18 @@ async fn commit(
                 inner.note(event);
             }
             if !also.is_empty() {
-                inner.bus.publish_changes(also, false);
+                inner
+                    .bus
+                    .publish_all(crate::app::announcements(also, false));
             }
             for (job, result) in jobs.drain(..).zip(results) {
                 // The caller may have gone away during the COMMIT; the booking stands, and what
                 // its caller would have announced is announced here.
                 if let Err(Ok(change)) = job.reply.send(result) {
-                    inner
-                        .bus
-                        .publish_changes(change.into_announcements().1, false);
+                    inner.bus.publish_all(crate::app::announcements(
+                        change.into_announcements().1,
+                        false,
+                    ));
                 }
             }
             return true;

@@ -16,22 +16,7 @@ use crate::db::models::{Event, SeatClaim, VenueSeat};
 use crate::db::schema::{events, seat_claims, venue_seats};
 use crate::error::{AppError, AppResult};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum SeatState {
-    Available,
-    Held,
-    Booked,
-}
-
-/// One seat of an event, where it is and whether it is taken.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EventSeat {
-    pub seat_id: Uuid,
-    pub section: String,
-    pub row_label: String,
-    pub number: i32,
-    pub state: SeatState,
-}
+pub use crate::db::models::{EventSeat, SeatState};
 
 /// One seat of an event whose state changed. It carries its place so that a seat picker can
 /// apply it without looking the seat up.

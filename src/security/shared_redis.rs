@@ -1,3 +1,7 @@
+//! Redis for state that instances share but can do without: rate-limit windows and persisted
+//! queries. It uses the application's one Redis pool (built in `App::build`, with the bus),
+//! under its own, shorter deadline: a request never waits long on Redis.
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -6,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bb8_redis::RedisConnectionManager;
 use redis::aio::MultiplexedConnection;
 
-/// A Redis command slower than this is treated as Redis being down.
+/// A Redis command slower than this (taking a pooled connection included) is treated as Redis
+/// being down.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failure, Redis is left alone this long, so an outage costs one timeout, not one per request.
 const COOL_OFF: Duration = Duration::from_secs(5);
@@ -37,18 +42,15 @@ impl SharedRedis {
         Self { inner: None }
     }
 
-    pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let pool = bb8::Pool::builder()
-            .max_size(16)
-            .connection_timeout(REDIS_TIMEOUT)
-            .build_unchecked(RedisConnectionManager::new(url)?);
-        Ok(Self {
+    /// Shared state in Redis through `pool`, under the key prefix `prefix`.
+    pub fn new(pool: bb8::Pool<RedisConnectionManager>, prefix: &str) -> Self {
+        Self {
             inner: Some(Arc::new(Inner {
                 pool,
                 prefix: prefix.to_owned(),
                 down_until: AtomicI64::new(0),
             })),
-        })
+        }
     }
 
     /// The full Redis key for `name`, under the configured prefix.

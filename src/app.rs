@@ -1,4 +1,7 @@
-//! The application state handed to every handler and resolver.
+//! The application state handed to every handler and resolver, and the one seam where what
+//! the domain committed is announced ([`App::commit`], through [`announce`]).
+
+mod announce;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -6,8 +9,8 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::db::{self, DbConn, DbPool};
 use crate::domain::auth::{Passwords, Tokens};
-use crate::domain::inventory::Changes;
-use crate::domain::onsale::Onsale;
+use crate::domain::changes::Committed;
+use crate::domain::group_commit::BookingQueue;
 use crate::error::AppResult;
 use crate::realtime::{Bus, Heartbeat};
 use crate::security::SharedRedis;
@@ -20,7 +23,7 @@ pub struct App {
     pub bus: Bus,
     pub passwords: Passwords,
     pub tokens: Tokens,
-    pub onsale: Onsale,
+    pub onsale: BookingQueue,
     pub rate_limiter: RateLimiter,
     pub persisted_queries: PersistedQueries,
 }
@@ -66,7 +69,7 @@ impl App {
         let state = AppState(Arc::new(App {
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
-            onsale: Onsale::new(
+            onsale: BookingQueue::new(
                 db.clone(),
                 bus.clone(),
                 config.group_commit,
@@ -87,14 +90,19 @@ impl App {
         Ok(state)
     }
 
-    /// Announces what a committed transaction changed: the event's seat counts (and, when
-    /// `details` changed, the event itself) to its watchers, and each booking, hold and
-    /// waiting-list entry to its owner's `myBookingUpdates`.
-    pub fn publish(&self, changes: Changes, details: bool) {
+    /// Announces what a domain write committed, and returns its value: the event's seat
+    /// counts (and, when its details changed, the event itself) to its watchers, each booking,
+    /// hold and waiting-list entry to its owner's `myBookingUpdates`, and changed seats to the
+    /// event's seat map. The booking queue's sold-out hint is told what the event now is. The
+    /// only caller of the bus's publish (with the queue's own announcements, which take the same
+    /// path in [`announce`]).
+    pub fn commit<T>(&self, committed: Committed<T>) -> T {
+        let Committed { value, changes } = committed;
         if let Some(event) = &changes.event {
             self.onsale.observe(event);
         }
-        self.bus.publish_changes(changes, details);
+        announce::publish(&self.bus, changes);
+        value
     }
 
     /// A pooled connection, owned so it can be held across awaits in resolvers.

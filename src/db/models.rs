@@ -300,3 +300,38 @@ pub struct Rsvp {
     pub booking_id: Option<Uuid>,
     pub updated_at: DateTime<Utc>,
 }
+
+/// The state of one seat of a seated event, as a seat map shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SeatState {
+    Available,
+    Held,
+    Booked,
+}
+
+/// One seat of an event, where it is and whether it is taken.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventSeat {
+    pub seat_id: Uuid,
+    pub section: String,
+    pub row_label: String,
+    pub number: i32,
+    pub state: SeatState,
+}
+
+impl EventSeat {
+    pub fn new(seat: VenueSeat, state: SeatState) -> Self {
+        Self {
+            seat_id: seat.id,
+            section: seat.section,
+            row_label: seat.row_label,
+            number: seat.number,
+            state,
+        }
+    }
+
+    /// "A 3-12": how a buyer reads a seat.
+    pub fn label(&self) -> String {
+        format!("{} {}-{}", self.section, self.row_label, self.number)
+    }
+}

@@ -10,35 +10,10 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::seats::SeatChange;
-use crate::db::models::{Booking, Event, Hold, WaitlistEntry};
+pub use super::changes::Changes;
+use crate::db::models::Event;
 use crate::db::schema::events;
 use crate::error::AppResult;
-
-/// What one transaction changed, to announce once it has committed.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// The event as the transaction left it, when its counters or details moved.
-    pub event: Option<Event>,
-    /// The event's version before the transaction, so a seat-map subscriber can tell whether
-    /// it missed a change.
-    pub previous_version: Option<i32>,
-    pub bookings: Vec<Booking>,
-    pub holds: Vec<Hold>,
-    pub waitlist: Vec<WaitlistEntry>,
-    /// Seats of a seated event whose state changed.
-    pub seats: Vec<SeatChange>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.event.is_none()
-            && self.bookings.is_empty()
-            && self.holds.is_empty()
-            && self.waitlist.is_empty()
-            && self.seats.is_empty()
-    }
-}
 
 /// A locked event's counters, changed in memory and written back once.
 #[derive(Debug)]

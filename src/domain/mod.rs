@@ -1,17 +1,47 @@
 //! Business rules as plain async functions over `&mut AsyncPgConnection`. Multi-statement
-//! writes run in one transaction; nothing here knows about GraphQL or HTTP.
+//! writes run in one transaction; nothing here knows about GraphQL, HTTP or the realtime bus.
+//! Every write returns a [`changes::Committed`]: its value and what it changed, which the App
+//! announces after the commit (`App::commit`), the only place that does.
+//!
+//! # Layers
+//!
+//! Modules import only from layers below their own (and, within the top layer, only the way
+//! the arrows say), so the booking path reads in one direction:
+//!
+//! 1. **Bottom: shared rules and vocabulary.** [`changes`] (`Committed`, `Changes`),
+//!    [`sale_rules`] (locking the event, who may buy, why it cannot be sold, what a request may
+//!    ask), [`user_limits`] (per-user limits), [`text`] (text checks), [`rows`] (read by id,
+//!    insert a booking), [`pagination`]. They import no other domain module, except that
+//!    `user_limits`' tests borrow `sale_rules`' test event.
+//! 2. **Middle: the inventory and where freed seats go.** [`inventory`] (an event's counters
+//!    under its lock), [`seats`] (numbered seats), and [`freed_seats`] (hold expiry,
+//!    waiting-list promotion and offers, which call each other by nature). They import the
+//!    bottom; `freed_seats` also imports `inventory` and `seats`.
+//! 3. **Top: the commands.** [`bookings`], [`holds`], [`waitlist`], [`rsvp`], [`events`]
+//!    (queries, rules, lifecycle), [`venues`], [`users`], [`auth`], and [`seed`] (demo data:
+//!    `users`, `venues`, `auth`). They import the layers below and never each other, with two
+//!    arrows that stay one-way: [`group_commit`] (the onsale path's booking queue) books through
+//!    `bookings` and checks sessions with `auth`; `seed` creates through `users` and `venues`.
+//!
+//! [`resync`] reads changes back for the realtime bus and is on its way out of the domain.
 
 pub mod auth;
 pub mod bookings;
+pub mod changes;
 pub mod events;
+pub mod freed_seats;
+pub mod group_commit;
 pub mod holds;
 pub mod inventory;
-pub mod onsale;
 pub mod pagination;
 pub mod resync;
+pub mod rows;
 pub mod rsvp;
+pub mod sale_rules;
 pub mod seats;
 pub mod seed;
+pub mod text;
+pub mod user_limits;
 pub mod users;
 pub mod venues;
 pub mod waitlist;

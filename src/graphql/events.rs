@@ -226,14 +226,8 @@ impl EventMutation {
         };
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let changes = events::update_event(&mut conn, viewer, id, patch).await?;
-        let event = changes
-            .event
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("an updated event without its row"))
-            .map_err(crate::error::AppError::from)?;
-        app.publish(changes, true);
-        Ok(event)
+        let updated = events::update_event(&mut conn, viewer, id, patch).await?;
+        Ok(app.commit(updated))
     }
 
     /// The event's organizer or an ADMIN. Makes a DRAFT visible to everyone and bookable inside
@@ -244,11 +238,10 @@ impl EventMutation {
         let app = ctx.app();
         let mut conn = app.conn().await?;
         let published = events::publish_event(&mut conn, viewer, id).await?;
-        if published.changed {
+        if published.changed() {
             tracing::info!(event_id = %id, "event published");
-            app.publish(published.changes, true);
         }
-        Ok(published.event)
+        Ok(app.commit(published))
     }
 
     /// Cancels the event and every booking of it. Repeating it returns the cancelled event.
@@ -258,15 +251,14 @@ impl EventMutation {
         let app = ctx.app();
         let mut conn = app.conn().await?;
         let cancelled = events::cancel_event(&mut conn, viewer, id).await?;
-        if cancelled.changed {
+        if cancelled.changed() {
             tracing::info!(
                 event_id = %id,
                 bookings = cancelled.changes.bookings.len(),
                 holds = cancelled.changes.holds.len(),
                 "event cancelled"
             );
-            app.publish(cancelled.changes, true);
         }
-        Ok(cancelled.event)
+        Ok(app.commit(cancelled))
     }
 }

@@ -386,9 +386,8 @@ impl ReservationMutation {
             .await
             .map_err(AppError::from)?;
         let mut conn = app.conn().await?;
-        let (hold, changes) = holds::hold_seats(&mut conn, viewer.id(), request).await?;
-        app.publish(changes, false);
-        Ok(hold)
+        let held = holds::hold_seats(&mut conn, viewer.id(), request).await?;
+        Ok(app.commit(held))
     }
 
     /// Turns the signed-in user's hold into a booking, exactly once: confirming again returns
@@ -403,10 +402,8 @@ impl ReservationMutation {
         let hold_id = parse_id(&hold_id, "holdId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (booking, changes) =
-            holds::confirm_hold(&mut conn, &viewer, hold_id, idempotency_key).await?;
-        app.publish(changes, false);
-        Ok(booking)
+        let confirmed = holds::confirm_hold(&mut conn, &viewer, hold_id, idempotency_key).await?;
+        Ok(app.commit(confirmed))
     }
 
     /// Gives the hold's seats back (the waiting list gets them first). Releasing a hold that
@@ -420,9 +417,8 @@ impl ReservationMutation {
         let hold_id = parse_id(&hold_id, "holdId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (hold, changes) = holds::release_hold(&mut conn, &viewer, hold_id).await?;
-        app.publish(changes, false);
-        Ok(hold)
+        let released = holds::release_hold(&mut conn, &viewer, hold_id).await?;
+        Ok(app.commit(released))
     }
 
     /// Joins a sold-out event's waiting list (BAD_USER_INPUT with reason SEATS_AVAILABLE
@@ -439,9 +435,8 @@ impl ReservationMutation {
         let event_id = parse_id(&event_id, "eventId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (entry, changes) = waitlist::join(&mut conn, viewer.id(), event_id, quantity).await?;
-        app.publish(changes, false);
-        Ok(entry.into())
+        let joined = waitlist::join(&mut conn, viewer.id(), event_id, quantity).await?;
+        Ok(app.commit(joined).into())
     }
 
     /// Leaves the event's waiting list, giving up an offer not yet confirmed. Returns the
@@ -455,9 +450,8 @@ impl ReservationMutation {
         let event_id = parse_id(&event_id, "eventId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (entry, changes) = waitlist::leave(&mut conn, viewer.id(), event_id).await?;
-        app.publish(changes, false);
-        Ok(entry.map(Into::into))
+        let left = waitlist::leave(&mut conn, viewer.id(), event_id).await?;
+        Ok(app.commit(left).map(Into::into))
     }
 
     /// Answers a free event's invitation. GOING takes a seat, or a place on the waiting list
@@ -472,9 +466,7 @@ impl ReservationMutation {
         let event_id = parse_id(&event_id, "eventId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (outcome, changes) =
-            rsvp::respond(&mut conn, viewer.id(), event_id, response.into()).await?;
-        app.publish(changes, false);
-        Ok(outcome.into())
+        let answered = rsvp::respond(&mut conn, viewer.id(), event_id, response.into()).await?;
+        Ok(app.commit(answered).into())
     }
 }

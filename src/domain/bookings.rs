@@ -15,7 +15,7 @@ use super::Viewer;
 use super::changes::{Changes, Committed};
 use super::freed_seats;
 use super::inventory::Inventory;
-use super::pagination::{Page, PageRequest};
+use super::pagination::{Page, PageRequest, load_page};
 use super::rows::{find_booking, find_event, insert_booking};
 pub use super::sale_rules::MAX_IDEMPOTENCY_KEY_LEN;
 use super::sale_rules::{
@@ -258,23 +258,16 @@ pub async fn event_bookings(
 
 async fn list_newest_first(
     conn: &mut AsyncPgConnection,
-    mut query: bookings::BoxedQuery<'_, diesel::pg::Pg>,
+    query: bookings::BoxedQuery<'_, diesel::pg::Pg>,
     page: PageRequest,
 ) -> AppResult<Page<Booking>> {
-    if let Some(cursor) = page.after {
-        query = query.filter(
-            bookings::created_at.lt(cursor.at).or(bookings::created_at
-                .eq(cursor.at)
-                .and(bookings::id.lt(cursor.id))),
-        );
-    }
-    let rows = query
-        .select(Booking::as_select())
-        .order((bookings::created_at.desc(), bookings::id.desc()))
-        .limit(page.limit())
-        .load(conn)
-        .await?;
-    Ok(page.finish(rows))
+    let query = query.select(Booking::as_select());
+    Ok(load_page!(
+        conn,
+        query,
+        page,
+        newest_first(bookings::created_at, bookings::id)
+    ))
 }
 
 pub async fn bookings_by_id(

@@ -20,7 +20,7 @@ use super::Viewer;
 use super::changes::{Changes, Committed};
 use super::freed_seats::{self, Ending};
 use super::inventory::Inventory;
-use super::pagination::{Page, PageRequest};
+use super::pagination::{Page, PageRequest, load_page};
 use super::rows::{OrNotFound, find_booking, insert_booking};
 pub use super::sale_rules::{MAX_SEAT_IDS, requested_quantity};
 use super::sale_rules::{
@@ -260,20 +260,13 @@ pub async fn user_holds(
             .filter(holds::status.eq(HoldStatus::Held))
             .filter(holds::expires_at.gt(diesel::dsl::now));
     }
-    if let Some(cursor) = page.after {
-        query = query.filter(
-            holds::created_at
-                .lt(cursor.at)
-                .or(holds::created_at.eq(cursor.at).and(holds::id.lt(cursor.id))),
-        );
-    }
-    let rows = query
-        .select(Hold::as_select())
-        .order((holds::created_at.desc(), holds::id.desc()))
-        .limit(page.limit())
-        .load(conn)
-        .await?;
-    Ok(page.finish(rows))
+    let query = query.select(Hold::as_select());
+    Ok(load_page!(
+        conn,
+        query,
+        page,
+        newest_first(holds::created_at, holds::id)
+    ))
 }
 
 /// The hold, for its owner or an admin.

@@ -11,7 +11,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
-use super::pagination::{Page, PageRequest};
+use super::pagination::{Page, PageRequest, load_page};
 use super::text::required_text;
 use crate::db::models::{Venue, VenueSeat};
 use crate::db::schema::{venue_seats, venues};
@@ -252,20 +252,13 @@ pub async fn list_venues(
     conn: &mut AsyncPgConnection,
     page: PageRequest,
 ) -> AppResult<Page<VenueLayout>> {
-    let mut query = venues::table.select(Venue::as_select()).into_boxed();
-    if let Some(cursor) = page.after {
-        query = query.filter(
-            venues::created_at.gt(cursor.at).or(venues::created_at
-                .eq(cursor.at)
-                .and(venues::id.gt(cursor.id))),
-        );
-    }
-    let rows: Vec<Venue> = query
-        .order((venues::created_at.asc(), venues::id.asc()))
-        .limit(page.limit())
-        .load(conn)
-        .await?;
-    let page = page.finish(rows);
+    let query = venues::table.select(Venue::as_select()).into_boxed();
+    let page: Page<Venue> = load_page!(
+        conn,
+        query,
+        page,
+        oldest_first(venues::created_at, venues::id)
+    );
     let order: Vec<Uuid> = page.items.iter().map(|venue| venue.id).collect();
     let mut layouts = with_layouts(conn, page.items).await?;
     Ok(Page {

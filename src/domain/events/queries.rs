@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::db::models::{Event, EventStatus};
 use crate::db::schema::events;
 use crate::domain::Viewer;
-use crate::domain::pagination::{Page, PageRequest};
+use crate::domain::pagination::{Page, PageRequest, load_page};
 use crate::domain::text::reject_control_chars;
 use crate::error::{AppError, AppResult};
 
@@ -102,19 +102,12 @@ pub async fn list_events(
     if let Some(before) = filter.starts_before {
         query = query.filter(events::starts_at.lt(before));
     }
-    if let Some(cursor) = page.after {
-        query = query.filter(
-            events::starts_at.gt(cursor.at).or(events::starts_at
-                .eq(cursor.at)
-                .and(events::id.gt(cursor.id))),
-        );
-    }
-    let rows = query
-        .order((events::starts_at.asc(), events::id.asc()))
-        .limit(page.limit())
-        .load(conn)
-        .await?;
-    Ok(page.finish(rows))
+    Ok(load_page!(
+        conn,
+        query,
+        page,
+        oldest_first(events::starts_at, events::id)
+    ))
 }
 
 pub async fn events_by_id(

@@ -14,6 +14,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
+use super::rows::OrNotFound;
 use crate::db::models::{Event, EventStatus};
 use crate::db::schema::events;
 use crate::error::{AppError, AppResult};
@@ -28,8 +29,7 @@ pub(crate) async fn lock_event(conn: &mut AsyncPgConnection, id: Uuid) -> AppRes
         .for_no_key_update()
         .first(conn)
         .await
-        .optional()?
-        .ok_or(AppError::NotFound("event"))
+        .or_not_found("event")
 }
 
 /// Locks the event for a sale to `user_id`: a booking, a hold, a place in line or an RSVP.

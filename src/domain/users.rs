@@ -1,3 +1,8 @@
+//! Users: signing up, reading them (one by id, several for DataLoaders), and an admin's change
+//! of a user's role. Passwords are hashed by [`super::auth::Passwords`].
+//!
+//! Top layer: a command module.
+
 use std::collections::HashMap;
 
 use chrono::Utc;
@@ -8,6 +13,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::auth::Passwords;
+use super::rows::OrNotFound;
 use crate::db::models::{Role, User};
 use crate::db::schema::users;
 use crate::error::{AppError, AppResult};
@@ -100,8 +106,7 @@ pub async fn set_role(
         .returning(User::as_returning())
         .get_result(conn)
         .await
-        .optional()?
-        .ok_or(AppError::NotFound("user"))
+        .or_not_found("user")
 }
 
 pub async fn users_by_id(

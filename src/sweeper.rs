@@ -8,7 +8,7 @@
 use std::sync::Weak;
 
 use crate::app::{App, AppState};
-use crate::domain::{events, freed_seats};
+use crate::domain::{events, sweeps};
 
 /// Events swept per round; more wait for the next round.
 const EVENTS_PER_ROUND: i64 = 100;
@@ -45,10 +45,10 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
         swept += 1;
         app.commit(completed);
     }
-    let expired = freed_seats::events_with_expired_holds(&mut conn, EVENTS_PER_ROUND).await?;
+    let expired = sweeps::events_with_expired_holds(&mut conn, EVENTS_PER_ROUND).await?;
     for event_id in expired {
         // One event that cannot be swept must not hold up the others.
-        match freed_seats::sweep_event(&mut conn, event_id).await {
+        match sweeps::sweep_event(&mut conn, event_id).await {
             Ok(swept_event) if swept_event.changed() => {
                 swept += 1;
                 app.commit(swept_event);
@@ -61,9 +61,9 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
     }
     // Seats freed while sales were paused go to the waiting list once they reopen, even when
     // nobody comes to buy.
-    let owed = freed_seats::events_owed_seats(&mut conn, EVENTS_PER_ROUND).await?;
+    let owed = sweeps::events_owed_seats(&mut conn, EVENTS_PER_ROUND).await?;
     for event_id in owed {
-        match freed_seats::catch_up_event(&mut conn, event_id).await {
+        match sweeps::catch_up_event(&mut conn, event_id).await {
             Ok(caught_up) if caught_up.changed() => {
                 swept += 1;
                 app.commit(caught_up);

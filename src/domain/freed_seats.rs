@@ -7,24 +7,28 @@
 //! lapses ends its hold, which frees its seats for the next in line. So hold expiry, promotion
 //! and offers call each other by nature, and live here together.
 //!
-//! Everything here runs under the event's row lock ([`lock_event`]) and moves seats through an
-//! [`Inventory`]. Outside the sales window nothing is offered (an offer could not be
-//! confirmed): seats freed then are owed to the waiting list once sales reopen ([`catch_up`]).
+//! Everything here runs under the event's row lock ([`super::sale_rules::lock_event`]) and
+//! moves seats through an [`Inventory`]. Outside the sales window nothing is offered (an offer
+//! could not be confirmed): seats freed then are owed to the waiting list once sales reopen
+//! ([`catch_up`]).
 //! Expired holds the sweeper has not reached yet never block a sale: every sale ends them
 //! first when it would otherwise be refused ([`take_from_expired`]).
 //!
+//! Also here: what a booking's cancellation does to its RSVP, and the RSVPs and waiting list
+//! of an event that is cancelled or over.
+//!
 //! The middle layer: imports the bottom (sale rules, user limits, rows), the inventory and the
-//! seats, never a command.
+//! seats, never a command. The sweeper's transactions over it are [`super::sweeps`].
 
 use chrono::{Duration, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::changes::{Changes, Committed};
+use super::changes::Changes;
 use super::inventory::Inventory;
 use super::rows::insert_unkeyed_booking;
-use super::sale_rules::{lock_event, unbookable_reason};
+use super::sale_rules::unbookable_reason;
 use super::seats::{self, SeatOwner};
 use super::user_limits::{hold_cap, seats_held_by, seats_of_user};
 use crate::db::models::{
@@ -217,35 +221,6 @@ pub(crate) async fn end_all(
     Ok(())
 }
 
-/// Events with holds past their expiry, for the sweeper.
-pub async fn events_with_expired_holds(
-    conn: &mut AsyncPgConnection,
-    limit: i64,
-) -> AppResult<Vec<Uuid>> {
-    Ok(holds::table
-        .filter(holds::status.eq(HoldStatus::Held))
-        .filter(holds::expires_at.le(diesel::dsl::now))
-        .select(holds::event_id)
-        .distinct()
-        .limit(limit)
-        .load(conn)
-        .await?)
-}
-
-/// Ends one event's expired holds in a transaction of its own. Safe to run on several
-/// instances at once: the event lock queues them, and a hold ends only once.
-pub async fn sweep_event(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<Committed<()>> {
-    conn.transaction(async move |conn| {
-        let event = lock_event(conn, event_id).await?;
-        let mut changes = Changes::default();
-        let mut inventory = Inventory::new(event);
-        expire(conn, &mut inventory, &mut changes).await?;
-        inventory.save(conn, &mut changes).await?;
-        Ok(Committed::new((), changes))
-    })
-    .await
-}
-
 /// Entries read per round when promoting.
 const PROMOTE_CHUNK: i64 = 100;
 
@@ -415,8 +390,8 @@ async fn within_limits(
 /// opens or after it closes stay free; once sales are open again they are the waiting list's
 /// before anyone else's. Every sale of an event with a sales window runs this first, under the
 /// event's lock, and the sweeper runs it for events nobody is buying
-/// ([`events_owed_seats`]). An event without a sales window pauses only when it starts, and
-/// only an update can reopen it, which promotes by itself.
+/// ([`super::sweeps::events_owed_seats`]). An event without a sales window pauses only when
+/// it starts, and only an update can reopen it, which promotes by itself.
 pub(crate) async fn catch_up(
     conn: &mut AsyncPgConnection,
     inventory: &mut Inventory,
@@ -428,48 +403,6 @@ pub(crate) async fn catch_up(
         return Ok(());
     }
     promote(conn, inventory, changes).await
-}
-
-/// Events on sale, with a sales window, whose free seats a waiting entry fits: seats freed
-/// while their sales were paused (see [`catch_up`]), for the sweeper.
-pub async fn events_owed_seats(conn: &mut AsyncPgConnection, limit: i64) -> AppResult<Vec<Uuid>> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Uuid)]
-        id: Uuid,
-    }
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT e.id FROM events e \
-         WHERE e.status = 'PUBLISHED' AND e.seats_available > 0 AND e.starts_at > now() \
-           AND (e.sales_start_at IS NOT NULL OR e.sales_end_at IS NOT NULL) \
-           AND (e.sales_start_at IS NULL OR e.sales_start_at <= now()) \
-           AND (e.sales_end_at IS NULL OR e.sales_end_at > now()) \
-           AND EXISTS (SELECT 1 FROM waitlist_entries w WHERE w.event_id = e.id \
-                         AND w.status = 'WAITING' AND w.quantity <= e.seats_available) \
-         LIMIT $1",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(limit)
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(|row| row.id).collect())
-}
-
-/// Offers one event's free seats to its waiting list, in a transaction of its own (see
-/// [`catch_up`]). Safe to run on several instances at once: the event lock queues them, and
-/// an entry is offered once.
-pub async fn catch_up_event(
-    conn: &mut AsyncPgConnection,
-    event_id: Uuid,
-) -> AppResult<Committed<()>> {
-    conn.transaction(async move |conn| {
-        let event = lock_event(conn, event_id).await?;
-        let mut changes = Changes::default();
-        let mut inventory = Inventory::new(event);
-        catch_up(conn, &mut inventory, &mut changes).await?;
-        inventory.save(conn, &mut changes).await?;
-        Ok(Committed::new((), changes))
-    })
-    .await
 }
 
 /// Offers an entry its seats as a hold of its own.

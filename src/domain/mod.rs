@@ -5,25 +5,29 @@
 //!
 //! # Layers
 //!
-//! Modules import only from layers below their own (and, within the top layer, only the way
-//! the arrows say), so the booking path reads in one direction:
+//! Modules import only from layers below their own, so the booking path reads in one
+//! direction (http → graphql resolver → a command here, or the booking queue → `App::commit`
+//! → the realtime bus):
 //!
-//! 1. **Bottom: shared rules and vocabulary.** [`changes`] (`Committed`, `Changes`),
-//!    [`sale_rules`] (locking the event, who may buy, why it cannot be sold, what a request may
-//!    ask), [`user_limits`] (per-user limits), [`text`] (text checks), [`rows`] (read by id,
-//!    insert a booking), [`pagination`]. They import no other domain module, except that
-//!    `user_limits`' tests borrow `sale_rules`' test event.
+//! 1. **Bottom: shared rules and vocabulary.** [`changes`] (`Committed`, `Changes`), [`rows`]
+//!    (a row read by id or NOT_FOUND, the one booking insert), [`text`] (text checks),
+//!    [`pagination`] (keyset pages), [`user_limits`] (per-user limits), and [`sale_rules`]
+//!    (locking the event, who may buy, why it cannot be sold, what a request may ask; it reads
+//!    the event through `rows`). No other domain import.
 //! 2. **Middle: the inventory and where freed seats go.** [`inventory`] (an event's counters
 //!    under its lock), [`seats`] (numbered seats), and [`freed_seats`] (hold expiry,
-//!    waiting-list promotion and offers, which call each other by nature). They import the
-//!    bottom; `freed_seats` also imports `inventory` and `seats`.
+//!    waiting-list promotion and offers, which call each other by nature), which uses both.
 //! 3. **Top: the commands.** [`bookings`], [`holds`], [`waitlist`], [`rsvp`], [`events`]
-//!    (queries, rules, lifecycle), [`venues`], [`users`], [`auth`], and [`seed`] (demo data:
-//!    `users`, `venues`, `auth`). They import the layers below and never each other, with two
-//!    arrows that stay one-way: [`group_commit`] (the onsale path's booking queue) books through
-//!    `bookings` and checks sessions with `auth`; `seed` creates through `users` and `venues`.
+//!    (queries, rules, lifecycle), [`venues`], [`sweeps`] (the sweeper's transactions),
+//!    [`auth`] and [`users`]. They import the layers below, and each other only one way:
+//!    `users` hashes with `auth`'s `Passwords`.
+//! 4. **Over the commands.** [`group_commit`], the onsale path's booking queue, books through
+//!    `bookings` and checks sessions with `auth`; [`seed`] (demo data) creates through
+//!    `users`, `venues` and `auth`.
 //!
-//! [`resync`] reads changes back for the realtime bus and is on its way out of the domain.
+//! [`Viewer`], the signed-in user, is defined here and used at every layer. Nothing here
+//! imports `crate::realtime`. [`resync`] reads changes back for the realtime bus and is on its
+//! way out of the domain.
 
 pub mod auth;
 pub mod bookings;
@@ -40,6 +44,7 @@ pub mod rsvp;
 pub mod sale_rules;
 pub mod seats;
 pub mod seed;
+pub mod sweeps;
 pub mod text;
 pub mod user_limits;
 pub mod users;

@@ -16,7 +16,7 @@ use super::changes::{Changes, Committed};
 use super::freed_seats;
 use super::inventory::Inventory;
 use super::pagination::{Page, PageRequest, load_page};
-use super::rows::{find_booking, find_event, insert_booking};
+use super::rows::{find_booking, find_event, insert_booking, rows_by_id};
 pub use super::sale_rules::MAX_IDEMPOTENCY_KEY_LEN;
 use super::sale_rules::{
     check_idempotency_key, check_sellable, lock_event, lock_event_for, requested_quantity,
@@ -274,10 +274,5 @@ pub async fn bookings_by_id(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
 ) -> AppResult<std::collections::HashMap<Uuid, Booking>> {
-    let rows: Vec<Booking> = bookings::table
-        .filter(bookings::id.eq_any(ids))
-        .select(Booking::as_select())
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|b| (b.id, b)).collect())
+    Ok(rows_by_id!(conn, bookings, Booking, ids))
 }

@@ -21,7 +21,7 @@ use super::changes::{Changes, Committed};
 use super::freed_seats::{self, Ending};
 use super::inventory::Inventory;
 use super::pagination::{Page, PageRequest, load_page};
-use super::rows::{OrNotFound, find_booking, insert_booking};
+use super::rows::{OrNotFound, find_booking, insert_booking, rows_by_id};
 pub use super::sale_rules::{MAX_SEAT_IDS, requested_quantity};
 use super::sale_rules::{
     check_idempotency_key, check_sellable, lock_event, lock_event_for, unbookable_reason,
@@ -284,10 +284,5 @@ pub async fn holds_by_id(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
 ) -> AppResult<std::collections::HashMap<Uuid, Hold>> {
-    let rows: Vec<Hold> = holds::table
-        .filter(holds::id.eq_any(ids))
-        .select(Hold::as_select())
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|h| (h.id, h)).collect())
+    Ok(rows_by_id!(conn, holds, Hold, ids))
 }

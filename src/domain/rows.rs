@@ -1,6 +1,7 @@
-//! Single rows read and written the same way everywhere: a row read by id is NOT_FOUND when it
-//! is missing ([`OrNotFound`]), and a booking goes in through one [`insert_booking`], which
-//! answers a used idempotency key with no row instead of an error.
+//! Rows read and written the same way everywhere: a row read by id is NOT_FOUND when it is
+//! missing ([`OrNotFound`]), rows read by their ids come keyed by id ([`rows_by_id!`], for the
+//! DataLoaders), and a booking goes in through one [`insert_booking`], which answers a used
+//! idempotency key with no row instead of an error.
 //!
 //! Bottom layer: imports no other domain module.
 
@@ -25,6 +26,23 @@ impl<T> OrNotFound<T> for QueryResult<T> {
         self.optional()?.ok_or(AppError::NotFound(what))
     }
 }
+
+/// The rows of `$table` (a diesel schema module in scope) whose ids are among `$ids`, read as
+/// `$row` and keyed by id. Evaluates to the map; a database error returns from the enclosing
+/// function. A macro because each table is a type of its own.
+macro_rules! rows_by_id {
+    ($conn:expr, $table:ident, $row:ty, $ids:expr) => {{
+        let rows: Vec<$row> = $table::table
+            .filter($table::id.eq_any($ids))
+            .select(<$row>::as_select())
+            .load($conn)
+            .await?;
+        rows.into_iter()
+            .map(|row| (row.id, row))
+            .collect::<std::collections::HashMap<uuid::Uuid, $row>>()
+    }};
+}
+pub(crate) use rows_by_id;
 
 /// Inserts a booking. `None` when its user already used its idempotency key (the unique
 /// constraint `bookings_user_idempotency_key`): a concurrent request with the same key waits

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::auth::Passwords;
-use super::rows::OrNotFound;
+use super::rows::{OrNotFound, rows_by_id};
 use crate::db::models::{Role, User};
 use crate::db::schema::users;
 use crate::error::{AppError, AppResult};
@@ -113,10 +113,5 @@ pub async fn users_by_id(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
 ) -> QueryResult<HashMap<Uuid, User>> {
-    let rows: Vec<User> = users::table
-        .filter(users::id.eq_any(ids))
-        .select(User::as_select())
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|user| (user.id, user)).collect())
+    Ok(rows_by_id!(conn, users, User, ids))
 }

@@ -10,6 +10,7 @@ use crate::db::models::{Event, EventStatus};
 use crate::db::schema::events;
 use crate::domain::Viewer;
 use crate::domain::pagination::{Page, PageRequest, load_page};
+use crate::domain::rows::rows_by_id;
 use crate::domain::text::reject_control_chars;
 use crate::error::{AppError, AppResult};
 
@@ -114,10 +115,5 @@ pub async fn events_by_id(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
 ) -> QueryResult<std::collections::HashMap<Uuid, Event>> {
-    let rows: Vec<Event> = events::table
-        .filter(events::id.eq_any(ids))
-        .select(Event::as_select())
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|event| (event.id, event)).collect())
+    Ok(rows_by_id!(conn, events, Event, ids))
 }

@@ -1,4 +1,7 @@
-//! The application state handed to every handler and resolver.
+//! The application state handed to every handler and resolver, and the one seam where what
+//! the domain committed is announced ([`App::commit`], through [`announce`]).
+
+mod announce;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -6,10 +9,10 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::db::{self, DbConn, DbPool};
 use crate::domain::auth::{Passwords, Tokens};
-use crate::domain::inventory::Changes;
-use crate::domain::onsale::Onsale;
+use crate::domain::changes::Committed;
+use crate::domain::group_commit::BookingQueue;
 use crate::error::AppResult;
-use crate::realtime::{Bus, Heartbeat, SeatMapUpdate, SeatUpdate, Update};
+use crate::realtime::{Bus, Heartbeat};
 use crate::security::SharedRedis;
 use crate::security::persisted::{PersistedQueries, load_allowlist};
 use crate::security::rate_limit::RateLimiter;
@@ -20,7 +23,7 @@ pub struct App {
     pub bus: Bus,
     pub passwords: Passwords,
     pub tokens: Tokens,
-    pub onsale: Onsale,
+    pub onsale: BookingQueue,
     pub rate_limiter: RateLimiter,
     pub persisted_queries: PersistedQueries,
 }
@@ -81,7 +84,7 @@ impl App {
         let state = AppState(Arc::new(App {
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
-            onsale: Onsale::new(
+            onsale: BookingQueue::new(
                 db.clone(),
                 bus.clone(),
                 config.group_commit,
@@ -102,56 +105,23 @@ impl App {
         Ok(state)
     }
 
-    /// Announces what a committed transaction changed: the event's seat counts (and, when
-    /// `details` changed, the event itself) to its watchers, and each booking, hold and
-    /// waiting-list entry to its owner's `myBookingUpdates`.
-    pub fn publish(&self, changes: Changes, details: bool) {
+    /// Announces what a domain write committed, and returns its value: the event's seat
+    /// counts (and, when its details changed, the event itself) to its watchers, each booking,
+    /// hold and waiting-list entry to its owner's `myBookingUpdates`, and changed seats to the
+    /// event's seat map. The booking queue's sold-out hint is told what the event now is. The
+    /// only caller of the bus's publish (with the queue's own announcements, which take the same
+    /// path in [`announce`]).
+    pub fn commit<T>(&self, committed: Committed<T>) -> T {
+        let Committed { value, changes } = committed;
         if let Some(event) = &changes.event {
             self.onsale.observe(event);
         }
-        self.bus.publish_all(announcements(changes, details));
+        announce::publish(&self.bus, changes);
+        value
     }
 
     /// A pooled connection, owned so it can be held across awaits in resolvers.
     pub async fn conn(&self) -> AppResult<DbConn> {
         Ok(self.db.get_owned().await?)
     }
-}
-
-/// What a committed transaction changed, as the bus's messages: the event's seat counts (and,
-/// when `details` changed, the event itself) to its watchers, and each booking, hold and
-/// waiting-list entry to its owner's `myBookingUpdates`, and the seats whose state changed to
-/// the event's `seatMap` (seat changes always come with the event's new version).
-pub fn announcements(changes: Changes, details: bool) -> Vec<Update> {
-    let mut updates = Vec::with_capacity(
-        3 + changes.bookings.len() + changes.holds.len() + changes.waitlist.len(),
-    );
-    if let Some(event) = changes.event {
-        if !changes.seats.is_empty() {
-            updates.push(Update::SeatMap(Arc::new(SeatMapUpdate {
-                event_id: event.id,
-                previous_version: changes.previous_version,
-                version: event.version,
-                seats: changes.seats,
-            })));
-        }
-        updates.push(Update::Seats(SeatUpdate::from(&event)));
-        if details {
-            updates.push(Update::Event(Arc::new(event)));
-        }
-    }
-    updates.extend(
-        changes
-            .bookings
-            .into_iter()
-            .map(|b| Update::Booking(Arc::new(b))),
-    );
-    updates.extend(changes.holds.into_iter().map(|h| Update::Hold(Arc::new(h))));
-    updates.extend(
-        changes
-            .waitlist
-            .into_iter()
-            .map(|w| Update::Waitlist(Arc::new(w))),
-    );
-    updates
 }

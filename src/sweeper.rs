@@ -8,7 +8,7 @@
 use std::sync::Weak;
 
 use crate::app::{App, AppState};
-use crate::domain::{events, holds, waitlist};
+use crate::domain::{events, sweeps};
 
 /// Events swept per round; more wait for the next round.
 const EVENTS_PER_ROUND: i64 = 100;
@@ -41,17 +41,17 @@ async fn run(app: Weak<App>) {
 pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
     let mut conn = app.conn().await?;
     let mut swept = 0;
-    for changes in events::complete_ended(&mut conn, EVENTS_PER_ROUND).await? {
+    for completed in events::complete_ended(&mut conn, EVENTS_PER_ROUND).await? {
         swept += 1;
-        app.publish(changes, true);
+        app.commit(completed);
     }
-    let expired = holds::events_with_expired_holds(&mut conn, EVENTS_PER_ROUND).await?;
+    let expired = sweeps::events_with_expired_holds(&mut conn, EVENTS_PER_ROUND).await?;
     for event_id in expired {
         // One event that cannot be swept must not hold up the others.
-        match holds::sweep_event(&mut conn, event_id).await {
-            Ok(changes) if !changes.is_empty() => {
+        match sweeps::sweep_event(&mut conn, event_id).await {
+            Ok(swept_event) if swept_event.changed() => {
                 swept += 1;
-                app.publish(changes, false);
+                app.commit(swept_event);
             }
             Ok(_) => {}
             Err(error) => {
@@ -61,12 +61,12 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
     }
     // Seats freed while sales were paused go to the waiting list once they reopen, even when
     // nobody comes to buy.
-    let owed = waitlist::events_owed_seats(&mut conn, EVENTS_PER_ROUND).await?;
+    let owed = sweeps::events_owed_seats(&mut conn, EVENTS_PER_ROUND).await?;
     for event_id in owed {
-        match waitlist::catch_up_event(&mut conn, event_id).await {
-            Ok(changes) if !changes.is_empty() => {
+        match sweeps::catch_up_event(&mut conn, event_id).await {
+            Ok(caught_up) if caught_up.changed() => {
                 swept += 1;
-                app.publish(changes, false);
+                app.commit(caught_up);
             }
             Ok(_) => {}
             Err(error) => {

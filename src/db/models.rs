@@ -269,3 +269,20 @@ pub struct EventSeat {
     pub number: i32,
     pub state: SeatState,
 }
+
+impl EventSeat {
+    pub fn new(seat: VenueSeat, state: SeatState) -> Self {
+        Self {
+            seat_id: seat.id,
+            section: seat.section,
+            row_label: seat.row_label,
+            number: seat.number,
+            state,
+        }
+    }
+
+    /// "A 3-12": how a buyer reads a seat.
+    pub fn label(&self) -> String {
+        format!("{} {}-{}", self.section, self.row_label, self.number)
+    }
+}

@@ -1,26 +1,33 @@
-//! Taking and returning seats. The guard against overselling is PostgreSQL's: a conditional
-//! `UPDATE events ... WHERE seats_available >= n` on the event row, backed by a CHECK
-//! constraint, inside the transaction that inserts the booking.
+//! Booking seats one transaction at a time, and cancelling bookings. The guard against
+//! overselling is PostgreSQL's: a conditional `UPDATE events ... WHERE seats_available >= n`
+//! on the event row, backed by a CHECK constraint, inside the transaction that inserts the
+//! booking. The onsale path ([`super::group_commit`]) batches bookings and comes back here for
+//! seated events and for a batch that cannot be committed as a whole.
+//!
+//! Top layer: a command module.
 
 use chrono::Utc;
 use diesel::prelude::*;
-use diesel::upsert::on_constraint;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
-use super::events::{check_user_limit, find_event, lock_event, lock_event_for, visible_to};
-use super::holds::{check_sellable, requested_quantity, take_from_expired_seats};
-use super::inventory::{Changes, Inventory};
-use super::pagination::{Page, PageRequest};
+use super::changes::{Changes, Committed};
+use super::freed_seats;
+use super::inventory::Inventory;
+use super::pagination::{Page, PageRequest, load_page};
+use super::rows::{find_booking, find_event, insert_booking, rows_by_id};
+pub use super::sale_rules::MAX_IDEMPOTENCY_KEY_LEN;
+use super::sale_rules::{
+    check_idempotency_key, check_sellable, lock_event, lock_event_for, requested_quantity,
+    visible_to,
+};
 use super::seats::{self, SeatOwner};
-use super::{rsvp, waitlist};
-use crate::db::models::{Booking, BookingStatus, Event};
+use super::user_limits::check_user_limit;
+use crate::db::models::{Booking, BookingStatus};
 use crate::db::schema::bookings;
 use crate::db::{self, DbPool, Uncommitted};
 use crate::error::{AppError, AppResult};
-
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 
 pub struct BookingRequest {
     pub event_id: Uuid,
@@ -31,41 +38,13 @@ pub struct BookingRequest {
     pub seat_ids: Vec<Uuid>,
 }
 
-/// A booking and what this call changed, for publishing. A replayed idempotent request
-/// changes nothing.
-pub struct BookingChange {
-    pub booking: Booking,
-    /// True when this call made or cancelled the booking.
-    pub changed: bool,
-    /// The event as committed, when this call is the one to announce its seat count (in a
-    /// batch, only the last booking is).
-    pub event: Option<Event>,
-    /// Anything else the transaction changed (holds it found expired, seats it claimed).
-    pub also: Changes,
-}
-
-impl BookingChange {
-    /// The booking, and what to announce once committed: the event's seat count (when this
-    /// change carries it), the booking when it changed, and anything else the transaction did.
-    pub fn into_announcements(self) -> (Booking, Changes) {
-        let mut changes = self.also;
-        if self.event.is_some() {
-            changes.event = self.event;
-        }
-        if self.changed {
-            changes.bookings.push(self.booking.clone());
-        }
-        (self.booking, changes)
-    }
-}
-
 enum Attempt {
     Created(Booking, Box<Changes>),
     Existing(Booking),
 }
 
 /// Checks what can be checked without the database.
-pub(super) fn validate(request: &BookingRequest) -> AppResult<()> {
+pub(crate) fn validate(request: &BookingRequest) -> AppResult<()> {
     if request.quantity < 1 {
         return Err(AppError::bad_input(
             "quantity",
@@ -78,22 +57,7 @@ pub(super) fn validate(request: &BookingRequest) -> AppResult<()> {
     check_idempotency_key(request.idempotency_key.as_deref())
 }
 
-/// An idempotency key is 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] bytes of printable text.
-pub(super) fn check_idempotency_key(key: Option<&str>) -> AppResult<()> {
-    if let Some(key) = key
-        && (key.is_empty()
-            || key.len() > MAX_IDEMPOTENCY_KEY_LEN
-            || key.chars().any(char::is_control))
-    {
-        return Err(AppError::bad_input(
-            "idempotencyKey",
-            format!("idempotencyKey must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
-        ));
-    }
-    Ok(())
-}
-
-/// Books seats in a transaction of its own. The onsale path ([`super::onsale`]) batches
+/// Books seats in a transaction of its own. The onsale path ([`super::group_commit`]) batches
 /// bookings and falls back to this one when a batch cannot be committed as a whole.
 ///
 /// A COMMIT whose reply is lost is looked up (see [`db::finish`]): if it took effect, the
@@ -104,20 +68,15 @@ pub async fn book_seats(
     pool: &DbPool,
     user_id: Uuid,
     request: &BookingRequest,
-) -> Result<BookingChange, Uncommitted<AppError>> {
+) -> Result<Committed<Booking>, Uncommitted<AppError>> {
     validate(request).map_err(Uncommitted::Failed)?;
     let txid = db::begin(conn)
         .await
         .map_err(|e| Uncommitted::Failed(e.into()))?;
     let attempt = attempt_booking(conn, user_id, request).await;
     match db::finish(conn, pool, txid, attempt).await? {
-        Attempt::Created(booking, mut also) => Ok(BookingChange {
-            booking,
-            changed: true,
-            event: also.event.take(),
-            also: *also,
-        }),
-        Attempt::Existing(booking) => Ok(unchanged(booking)),
+        Attempt::Created(booking, changes) => Ok(Committed::new(booking, *changes)),
+        Attempt::Existing(booking) => Ok(Committed::unchanged(booking)),
     }
 }
 
@@ -137,8 +96,8 @@ async fn attempt_booking(
     check_user_limit(conn, &event, user_id, request.quantity).await?;
     let mut changes = Changes::default();
     let mut inventory = Inventory::new(event);
-    waitlist::catch_up(conn, &mut inventory, &mut changes).await?;
-    take_from_expired_seats(
+    freed_seats::catch_up(conn, &mut inventory, &mut changes).await?;
+    freed_seats::take_from_expired_seats(
         conn,
         &mut inventory,
         request.quantity,
@@ -160,15 +119,7 @@ async fn attempt_booking(
     );
     // A concurrent request with the same key for another event waits here on the
     // unique index and, once that one commits, inserts nothing.
-    let inserted: Option<Booking> = diesel::insert_into(bookings::table)
-        .values(&booking)
-        .on_conflict(on_constraint("bookings_user_idempotency_key"))
-        .do_nothing()
-        .returning(Booking::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-    let Some(booking) = inserted else {
+    let Some(booking) = insert_booking(conn, &booking).await? else {
         return find_by_key(conn, user_id, request)
             .await?
             .map(Attempt::Existing)
@@ -187,12 +138,13 @@ async fn attempt_booking(
     .await?;
     inventory.book(request.quantity);
     inventory.save(conn, &mut changes).await?;
+    changes.bookings.push(booking.clone());
     Ok(Attempt::Created(booking, Box::new(changes)))
 }
 
 /// The booking already made under this request's idempotency key, if any. The same key for a
 /// different request is a conflict, not a replay.
-pub(super) async fn find_by_key(
+pub(crate) async fn find_by_key(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     request: &BookingRequest,
@@ -219,29 +171,19 @@ pub(super) async fn find_by_key(
     }
 }
 
-pub(super) async fn find_booking(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<Booking> {
-    bookings::table
-        .find(id)
-        .select(Booking::as_select())
-        .first(conn)
-        .await
-        .optional()?
-        .ok_or(AppError::NotFound("booking"))
-}
-
 /// Cancels a booking and returns its seats (to the waiting list first), exactly once however
 /// many times it is called.
 pub async fn cancel_booking(
     conn: &mut AsyncPgConnection,
     viewer: &Viewer,
     id: Uuid,
-) -> AppResult<BookingChange> {
+) -> AppResult<Committed<Booking>> {
     let booking = find_booking(conn, id).await?;
     if booking.user_id != viewer.id() && !viewer.is_admin() {
         return Err(AppError::Forbidden("you can only cancel your own bookings"));
     }
     if booking.status == BookingStatus::Cancelled {
-        return Ok(unchanged(booking));
+        return Ok(Committed::unchanged(booking));
     }
     conn.transaction(async move |conn| {
         let event = lock_event(conn, booking.event_id).await?;
@@ -266,33 +208,20 @@ pub async fn cancel_booking(
         .optional()?;
         let Some(cancelled) = cancelled else {
             // Someone else cancelled it first; report the booking as it now stands.
-            return Ok(unchanged(find_booking(conn, id).await?));
+            return Ok(Committed::unchanged(find_booking(conn, id).await?));
         };
         let mut changes = Changes::default();
         seats::release_bookings(conn, &event, &[id], &mut changes).await?;
         // An RSVP whose booking is cancelled is no longer going.
-        rsvp::forget_booking(conn, &cancelled).await?;
+        freed_seats::forget_booking(conn, &cancelled).await?;
         let mut inventory = Inventory::new(event);
         inventory.unbook(cancelled.quantity);
-        waitlist::promote(conn, &mut inventory, &mut changes).await?;
+        freed_seats::promote(conn, &mut inventory, &mut changes).await?;
         inventory.save(conn, &mut changes).await?;
-        Ok(BookingChange {
-            booking: cancelled,
-            changed: true,
-            event: changes.event.take(),
-            also: changes,
-        })
+        changes.bookings.push(cancelled.clone());
+        Ok(Committed::new(cancelled, changes))
     })
     .await
-}
-
-fn unchanged(booking: Booking) -> BookingChange {
-    BookingChange {
-        booking,
-        changed: false,
-        event: None,
-        also: Changes::default(),
-    }
 }
 
 pub async fn user_bookings(
@@ -329,33 +258,21 @@ pub async fn event_bookings(
 
 async fn list_newest_first(
     conn: &mut AsyncPgConnection,
-    mut query: bookings::BoxedQuery<'_, diesel::pg::Pg>,
+    query: bookings::BoxedQuery<'_, diesel::pg::Pg>,
     page: PageRequest,
 ) -> AppResult<Page<Booking>> {
-    if let Some(cursor) = page.after {
-        query = query.filter(
-            bookings::created_at.lt(cursor.at).or(bookings::created_at
-                .eq(cursor.at)
-                .and(bookings::id.lt(cursor.id))),
-        );
-    }
-    let rows = query
-        .select(Booking::as_select())
-        .order((bookings::created_at.desc(), bookings::id.desc()))
-        .limit(page.limit())
-        .load(conn)
-        .await?;
-    Ok(page.finish(rows))
+    let query = query.select(Booking::as_select());
+    Ok(load_page!(
+        conn,
+        query,
+        page,
+        newest_first(bookings::created_at, bookings::id)
+    ))
 }
 
 pub async fn bookings_by_id(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
 ) -> AppResult<std::collections::HashMap<Uuid, Booking>> {
-    let rows: Vec<Booking> = bookings::table
-        .filter(bookings::id.eq_any(ids))
-        .select(Booking::as_select())
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|b| (b.id, b)).collect())
+    Ok(rows_by_id!(conn, bookings, Booking, ids))
 }

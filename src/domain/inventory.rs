@@ -1,44 +1,23 @@
-//! An event's seat counters inside one transaction, and the changes a transaction made, for
-//! publishing after it commits.
+//! An event's seat counters inside one transaction. The changes a transaction made, for
+//! announcing after it commits, are [`super::changes::Changes`] (re-exported here for the
+//! realtime bus, which still names this path).
 //!
-//! Every transaction that moves seats locks the event row first ([`super::events::lock_event`]),
-//! adjusts an [`Inventory`] in memory as it takes, holds or frees seats, and writes the counters
-//! back with one `UPDATE` ([`Inventory::save`]). The CHECK constraint
+//! Every transaction that moves seats locks the event row first
+//! ([`super::sale_rules::lock_event`]), adjusts an [`Inventory`] in memory as it takes, holds
+//! or frees seats, and writes the counters back with one `UPDATE` ([`Inventory::save`]). The
+//! CHECK constraint
 //! `seats_available >= 0 AND seats_held >= 0 AND seats_available + seats_held <= capacity` is
 //! the last word on every write.
+//!
+//! The middle layer: imports only [`super::changes`] from the domain.
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::seats::SeatChange;
-use crate::db::models::{Booking, Event, Hold, WaitlistEntry};
+pub use super::changes::Changes;
+use crate::db::models::Event;
 use crate::db::schema::events;
 use crate::error::AppResult;
-
-/// What one transaction changed, to announce once it has committed.
-#[derive(Debug, Default)]
-pub struct Changes {
-    /// The event as the transaction left it, when its counters or details moved.
-    pub event: Option<Event>,
-    /// The event's version before the transaction, so a seat-map subscriber can tell whether
-    /// it missed a change.
-    pub previous_version: Option<i32>,
-    pub bookings: Vec<Booking>,
-    pub holds: Vec<Hold>,
-    pub waitlist: Vec<WaitlistEntry>,
-    /// Seats of a seated event whose state changed.
-    pub seats: Vec<SeatChange>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        self.event.is_none()
-            && self.bookings.is_empty()
-            && self.holds.is_empty()
-            && self.waitlist.is_empty()
-            && self.seats.is_empty()
-    }
-}
 
 /// A locked event's counters, changed in memory and written back once.
 #[derive(Debug)]
@@ -118,5 +97,67 @@ impl Inventory {
         }
         changes.event = Some(event.clone());
         Ok(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::sale_rules::tests::event;
+
+    /// An inventory of an event with `available` free seats and `held` held ones.
+    fn inventory(available: i32, held: i32) -> Inventory {
+        Inventory::new(Event {
+            seats_available: available,
+            seats_held: held,
+            ..event()
+        })
+    }
+
+    fn counters(inventory: &Inventory) -> (i32, i32, i32) {
+        (inventory.available, inventory.held, inventory.steps)
+    }
+
+    #[test]
+    fn a_new_inventory_starts_from_the_locked_row_with_no_steps() {
+        let inventory = inventory(7, 3);
+        assert_eq!(counters(&inventory), (7, 3, 0));
+    }
+
+    #[test]
+    fn holding_moves_free_seats_to_held_and_confirming_keeps_them_taken() {
+        let mut inventory = inventory(10, 0);
+        inventory.hold(4);
+        assert_eq!(counters(&inventory), (6, 4, 1));
+        inventory.confirm(4);
+        assert_eq!(counters(&inventory), (6, 0, 2));
+    }
+
+    #[test]
+    fn a_hold_that_ends_without_a_booking_frees_its_seats() {
+        let mut inventory = inventory(6, 4);
+        inventory.unhold(4);
+        assert_eq!(counters(&inventory), (10, 0, 1));
+    }
+
+    #[test]
+    fn booking_and_cancelling_take_and_return_free_seats() {
+        let mut inventory = inventory(10, 2);
+        inventory.book(3);
+        assert_eq!(counters(&inventory), (7, 2, 1));
+        inventory.unbook(3);
+        assert_eq!(counters(&inventory), (10, 2, 2));
+    }
+
+    #[test]
+    fn every_step_counts_once_toward_the_version() {
+        let mut inventory = inventory(10, 0);
+        inventory.hold(1);
+        inventory.hold(1);
+        inventory.unhold(1);
+        inventory.book(2);
+        inventory.confirm(1);
+        // Free + held + booked stays the capacity: 10 = 7 free + 0 held + 3 taken.
+        assert_eq!(counters(&inventory), (7, 0, 5));
     }
 }

@@ -85,6 +85,47 @@ impl Cursor {
     }
 }
 
+/// Loads one page of `$query` (a boxed diesel query, filtered and selected) in keyset order by
+/// (`$at`, `$id`), `newest_first` or `oldest_first`: the rows after `$page.after` in that
+/// order, one more than asked to learn whether another page follows. Evaluates to the
+/// [`Page`]; a database error returns from the enclosing function. A macro because each
+/// table's columns are types of their own.
+macro_rules! load_page {
+    ($conn:expr, $query:expr, $page:expr, newest_first($at:expr, $id:expr)) => {{
+        let page: $crate::domain::pagination::PageRequest = $page;
+        let mut query = $query;
+        if let Some(cursor) = page.after {
+            query = query.filter(
+                $at.lt(cursor.at)
+                    .or($at.eq(cursor.at).and($id.lt(cursor.id))),
+            );
+        }
+        let rows = query
+            .order(($at.desc(), $id.desc()))
+            .limit(page.limit())
+            .load($conn)
+            .await?;
+        page.finish(rows)
+    }};
+    ($conn:expr, $query:expr, $page:expr, oldest_first($at:expr, $id:expr)) => {{
+        let page: $crate::domain::pagination::PageRequest = $page;
+        let mut query = $query;
+        if let Some(cursor) = page.after {
+            query = query.filter(
+                $at.gt(cursor.at)
+                    .or($at.eq(cursor.at).and($id.gt(cursor.id))),
+            );
+        }
+        let rows = query
+            .order(($at.asc(), $id.asc()))
+            .limit(page.limit())
+            .load($conn)
+            .await?;
+        page.finish(rows)
+    }};
+}
+pub(crate) use load_page;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,9 @@
 //! waiting list while the event is full (promoted straight to a booking when a seat frees up);
 //! MAYBE and NOT_GOING give the seat or the place back. All under the event's row lock, like
 //! every other change of its seats.
+//!
+//! Top layer: a command module (also asked by the booking and event commands to forget the
+//! answers of bookings they cancel).
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -9,11 +12,13 @@ use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::events::{check_user_limit, lock_event_for, unbookable_reason};
-use super::holds::take_from_expired;
-use super::inventory::{Changes, Inventory};
+use super::changes::{Changes, Committed};
+use super::freed_seats;
+use super::inventory::Inventory;
+use super::rows::insert_unkeyed_booking;
+use super::sale_rules::{lock_event_for, unbookable_reason};
 use super::seats::{self, SeatOwner};
-use super::waitlist;
+use super::user_limits::check_user_limit;
 use crate::db::models::{Booking, BookingStatus, Rsvp, RsvpResponse, WaitlistEntry};
 use crate::db::schema::{bookings, rsvps};
 use crate::error::{AppError, AppResult};
@@ -35,7 +40,7 @@ pub async fn respond(
     user_id: Uuid,
     event_id: Uuid,
     response: RsvpResponse,
-) -> AppResult<(RsvpOutcome, Changes)> {
+) -> AppResult<Committed<RsvpOutcome>> {
     conn.transaction(async move |conn| {
         let event = lock_event_for(conn, event_id, user_id).await?;
         if !event.free {
@@ -58,17 +63,17 @@ pub async fn respond(
                 .optional()?,
             None => None,
         };
-        let mut entry = waitlist::active_entry(conn, event_id, user_id).await?;
+        let mut entry = freed_seats::active_entry(conn, event_id, user_id).await?;
         let mut changes = Changes::default();
         let mut inventory = Inventory::new(event);
         match response {
             RsvpResponse::Going if booking.is_some() || entry.is_some() => {}
             RsvpResponse::Going => {
                 check_user_limit(conn, &inventory.event, user_id, 1).await?;
-                waitlist::catch_up(conn, &mut inventory, &mut changes).await?;
-                take_from_expired(conn, &mut inventory, 1, &mut changes).await?;
+                freed_seats::catch_up(conn, &mut inventory, &mut changes).await?;
+                freed_seats::take_from_expired(conn, &mut inventory, 1, &mut changes).await?;
                 if inventory.available >= 1 {
-                    let taken = waitlist::insert_booking(conn, event_id, user_id, 1).await?;
+                    let taken = insert_unkeyed_booking(conn, event_id, user_id, 1).await?;
                     let owner = SeatOwner::Booking(taken.id);
                     let event = inventory.event.clone();
                     seats::claim(conn, &event, owner, 1, &[], &mut changes).await?;
@@ -76,7 +81,8 @@ pub async fn respond(
                     changes.bookings.push(taken.clone());
                     booking = Some(taken);
                 } else {
-                    let waiting = waitlist::insert_entry(conn, event_id, user_id, 1, true).await?;
+                    let waiting =
+                        freed_seats::insert_entry(conn, event_id, user_id, 1, true).await?;
                     changes.waitlist.push(waiting.clone());
                     entry = Some(waiting);
                 }
@@ -97,9 +103,9 @@ pub async fn respond(
                     changes.bookings.push(cancelled);
                 }
                 if let Some(waiting) = entry.take() {
-                    waitlist::leave_entry(conn, &mut inventory, &waiting, &mut changes).await?;
+                    freed_seats::leave_entry(conn, &mut inventory, &waiting, &mut changes).await?;
                 }
-                waitlist::promote(conn, &mut inventory, &mut changes).await?;
+                freed_seats::promote(conn, &mut inventory, &mut changes).await?;
             }
         }
         let rsvp = Rsvp {
@@ -127,7 +133,7 @@ pub async fn respond(
             booking,
             waitlist_entry: entry,
         };
-        Ok((outcome, changes))
+        Ok(Committed::new(outcome, changes))
     })
     .await
 }
@@ -143,45 +149,6 @@ pub async fn find(
         .first(conn)
         .await
         .optional()?)
-}
-
-/// A cancelled booking of an RSVP: its user is no longer going.
-pub(super) async fn forget_booking(
-    conn: &mut AsyncPgConnection,
-    booking: &Booking,
-) -> AppResult<()> {
-    // By the primary key (event, user): cancellations of paid events pass here too.
-    diesel::update(
-        rsvps::table
-            .find((booking.event_id, booking.user_id))
-            .filter(rsvps::booking_id.eq(booking.id)),
-    )
-    .set((
-        rsvps::response.eq(RsvpResponse::NotGoing),
-        rsvps::booking_id.eq(None::<Uuid>),
-        rsvps::updated_at.eq(diesel::dsl::now),
-    ))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Nobody is going to a cancelled event: its GOING answers become NOT_GOING, and none keeps the
-/// booking (cancelled with the event) it had. MAYBE and NOT_GOING stay as they were.
-pub(super) async fn cancel_all(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<()> {
-    diesel::update(
-        rsvps::table
-            .filter(rsvps::event_id.eq(event_id))
-            .filter(rsvps::response.eq(RsvpResponse::Going)),
-    )
-    .set((
-        rsvps::response.eq(RsvpResponse::NotGoing),
-        rsvps::booking_id.eq(None::<Uuid>),
-        rsvps::updated_at.eq(diesel::dsl::now),
-    ))
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// How many answered what, for an event's page.

@@ -1,8 +1,11 @@
 //! Numbered seats of seated events: which seat a hold or booking has. General-admission events
 //! (no venue) have no seats, and every function here does nothing for them.
 //!
-//! Callers hold the event's row lock (see `events::lock_event`), and `seat_claims`' primary key
-//! (event, seat) makes a second claim on a seat a unique violation in any case.
+//! Callers hold the event's row lock (see `sale_rules::lock_event`), and `seat_claims`' primary
+//! key (event, seat) makes a second claim on a seat a unique violation in any case.
+//!
+//! The middle layer, beside the inventory: imports only the bottom ([`super::changes`],
+//! [`super::text`]).
 
 use std::collections::HashMap;
 
@@ -11,9 +14,12 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::inventory::Changes;
+use super::changes::Changes;
+use super::rows::OrNotFound;
+use super::text::reject_control_chars;
 use crate::db::models::{Event, SeatClaim, VenueSeat};
-use crate::db::schema::{events, seat_claims, venue_seats};
+
+use crate::db::schema::{events, seat_claims, venue_seats, venues};
 use crate::error::{AppError, AppResult};
 
 pub use crate::db::models::{EventSeat, SeatState};
@@ -21,23 +27,6 @@ pub use crate::db::models::{EventSeat, SeatState};
 /// One seat of an event whose state changed. It carries its place so that a seat picker can
 /// apply it without looking the seat up.
 pub type SeatChange = EventSeat;
-
-impl EventSeat {
-    fn new(seat: VenueSeat, state: SeatState) -> Self {
-        Self {
-            seat_id: seat.id,
-            section: seat.section,
-            row_label: seat.row_label,
-            number: seat.number,
-            state,
-        }
-    }
-
-    /// "A 3-12": how a buyer reads a seat.
-    pub fn label(&self) -> String {
-        format!("{} {}-{}", self.section, self.row_label, self.number)
-    }
-}
 
 /// Who takes a seat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -327,7 +316,7 @@ pub async fn event_seats(
                 "section must be at most 50 characters",
             ));
         }
-        super::events::reject_control_chars("section", section, false)?;
+        reject_control_chars("section", section, false)?;
     }
     let Some(venue_id) = event.venue_id else {
         return Ok(Vec::new());
@@ -377,8 +366,7 @@ pub async fn seat_map(
                 .select(Event::as_select())
                 .first(conn)
                 .await
-                .optional()?
-                .ok_or(AppError::NotFound("event"))?;
+                .or_not_found("event")?;
             check_seat_map(&event)?;
             let seats = event_seats(conn, &event, None).await?;
             Ok((event, seats))
@@ -439,4 +427,33 @@ pub async fn seats_of_owners(
             .push(EventSeat::new(seat, state));
     }
     Ok(by_owner)
+}
+
+/// The capacity of an event at `venue_id`: its seat count, which a given capacity must match.
+pub(crate) async fn seated_capacity(
+    conn: &mut AsyncPgConnection,
+    venue_id: Uuid,
+    given: Option<i32>,
+) -> AppResult<i32> {
+    let exists: bool = diesel::select(diesel::dsl::exists(venues::table.find(venue_id)))
+        .get_result(conn)
+        .await?;
+    if !exists {
+        return Err(AppError::bad_input("venueId", "no venue has this id"));
+    }
+    let seats: i64 = venue_seats::table
+        .filter(venue_seats::venue_id.eq(venue_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    let seats = seats as i32;
+    match given {
+        Some(capacity) if capacity != seats => Err(AppError::bad_input(
+            "capacity",
+            format!(
+                "a seated event's capacity is its venue's seat count ({seats}); leave capacity out"
+            ),
+        )),
+        _ => Ok(seats),
+    }
 }

@@ -8,11 +8,12 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::auth::Passwords;
+use super::rows::insert_booking;
 use super::users::{NewUser, create_user};
 use super::venues::{NewVenue, RowLayout, SectionLayout, create_venue};
 use crate::db::DbPool;
 use crate::db::models::{Booking, Event, EventStatus, Role, User};
-use crate::db::schema::{bookings, events, users};
+use crate::db::schema::{events, users};
 use crate::error::AppResult;
 
 pub struct DemoAccount {
@@ -323,10 +324,8 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
                 while remaining > 0 {
                     let quantity = remaining.min(event.max_per_booking);
                     remaining -= quantity;
-                    diesel::insert_into(bookings::table)
-                        .values(&Booking::confirmed(event.id, fan, quantity, None, now))
-                        .execute(conn)
-                        .await?;
+                    let booking = Booking::confirmed(event.id, fan, quantity, None, now);
+                    insert_booking(conn, &booking).await?;
                 }
             }
             Ok::<_, crate::error::AppError>(created)

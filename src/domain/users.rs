@@ -1,3 +1,8 @@
+//! Users: signing up, reading them (one by id, several for DataLoaders), and an admin's change
+//! of a user's role. Passwords are hashed by [`super::auth::Passwords`].
+//!
+//! Top layer: a command module.
+
 use std::collections::HashMap;
 
 use chrono::Utc;
@@ -8,6 +13,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::auth::Passwords;
+use super::rows::{OrNotFound, rows_by_id};
 use crate::db::models::{Role, User};
 use crate::db::schema::users;
 use crate::error::{AppError, AppResult};
@@ -100,18 +106,12 @@ pub async fn set_role(
         .returning(User::as_returning())
         .get_result(conn)
         .await
-        .optional()?
-        .ok_or(AppError::NotFound("user"))
+        .or_not_found("user")
 }
 
 pub async fn users_by_id(
     conn: &mut AsyncPgConnection,
     ids: &[Uuid],
 ) -> QueryResult<HashMap<Uuid, User>> {
-    let rows: Vec<User> = users::table
-        .filter(users::id.eq_any(ids))
-        .select(User::as_select())
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|user| (user.id, user)).collect())
+    Ok(rows_by_id!(conn, users, User, ids))
 }

@@ -1,5 +1,7 @@
 //! Venues with a seat layout: sections of rows of numbered seats. A layout is fixed once
 //! created, since events at the venue refer to its seats.
+//!
+//! Top layer: a command module.
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,8 +11,8 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
-use super::events::reject_control_chars;
-use super::pagination::{Page, PageRequest};
+use super::pagination::{Page, PageRequest, load_page};
+use super::text::required_text;
 use crate::db::models::{Venue, VenueSeat};
 use crate::db::schema::{venue_seats, venues};
 use crate::error::{AppError, AppResult};
@@ -59,18 +61,6 @@ impl VenueLayout {
     }
 }
 
-fn text(field: &'static str, value: &str, max: usize) -> AppResult<String> {
-    let value = value.trim();
-    if value.is_empty() || value.chars().count() > max {
-        return Err(AppError::bad_input(
-            field,
-            format!("{field} must be 1 to {max} characters"),
-        ));
-    }
-    reject_control_chars(field, value, false)?;
-    Ok(value.to_owned())
-}
-
 /// Checks a layout against the limits and returns it with names trimmed.
 fn validate_layout(sections: Vec<SectionLayout>) -> AppResult<Vec<SectionLayout>> {
     if sections.is_empty() || sections.len() > MAX_SECTIONS {
@@ -83,7 +73,7 @@ fn validate_layout(sections: Vec<SectionLayout>) -> AppResult<Vec<SectionLayout>
     let mut section_names = HashSet::new();
     let mut checked = Vec::with_capacity(sections.len());
     for section in sections {
-        let name = text("sections.name", &section.name, 50)?;
+        let name = required_text("sections.name", &section.name, 50)?;
         if !section_names.insert(name.clone()) {
             return Err(AppError::bad_input(
                 "sections.name",
@@ -99,7 +89,7 @@ fn validate_layout(sections: Vec<SectionLayout>) -> AppResult<Vec<SectionLayout>
         let mut labels = HashSet::new();
         let mut rows = Vec::with_capacity(section.rows.len());
         for row in section.rows {
-            let label = text("sections.rows.label", &row.label, 20)?;
+            let label = required_text("sections.rows.label", &row.label, 20)?;
             if !labels.insert(label.clone()) {
                 return Err(AppError::bad_input(
                     "sections.rows.label",
@@ -144,10 +134,10 @@ pub async fn create_venue(
     let venue = Venue {
         id: Uuid::new_v4(),
         owner_id: actor.id(),
-        name: text("name", &new.name, 200)?,
+        name: required_text("name", &new.name, 200)?,
         address: match new.address.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(address) => Some(text("address", address, 500)?),
+            Some(address) => Some(required_text("address", address, 500)?),
         },
         created_at: Utc::now(),
     };
@@ -262,53 +252,17 @@ pub async fn list_venues(
     conn: &mut AsyncPgConnection,
     page: PageRequest,
 ) -> AppResult<Page<VenueLayout>> {
-    let mut query = venues::table.select(Venue::as_select()).into_boxed();
-    if let Some(cursor) = page.after {
-        query = query.filter(
-            venues::created_at.gt(cursor.at).or(venues::created_at
-                .eq(cursor.at)
-                .and(venues::id.gt(cursor.id))),
-        );
-    }
-    let rows: Vec<Venue> = query
-        .order((venues::created_at.asc(), venues::id.asc()))
-        .limit(page.limit())
-        .load(conn)
-        .await?;
-    let page = page.finish(rows);
+    let query = venues::table.select(Venue::as_select()).into_boxed();
+    let page: Page<Venue> = load_page!(
+        conn,
+        query,
+        page,
+        oldest_first(venues::created_at, venues::id)
+    );
     let order: Vec<Uuid> = page.items.iter().map(|venue| venue.id).collect();
     let mut layouts = with_layouts(conn, page.items).await?;
     Ok(Page {
         items: order.iter().filter_map(|id| layouts.remove(id)).collect(),
         has_next_page: page.has_next_page,
     })
-}
-
-/// The capacity of an event at `venue_id`: its seat count, which a given capacity must match.
-pub(super) async fn seated_capacity(
-    conn: &mut AsyncPgConnection,
-    venue_id: Uuid,
-    given: Option<i32>,
-) -> AppResult<i32> {
-    let exists: bool = diesel::select(diesel::dsl::exists(venues::table.find(venue_id)))
-        .get_result(conn)
-        .await?;
-    if !exists {
-        return Err(AppError::bad_input("venueId", "no venue has this id"));
-    }
-    let seats: i64 = venue_seats::table
-        .filter(venue_seats::venue_id.eq(venue_id))
-        .count()
-        .get_result(conn)
-        .await?;
-    let seats = seats as i32;
-    match given {
-        Some(capacity) if capacity != seats => Err(AppError::bad_input(
-            "capacity",
-            format!(
-                "a seated event's capacity is its venue's seat count ({seats}); leave capacity out"
-            ),
-        )),
-        _ => Ok(seats),
-    }
 }

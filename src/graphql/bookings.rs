@@ -15,9 +15,9 @@ use super::loaders::BookingLoader;
 use super::seats::{SeatView, seats_of};
 use super::users::{UserView, load_user};
 use crate::db::models::{self, Booking};
-use crate::domain::bookings::{self, BookingChange, BookingRequest};
+use crate::domain::bookings::{self, BookingRequest};
+use crate::domain::group_commit::Buyer;
 use crate::domain::holds::requested_quantity;
-use crate::domain::onsale::Buyer;
 use crate::domain::pagination::PageRequest;
 use crate::domain::seats::SeatOwner;
 use crate::error::AppError;
@@ -138,19 +138,6 @@ impl BookingQuery {
 #[derive(Default)]
 pub struct BookingMutation;
 
-impl BookingMutation {
-    /// Announces a change that happened (a replayed request changes nothing): the event's seat
-    /// counts to its watchers, the booking to its owner's `myBookingUpdates`.
-    fn publish(ctx: &Context<'_>, change: BookingChange) -> Booking {
-        // In a batch only the last booking carries the event: one seat count per commit.
-        let (booking, changes) = change.into_announcements();
-        if !changes.is_empty() {
-            ctx.app().publish(changes, false);
-        }
-        booking
-    }
-}
-
 #[Object]
 impl BookingMutation {
     /// Books seats, or fails with SOLD_OUT when fewer than `quantity` are left.
@@ -185,8 +172,8 @@ impl BookingMutation {
             user_id: claims.sub,
             session_id: claims.sid,
         };
-        let change = app.onsale.book(buyer, request).await?;
-        Ok(BookingView(Self::publish(ctx, change)))
+        let booked = app.onsale.book(buyer, request).await?;
+        Ok(BookingView(app.commit(booked)))
     }
 
     /// The booking's owner or an admin. Cancelling again returns the cancelled booking.
@@ -198,7 +185,7 @@ impl BookingMutation {
         let viewer = &require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let mut conn = ctx.app().conn().await?;
-        let change = bookings::cancel_booking(&mut conn, viewer, id).await?;
-        Ok(BookingView(Self::publish(ctx, change)))
+        let cancelled = bookings::cancel_booking(&mut conn, viewer, id).await?;
+        Ok(BookingView(ctx.app().commit(cancelled)))
     }
 }

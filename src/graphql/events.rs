@@ -400,14 +400,8 @@ impl EventMutation {
         };
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let changes = events::update_event(&mut conn, viewer, id, patch).await?;
-        let event = changes
-            .event
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("an updated event without its row"))
-            .map_err(crate::error::AppError::from)?;
-        app.publish(changes, true);
-        Ok(EventView(event))
+        let updated = events::update_event(&mut conn, viewer, id, patch).await?;
+        Ok(EventView(app.commit(updated)))
     }
 
     /// The event's organizer or an ADMIN. Makes a DRAFT visible to everyone and bookable inside
@@ -418,11 +412,10 @@ impl EventMutation {
         let app = ctx.app();
         let mut conn = app.conn().await?;
         let published = events::publish_event(&mut conn, viewer, id).await?;
-        if published.changed {
+        if published.changed() {
             tracing::info!(event_id = %id, "event published");
-            app.publish(published.changes, true);
         }
-        Ok(EventView(published.event))
+        Ok(EventView(app.commit(published)))
     }
 
     /// Cancels the event and every booking of it. Repeating it returns the cancelled event.
@@ -432,16 +425,15 @@ impl EventMutation {
         let app = ctx.app();
         let mut conn = app.conn().await?;
         let cancelled = events::cancel_event(&mut conn, viewer, id).await?;
-        if cancelled.changed {
+        if cancelled.changed() {
             tracing::info!(
                 event_id = %id,
                 bookings = cancelled.changes.bookings.len(),
                 holds = cancelled.changes.holds.len(),
                 "event cancelled"
             );
-            app.publish(cancelled.changes, true);
         }
-        Ok(EventView(cancelled.event))
+        Ok(EventView(app.commit(cancelled)))
     }
 }
 

@@ -151,8 +151,7 @@ impl HoldMutation {
             .await
             .map_err(AppError::from)?;
         let mut conn = app.conn().await?;
-        let (hold, changes) = holds::hold_seats(&mut conn, viewer.id(), request).await?;
-        app.publish(changes, false);
+        let hold = app.commit(holds::hold_seats(&mut conn, viewer.id(), request).await?);
         Ok(HoldView(hold))
     }
 
@@ -168,9 +167,8 @@ impl HoldMutation {
         let hold_id = parse_id(&hold_id, "holdId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (booking, changes) =
-            holds::confirm_hold(&mut conn, &viewer, hold_id, idempotency_key).await?;
-        app.publish(changes, false);
+        let booking =
+            app.commit(holds::confirm_hold(&mut conn, &viewer, hold_id, idempotency_key).await?);
         Ok(BookingView(booking))
     }
 
@@ -185,8 +183,7 @@ impl HoldMutation {
         let hold_id = parse_id(&hold_id, "holdId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (hold, changes) = holds::release_hold(&mut conn, &viewer, hold_id).await?;
-        app.publish(changes, false);
+        let hold = app.commit(holds::release_hold(&mut conn, &viewer, hold_id).await?);
         Ok(HoldView(hold))
     }
 }

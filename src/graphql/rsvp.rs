@@ -115,9 +115,8 @@ impl RsvpMutation {
         let event_id = parse_id(&event_id, "eventId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (outcome, changes) =
-            rsvp::respond(&mut conn, viewer.id(), event_id, response.into()).await?;
-        app.publish(changes, false);
+        let outcome =
+            app.commit(rsvp::respond(&mut conn, viewer.id(), event_id, response.into()).await?);
         Ok(outcome.into())
     }
 }

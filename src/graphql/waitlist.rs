@@ -157,8 +157,7 @@ impl WaitlistMutation {
         let event_id = parse_id(&event_id, "eventId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (entry, changes) = waitlist::join(&mut conn, viewer.id(), event_id, quantity).await?;
-        app.publish(changes, false);
+        let entry = app.commit(waitlist::join(&mut conn, viewer.id(), event_id, quantity).await?);
         Ok(entry.into())
     }
 
@@ -173,8 +172,7 @@ impl WaitlistMutation {
         let event_id = parse_id(&event_id, "eventId")?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let (entry, changes) = waitlist::leave(&mut conn, viewer.id(), event_id).await?;
-        app.publish(changes, false);
+        let entry = app.commit(waitlist::leave(&mut conn, viewer.id(), event_id).await?);
         Ok(entry.map(Into::into))
     }
 }

@@ -711,7 +711,8 @@ async fn events_that_have_ended_are_completed_once() {
         .chain(second.map_err(|e| e.message()).unwrap())
         .collect();
     assert_eq!(all.len(), 1);
-    let changes = all.pop().unwrap();
+    let completed = all.pop().unwrap();
+    let changes = &completed.changes;
     let event = changes.event.as_ref().unwrap();
     assert_eq!(event.id.to_string(), ended);
     assert_eq!(
@@ -721,7 +722,7 @@ async fn events_that_have_ended_are_completed_once() {
     assert_eq!(changes.previous_version, Some(before));
     assert_eq!((changes.holds.len(), changes.waitlist.len()), (1, 1));
     // As the sweeper does: the booking path remembers a sold-out event until it hears otherwise.
-    app.state.publish(changes, true);
+    app.state.commit(completed);
     assert!(
         events::complete_ended(&mut conn, 100)
             .await

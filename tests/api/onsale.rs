@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use evently::db::models::Role;
 use evently::domain::bookings::BookingRequest;
-use evently::domain::onsale::{Buyer, Onsale, book_batch};
+use evently::domain::group_commit::{BookingQueue, Buyer, book_batch};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -29,7 +29,7 @@ async fn batches_on_two_instances_and_the_single_path_never_oversell_or_book_a_k
     let app = TestApp::spawn().await;
     let peer = app.spawn_peer().await;
     // A third way in: one transaction per booking, as with EVENTLY_GROUP_COMMIT=false.
-    let single = Onsale::new(
+    let single = BookingQueue::new(
         app.state.db.clone(),
         app.state.bus.clone(),
         false,
@@ -85,7 +85,7 @@ async fn batches_on_two_instances_and_the_single_path_never_oversell_or_book_a_k
                 )
                 .await;
             let result = result
-                .map(|change| change.booking.id.to_string())
+                .map(|change| change.value.id.to_string())
                 .map_err(|error| error.code().to_owned());
             (k, result)
         }

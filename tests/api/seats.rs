@@ -679,7 +679,7 @@ async fn the_seat_map_sends_every_seat_then_the_changes() {
     // change brings the whole map again, with both.
     {
         let mut conn = app.state.conn().await.unwrap();
-        let (_, unpublished) = holds::hold_seats(
+        let unpublished = holds::hold_seats(
             &mut conn,
             buyer.id,
             HoldRequest {
@@ -690,7 +690,7 @@ async fn the_seat_map_sends_every_seat_then_the_changes() {
         )
         .await
         .unwrap();
-        assert_eq!(unpublished.seats.len(), 1);
+        assert_eq!(unpublished.changes.seats.len(), 1);
     }
     hold_ok(&app, &buyer, &seated.event_id, &[seated.id("A 2-2")]).await;
     let full = seat_map(&mut client).await;

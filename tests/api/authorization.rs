@@ -4,8 +4,8 @@
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{BOOK, CANCEL, TestApp, error_code, event_input};
-use crate::websocket::WsClient;
+use crate::support::WsClient;
+use crate::support::{BOOK, CANCEL, TestApp, error_code, event_input};
 
 const UPDATE: &str =
     "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Hijacked\" }) { title } }";

@@ -13,10 +13,10 @@ use evently::realtime::Topic;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::fault_proxy::FaultProxy;
-use crate::helpers::{BOOK, TestApp, TestUser, redis_url};
-use crate::live::{converge, readiness, wait_for_readiness};
-use crate::websocket::{SEATS, WAIT, WsClient, seats};
+use crate::support::FaultProxy;
+use crate::support::converge;
+use crate::support::{BOOK, TestApp, TestUser, redis_url};
+use crate::support::{SEATS, WAIT, WsClient, seats};
 
 const TRANSPORT: &str = "graphql-transport-ws";
 const MY_BOOKINGS: &str = "subscription { myBookingUpdates { id ... on Booking { status } } }";
@@ -203,14 +203,14 @@ async fn a_stalled_redis_subscription_is_reported_by_readyz_and_caught_up_after_
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
     assert_eq!(seats(&mut client).await, (50, 1));
-    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
     book(&peer, &buyer.token, &event_id).await;
     converge(&mut client, (49, 2)).await;
 
     proxy.stall();
     // Noticed by the heartbeat and reported, with the reason, while the link is down (still
     // 200: bookings are correct without Redis).
-    let (code, body) = wait_for_readiness(&watched, "degraded").await;
+    let (code, body) = watched.wait_for_readiness("degraded").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["redis"], "down", "{body}");
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -223,7 +223,7 @@ async fn a_stalled_redis_subscription_is_reported_by_readyz_and_caught_up_after_
             tokio::time::Instant::now() < deadline,
             "readiness never named the subscription: {body}"
         );
-        body = readiness(&watched).await.1;
+        body = watched.readiness().await.1;
     }
 
     // The peer goes on booking; nothing of it can reach the watched instance for now.
@@ -231,7 +231,7 @@ async fn a_stalled_redis_subscription_is_reported_by_readyz_and_caught_up_after_
     book(&peer, &buyer.token, &event_id).await;
     proxy.resume();
     converge(&mut client, (47, 4)).await;
-    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
     // And the bus carries the peer's changes again.
     book(&peer, &buyer.token, &event_id).await;
     converge(&mut client, (46, 5)).await;
@@ -252,7 +252,7 @@ async fn a_redis_subscription_that_went_silent_for_good_is_replaced_and_caught_u
         .await;
     assert_eq!(seats(&mut seats_feed).await, (50, 1));
     let mut bookings_feed = booking_feed(&watched, &organizer, &buyer).await;
-    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
 
     // Every connection open now (the subscription among them) goes silent without closing;
     // new connections work. Nothing but a heartbeat can tell.
@@ -264,6 +264,6 @@ async fn a_redis_subscription_that_went_silent_for_good_is_replaced_and_caught_u
         data["data"]["myBookingUpdates"],
         json!({ "id": booking, "status": "CONFIRMED" })
     );
-    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
     peer.assert_invariant().await;
 }

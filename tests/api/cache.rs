@@ -4,8 +4,8 @@
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{BOOK, TestApp};
-use crate::websocket::{SEATS, WsClient, seats};
+use crate::support::{BOOK, TestApp};
+use crate::support::{SEATS, WsClient, seats};
 
 const EVENT: &str = "query($id: ID!) { event(id: $id) { seatsAvailable } }";
 

@@ -4,7 +4,7 @@ use evently::db::models::Role;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code};
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code};
 
 /// `n` one-seat bookings spread over `buyers`, all sent together once awaited.
 fn book_one_seat_each<'a>(

@@ -8,7 +8,7 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{BOOK, CANCEL, TEST_JWT_SECRET, TestApp, claims, event_input, sign};
+use crate::support::{BOOK, CANCEL, TEST_JWT_SECRET, TestApp, claims, event_input, sign};
 
 /// What a case sends.
 enum Send {
@@ -145,7 +145,7 @@ async fn hostile_requests_get_their_documented_error_and_change_nothing() {
         format!("{{ {} }}", fields.join(" "))
     };
     let persisted = |hash: &str, version: i64| json!({ "extensions": { "persistedQuery": { "version": version, "sha256Hash": hash } } });
-    let u = |t: &crate::helpers::TestUser| Some(t.token.clone());
+    let u = |t: &crate::support::TestUser| Some(t.token.clone());
     let ok = None;
 
     let cases = vec![
@@ -300,7 +300,7 @@ async fn a_brute_force_login_is_cut_off_and_changes_nothing() {
         let input =
             json!({ "input": { "email": "target@x.co", "password": format!("guess-{n:04}") } });
         let body = app.gql(None, LOGIN, input).await;
-        codes.push(crate::helpers::error_code(&body).to_owned());
+        codes.push(crate::support::error_code(&body).to_owned());
     }
     let expected: Vec<_> = (0..20)
         .map(|n| {
@@ -315,6 +315,6 @@ async fn a_brute_force_login_is_cut_off_and_changes_nothing() {
     // Even the right password waits out the window: guessing it later gains nothing now.
     let right = json!({ "input": { "email": "target@x.co", "password": "the-real-password" } });
     let body = app.gql(None, LOGIN, right).await;
-    assert_eq!(crate::helpers::error_code(&body), "RATE_LIMITED");
+    assert_eq!(crate::support::error_code(&body), "RATE_LIMITED");
     assert_eq!(app.fingerprint().await, before);
 }

@@ -1,7 +1,7 @@
 use evently::db::models::Role;
 use serde_json::json;
 
-use crate::helpers::{BOOK, CANCEL, TestApp, error_code, event_input};
+use crate::support::{BOOK, CANCEL, TestApp, error_code, event_input};
 
 const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { accessToken refreshToken expiresIn user { id email role } } }";
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken refreshToken user { email } } }";

@@ -6,8 +6,8 @@ use diesel_async::RunQueryDsl;
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
-use crate::websocket::{SEATS, WsClient, operation_errors};
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
+use crate::support::{SEATS, WsClient, operation_errors};
 
 const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id status version onSale } }";
 const UPDATE: &str = "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { id salesStartAt salesEndAt onSale } }";

@@ -2,16 +2,13 @@
 //! converge to the database when Redis goes away and comes back.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use evently::db::models::Role;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-use crate::helpers::{BOOK, CANCEL, TestApp};
-use crate::websocket::{SEATS, WAIT, WsClient, seats};
+use crate::support::{BOOK, CANCEL, TestApp};
+use crate::support::{OwnRedis, SEATS, WsClient, converge, seats};
 
 const TRANSPORT: &str = "graphql-transport-ws";
 const EVENT_UPDATED: &str =
@@ -191,110 +188,6 @@ async fn my_booking_updates_end_when_the_session_ends() {
     assert_eq!(ended["payload"][0]["extensions"]["code"], "UNAUTHENTICATED");
 }
 
-/// A redis-server of the test's own, on a free port, that the test can stop and start again.
-pub struct OwnRedis {
-    port: u16,
-    process: Option<Child>,
-}
-
-impl OwnRedis {
-    pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self {
-            port,
-            process: None,
-        };
-        redis.restart().await;
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server and waits until it says it accepts connections.
-    pub async fn restart(&mut self) {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("Ready to accept connections") {
-                    return;
-                }
-            }
-            panic!("redis-server exited before it was ready");
-        })
-        .await
-        .expect("redis-server starts");
-        // Keep reading its output, so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.process = Some(child);
-    }
-
-    pub async fn stop(&mut self) {
-        let mut child = self.process.take().expect("running");
-        child.kill().await.unwrap();
-    }
-}
-
-pub async fn readiness(app: &TestApp) -> (u16, Value) {
-    let response = app
-        .client
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-/// Polls readiness until it reports `status` (the probe is what a load balancer polls too).
-pub async fn wait_for_readiness(app: &TestApp, status: &str) -> (u16, Value) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (code, body) = readiness(app).await;
-        if body["status"] == status {
-            return (code, body);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readiness stuck at {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Reads seat messages until the subscriber shows `expected`, checking that versions only grow.
-pub async fn converge(client: &mut WsClient, expected: (i64, i64)) {
-    let mut last_version = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached {expected:?}"
-        );
-        let (available, version) = seats(client).await;
-        assert!(
-            version > last_version,
-            "version went from {last_version} to {version}"
-        );
-        last_version = version;
-        if (available, version) == expected {
-            return;
-        }
-        assert!(version < expected.1, "went past {expected:?} to {version}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_converge_to_the_database_after_redis_restarts() {
     let mut redis = OwnRedis::start().await;
@@ -327,7 +220,7 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
     converge(&mut on_second, (99, 2)).await;
 
     redis.stop().await;
-    let (code, body) = wait_for_readiness(&first, "degraded").await;
+    let (code, body) = first.wait_for_readiness("degraded").await;
     assert_eq!(
         (code, &body["redis"], &body["postgres"]),
         (200, &json!("down"), &json!("up"))
@@ -357,7 +250,7 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
     for id in &bookings {
         assert_eq!(seen[id]["status"], "CONFIRMED", "{id}");
     }
-    assert_eq!(wait_for_readiness(&first, "ready").await.0, 200);
+    assert_eq!(first.wait_for_readiness("ready").await.0, 200);
 
     // And the bus works as before: a booking on the second instance reaches the first.
     book(&second, &buyer.token, &event_id, 1).await;
@@ -369,7 +262,7 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
 async fn without_redis_bookings_and_local_subscribers_carry_on() {
     // Nothing listens on port 1: Redis is down from the start.
     let app = TestApp::spawn_on_redis("redis://127.0.0.1:1", |_| {}).await;
-    let (code, body) = readiness(&app).await;
+    let (code, body) = app.readiness().await;
     assert_eq!(code, 200, "{body}");
     // The reason is Redis's silence or the subscription's, whichever is noticed first.
     let reason = body["reason"].as_str().unwrap_or_default().to_owned();

@@ -7,7 +7,7 @@ use evently::config::{Config, PasswordHashing, RateLimit};
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_code};
+use crate::support::{TestApp, error_code};
 
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
 const REGISTER: &str =

@@ -12,9 +12,9 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::fault_proxy::FaultProxy;
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, spawn_behind_database_proxy};
-use crate::websocket::WsClient;
+use crate::support::FaultProxy;
+use crate::support::WsClient;
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, spawn_behind_database_proxy};
 
 /// What one request came to: the booking id, or the error code.
 fn outcome(body: &Value) -> Result<String, String> {

@@ -9,8 +9,8 @@ use evently::db::models::Role;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
-use crate::websocket::{SEATS, WsClient, operation_errors};
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
+use crate::support::{SEATS, WsClient, operation_errors};
 
 const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
 const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id quantity } }";

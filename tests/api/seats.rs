@@ -7,9 +7,9 @@ use evently::domain::holds::{self, HoldRequest};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
-use crate::live::OwnRedis;
-use crate::websocket::{WsClient, operation_errors};
+use crate::support::OwnRedis;
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
+use crate::support::{WsClient, operation_errors};
 
 const CREATE_VENUE: &str = "mutation($input: CreateVenueInput!) {
     createVenue(input: $input) { id name address seatCount sections { name rows { label seats } } }
@@ -923,7 +923,7 @@ async fn seat_maps_of_large_venues_reach_the_reference_client_whole() {
     let twenty_thousand = big_seated_event(&app, &organizer, 20).await;
 
     let ids = format!("{small},{two_thousand},{twenty_thousand},{small}");
-    let seen = crate::reference_client::run_node(
+    let seen = crate::support::run_node(
         "seat-map.mjs",
         &[
             ("EVENTLY_WS_URL", app.ws_url().as_str()),
@@ -948,7 +948,7 @@ async fn seat_maps_of_large_venues_reach_the_reference_client_whole() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_viewers_of_one_seat_map_share_one_read_per_version() {
-    let (app, proxy) = crate::helpers::spawn_behind_database_proxy(|_| {}).await;
+    let (app, proxy) = crate::support::spawn_behind_database_proxy(|_| {}).await;
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let seated = seated_event(&app, &organizer).await;

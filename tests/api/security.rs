@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{BOOK, TEST_JWT_SECRET, TestApp, claims, error_code, sign};
-use crate::websocket::{WsClient, operation_errors};
+use crate::support::{BOOK, OwnRedis, TEST_JWT_SECRET, TestApp, claims, error_code, sign};
+use crate::support::{WsClient, operation_errors};
 
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
 const REGISTER: &str =
@@ -53,7 +53,7 @@ async fn login_attempts_are_limited_per_ip_and_the_window_lives_in_redis() {
         "{}ratelimit:login:ip:127.0.0.1",
         app.redis.as_ref().unwrap().1
     );
-    let mut redis = redis::Client::open(crate::helpers::redis_url())
+    let mut redis = redis::Client::open(crate::support::redis_url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -616,52 +616,10 @@ async fn graphiqls_introspection_passes_the_default_limits_but_deep_queries_do_n
     .await;
 }
 
-/// A Redis of this test's own, so the test can stop it without touching the shared one.
-struct OwnRedis {
-    child: tokio::process::Child,
-    url: String,
-}
-
-impl OwnRedis {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh)");
-        let url = format!("redis://127.0.0.1:{port}");
-        let client = redis::Client::open(url.as_str()).unwrap();
-        // Ready when it answers PING; bounded, so a broken start fails the test.
-        for _ in 0..100 {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return Self { child, url };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-
-    async fn stop(mut self) {
-        self.child.kill().await.unwrap();
-    }
-}
-
 #[tokio::test]
 async fn limits_keep_working_when_redis_goes_away() {
-    let redis = OwnRedis::start().await;
-    let url = redis.url.clone();
+    let mut redis = OwnRedis::start().await;
+    let url = redis.url();
     let app = TestApp::spawn_with(|c| {
         c.redis_url = Some(url);
         c.rate_limits.login = RateLimit::per(2, 60);

@@ -5,8 +5,8 @@ use evently::db::models::Role;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
-use crate::websocket::WsClient;
+use crate::support::WsClient;
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
 
 const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id status quantity expiresAt isOffer event { id seatsAvailable seatsHeld } } }";
 const CONFIRM: &str = "mutation($id: ID!, $key: String) { confirmHold(holdId: $id, idempotencyKey: $key) { id status quantity } }";

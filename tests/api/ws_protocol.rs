@@ -8,8 +8,8 @@ use evently::db::models::Role;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::TestApp;
-use crate::websocket::{SEATS, WsClient, seats};
+use crate::support::TestApp;
+use crate::support::{SEATS, WsClient, seats};
 
 const TRANSPORT: &str = "graphql-transport-ws";
 const QUERY: &str = "query { events(first: 1) { edges { node { id } } } }";
@@ -42,15 +42,15 @@ fn text(value: Value) -> Message {
 
 /// A token signed with the right key, for a real session, that expired a minute ago.
 fn expired_token(user_id: uuid::Uuid) -> String {
-    let mut claims = crate::helpers::claims(user_id, uuid::Uuid::new_v4());
+    let mut claims = crate::support::claims(user_id, uuid::Uuid::new_v4());
     let now = chrono::Utc::now().timestamp();
     claims["iat"] = json!(now - 3600);
     claims["nbf"] = json!(now - 3600);
     claims["exp"] = json!(now - 60);
-    crate::helpers::sign(
+    crate::support::sign(
         &claims,
         Some("k1"),
-        crate::helpers::TEST_JWT_SECRET,
+        crate::support::TEST_JWT_SECRET,
         jsonwebtoken::Algorithm::HS256,
     )
 }
@@ -244,7 +244,7 @@ async fn a_silent_connection_is_closed_when_idle() {
     assert_eq!(client.next_raw().await["type"], "connection_ack");
     // Pings arrive but are not answered.
     loop {
-        let frame = tokio::time::timeout(crate::websocket::WAIT, client.next_frame())
+        let frame = tokio::time::timeout(crate::support::WAIT, client.next_frame())
             .await
             .unwrap();
         match frame {
@@ -338,7 +338,7 @@ async fn connections_per_user_are_limited() {
     acked(&app, json!({ "authToken": other.token })).await;
     // The place is given back when the first connection ends.
     drop(first);
-    let deadline = tokio::time::Instant::now() + crate::websocket::WAIT;
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     loop {
         match WsClient::connect(&app.ws_url(), TRANSPORT, init.clone()).await {
             Ok(_) => break,
@@ -370,7 +370,7 @@ async fn graceful_shutdown_closes_sockets_with_1001() {
     );
     assert_eq!(idle.closed().await, (1001, "server shutting down".into()));
     let server = app.server.lock().unwrap().take().unwrap();
-    tokio::time::timeout(crate::websocket::WAIT, server)
+    tokio::time::timeout(crate::support::WAIT, server)
         .await
         .expect("the server stops")
         .unwrap()
@@ -406,7 +406,7 @@ async fn shutdown_lets_an_operation_in_flight_finish_before_closing() {
             json!({ "id": event_id }),
         )
         .await;
-    let deadline = tokio::time::Instant::now() + crate::websocket::WAIT;
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     while app
         .count("pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
         .await
@@ -462,7 +462,7 @@ async fn connections_per_user_are_counted_across_instances() {
     );
     // Closing the first frees the slot for any instance.
     drop(held);
-    let deadline = tokio::time::Instant::now() + crate::websocket::WAIT;
+    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
     loop {
         match WsClient::connect(&second.ws_url(), TRANSPORT, init.clone()).await {
             Ok(_) => break,
@@ -657,7 +657,7 @@ async fn shared_subscriptions_count_against_the_addresss_request_budget() {
         socket.subscribe(id, SEATS, json!({ "id": event_id })).await;
         let message = socket.next_message().await.unwrap();
         if id == "3" {
-            let errors = crate::websocket::operation_errors(&message);
+            let errors = crate::support::operation_errors(&message);
             assert_eq!(errors[0]["extensions"]["code"], "RATE_LIMITED", "{message}");
             assert!(errors[0]["extensions"]["retryAfter"].as_u64().is_some());
         } else {
@@ -671,7 +671,7 @@ async fn shared_subscriptions_count_against_the_addresss_request_budget() {
 
 /// The code of the first error of an operation's answer.
 fn first_code(message: &Value) -> Value {
-    crate::websocket::operation_errors(message)[0]["extensions"]["code"].clone()
+    crate::support::operation_errors(message)[0]["extensions"]["code"].clone()
 }
 
 #[tokio::test]
@@ -702,7 +702,7 @@ async fn subscription_text_gets_the_size_and_nesting_checks_before_parsing_as_ov
         ("5", nested(32_000), "DOCUMENT_TOO_LARGE"),
     ] {
         let (_, over_http) = app.post_json(&json!({ "query": query }), None).await;
-        assert_eq!(crate::helpers::error_code(&over_http), code);
+        assert_eq!(crate::support::error_code(&over_http), code);
         socket.subscribe(id, &query, json!({})).await;
         let message = socket.next_message().await.unwrap();
         assert_eq!(message["type"], "error", "{message}");

@@ -2,7 +2,7 @@
 //! the one-transaction-per-booking path, and the sold-out hint.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use evently::db::models::Role;
 use evently::domain::bookings::BookingRequest;
@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use crate::support::FaultProxy;
 use crate::support::WsClient;
-use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, spawn_behind_database_proxy};
+use crate::support::{
+    BOOK, CANCEL, TestApp, TestUser, error_code, eventually, spawn_behind_database_proxy,
+};
 
 /// What one request came to: the booking id, or the error code.
 fn outcome(body: &Value) -> Result<String, String> {
@@ -322,11 +324,15 @@ async fn bookings_waiting_behind_a_locked_event_are_committed_in_batches() {
         }
     });
     // Every booking has reached the event's queue or a worker, and none can commit yet.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.state.onsale.stats().pending < 30 {
-        assert!(Instant::now() < deadline, "{:?}", app.state.onsale.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        let stats = app.state.onsale.stats();
+        if stats.pending >= 30 {
+            Ok(())
+        } else {
+            Err(stats)
+        }
+    })
+    .await;
     drop(blocker);
     for response in bookings.await.unwrap() {
         let body: Value = response.unwrap().json().await.unwrap();
@@ -386,14 +392,17 @@ async fn five_hot_events_leave_connections_for_browsing_and_signing_in() {
     });
     let waiting =
         "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.count(waiting).await < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "bookings never reached the locked rows"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        let waiting = app.count(waiting).await;
+        if waiting >= 5 {
+            Ok(())
+        } else {
+            Err(format!(
+                "bookings never reached the locked rows: {waiting} waiting"
+            ))
+        }
+    })
+    .await;
 
     let browse = "query { events(first: 20) { edges { node { id seatsAvailable } } } }";
     let login = "mutation($i: LoginInput!) { login(input: $i) { accessToken } }";
@@ -456,11 +465,12 @@ async fn a_booking_whose_caller_timed_out_after_the_event_was_locked_is_not_made
     diesel_async::SimpleAsyncConnection::batch_execute(&mut blocker, "ROLLBACK")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.state.onsale.stats().pending > 0 {
-        assert!(Instant::now() < deadline, "the batch never finished");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        (app.state.onsale.stats().pending == 0)
+            .then_some(())
+            .ok_or("the batch never finished")
+    })
+    .await;
     assert_eq!(
         app.fingerprint().await,
         before,
@@ -501,11 +511,15 @@ async fn a_burst_of_retries_with_one_key_gets_one_booking_without_replaying_batc
             join_all(requests).await
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.state.onsale.stats().pending < 39 {
-        assert!(Instant::now() < deadline, "{:?}", app.state.onsale.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        let stats = app.state.onsale.stats();
+        if stats.pending >= 39 {
+            Ok(())
+        } else {
+            Err(stats)
+        }
+    })
+    .await;
     drop(blocker);
     let mut retried = Vec::new();
     for (i, response) in bookings.await.unwrap().into_iter().enumerate() {

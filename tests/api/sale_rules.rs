@@ -9,7 +9,7 @@ use evently::db::models::Role;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input, eventually};
 use crate::support::{SEATS, WsClient, operation_errors};
 
 const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
@@ -526,13 +526,12 @@ async fn the_sweeper_offers_seats_freed_while_paused_once_sales_open() {
     queued.opening_passes(&app).await;
     // Nobody buys: the sweeper (every second in tests) makes the offer. A generous deadline:
     // the CPU is shared.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while entry_status(&app, &queued.waiting, &queued.event_id).await != "OFFERED" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the waiting list was never offered the freed seats"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        let status = entry_status(&app, &queued.waiting, &queued.event_id).await;
+        (status == "OFFERED").then_some(()).ok_or(format!(
+            "the waiting list was never offered the freed seats: {status}"
+        ))
+    })
+    .await;
     app.assert_invariant().await;
 }

@@ -6,7 +6,7 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use crate::support::WsClient;
-use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input, eventually};
 
 const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id status quantity expiresAt isOffer event { id seatsAvailable seatsHeld } } }";
 const CONFIRM: &str = "mutation($id: ID!, $key: String) { confirmHold(holdId: $id, idempotencyKey: $key) { id status quantity } }";
@@ -330,14 +330,15 @@ async fn confirmations_racing_expiry_each_either_book_or_are_refused() {
     }
     assert_eq!(app.count("bookings").await, confirmed);
     // Wait for the sweeper to end the rest, by watching the database converge.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.count("holds WHERE status = 'HELD'").await > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sweeper did not end the holds"
-        );
-        tokio::task::yield_now().await;
-    }
+    eventually(std::time::Duration::from_secs(10), || async {
+        let held = app.count("holds WHERE status = 'HELD'").await;
+        if held == 0 {
+            Ok(())
+        } else {
+            Err(format!("the sweeper did not end the holds: {held} held"))
+        }
+    })
+    .await;
     assert_eq!(counts(&app, &event_id).await, (40 - 2 * confirmed, 0));
     assert_no_double_allocation(&app).await;
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use evently::db::models::Role;
 use serde_json::json;
 
-use crate::support::{BOOK, SEATS, TestApp, WAIT, WsClient, operation_errors, seats};
+use crate::support::{BOOK, SEATS, TestApp, WAIT, WsClient, eventually, operation_errors, seats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_sees_the_current_count_then_every_change() {
@@ -266,14 +266,12 @@ async fn identical_seat_subscriptions_share_one_execution() {
 
     // When everyone has left, the execution and the channel go away.
     drop((clients, other, late));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app.state.bus.local_channel_count() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the channel outlived its subscribers"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, || async {
+        (app.state.bus.local_channel_count() == 0)
+            .then_some(())
+            .ok_or("the channel outlived its subscribers")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::TestApp;
-use crate::support::{SEATS, WsClient, seats};
+use crate::support::{SEATS, WAIT, WsClient, eventually, seats};
 
 const TRANSPORT: &str = "graphql-transport-ws";
 const QUERY: &str = "query { events(first: 1) { edges { node { id } } } }";
@@ -244,7 +244,7 @@ async fn a_silent_connection_is_closed_when_idle() {
     assert_eq!(client.next_raw().await["type"], "connection_ack");
     // Pings arrive but are not answered.
     loop {
-        let frame = tokio::time::timeout(crate::support::WAIT, client.next_frame())
+        let frame = tokio::time::timeout(WAIT, client.next_frame())
             .await
             .unwrap();
         match frame {
@@ -338,17 +338,14 @@ async fn connections_per_user_are_limited() {
     acked(&app, json!({ "authToken": other.token })).await;
     // The place is given back when the first connection ends.
     drop(first);
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    loop {
-        match WsClient::connect(&app.ws_url(), TRANSPORT, init.clone()).await {
-            Ok(_) => break,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                assert!(error.contains("4429"), "{error}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("the slot was never given back: {error}"),
+    eventually(WAIT, || async {
+        let connected = WsClient::connect(&app.ws_url(), TRANSPORT, init.clone()).await;
+        if let Err(error) = &connected {
+            assert!(error.contains("4429"), "{error}");
         }
-    }
+        connected.map_err(|error| format!("the slot was never given back: {error}"))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -370,7 +367,7 @@ async fn graceful_shutdown_closes_sockets_with_1001() {
     );
     assert_eq!(idle.closed().await, (1001, "server shutting down".into()));
     let server = app.server.lock().unwrap().take().unwrap();
-    tokio::time::timeout(crate::support::WAIT, server)
+    tokio::time::timeout(WAIT, server)
         .await
         .expect("the server stops")
         .unwrap()
@@ -406,18 +403,14 @@ async fn shutdown_lets_an_operation_in_flight_finish_before_closing() {
             json!({ "id": event_id }),
         )
         .await;
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    while app
-        .count("pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
-        .await
-        == 0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the booking never reached the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let waiting =
+        "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    eventually(WAIT, || async {
+        (app.count(waiting).await > 0)
+            .then_some(())
+            .ok_or("the booking never reached the lock")
+    })
+    .await;
 
     app.shutdown.cancel();
     // Draining: the subscription is gone, new operations are refused, the booking is awaited.
@@ -462,17 +455,14 @@ async fn connections_per_user_are_counted_across_instances() {
     );
     // Closing the first frees the slot for any instance.
     drop(held);
-    let deadline = tokio::time::Instant::now() + crate::support::WAIT;
-    loop {
-        match WsClient::connect(&second.ws_url(), TRANSPORT, init.clone()).await {
-            Ok(_) => break,
-            Err(error) if tokio::time::Instant::now() < deadline => {
-                assert!(error.contains("4429"), "{error}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(error) => panic!("the slot was never given back: {error}"),
+    eventually(WAIT, || async {
+        let connected = WsClient::connect(&second.ws_url(), TRANSPORT, init.clone()).await;
+        if let Err(error) = &connected {
+            assert!(error.contains("4429"), "{error}");
         }
-    }
+        connected.map_err(|error| format!("the slot was never given back: {error}"))
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -530,24 +520,6 @@ async fn upgrade(app: &TestApp) -> Result<WsClient, (u16, Value)> {
     }
 }
 
-/// Retries `attempt` until it succeeds, for at most ten seconds: a closed connection's slot
-/// is given back when its task ends, a moment after the client sees the close.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    mut attempt: impl FnMut() -> F,
-) -> T {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(done) = attempt().await {
-            return done;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no success within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_instance_refuses_websockets_beyond_its_connection_cap_with_503() {
     let app = TestApp::spawn_with(|c| c.websocket.max_connections = 3).await;
@@ -569,7 +541,7 @@ async fn an_instance_refuses_websockets_beyond_its_connection_cap_with_503() {
     );
     // A connection that ends gives its place back.
     open.pop();
-    let mut again = eventually(|| async { upgrade(&app).await.ok() }).await;
+    let mut again = eventually(WAIT, || upgrade(&app)).await;
     again.send(json!({ "type": "connection_init" })).await;
     assert_eq!(
         again.next_message().await.unwrap()["type"],
@@ -610,14 +582,14 @@ async fn anonymous_websockets_per_address_are_capped_and_signed_in_ones_still_pa
     };
     let mut anonymous = Vec::new();
     for _ in 0..2 {
-        let mut client = eventually(initialised(json!({}))).await;
+        let mut client = eventually(WAIT, initialised(json!({}))).await;
         assert_eq!(
             client.next_message().await.unwrap()["type"],
             "connection_ack"
         );
         anonymous.push(client);
     }
-    let mut third = eventually(initialised(json!({}))).await;
+    let mut third = eventually(WAIT, initialised(json!({}))).await;
     assert_eq!(
         third.closed().await,
         (
@@ -627,7 +599,7 @@ async fn anonymous_websockets_per_address_are_capped_and_signed_in_ones_still_pa
     );
     // A signed-in user behind the same address (a venue's Wi-Fi) is not anonymous.
     let signed_in = json!({ "Authorization": format!("Bearer {}", user.token) });
-    let mut member = eventually(initialised(signed_in)).await;
+    let mut member = eventually(WAIT, initialised(signed_in)).await;
     assert_eq!(
         member.next_message().await.unwrap()["type"],
         "connection_ack"
@@ -636,7 +608,9 @@ async fn anonymous_websockets_per_address_are_capped_and_signed_in_ones_still_pa
     assert_eq!(member.next_message().await.unwrap()["type"], "next");
     // An anonymous connection that ends gives its place back.
     anonymous.pop();
-    eventually(|| async {
+    // A closed connection's slot is given back when its task ends, a moment after the client
+    // sees the close.
+    eventually(WAIT, || async {
         let mut client = initialised(json!({}))().await?;
         (client.next_message().await.ok()?["type"] == "connection_ack").then_some(())
     })

@@ -7,22 +7,51 @@ use std::time::Duration;
 /// How often a condition is looked at again.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 
-/// Runs `check` until it returns `Ok`, and returns that value; fails the test with the last
-/// `Err` (what the condition looked like) if `within` runs out first. For conditions on state
-/// (a count in SQL, a number of subscribers, a probe's answer), never as a pause: a test that
-/// needs time to pass says so with the clock it waits for.
-pub async fn eventually<T, E, F>(within: Duration, mut check: impl FnMut() -> F) -> T
-where
-    E: Debug,
-    F: Future<Output = Result<T, E>>,
-{
+/// What one look at a condition found: done (with a value), or not yet (and what it saw).
+pub trait Check {
+    type Done;
+    fn done(self) -> Result<Self::Done, String>;
+}
+
+impl Check for bool {
+    type Done = ();
+    fn done(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("still false".into())
+        }
+    }
+}
+
+impl<T> Check for Option<T> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.ok_or_else(|| "still nothing".into())
+    }
+}
+
+impl<T, E: Debug> Check for Result<T, E> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.map_err(|seen| format!("{seen:?}"))
+    }
+}
+
+/// Runs `check` until it is done, and returns what it found; fails the test with the last thing
+/// it saw if `within` runs out first. For conditions on state (a count in SQL, a number of
+/// subscribers, a probe's answer, a slot given back), never as a pause.
+pub async fn eventually<C: Check, F: Future<Output = C>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> C::Done {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        match check().await {
+        match check().await.done() {
             Ok(done) => return done,
-            Err(state) => assert!(
+            Err(seen) => assert!(
                 tokio::time::Instant::now() < deadline,
-                "not within {within:?}: {state:?}"
+                "not within {within:?}: {seen}"
             ),
         }
         tokio::time::sleep(POLL_EVERY).await;

@@ -5,7 +5,7 @@ use evently::db::models::Role;
 use serde_json::{Value, json};
 
 use crate::support::WsClient;
-use crate::support::{BOOK, CANCEL, TestApp, error_code, event_input};
+use crate::support::{BOOK, BookingId, CANCEL, EventId, TestApp, error_code, event_input};
 
 const UPDATE: &str =
     "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Hijacked\" }) { title } }";
@@ -201,8 +201,8 @@ struct World {
     tokens: [Option<String>; 6],
     alice: uuid::Uuid,
     bob: uuid::Uuid,
-    event_id: String,
-    booking_id: String,
+    event_id: EventId,
+    booking_id: BookingId,
 }
 
 async fn world(app: &TestApp) -> World {
@@ -230,7 +230,7 @@ async fn world(app: &TestApp) -> World {
         ],
         alice: alice.id,
         bob: bob.id,
-        booking_id: booked["bookSeats"]["id"].as_str().unwrap().to_owned(),
+        booking_id: BookingId(booked["bookSeats"]["id"].as_str().unwrap().to_owned()),
         event_id,
     }
 }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::support::FaultProxy;
 use crate::support::converge;
-use crate::support::{BOOK, TestApp, TestUser, eventually, redis_url};
+use crate::support::{BookingId, TestApp, TestUser, eventually, redis_url};
 use crate::support::{SEATS, WAIT, WsClient, seats};
 
 const TRANSPORT: &str = "graphql-transport-ws";
@@ -26,32 +26,21 @@ fn init(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })
 }
 
-async fn book(app: &TestApp, token: &str, event_id: &str) -> String {
-    let data = app
-        .gql_ok(
-            Some(token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 1 } }),
-        )
-        .await;
-    data["bookSeats"]["id"].as_str().unwrap().to_owned()
-}
-
 /// `count` bookings of one seat each for `buyer`, all at once.
 async fn many_bookings(
     app: &TestApp,
     buyer: &TestUser,
     event_id: &str,
     count: usize,
-) -> Vec<String> {
-    let all = (0..count).map(|_| book(app, &buyer.token, event_id));
+) -> Vec<BookingId> {
+    let all = (0..count).map(|_| app.book(buyer, event_id, 1));
     futures_util::future::join_all(all).await
 }
 
 /// Reads `myBookingUpdates` messages until every one of `expected` was seen CANCELLED; any other
 /// booking or status fails the test.
-async fn collect_cancellations(client: &mut WsClient, expected: &[String]) {
-    let mut cancelled: HashMap<String, usize> = HashMap::new();
+async fn collect_cancellations(client: &mut WsClient, expected: &[BookingId]) {
+    let mut cancelled: HashMap<BookingId, usize> = HashMap::new();
     while cancelled.len() < expected.len() {
         let message = client.next_message().await.unwrap_or_else(|error| {
             panic!(
@@ -62,7 +51,7 @@ async fn collect_cancellations(client: &mut WsClient, expected: &[String]) {
         });
         assert_eq!(message["type"], "next", "{message}");
         let booking = &message["payload"]["data"]["myBookingUpdates"];
-        let id = booking["id"].as_str().unwrap().to_owned();
+        let id = BookingId(booking["id"].as_str().unwrap().to_owned());
         assert!(
             expected.contains(&id),
             "a booking not cancelled here: {booking}"
@@ -87,7 +76,7 @@ async fn booking_feed(app: &TestApp, organizer: &TestUser, buyer: &TestUser) -> 
             .ok_or("never subscribed")
     })
     .await;
-    let sentinel = book(app, &buyer.token, &other_event).await;
+    let sentinel = app.book(buyer, &other_event, 1).await;
     let first = client.next_data().await;
     assert_eq!(first["data"]["myBookingUpdates"]["id"], sentinel.as_str());
     client
@@ -161,7 +150,7 @@ async fn a_subscriber_that_reads_nothing_while_its_bookings_change_still_gets_ev
         assert!(response.errors.is_empty(), "{:?}", response.errors);
         let data = response.data.into_json().unwrap();
         let booking = &data["myBookingUpdates"];
-        let id = booking["id"].as_str().unwrap().to_owned();
+        let id = BookingId(booking["id"].as_str().unwrap().to_owned());
         assert!(bookings.contains(&id), "{booking}");
         assert_eq!(booking["status"], "CANCELLED", "{booking}");
         cancelled.insert(id, ());
@@ -201,7 +190,7 @@ async fn a_stalled_redis_subscription_is_reported_by_readyz_and_caught_up_after_
         .await;
     assert_eq!(seats(&mut client).await, (50, 1));
     assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
-    book(&peer, &buyer.token, &event_id).await;
+    peer.book(&buyer, &event_id, 1).await;
     converge(&mut client, (49, 2)).await;
 
     proxy.stall();
@@ -228,13 +217,13 @@ async fn a_stalled_redis_subscription_is_reported_by_readyz_and_caught_up_after_
     }
 
     // The peer goes on booking; nothing of it can reach the watched instance for now.
-    book(&peer, &buyer.token, &event_id).await;
-    book(&peer, &buyer.token, &event_id).await;
+    peer.book(&buyer, &event_id, 1).await;
+    peer.book(&buyer, &event_id, 1).await;
     proxy.resume();
     converge(&mut client, (47, 4)).await;
     assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
     // And the bus carries the peer's changes again.
-    book(&peer, &buyer.token, &event_id).await;
+    peer.book(&buyer, &event_id, 1).await;
     converge(&mut client, (46, 5)).await;
     peer.assert_invariant().await;
 }
@@ -258,7 +247,7 @@ async fn a_redis_subscription_that_went_silent_for_good_is_replaced_and_caught_u
     // Every connection open now (the subscription among them) goes silent without closing;
     // new connections work. Nothing but a heartbeat can tell.
     proxy.strand();
-    let booking = book(&peer, &buyer.token, &event_id).await;
+    let booking = peer.book(&buyer, &event_id, 1).await;
     converge(&mut seats_feed, (49, 2)).await;
     let data = bookings_feed.next_data().await;
     assert_eq!(

@@ -84,12 +84,7 @@ async fn invalid_events_and_accounts_are_refused_with_a_code() {
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 6 } }),
-    )
-    .await;
+    app.book(&buyer, &event_id, 6).await;
     let update = "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { capacity } }";
     let below = app
         .gql(

@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
+use crate::support::{BOOK, CANCEL, EventId, TestApp, TestUser, error_code, event_input};
 use crate::support::{SEATS, WsClient, operation_errors};
 
 const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id status version onSale } }";
@@ -31,23 +31,16 @@ fn input_with(extra: Value) -> Value {
     input
 }
 
-async fn create(app: &TestApp, organizer: &TestUser, extra: Value) -> String {
-    let data = app
-        .gql_ok(
-            Some(&organizer.token),
-            CREATE,
-            json!({ "input": input_with(extra) }),
-        )
-        .await;
-    data["createEvent"]["id"].as_str().unwrap().to_owned()
+async fn create(app: &TestApp, organizer: &TestUser, extra: Value) -> EventId {
+    app.create_event(organizer, input_with(extra)).await
 }
 
-fn ids(data: &Value) -> Vec<String> {
+fn ids(data: &Value) -> Vec<EventId> {
     data["events"]["edges"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|edge| edge["node"]["id"].as_str().unwrap().to_owned())
+        .map(|edge| EventId(edge["node"]["id"].as_str().unwrap().to_owned()))
         .collect()
 }
 
@@ -216,12 +209,7 @@ async fn a_draft_is_seen_only_by_its_organizer_and_admins_until_published() {
     );
     assert!(sees(None).await);
     assert!(drafts(Some(organizer.token.clone())).await.is_empty());
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": draft, "quantity": 2 } }),
-    )
-    .await;
+    app.book(&buyer, &draft, 2).await;
     // Publishing again changes nothing; an admin may publish too.
     let now = version(&app, &draft).await;
     let again = app
@@ -553,13 +541,7 @@ async fn a_user_gets_at_most_max_per_user_seats_of_an_event() {
         ("BAD_USER_INPUT", &json!("LIMIT_PER_USER")),
         "{body}"
     );
-    let body = app
-        .gql(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": held, "quantity": 2 } }),
-        )
-        .await;
+    let body = app.try_book(&buyer, &held, 2).await;
     assert_eq!(
         reason(&body),
         ("BAD_USER_INPUT", &json!("LIMIT_PER_USER")),
@@ -657,12 +639,7 @@ async fn events_that_have_ended_are_completed_once() {
         json!({ "id": ended_cancelled }),
     )
     .await;
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": ended, "quantity": 2 } }),
-    )
-    .await;
+    app.book(&buyer, &ended, 2).await;
     let mut conn = app.db().await;
     let request = holds::HoldRequest {
         event_id: ended.parse().unwrap(),
@@ -675,12 +652,7 @@ async fn events_that_have_ended_are_completed_once() {
         .unwrap();
     // The rest sold, and someone waiting for a seat to come back.
     let fan = app.user(Role::User).await;
-    app.gql_ok(
-        Some(&fan.token),
-        BOOK,
-        json!({ "input": { "eventId": ended, "quantity": 5 } }),
-    )
-    .await;
+    app.book(&fan, &ended, 5).await;
     let waiting = app.user(Role::User).await;
     waitlist::join(&mut conn, waiting.id, ended.parse().unwrap(), 1)
         .await

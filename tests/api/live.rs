@@ -20,17 +20,6 @@ fn init(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })
 }
 
-async fn book(app: &TestApp, token: &str, event_id: &str, quantity: i64) -> String {
-    let data = app
-        .gql_ok(
-            Some(token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": quantity } }),
-        )
-        .await;
-    data["bookSeats"]["id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn event_updated_sends_the_event_then_each_change_of_details_or_status() {
     let app = TestApp::spawn().await;
@@ -49,7 +38,7 @@ async fn event_updated_sends_the_event_then_each_change_of_details_or_status() {
         json!({ "id": event_id, "title": "Test Event", "status": "PUBLISHED", "version": 1 })
     );
     // A booking changes seat counts, not details: the next message is the rename.
-    book(&app, &buyer.token, &event_id, 1).await;
+    app.book(&buyer, &event_id, 1).await;
     app.gql_ok(
         Some(&organizer.token),
         "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Renamed\" }) { id } }",
@@ -93,13 +82,13 @@ async fn my_booking_updates_follow_the_signed_in_users_bookings_only() {
         .unwrap();
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
 
-    let first = book(&app, &buyer.token, &event_id, 2).await;
+    let first = app.book(&buyer, &event_id, 2).await;
     assert_eq!(
         client.next_data().await["data"]["myBookingUpdates"],
         json!({ "id": first, "status": "CONFIRMED", "quantity": 2, "event": { "id": event_id } })
     );
     // Someone else's booking is not sent: the next message is the buyer's own cancellation.
-    book(&app, &stranger.token, &event_id, 1).await;
+    app.book(&stranger, &event_id, 1).await;
     app.gql_ok(Some(&buyer.token), CANCEL, json!({ "id": first }))
         .await;
     let cancelled = client.next_data().await;
@@ -107,7 +96,7 @@ async fn my_booking_updates_follow_the_signed_in_users_bookings_only() {
     assert_eq!(cancelled["data"]["myBookingUpdates"]["status"], "CANCELLED");
 
     // When the organizer cancels the event, each owner hears about their own booking.
-    let second = book(&app, &buyer.token, &event_id, 3).await;
+    let second = app.book(&buyer, &event_id, 3).await;
     assert_eq!(
         client.next_data().await["data"]["myBookingUpdates"]["status"],
         "CONFIRMED"
@@ -163,7 +152,7 @@ async fn my_booking_updates_end_when_the_access_token_expires() {
     assert_eq!(ended["payload"][0]["extensions"]["code"], "UNAUTHENTICATED");
     // Public subscriptions on the same connection carry on.
     let late = app.user(Role::User).await;
-    book(&app, &late.token, &event_id, 1).await;
+    app.book(&late, &event_id, 1).await;
     assert_eq!(seats(&mut client).await, (9, 2));
 }
 
@@ -173,7 +162,7 @@ async fn my_booking_updates_end_when_the_session_ends() {
     let admin = app.user(Role::Admin).await;
     let event_id = app.event(&admin, 10).await;
     let buyer = app.user(Role::User).await;
-    let booking = book(&app, &buyer.token, &event_id, 1).await;
+    let booking = app.book(&buyer, &event_id, 1).await;
     let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
         .await
         .unwrap();
@@ -215,7 +204,7 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
     buyers_feed.subscribe("b", MY_BOOKINGS, json!({})).await;
     assert_eq!(seats(&mut on_first).await, (100, 1));
     assert_eq!(seats(&mut on_second).await, (100, 1));
-    let mut bookings = vec![book(&first, &buyer.token, &event_id, 1).await];
+    let mut bookings = vec![first.book(&buyer, &event_id, 1).await];
     converge(&mut on_first, (99, 2)).await;
     converge(&mut on_second, (99, 2)).await;
 
@@ -226,13 +215,13 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
         (200, &json!("down"), &json!("up"))
     );
     // Bookings go on everywhere; each instance's own subscribers hear its changes at once.
-    bookings.push(book(&first, &buyer.token, &event_id, 2).await);
+    bookings.push(first.book(&buyer, &event_id, 2).await);
     assert_eq!(seats(&mut on_first).await, (97, 3));
-    bookings.push(book(&second, &buyer.token, &event_id, 3).await);
+    bookings.push(second.book(&buyer, &event_id, 3).await);
     assert_eq!(seats(&mut on_second).await, (94, 4));
     // The third instance's change reaches no one, and it leaves before Redis is back: only the
     // database can tell the others.
-    bookings.push(book(&third, &buyer.token, &event_id, 4).await);
+    bookings.push(third.book(&buyer, &event_id, 4).await);
     third.shutdown.cancel();
     let server = third.server.lock().unwrap().take().unwrap();
     server.await.unwrap().unwrap();
@@ -248,12 +237,12 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
         seen.insert(booking["id"].as_str().unwrap().to_owned(), booking);
     }
     for id in &bookings {
-        assert_eq!(seen[id]["status"], "CONFIRMED", "{id}");
+        assert_eq!(seen[id.as_str()]["status"], "CONFIRMED", "{id}");
     }
     assert_eq!(first.wait_for_readiness("ready").await.0, 200);
 
     // And the bus works as before: a booking on the second instance reaches the first.
-    book(&second, &buyer.token, &event_id, 1).await;
+    second.book(&buyer, &event_id, 1).await;
     converge(&mut on_first, (89, 6)).await;
     first.assert_invariant().await;
 }
@@ -281,7 +270,7 @@ async fn without_redis_bookings_and_local_subscribers_carry_on() {
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
     assert_eq!(seats(&mut client).await, (5, 1));
-    book(&app, &buyer.token, &event_id, 2).await;
+    app.book(&buyer, &event_id, 2).await;
     assert_eq!(seats(&mut client).await, (3, 2));
 }
 

@@ -673,13 +673,7 @@ async fn watchers_see_only_the_seat_counts_a_batch_committed() {
 
     // Seven seats: more than are free, so the batch ends the expired hold first.
     let buyer = app.user(Role::User).await;
-    let booked = app
-        .gql(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 7 } }),
-        )
-        .await;
+    let booked = app.try_book(&buyer, &event_id, 7).await;
     assert_eq!(
         booked["data"]["bookSeats"]["status"], "CONFIRMED",
         "{booked}"

@@ -6,10 +6,11 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 
 use crate::support::WsClient;
-use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input, eventually};
+use crate::support::operations::{CONFIRM, HOLD};
+use crate::support::{
+    BookingId, CANCEL, EventId, TestApp, TestUser, error_code, event_input, eventually,
+};
 
-const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id status quantity expiresAt isOffer event { id seatsAvailable seatsHeld } } }";
-const CONFIRM: &str = "mutation($id: ID!, $key: String) { confirmHold(holdId: $id, idempotencyKey: $key) { id status quantity } }";
 const RELEASE: &str = "mutation($id: ID!) { releaseHold(holdId: $id) { id status } }";
 const JOIN: &str = "mutation($id: ID!, $q: Int!) { joinWaitlist(eventId: $id, quantity: $q) { id status position quantity } }";
 const LEAVE: &str = "mutation($id: ID!) { leaveWaitlist(eventId: $id) { id status } }";
@@ -18,30 +19,6 @@ const ENTRIES: &str =
 const RSVP: &str = "mutation($id: ID!, $r: RsvpResponse!) { rsvp(eventId: $id, response: $r) { response booking { id status } waitlistEntry { id status position } } }";
 const COUNTS: &str = "query($id: ID!) { event(id: $id) { seatsAvailable rsvpCounts { going waitlisted maybe notGoing } myRsvp } }";
 const UPDATES: &str = "subscription { myBookingUpdates { __typename id quantity event { id } ... on Hold { status isOffer } ... on Booking { status } ... on WaitlistEntry { status } } }";
-
-async fn hold(app: &TestApp, user: &TestUser, event_id: &str, quantity: i64) -> Value {
-    app.gql(
-        Some(&user.token),
-        HOLD,
-        json!({ "input": { "eventId": event_id, "quantity": quantity } }),
-    )
-    .await
-}
-
-async fn hold_ok(app: &TestApp, user: &TestUser, event_id: &str, quantity: i64) -> String {
-    let body = hold(app, user, event_id, quantity).await;
-    assert!(body["errors"].is_null(), "hold refused: {body}");
-    body["data"]["holdSeats"]["id"].as_str().unwrap().to_owned()
-}
-
-async fn book(app: &TestApp, user: &TestUser, event_id: &str, quantity: i64) -> Value {
-    app.gql(
-        Some(&user.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": quantity } }),
-    )
-    .await
-}
 
 async fn counts(app: &TestApp, event_id: &str) -> (i64, i64) {
     let data = app
@@ -119,7 +96,7 @@ async fn a_hold_keeps_seats_until_confirmed_exactly_once() {
     let other = app.user(Role::User).await;
     let event_id = app.event(&organizer, 5).await;
 
-    let body = hold(&app, &buyer, &event_id, 3).await;
+    let body = app.try_hold(&buyer, &event_id, 3).await;
     let held = &body["data"]["holdSeats"];
     assert_eq!(held["status"], "HELD", "{body}");
     assert_eq!(held["isOffer"], false);
@@ -135,7 +112,7 @@ async fn a_hold_keeps_seats_until_confirmed_exactly_once() {
     let hold_id = held["id"].as_str().unwrap().to_owned();
 
     // The held seats are not for sale to anyone else.
-    let refused = book(&app, &other, &event_id, 3).await;
+    let refused = app.try_book(&other, &event_id, 3).await;
     assert_eq!(error_code(&refused), "SOLD_OUT");
     // Nor can anyone else confirm or release the hold: to them it does not exist.
     for query in [CONFIRM, RELEASE] {
@@ -188,7 +165,7 @@ async fn released_and_expired_holds_give_their_seats_back_and_cannot_be_confirme
     let other = app.user(Role::User).await;
     let event_id = app.event(&organizer, 4).await;
 
-    let released = hold_ok(&app, &buyer, &event_id, 2).await;
+    let released = app.hold(&buyer, &event_id, 2).await;
     let body = app
         .gql_ok(Some(&buyer.token), RELEASE, json!({ "id": released }))
         .await;
@@ -201,10 +178,10 @@ async fn released_and_expired_holds_give_their_seats_back_and_cannot_be_confirme
 
     // An expired hold that the sweeper has not reached yet does not block a buyer: the
     // buyer's own transaction ends it.
-    let expired = hold_ok(&app, &buyer, &event_id, 4).await;
+    let expired = app.hold(&buyer, &event_id, 4).await;
     assert_eq!(counts(&app, &event_id).await, (0, 4));
     expire(&app, &expired).await;
-    let bought = book(&app, &other, &event_id, 3).await;
+    let bought = app.try_book(&other, &event_id, 3).await;
     assert!(
         bought["errors"].is_null(),
         "an expired hold blocked a sale: {bought}"
@@ -254,7 +231,7 @@ async fn the_sweeper_releases_expired_holds_and_tells_the_owner() {
     let first = watcher.next_data().await["data"]["seatAvailability"].clone();
     assert_eq!(first["seatsHeld"], 0);
     // The subscription is attached once it is acknowledged by its first message: make one.
-    let hold_id = hold_ok(&app, &buyer, &event_id, 2).await;
+    let hold_id = app.hold(&buyer, &event_id, 2).await;
     let held = watcher.next_data().await["data"]["seatAvailability"].clone();
     assert_eq!(
         (held["seatsAvailable"].as_i64(), held["seatsHeld"].as_i64()),
@@ -294,7 +271,7 @@ async fn confirmations_racing_expiry_each_either_book_or_are_refused() {
     let mut holds = Vec::new();
     for _ in 0..20 {
         let buyer = app.user(Role::User).await;
-        let id = hold_ok(&app, &buyer, &event_id, 2).await;
+        let id = app.hold(&buyer, &event_id, 2).await;
         holds.push((buyer, id));
     }
     // Every hold runs out within the next 300 ms while its owner confirms it.
@@ -353,7 +330,7 @@ async fn many_holds_expiring_at_once_while_buyers_book() {
     let event_id = app.event(&organizer, 50).await;
     for _ in 0..25 {
         let holder = app.user(Role::User).await;
-        hold_ok(&app, &holder, &event_id, 2).await;
+        app.hold(&holder, &event_id, 2).await;
     }
     assert_eq!(counts(&app, &event_id).await, (0, 50));
     let mut buyers = Vec::new();
@@ -362,7 +339,7 @@ async fn many_holds_expiring_at_once_while_buyers_book() {
     }
     let sql = format!("UPDATE holds SET expires_at = now() WHERE event_id = '{event_id}'");
     assert_eq!(execute(&app, &sql).await, 25);
-    let results = join_all(buyers.iter().map(|b| book(&app, b, &event_id, 2))).await;
+    let results = join_all(buyers.iter().map(|b| app.try_book(b, &event_id, 2))).await;
     let booked = results.iter().filter(|r| r["errors"].is_null()).count();
     for refused in results.iter().filter(|r| !r["errors"].is_null()) {
         assert_eq!(error_code(refused), "SOLD_OUT", "{refused}");
@@ -375,12 +352,11 @@ async fn many_holds_expiring_at_once_while_buyers_book() {
 }
 
 /// An event of `capacity` seats, sold out to one buyer.
-async fn sold_out_event(app: &TestApp, capacity: i64) -> (String, TestUser, String) {
+async fn sold_out_event(app: &TestApp, capacity: i64) -> (EventId, TestUser, BookingId) {
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, capacity as i32).await;
     let owner = app.user(Role::User).await;
-    let body = book(app, &owner, &event_id, capacity).await;
-    let booking = body["data"]["bookSeats"]["id"].as_str().unwrap().to_owned();
+    let booking = app.book(&owner, &event_id, capacity).await;
     (event_id, owner, booking)
 }
 
@@ -433,7 +409,7 @@ async fn the_waiting_list_offers_freed_seats_in_order_and_moves_on_when_an_offer
     client.subscribe("mine", UPDATES, json!({})).await;
     // Make sure the subscription is attached before the cancellation: a hold of its own.
     let probe_event = app.event(&organizer, 1).await;
-    let probe = hold_ok(&app, &early, &probe_event, 1).await;
+    let probe = app.hold(&early, &probe_event, 1).await;
     assert_eq!(
         client.next_data().await["data"]["myBookingUpdates"]["id"],
         probe.as_str()
@@ -464,7 +440,7 @@ async fn the_waiting_list_offers_freed_seats_in_order_and_moves_on_when_an_offer
     assert_eq!(counts(&app, &event_id).await, (0, 2));
     let buyer = app.user(Role::User).await;
     assert_eq!(
-        error_code(&book(&app, &buyer, &event_id, 1).await),
+        error_code(&app.try_book(&buyer, &event_id, 1).await),
         "SOLD_OUT"
     );
     let entries = app.gql_ok(Some(&early.token), ENTRIES, json!({})).await;
@@ -518,7 +494,7 @@ async fn cancellations_racing_promotion_offer_each_seat_once_and_let_nobody_slip
     let mut owners = Vec::new();
     for _ in 0..6 {
         let owner = app.user(Role::User).await;
-        let body = book(&app, &owner, &event_id, 1).await;
+        let body = app.try_book(&owner, &event_id, 1).await;
         let id = body["data"]["bookSeats"]["id"].as_str().unwrap().to_owned();
         owners.push((owner, id));
     }
@@ -541,7 +517,7 @@ async fn cancellations_racing_promotion_offer_each_seat_once_and_let_nobody_slip
             .map(|(owner, id)| app.gql(Some(&owner.token), CANCEL, json!({ "id": id }))),
     );
     let leave = app.gql(Some(&waiting[3].token), LEAVE, json!({ "id": event_id }));
-    let snipes = join_all(snipers.iter().map(|s| book(&app, s, &event_id, 1)));
+    let snipes = join_all(snipers.iter().map(|s| app.try_book(s, &event_id, 1)));
     let (cancels, left, snipes) = tokio::join!(cancels, leave, snipes);
     assert!(cancels.iter().all(|c| c["errors"].is_null()));
     assert!(left["errors"].is_null(), "{left}");
@@ -588,7 +564,7 @@ async fn more_capacity_goes_to_the_waiting_list_first_skipping_entries_that_do_n
         "mutation($id: ID!) { updateEvent(id: $id, input: { capacity: 4 }) { capacity seatsAvailable seatsHeld } }",
         json!({ "id": event_id }),
     );
-    let snipe = book(&app, &buyer, &event_id, 1);
+    let snipe = app.try_book(&buyer, &event_id, 1);
     let (grown, sniped) = tokio::join!(grow, snipe);
     assert!(grown["errors"].is_null(), "{grown}");
     // Two new seats: the first in line takes one; the pair does not fit in the other and
@@ -626,7 +602,7 @@ async fn cancelling_an_event_releases_its_holds_and_closes_its_waiting_list() {
     let event_id = app.event(&organizer, 2).await;
     let holder = app.user(Role::User).await;
     let waiter = app.user(Role::User).await;
-    hold_ok(&app, &holder, &event_id, 2).await;
+    app.hold(&holder, &event_id, 2).await;
     app.gql_ok(Some(&waiter.token), JOIN, json!({ "id": event_id, "q": 1 }))
         .await;
     app.gql_ok(
@@ -732,7 +708,7 @@ async fn rsvp_takes_a_seat_or_a_place_in_line_and_gives_it_back() {
         )
         .await;
     assert_eq!(refused["errors"][0]["extensions"]["reason"], "NOT_FREE");
-    let refused = book(&app, &third, &event_id, 1).await;
+    let refused = app.try_book(&third, &event_id, 1).await;
     assert_eq!(refused["errors"][0]["extensions"]["reason"], "FREE_EVENT");
     assert_no_double_allocation(&app).await;
 }
@@ -807,7 +783,7 @@ async fn instances_sweeping_at_once_end_each_hold_once() {
     for event_id in &events {
         for _ in 0..4 {
             let holder = app.user(Role::User).await;
-            hold_ok(&app, &holder, event_id, 2).await;
+            app.hold(&holder, event_id, 2).await;
             holders.push(holder);
         }
     }
@@ -845,7 +821,7 @@ async fn nothing_is_offered_or_held_past_the_end_of_sales() {
     let event_id = created["createEvent"]["id"].as_str().unwrap().to_owned();
     // A hold's ten minutes would run past the end of sales: it ends with them.
     let buyer = app.user(Role::User).await;
-    let body = hold(&app, &buyer, &event_id, 1).await;
+    let body = app.try_hold(&buyer, &event_id, 1).await;
     let expires: chrono::DateTime<chrono::Utc> = body["data"]["holdSeats"]["expiresAt"]
         .as_str()
         .unwrap()
@@ -856,7 +832,7 @@ async fn nothing_is_offered_or_held_past_the_end_of_sales() {
         "a hold outlasts sales: {expires} > {sales_end}"
     );
     let owner = app.user(Role::User).await;
-    let booked = book(&app, &owner, &event_id, 1).await;
+    let booked = app.try_book(&owner, &event_id, 1).await;
     let booking = booked["data"]["bookSeats"]["id"]
         .as_str()
         .unwrap()
@@ -888,7 +864,7 @@ async fn signing_in_is_needed_for_every_reservation_and_holds_are_private() {
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 3).await;
     let owner = app.user(Role::User).await;
-    let hold_id = hold_ok(&app, &owner, &event_id, 1).await;
+    let hold_id = app.hold(&owner, &event_id, 1).await;
     let calls = [
         (
             HOLD,

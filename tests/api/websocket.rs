@@ -34,12 +34,7 @@ async fn a_subscriber_sees_the_current_count_then_every_change() {
         )
         .await;
     assert_eq!(seats(&mut client).await, (7, 2));
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 7 } }),
-    )
-    .await;
+    app.book(&buyer, &event_id, 7).await;
     let sold_out = client.next_data().await;
     assert_eq!(sold_out["data"]["seatAvailability"]["soldOut"], true);
     let id = booked["bookSeats"]["id"].as_str().unwrap();
@@ -89,22 +84,10 @@ async fn two_instances_see_each_others_changes_through_redis() {
     assert_eq!(seats(&mut on_second).await, (50, 1));
 
     // A booking on the second instance reaches the first instance's subscriber, and vice versa.
-    second
-        .gql_ok(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 5 } }),
-        )
-        .await;
+    second.book(&buyer, &event_id, 5).await;
     assert_eq!(seats(&mut on_first).await, (45, 2));
     assert_eq!(seats(&mut on_second).await, (45, 2));
-    first
-        .gql_ok(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 2 } }),
-        )
-        .await;
+    first.book(&buyer, &event_id, 2).await;
     assert_eq!(seats(&mut on_second).await, (43, 3));
     assert_eq!(seats(&mut on_first).await, (43, 3));
 }
@@ -125,12 +108,7 @@ async fn the_legacy_graphql_ws_protocol_works_too() {
         .subscribe("1", SEATS, json!({ "id": event_id }))
         .await;
     assert_eq!(seats(&mut client).await, (8, 1));
-    app.gql_ok(
-        Some(&organizer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 2 } }),
-    )
-    .await;
+    app.book(&organizer, &event_id, 2).await;
     assert_eq!(seats(&mut client).await, (6, 2));
 }
 
@@ -236,12 +214,7 @@ async fn identical_seat_subscriptions_share_one_execution() {
     );
     assert_eq!(app.state.bus.local_subscriber_count(topic), 2);
 
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 4 } }),
-    )
-    .await;
+    app.book(&buyer, &event_id, 4).await;
     for client in &mut clients {
         assert_eq!(seats(client).await, (6, 2));
     }
@@ -255,12 +228,7 @@ async fn identical_seat_subscriptions_share_one_execution() {
     clients[0]
         .send(json!({ "id": "s", "type": "complete" }))
         .await;
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 1 } }),
-    )
-    .await;
+    app.book(&buyer, &event_id, 1).await;
     assert_eq!(seats(&mut clients[1]).await, (5, 3));
     assert_eq!(seats(&mut late).await, (5, 3));
 

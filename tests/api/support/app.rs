@@ -14,7 +14,6 @@ use uuid::Uuid;
 
 use super::database::{TestDatabase, fresh_database, server_url};
 use super::fault_proxy::FaultProxy;
-use super::operations::event_input;
 use super::redis::{redis_prefix, redis_url};
 use super::tokens::TEST_JWT_SECRET;
 use super::ws::WAIT;
@@ -204,17 +203,6 @@ impl TestApp {
         }
     }
 
-    /// Creates an upcoming event through the API and returns its id.
-    pub async fn event(&self, organizer: &TestUser, capacity: i32) -> String {
-        let data = self
-            .gql_ok(
-                Some(&organizer.token),
-                "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }",
-                json!({ "input": event_input("Test Event", capacity) }),
-            )
-            .await;
-        data["createEvent"]["id"].as_str().unwrap().to_owned()
-    }
     /// Posts raw bytes to /graphql; returns the status, headers and body (JSON when it is JSON).
     /// A server refusing an oversized body answers before reading it and closes the connection,
     /// which now and then resets it under the client before the answer is read: such a

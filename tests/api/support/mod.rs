@@ -21,7 +21,7 @@ pub use database::fresh_database;
 pub use eventually::eventually;
 pub use fault_proxy::FaultProxy;
 pub use node::run_node;
-pub use operations::{BOOK, CANCEL, error_code, event_input};
+pub use operations::{BOOK, BookingId, CANCEL, EventId, error_code, event_input, merged};
 pub use redis::{OwnRedis, redis_url};
 pub use tokens::{TEST_JWT_SECRET, claims, sign};
 pub use ws::{SEATS, WAIT, WsClient, converge, operation_errors, seats};

@@ -13,6 +13,7 @@ mod live;
 mod login;
 mod onsale;
 mod reference_client;
+mod resolvers;
 mod sale_rules;
 mod schema;
 mod seats;

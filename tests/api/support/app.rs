@@ -178,29 +178,7 @@ impl TestApp {
 
     /// A user created directly through the domain layer, signed in.
     pub async fn user(&self, role: Role) -> TestUser {
-        let email = format!(
-            "{}-{}@example.com",
-            role.as_str().to_lowercase(),
-            Uuid::new_v4().simple()
-        );
-        let new = users::NewUser {
-            email: &email,
-            password: "correct horse battery",
-            name: "Test User",
-            role,
-        };
-        let user = users::create_user(&self.state.db, &self.state.passwords, new)
-            .await
-            .unwrap();
-        let mut conn = self.state.conn().await.unwrap();
-        let issued = auth::start_session(&mut conn, &self.state.tokens, user)
-            .await
-            .unwrap();
-        TestUser {
-            id: issued.user.id,
-            token: issued.access_token,
-            refresh_token: issued.refresh_token,
-        }
+        signed_in_user(&self.state, role).await
     }
 
     /// Posts raw bytes to /graphql; returns the status, headers and body (JSON when it is JSON).
@@ -281,4 +259,31 @@ pub async fn spawn_behind_database_proxy(tweak: impl FnOnce(&mut Config)) -> (Te
     })
     .await;
     (app, proxy)
+}
+
+/// A user created directly through the domain layer, signed in.
+pub async fn signed_in_user(state: &AppState, role: Role) -> TestUser {
+    let email = format!(
+        "{}-{}@example.com",
+        role.as_str().to_lowercase(),
+        Uuid::new_v4().simple()
+    );
+    let new = users::NewUser {
+        email: &email,
+        password: "correct horse battery",
+        name: "Test User",
+        role,
+    };
+    let user = users::create_user(&state.db, &state.passwords, new)
+        .await
+        .unwrap();
+    let mut conn = state.conn().await.unwrap();
+    let issued = auth::start_session(&mut conn, &state.tokens, user)
+        .await
+        .unwrap();
+    TestUser {
+        id: issued.user.id,
+        token: issued.access_token,
+        refresh_token: issued.refresh_token,
+    }
 }

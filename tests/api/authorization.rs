@@ -5,16 +5,10 @@ use evently::db::models::Role;
 use serde_json::{Value, json};
 
 use crate::support::WsClient;
+use crate::support::operations::{
+    CANCEL_EVENT, CREATE_EVENT as CREATE, EVENT_BOOKINGS, SET_ROLE, UPDATE_EVENT_TITLE as UPDATE,
+};
 use crate::support::{BOOK, BookingId, CANCEL, EventId, TestApp, error_code, event_input};
-
-const UPDATE: &str =
-    "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Hijacked\" }) { title } }";
-const CANCEL_EVENT: &str = "mutation($id: ID!) { cancelEvent(id: $id) { status } }";
-const EVENT_BOOKINGS: &str =
-    "query($id: ID!) { eventBookings(eventId: $id) { edges { node { id } } } }";
-const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
-const SET_ROLE: &str =
-    "mutation($id: ID!, $role: Role!) { setUserRole(userId: $id, role: $role) { role } }";
 
 async fn code(app: &TestApp, token: Option<&str>, query: &str, variables: Value) -> String {
     error_code(&app.gql(token, query, variables).await).to_owned()
@@ -84,14 +78,7 @@ async fn users_see_and_cancel_only_their_own_bookings() {
     let bob = app.user(Role::User).await;
     let admin = app.user(Role::Admin).await;
     let event_id = app.event(&organizer, 20).await;
-    let booked = app
-        .gql_ok(
-            Some(&alice.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id } }),
-        )
-        .await;
-    let booking_id = booked["bookSeats"]["id"].as_str().unwrap().to_owned();
+    let booking_id = app.book(&alice, &event_id, 1).await;
 
     let bobs = app
         .gql_ok(

@@ -16,15 +16,7 @@ async fn graphiql_runs_a_query_in_a_real_browser_without_a_cdn() {
     )
     .await;
 
-    let page = app
-        .client
-        .get(format!("{}/graphql", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.get("/graphql").await.text().await.unwrap();
     assert!(
         !page.contains("https://") && !page.contains("http://"),
         "the page must not load anything from elsewhere"

@@ -8,6 +8,9 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::support::operations::{
+    CANCEL_EVENT, CREATE_EVENT as CREATE, EVENT_BOOKINGS, SET_ROLE, UPDATE_EVENT_TITLE as UPDATE,
+};
 use crate::support::{BOOK, CANCEL, TEST_JWT_SECRET, TestApp, claims, event_input, sign};
 
 /// What a case sends.
@@ -56,15 +59,7 @@ fn with(mut claims: Value, key: &str, value: Value) -> Value {
 }
 
 const ME: &str = "{ me { id role } }";
-const SET_ROLE: &str =
-    "mutation($id: ID!, $role: Role!) { setUserRole(userId: $id, role: $role) { role } }";
 const REVOKE: &str = "mutation($id: ID!) { revokeUserSessions(userId: $id) }";
-const UPDATE: &str =
-    "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Hijacked\" }) { title } }";
-const CANCEL_EVENT: &str = "mutation($id: ID!) { cancelEvent(id: $id) { status } }";
-const EVENT_BOOKINGS: &str =
-    "query($id: ID!) { eventBookings(eventId: $id) { edges { node { id } } } }";
-const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
 const REGISTER: &str =
     "mutation($input: RegisterInput!) { register(input: $input) { accessToken } }";
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
@@ -111,14 +106,7 @@ async fn hostile_requests_get_their_documented_error_and_change_nothing() {
     let bob = app.user(Role::User).await;
     let admin = app.user(Role::Admin).await;
     let event_id = app.event(&organizer, 20).await;
-    let booked = app
-        .gql_ok(
-            Some(&alice.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id } }),
-        )
-        .await;
-    let booking_id = booked["bookSeats"]["id"].as_str().unwrap().to_owned();
+    let booking_id = app.book(&alice, &event_id, 1).await;
     app.gql_ok(
         None,
         REGISTER,

@@ -7,11 +7,9 @@ use evently::db::models::Role;
 use evently::graphql::context::Caller;
 use serde_json::{Value, json};
 
-use crate::support::operations::CREATE_EVENT;
+use crate::support::operations::{CREATE_EVENT, EVENT_BOOKINGS};
 use crate::support::{BOOK, EventId, SchemaTest, TestUser, error_code, event_input, merged};
 
-const EVENT_BOOKINGS: &str =
-    "query($id: ID!) { eventBookings(eventId: $id) { edges { node { id } } } }";
 const EVENT: &str = "query($id: ID!) { event(id: $id) { id status } }";
 const EVENTS: &str = "query($first: Int, $after: String) {
     events(first: $first, after: $after) { edges { node { id } } pageInfo { hasNextPage endCursor } }

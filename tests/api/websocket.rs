@@ -165,11 +165,7 @@ async fn an_open_connection_loses_its_rights_when_the_session_ends() {
         .await;
     client.subscribe("2", BOOK, book).await;
     let refused = client.next_message().await.unwrap();
-    let errors = if refused["type"] == "next" {
-        &refused["payload"]["errors"]
-    } else {
-        &refused["payload"]
-    };
+    let errors = operation_errors(&refused);
     assert_eq!(
         errors[0]["extensions"]["code"], "UNAUTHENTICATED",
         "{refused}"

@@ -76,6 +76,18 @@ fn states(seats: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `createVenue` with this input, which must succeed: the venue's id.
+async fn create_venue(app: &TestApp, organizer: &TestUser, input: Value) -> String {
+    let data = app
+        .gql_ok(
+            Some(&organizer.token),
+            CREATE_VENUE,
+            json!({ "input": input }),
+        )
+        .await;
+    data["createVenue"]["id"].as_str().unwrap().to_owned()
+}
+
 /// A published event in the venue, its capacity the venue's seats; returns its id.
 async fn event_in_venue(
     app: &TestApp,
@@ -97,15 +109,8 @@ async fn event_in_venue(
 }
 
 async fn seated_event(app: &TestApp, organizer: &TestUser) -> Seated {
-    let venue = app
-        .gql_ok(
-            Some(&organizer.token),
-            CREATE_VENUE,
-            json!({ "input": layout() }),
-        )
-        .await;
-    let venue_id = venue["createVenue"]["id"].as_str().unwrap();
-    let event_id = event_in_venue(app, organizer, "Seated Show", venue_id).await;
+    let venue_id = create_venue(app, organizer, layout()).await;
+    let event_id = event_in_venue(app, organizer, "Seated Show", &venue_id).await;
     let listed = app
         .gql_ok(None, EVENT_SEATS, json!({ "id": event_id }))
         .await;

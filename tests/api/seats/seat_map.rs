@@ -195,16 +195,10 @@ async fn a_general_admission_event_has_no_seat_map() {
 async fn a_drafts_seat_map_is_only_its_organizers() {
     let app = TestApp::spawn().await;
     let organizer = app.user(Role::Organizer).await;
-    let venue = app
-        .gql_ok(
-            Some(&organizer.token),
-            CREATE_VENUE,
-            json!({ "input": layout() }),
-        )
-        .await;
+    let venue_id = create_venue(&app, &organizer, layout()).await;
     let mut input = event_input("Draft Show", 0);
     input["capacity"] = Value::Null;
-    input["venueId"] = venue["createVenue"]["id"].clone();
+    input["venueId"] = json!(venue_id);
     input["status"] = json!("DRAFT");
     let event = app
         .gql_ok(
@@ -244,15 +238,9 @@ async fn big_seated_event(app: &TestApp, organizer: &TestUser, rows: usize) -> S
     let rows: Vec<Value> = (1..=rows)
         .map(|row| json!({ "label": row.to_string(), "seats": 1000 }))
         .collect();
-    let venue = app
-        .gql_ok(
-            Some(&organizer.token),
-            CREATE_VENUE,
-            json!({ "input": { "name": "Arena", "address": "1 Arena Way", "sections": [{ "name": "Floor", "rows": rows }] } }),
-        )
-        .await;
-    let venue_id = venue["createVenue"]["id"].as_str().unwrap();
-    event_in_venue(app, organizer, "Arena Show", venue_id).await
+    let arena = json!({ "name": "Arena", "address": "1 Arena Way", "sections": [{ "name": "Floor", "rows": rows }] });
+    let venue_id = create_venue(app, organizer, arena).await;
+    event_in_venue(app, organizer, "Arena Show", &venue_id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,12 +46,7 @@ async fn responses_carry_security_headers() {
         .send()
         .await
         .unwrap();
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await;
     for response in [&api, &health] {
         let headers = response.headers();
         assert_eq!(headers["x-content-type-options"], "nosniff");
@@ -64,12 +59,7 @@ async fn responses_carry_security_headers() {
     }
     assert_eq!(api.headers()["cache-control"], "no-store");
     assert!(api.headers().get("strict-transport-security").is_none());
-    let graphiql = app
-        .client
-        .get(format!("{}/graphql", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    let graphiql = app.get("/graphql").await;
     let csp = graphiql.headers()["content-security-policy"]
         .to_str()
         .unwrap();

@@ -8,9 +8,9 @@ use evently::config::RateLimit;
 use evently::db::models::Role;
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::operations::sha256;
 use crate::support::{BOOK, OwnRedis, TEST_JWT_SECRET, TestApp, claims, error_code, sign};
 use crate::support::{WsClient, operation_errors};
 

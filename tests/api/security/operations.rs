@@ -3,10 +3,6 @@
 
 use super::*;
 
-fn sha256(query: &str) -> String {
-    format!("{:x}", Sha256::digest(query.as_bytes()))
-}
-
 #[tokio::test]
 async fn automatic_persisted_queries_follow_apollos_protocol_across_instances() {
     let first = TestApp::spawn().await;

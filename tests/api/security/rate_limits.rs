@@ -99,12 +99,7 @@ async fn the_request_budget_refuses_whole_requests_with_429() {
     // A signed-in user has a budget of their own; the probes have none.
     app.gql_ok(Some(&user.token), "{ me { id } }", json!({}))
         .await;
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
 }
 
@@ -207,12 +202,7 @@ async fn limits_keep_working_when_redis_goes_away() {
         &app.gql(None, LOGIN, login("victim@x.co", "guess")).await,
         60,
     );
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/readyz").await;
     // Bookings and limits carry on without Redis, so the instance stays in the load balancer.
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();

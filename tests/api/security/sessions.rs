@@ -80,11 +80,7 @@ async fn revoking_a_users_sessions_ends_them_on_every_instance() {
         .subscribe("1", BOOK, json!({ "input": { "eventId": event_id } }))
         .await;
     let refused = socket.next_message().await.unwrap();
-    let errors = if refused["type"] == "next" {
-        &refused["payload"]["errors"]
-    } else {
-        &refused["payload"]
-    };
+    let errors = operation_errors(&refused);
     assert_eq!(
         errors[0]["extensions"]["code"], "UNAUTHENTICATED",
         "{refused}"

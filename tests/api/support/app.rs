@@ -224,14 +224,18 @@ impl TestApp {
         (status, body)
     }
 
-    /// GET /readyz: the status code and the JSON body.
-    pub async fn readiness(&self) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}/readyz", self.base_url))
+    /// GET `path` (e.g. `/healthz`) from this server.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base_url))
             .send()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// GET /readyz: the status code and the JSON body.
+    pub async fn readiness(&self) -> (u16, Value) {
+        let response = self.get("/readyz").await;
         (response.status().as_u16(), response.json().await.unwrap())
     }
 

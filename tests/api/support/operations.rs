@@ -18,6 +18,15 @@ pub const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $in
 pub const CONFIRM: &str = "mutation($id: ID!, $key: String) { confirmHold(holdId: $id, idempotencyKey: $key) { id status quantity } }";
 pub const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { accessToken refreshToken expiresIn user { id email role } } }";
 
+// Operations the authorization tests try as every kind of caller.
+pub const UPDATE_EVENT_TITLE: &str =
+    "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Hijacked\" }) { title } }";
+pub const CANCEL_EVENT: &str = "mutation($id: ID!) { cancelEvent(id: $id) { status } }";
+pub const EVENT_BOOKINGS: &str =
+    "query($id: ID!) { eventBookings(eventId: $id) { edges { node { id } } } }";
+pub const SET_ROLE: &str =
+    "mutation($id: ID!, $role: Role!) { setUserRole(userId: $id, role: $role) { role } }";
+
 macro_rules! id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -111,6 +120,12 @@ pub fn merged(mut input: Value, extra: Value) -> Value {
         input[key] = value.clone();
     }
     input
+}
+
+/// The hex SHA-256 of a query: its id as an automatic persisted query or on the allow list.
+pub fn sha256(query: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(query.as_bytes()))
 }
 
 /// The `extensions.code` of the first error, or panics if there is none.

@@ -47,11 +47,6 @@ async fn subscription_text_gets_the_size_and_nesting_checks_before_parsing_as_ov
     assert_eq!(socket.next_message().await.unwrap()["type"], "next");
 }
 
-fn sha256(query: &str) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(query.as_bytes()))
-}
-
 fn persisted(hash: &str) -> Value {
     json!({ "persistedQuery": { "version": 1, "sha256Hash": hash } })
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::TestApp;
+use crate::support::operations::sha256;
 use crate::support::{SEATS, WAIT, WsClient, eventually, seats};
 
 mod conformance;

@@ -59,14 +59,7 @@ async fn twenty_simultaneous_cancels_return_the_seats_once() {
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
-    let booked = app
-        .gql_ok(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 4 } }),
-        )
-        .await;
-    let booking_id = booked["bookSeats"]["id"].as_str().unwrap().to_owned();
+    let booking_id = app.book(&buyer, &event_id, 4).await;
     let results =
         join_all((0..20).map(|_| app.gql(Some(&buyer.token), CANCEL, json!({ "id": booking_id }))))
             .await;

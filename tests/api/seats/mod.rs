@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::OwnRedis;
-use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
+use crate::support::{BOOK, CANCEL, EventId, TestApp, TestUser, error_code, event_input, merged};
 use crate::support::{WsClient, operation_errors};
 
 mod claims;
@@ -41,7 +41,7 @@ fn layout() -> Value {
 }
 
 struct Seated {
-    event_id: String,
+    event_id: EventId,
     /// Seat ids by label ("A 1-1"), from the event's seat listing.
     seats: Vec<(String, String)>,
 }
@@ -94,18 +94,17 @@ async fn event_in_venue(
     organizer: &TestUser,
     title: &str,
     venue_id: &str,
-) -> String {
-    let mut input = event_input(title, 0);
-    input["capacity"] = Value::Null;
-    input["venueId"] = json!(venue_id);
-    let event = app
-        .gql_ok(
-            Some(&organizer.token),
-            CREATE_EVENT,
-            json!({ "input": input }),
-        )
-        .await;
-    event["createEvent"]["id"].as_str().unwrap().to_owned()
+) -> EventId {
+    app.create_event(organizer, venue_event_input(title, venue_id))
+        .await
+}
+
+/// A `CreateEventInput` for an event in the venue: no capacity of its own.
+fn venue_event_input(title: &str, venue_id: &str) -> Value {
+    merged(
+        event_input(title, 0),
+        json!({ "capacity": null, "venueId": venue_id }),
+    )
 }
 
 async fn seated_event(app: &TestApp, organizer: &TestUser) -> Seated {

@@ -196,18 +196,11 @@ async fn a_drafts_seat_map_is_only_its_organizers() {
     let app = TestApp::spawn().await;
     let organizer = app.user(Role::Organizer).await;
     let venue_id = create_venue(&app, &organizer, layout()).await;
-    let mut input = event_input("Draft Show", 0);
-    input["capacity"] = Value::Null;
-    input["venueId"] = json!(venue_id);
-    input["status"] = json!("DRAFT");
-    let event = app
-        .gql_ok(
-            Some(&organizer.token),
-            CREATE_EVENT,
-            json!({ "input": input }),
-        )
-        .await;
-    let event_id = event["createEvent"]["id"].as_str().unwrap();
+    let input = merged(
+        venue_event_input("Draft Show", &venue_id),
+        json!({ "status": "DRAFT" }),
+    );
+    let event_id = &app.create_event(&organizer, input).await;
 
     let mut stranger = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
         .await
@@ -234,7 +227,7 @@ async fn a_drafts_seat_map_is_only_its_organizers() {
 }
 
 /// A published seated event in a venue of `rows` rows of 1,000 seats; returns its id.
-async fn big_seated_event(app: &TestApp, organizer: &TestUser, rows: usize) -> String {
+async fn big_seated_event(app: &TestApp, organizer: &TestUser, rows: usize) -> EventId {
     let rows: Vec<Value> = (1..=rows)
         .map(|row| json!({ "label": row.to_string(), "seats": 1000 }))
         .collect();

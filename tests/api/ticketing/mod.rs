@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::support::WsClient;
 use crate::support::operations::{CONFIRM, HOLD};
 use crate::support::{
-    BookingId, CANCEL, EventId, TestApp, TestUser, error_code, event_input, eventually,
+    BookingId, CANCEL, EventId, TestApp, TestUser, error_code, event_input, eventually, merged,
 };
 
 mod holds;

@@ -3,18 +3,13 @@
 
 use super::*;
 
-async fn free_event(app: &TestApp, capacity: i32) -> String {
+async fn free_event(app: &TestApp, capacity: i32) -> EventId {
     let organizer = app.user(Role::Organizer).await;
-    let mut input = event_input("Free Meetup", capacity);
-    input["free"] = json!(true);
-    let data = app
-        .gql_ok(
-            Some(&organizer.token),
-            "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }",
-            json!({ "input": input }),
-        )
-        .await;
-    data["createEvent"]["id"].as_str().unwrap().to_owned()
+    let input = merged(
+        event_input("Free Meetup", capacity),
+        json!({ "free": true }),
+    );
+    app.create_event(&organizer, input).await
 }
 
 #[tokio::test]

@@ -283,14 +283,7 @@ async fn nothing_is_offered_or_held_past_the_end_of_sales() {
     let mut input = event_input("Closing Soon", 2);
     let sales_end = chrono::Utc::now() + chrono::Duration::minutes(5);
     input["salesEndAt"] = json!(sales_end.to_rfc3339());
-    let created = app
-        .gql_ok(
-            Some(&organizer.token),
-            "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }",
-            json!({ "input": input }),
-        )
-        .await;
-    let event_id = created["createEvent"]["id"].as_str().unwrap().to_owned();
+    let event_id = app.create_event(&organizer, input).await;
     // A hold's ten minutes would run past the end of sales: it ends with them.
     let buyer = app.user(Role::User).await;
     let body = app.try_hold(&buyer, &event_id, 1).await;
@@ -304,11 +297,7 @@ async fn nothing_is_offered_or_held_past_the_end_of_sales() {
         "a hold outlasts sales: {expires} > {sales_end}"
     );
     let owner = app.user(Role::User).await;
-    let booked = app.try_book(&owner, &event_id, 1).await;
-    let booking = booked["data"]["bookSeats"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let booking = app.book(&owner, &event_id, 1).await;
     let waiter = app.user(Role::User).await;
     app.gql_ok(Some(&waiter.token), JOIN, json!({ "id": event_id, "q": 1 }))
         .await;

@@ -327,9 +327,7 @@ async fn connect(app: &TestApp, token: Option<&str>) -> WsClient {
         Some(token) => json!({ "Authorization": format!("Bearer {token}") }),
         None => json!({}),
     };
-    WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap()
+    app.connect_ws(init).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,6 @@ use crate::support::converge;
 use crate::support::{BookingId, TestApp, TestUser, eventually, redis_url};
 use crate::support::{SEATS, WAIT, WsClient, seats};
 
-const TRANSPORT: &str = "graphql-transport-ws";
 const MY_BOOKINGS: &str = "subscription { myBookingUpdates { id ... on Booking { status } } }";
 const CANCEL_EVENT: &str = "mutation($id: ID!) { cancelEvent(id: $id) { id } }";
 
@@ -64,9 +63,7 @@ async fn collect_cancellations(client: &mut WsClient, expected: &[BookingId]) {
 /// Subscribes to the buyer's `myBookingUpdates` on `app` and waits until it is attached: a
 /// booking made afterwards (on another event) is the first message.
 async fn booking_feed(app: &TestApp, organizer: &TestUser, buyer: &TestUser) -> WsClient {
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init(&buyer.token)).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
     let other_event = app.event(organizer, 10).await;
     let topic = Topic::UserBookings(buyer.id);
@@ -182,9 +179,7 @@ async fn a_stalled_redis_subscription_is_reported_by_readyz_and_caught_up_after_
     let organizer = peer.user(Role::Organizer).await;
     let buyer = peer.user(Role::User).await;
     let event_id = peer.event(&organizer, 50).await;
-    let mut client = WsClient::connect(&watched.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut client = watched.connect_ws(json!({})).await;
     client
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
@@ -234,9 +229,7 @@ async fn a_redis_subscription_that_went_silent_for_good_is_replaced_and_caught_u
     let organizer = peer.user(Role::Organizer).await;
     let buyer = peer.user(Role::User).await;
     let event_id = peer.event(&organizer, 50).await;
-    let mut seats_feed = WsClient::connect(&watched.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut seats_feed = watched.connect_ws(json!({})).await;
     seats_feed
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;

@@ -8,9 +8,8 @@ use evently::db::models::Role;
 use serde_json::{Value, json};
 
 use crate::support::{BOOK, CANCEL, TestApp};
-use crate::support::{OwnRedis, SEATS, WsClient, converge, seats};
+use crate::support::{OwnRedis, SEATS, converge, seats};
 
-const TRANSPORT: &str = "graphql-transport-ws";
 const EVENT_UPDATED: &str =
     "subscription($id: ID!) { eventUpdated(eventId: $id) { id title status version } }";
 const MY_BOOKINGS: &str =
@@ -26,9 +25,7 @@ async fn event_updated_sends_the_event_then_each_change_of_details_or_status() {
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client
         .subscribe("e", EVENT_UPDATED, json!({ "id": event_id }))
         .await;
@@ -77,9 +74,7 @@ async fn my_booking_updates_follow_the_signed_in_users_bookings_only() {
     let buyer = app.user(Role::User).await;
     let stranger = app.user(Role::User).await;
     let event_id = app.event(&organizer, 20).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init(&buyer.token)).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
 
     let first = app.book(&buyer, &event_id, 2).await;
@@ -117,9 +112,7 @@ async fn my_booking_updates_follow_the_signed_in_users_bookings_only() {
 #[tokio::test]
 async fn my_booking_updates_need_a_signed_in_connection() {
     let app = TestApp::spawn_without_redis().await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
     let refused = client.next_message().await.unwrap();
     assert_eq!(refused["type"], "error", "{refused}");
@@ -138,9 +131,7 @@ async fn my_booking_updates_end_when_the_access_token_expires() {
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 10).await;
     let buyer = app.user(Role::User).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init(&buyer.token)).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
     client
         .subscribe("seats", SEATS, json!({ "id": event_id }))
@@ -163,9 +154,7 @@ async fn my_booking_updates_end_when_the_session_ends() {
     let event_id = app.event(&admin, 10).await;
     let buyer = app.user(Role::User).await;
     let booking = app.book(&buyer, &event_id, 1).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init(&buyer.token)).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
     app.gql_ok(Some(&buyer.token), "mutation { logout }", json!({}))
         .await;
@@ -186,15 +175,9 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
     let organizer = first.user(Role::Organizer).await;
     let buyer = first.user(Role::User).await;
     let event_id = first.event(&organizer, 100).await;
-    let mut on_first = WsClient::connect(&first.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
-    let mut on_second = WsClient::connect(&second.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
-    let mut buyers_feed = WsClient::connect(&second.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut on_first = first.connect_ws(json!({})).await;
+    let mut on_second = second.connect_ws(json!({})).await;
+    let mut buyers_feed = second.connect_ws(init(&buyer.token)).await;
     on_first
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
@@ -263,9 +246,7 @@ async fn without_redis_bookings_and_local_subscribers_carry_on() {
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 5).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
@@ -283,9 +264,7 @@ async fn many_subscribers_on_two_instances_all_end_on_the_final_count() {
     let mut subscribers = Vec::new();
     for i in 0..40 {
         let app = if i % 2 == 0 { &first } else { &second };
-        let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
-            .await
-            .unwrap();
+        let mut client = app.connect_ws(json!({})).await;
         // Half share one execution per instance, half run their own.
         let query = if i % 4 < 2 {
             SEATS

@@ -13,7 +13,7 @@ use crate::support::{
     BOOK, BookingId, CANCEL, EventId, TestApp, TestUser, error_code, event_input, eventually,
     merged,
 };
-use crate::support::{SEATS, WsClient, operation_errors};
+use crate::support::{SEATS, operation_errors};
 
 const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id quantity } }";
 const JOIN: &str =
@@ -252,9 +252,7 @@ async fn someone_elses_draft_answers_exactly_as_a_missing_event_on_every_operati
     }
     // Live updates too, signed in as someone else.
     let init = json!({ "Authorization": format!("Bearer {}", stranger.token) });
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init).await;
     const SEAT_MAP: &str = "subscription($id: ID!) { seatMap(eventId: $id) { version } }";
     const UPDATED: &str = "subscription($id: ID!) { eventUpdated(eventId: $id) { version } }";
     let subscriptions = [SEATS, SEAT_MAP, UPDATED]

@@ -14,9 +14,7 @@ async fn a_subscriber_sees_the_current_count_then_every_change() {
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
     let init = json!({ "Authorization": format!("Bearer {}", buyer.token) });
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init).await;
     client
         .subscribe("1", SEATS, json!({ "id": event_id }))
         .await;
@@ -68,12 +66,8 @@ async fn two_instances_see_each_others_changes_through_redis() {
     let organizer = first.user(Role::Organizer).await;
     let buyer = first.user(Role::User).await;
     let event_id = first.event(&organizer, 50).await;
-    let mut on_first = WsClient::connect(&first.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
-    let mut on_second = WsClient::connect(&second.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut on_first = first.connect_ws(json!({})).await;
+    let mut on_second = second.connect_ws(json!({})).await;
     on_first
         .subscribe("a", SEATS, json!({ "id": event_id }))
         .await;
@@ -127,9 +121,7 @@ async fn a_bad_token_in_connection_init_is_refused() {
 #[tokio::test]
 async fn subscribing_to_an_unknown_event_is_an_error_with_a_code() {
     let app = TestApp::spawn_without_redis().await;
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client
         .subscribe("1", SEATS, json!({ "id": uuid::Uuid::new_v4() }))
         .await;
@@ -150,9 +142,7 @@ async fn an_open_connection_loses_its_rights_when_the_session_ends() {
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
     let init = json!({ "Authorization": format!("Bearer {}", buyer.token) });
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init).await;
     let book = json!({ "input": { "eventId": event_id } });
     client.subscribe("1", BOOK, book.clone()).await;
     assert_eq!(
@@ -183,9 +173,7 @@ async fn identical_seat_subscriptions_share_one_execution() {
     let topic = evently::realtime::Topic::Seats(uuid);
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-            .await
-            .unwrap();
+        let mut client = app.connect_ws(json!({})).await;
         client
             .subscribe("s", SEATS, json!({ "id": event_id }))
             .await;
@@ -194,9 +182,7 @@ async fn identical_seat_subscriptions_share_one_execution() {
     }
     assert_eq!(app.state.bus.local_subscriber_count(topic), 1);
     // Another selection is another execution.
-    let mut other = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut other = app.connect_ws(json!({})).await;
     other
         .subscribe(
             "v",
@@ -215,9 +201,7 @@ async fn identical_seat_subscriptions_share_one_execution() {
         assert_eq!(seats(client).await, (6, 2));
     }
     // A late joiner starts from the current state, not the first one the execution sent.
-    let mut late = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut late = app.connect_ws(json!({})).await;
     late.subscribe("s", SEATS, json!({ "id": event_id })).await;
     assert_eq!(seats(&mut late).await, (6, 2));
     // Completing one does not end the others.
@@ -250,9 +234,7 @@ async fn a_list_over_a_websocket_looks_its_caller_up_once_per_operation() {
         app.event(&organizer, 10).await;
     }
     let init = json!({ "Authorization": format!("Bearer {}", organizer.token) });
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init).await;
     // Every `email` asks who the caller is: before, each asked PostgreSQL again.
     let query = "{ events(first: 40) { edges { node { organizer { email } } } } }";
     for id in ["1", "2"] {

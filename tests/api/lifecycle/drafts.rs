@@ -87,9 +87,7 @@ async fn a_draft_is_seen_only_by_its_organizer_and_admins_until_published() {
     assert_eq!(error_code(&body), "NOT_FOUND", "{body}");
 
     // Its live updates likewise: NOT_FOUND for a stranger, there for its organizer.
-    let mut anonymous = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut anonymous = app.connect_ws(json!({})).await;
     anonymous
         .subscribe("1", SEATS, json!({ "id": draft }))
         .await;
@@ -99,9 +97,7 @@ async fn a_draft_is_seen_only_by_its_organizer_and_admins_until_published() {
         .await;
     assert_eq!(operation_code(&mut anonymous, "2").await, "NOT_FOUND");
     let init = json!({ "Authorization": format!("Bearer {}", organizer.token) });
-    let mut owner = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut owner = app.connect_ws(init).await;
     owner.subscribe("1", UPDATED, json!({ "id": draft })).await;
     let data = owner.next_data().await;
     assert_eq!(data["data"]["eventUpdated"]["version"], 1, "{data}");

@@ -392,9 +392,7 @@ async fn watchers_see_only_the_seat_counts_a_batch_committed() {
         .await
         .unwrap();
     }
-    let mut watcher = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut watcher = app.connect_ws(json!({})).await;
     watcher
         .subscribe(
             "seats",

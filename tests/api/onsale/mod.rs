@@ -13,7 +13,6 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::FaultProxy;
-use crate::support::WsClient;
 use crate::support::{
     BOOK, CANCEL, TestApp, TestUser, error_code, eventually, spawn_behind_database_proxy,
 };

@@ -17,9 +17,7 @@ async fn the_seat_map_sends_every_seat_then_the_changes() {
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let seated = seated_event(&app, &organizer).await;
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client
         .subscribe("1", SEAT_MAP, json!({ "id": seated.event_id }))
         .await;
@@ -122,9 +120,7 @@ async fn a_seat_map_is_sent_whole_again_after_redis_comes_back() {
     let organizer = first.user(Role::Organizer).await;
     let buyer = first.user(Role::User).await;
     let seated = seated_event(&first, &organizer).await;
-    let mut client = WsClient::connect(&first.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut client = first.connect_ws(json!({})).await;
     client
         .subscribe("1", SEAT_MAP, json!({ "id": seated.event_id }))
         .await;
@@ -173,9 +169,7 @@ async fn a_general_admission_event_has_no_seat_map() {
     let app = TestApp::spawn().await;
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 5).await;
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client
         .subscribe("1", SEAT_MAP, json!({ "id": event_id }))
         .await;
@@ -202,9 +196,7 @@ async fn a_drafts_seat_map_is_only_its_organizers() {
     );
     let event_id = &app.create_event(&organizer, input).await;
 
-    let mut stranger = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut stranger = app.connect_ws(json!({})).await;
     stranger
         .subscribe("1", SEAT_MAP, json!({ "id": event_id }))
         .await;
@@ -215,9 +207,7 @@ async fn a_drafts_seat_map_is_only_its_organizers() {
         "{message}"
     );
     let init = json!({ "Authorization": format!("Bearer {}", organizer.token) });
-    let mut owner = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut owner = app.connect_ws(init).await;
     owner
         .subscribe("1", SEAT_MAP, json!({ "id": event_id }))
         .await;
@@ -280,9 +270,7 @@ async fn many_viewers_of_one_seat_map_share_one_read_per_version() {
     // Viewers arriving one after another, then many at once, all at version 1.
     let mut viewers = Vec::new();
     for _ in 0..5 {
-        let mut viewer = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-            .await
-            .unwrap();
+        let mut viewer = app.connect_ws(json!({})).await;
         viewer
             .subscribe("map", SEAT_MAP, json!({ "id": seated.event_id }))
             .await;
@@ -290,9 +278,7 @@ async fn many_viewers_of_one_seat_map_share_one_read_per_version() {
         viewers.push(viewer);
     }
     let together = futures_util::future::join_all((0..15).map(|_| async {
-        let mut viewer = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-            .await
-            .unwrap();
+        let mut viewer = app.connect_ws(json!({})).await;
         viewer
             .subscribe("map", SEAT_MAP, json!({ "id": seated.event_id }))
             .await;
@@ -320,9 +306,7 @@ async fn many_viewers_of_one_seat_map_share_one_read_per_version() {
         );
     }
     for _ in 0..3 {
-        let mut late = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-            .await
-            .unwrap();
+        let mut late = app.connect_ws(json!({})).await;
         late.subscribe("map", SEAT_MAP, json!({ "id": seated.event_id }))
             .await;
         let first = seat_map(&mut late).await;

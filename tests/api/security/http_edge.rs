@@ -135,9 +135,7 @@ async fn a_websocket_operation_past_its_deadline_gets_a_timeout_code_and_changes
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
     let init = json!({ "Authorization": format!("Bearer {}", buyer.token) });
-    let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut socket = app.connect_ws(init).await;
     let before = app.fingerprint().await;
     let mut blocker = app.hold_event_row(&event_id).await;
     let book = json!({ "input": { "eventId": event_id } });

@@ -10,9 +10,9 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::operations::sha256;
+use crate::support::operation_errors;
+use crate::support::operations::{allow_list, sha256};
 use crate::support::{BOOK, OwnRedis, TEST_JWT_SECRET, TestApp, claims, error_code, sign};
-use crate::support::{WsClient, operation_errors};
 
 mod http_edge;
 mod operations;

@@ -50,10 +50,7 @@ async fn automatic_persisted_queries_follow_apollos_protocol_across_instances() 
 #[tokio::test]
 async fn allow_list_mode_runs_only_registered_operations() {
     let allowed = "query Upcoming { events(first: 2) { edges { cursor } } }";
-    let dir = std::env::temp_dir().join(format!("evently-allowlist-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("operations.json");
-    std::fs::write(&path, json!({ sha256(allowed): allowed }).to_string()).unwrap();
+    let path = allow_list(&[allowed]);
     let app =
         TestApp::spawn_with(|c| c.graphql.persisted_query_allowlist = Some(path.clone())).await;
 
@@ -79,7 +76,7 @@ async fn allow_list_mode_runs_only_registered_operations() {
     std::fs::write(&path, json!({ sha256("{ a }"): "{ b }" }).to_string()).unwrap();
     let error = evently::security::persisted::load_allowlist(&path).unwrap_err();
     assert!(error.to_string().contains("not the SHA-256"), "{error}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
 }
 
 #[tokio::test]

@@ -220,9 +220,7 @@ async fn over_websocket_logins_and_registrations_are_counted_per_address() {
         c.rate_limits.register = RateLimit::per(2, 3600);
     })
     .await;
-    let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut socket = app.connect_ws(json!({})).await;
     let mut codes = Vec::new();
     for (n, email) in ["victim@x.co", "VICTIM@x.co", "victim@x.co", "other@x.co"]
         .iter()
@@ -257,9 +255,7 @@ async fn over_websocket_logins_and_registrations_are_counted_per_address() {
     // Registrations from one address share one budget: a new socket does not reset it.
     let mut outcomes = Vec::new();
     for n in 0..3 {
-        let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-            .await
-            .unwrap();
+        let mut socket = app.connect_ws(json!({})).await;
         let input = json!({ "input": { "email": format!("ws{n}@x.co"), "password": "long-enough", "name": "W" } });
         socket.subscribe("r", REGISTER, input).await;
         let message = socket.next_message().await.unwrap();
@@ -324,9 +320,7 @@ async fn websocket_operations_count_against_the_users_request_budget() {
     let app = TestApp::spawn_with(|c| c.rate_limits.requests = RateLimit::per(3, 60)).await;
     let user = app.user(Role::User).await;
     let init = json!({ "Authorization": format!("Bearer {}", user.token) });
-    let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut socket = app.connect_ws(init).await;
     // One HTTP request and two operations on the socket use up the user's three.
     app.gql_ok(Some(&user.token), "{ me { id } }", json!({}))
         .await;
@@ -348,9 +342,7 @@ async fn websocket_operations_count_against_the_users_request_budget() {
 async fn anonymous_websocket_operations_count_against_the_addresss_request_budget() {
     let app = TestApp::spawn_with(|c| c.rate_limits.requests = RateLimit::per(3, 60)).await;
     // The upgrade request is the address's first request, the two operations its others.
-    let mut socket = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut socket = app.connect_ws(json!({})).await;
     let query = "{ events(first: 1) { edges { node { id } } } }";
     for id in ["1", "2", "3"] {
         socket.subscribe(id, query, json!({})).await;

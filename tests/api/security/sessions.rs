@@ -57,9 +57,7 @@ async fn revoking_a_users_sessions_ends_them_on_every_instance() {
     let other_session = first.user(Role::User).await;
     let event_id = first.event(&organizer, 10).await;
     let init = json!({ "Authorization": format!("Bearer {}", victim.token) });
-    let mut socket = WsClient::connect(&second.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut socket = second.connect_ws(init).await;
 
     let revoke = "mutation($id: ID!) { revokeUserSessions(userId: $id) }";
     let revoked = first

@@ -128,6 +128,19 @@ pub fn sha256(query: &str) -> String {
     format!("{:x}", sha2::Sha256::digest(query.as_bytes()))
 }
 
+/// An allow-list file (`GRAPHQL_PERSISTED_QUERY_ALLOWLIST`) registering `operations` by hash.
+pub fn allow_list(operations: &[&str]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("evently-allowlist-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("operations.json");
+    let by_hash: serde_json::Map<String, Value> = operations
+        .iter()
+        .map(|operation| (sha256(operation), json!(operation)))
+        .collect();
+    std::fs::write(&path, Value::Object(by_hash).to_string()).unwrap();
+    path
+}
+
 /// The `extensions.code` of the first error, or panics if there is none.
 pub fn error_code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"]

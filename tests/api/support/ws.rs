@@ -10,6 +10,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use super::app::TestApp;
+
 pub const SEATS: &str = "subscription($id: ID!) { seatAvailability(eventId: $id) { eventId capacity seatsAvailable soldOut version } }";
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -156,6 +158,16 @@ impl WsClient {
         let kind = if self.legacy { "data" } else { "next" };
         assert_eq!(message["type"], kind, "{message}");
         message["payload"].clone()
+    }
+}
+
+impl TestApp {
+    /// A graphql-transport-ws connection to this server, initialised with `init` and
+    /// acknowledged.
+    pub async fn connect_ws(&self, init: Value) -> WsClient {
+        WsClient::connect(&self.ws_url(), "graphql-transport-ws", init)
+            .await
+            .unwrap()
     }
 }
 

@@ -133,9 +133,7 @@ async fn the_sweeper_releases_expired_holds_and_tells_the_owner() {
     .await
     .unwrap();
     client.subscribe("mine", UPDATES, json!({})).await;
-    let mut watcher = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut watcher = app.connect_ws(json!({})).await;
     watcher
         .subscribe(
             "seats",

@@ -103,10 +103,7 @@ async fn automatic_persisted_queries_work_over_a_websocket_as_over_http() {
 #[tokio::test]
 async fn allow_list_mode_runs_only_registered_operations_over_a_websocket() {
     let allowed = "query Upcoming { events(first: 2) { edges { cursor } } }";
-    let dir = std::env::temp_dir().join(format!("evently-allowlist-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("operations.json");
-    std::fs::write(&path, json!({ sha256(allowed): allowed }).to_string()).unwrap();
+    let path = allow_list(&[allowed]);
     let app =
         TestApp::spawn_with(|c| c.graphql.persisted_query_allowlist = Some(path.clone())).await;
     let mut socket = acked(&app, json!({})).await;
@@ -142,5 +139,5 @@ async fn allow_list_mode_runs_only_registered_operations_over_a_websocket() {
             "{message}"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::TestApp;
-use crate::support::operations::sha256;
+use crate::support::operations::{allow_list, sha256};
 use crate::support::{SEATS, WAIT, WsClient, eventually, seats};
 
 mod conformance;
@@ -20,7 +20,5 @@ const TRANSPORT: &str = "graphql-transport-ws";
 const QUERY: &str = "query { events(first: 1) { edges { node { id } } } }";
 
 async fn acked(app: &TestApp, init: Value) -> WsClient {
-    WsClient::connect(&app.ws_url(), TRANSPORT, init)
-        .await
-        .unwrap()
+    app.connect_ws(init).await
 }

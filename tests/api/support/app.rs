@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::database::{TestDatabase, fresh_database, server_url};
+use super::eventually::WAIT;
 use super::fault_proxy::FaultProxy;
 use super::redis::{redis_prefix, redis_url};
 use super::tokens::TEST_JWT_SECRET;
-use super::ws::WAIT;
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var("TEST_LOG").is_ok() {
@@ -26,6 +26,8 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
     }
 });
 
+/// The configuration a test server starts from: this database, Redis at `redis` (URL and key
+/// prefix) or the in-process bus, cheap password hashing and rate limits out of reach.
 pub fn test_config(database_url: &str, redis: Option<(&str, &str)>) -> Config {
     let mut config = Config::from_lookup(|name| match name {
         "DATABASE_URL" => Some(database_url.to_owned()),

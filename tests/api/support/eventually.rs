@@ -4,6 +4,10 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::time::Duration;
 
+/// How long a test waits for what should come at once (a message, a probe's change, a slot
+/// given back) before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
 /// How often a condition is looked at again.
 const POLL_EVERY: Duration = Duration::from_millis(20);
 

@@ -11,9 +11,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::app::TestApp;
+use super::eventually::WAIT;
 
 pub const SEATS: &str = "subscription($id: ID!) { seatAvailability(eventId: $id) { eventId capacity seatsAvailable soldOut version } }";
-pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A small graphql-transport-ws / graphql-ws client, enough to drive the server like Apollo or urql would.
 pub struct WsClient {

@@ -4,17 +4,11 @@
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{BOOK, CANCEL, TestApp, error_code, event_input};
-use crate::websocket::WsClient;
-
-const UPDATE: &str =
-    "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Hijacked\" }) { title } }";
-const CANCEL_EVENT: &str = "mutation($id: ID!) { cancelEvent(id: $id) { status } }";
-const EVENT_BOOKINGS: &str =
-    "query($id: ID!) { eventBookings(eventId: $id) { edges { node { id } } } }";
-const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
-const SET_ROLE: &str =
-    "mutation($id: ID!, $role: Role!) { setUserRole(userId: $id, role: $role) { role } }";
+use crate::support::WsClient;
+use crate::support::operations::{
+    CANCEL_EVENT, CREATE_EVENT as CREATE, EVENT_BOOKINGS, SET_ROLE, UPDATE_EVENT_TITLE as UPDATE,
+};
+use crate::support::{BOOK, BookingId, CANCEL, EventId, TestApp, error_code, event_input};
 
 async fn code(app: &TestApp, token: Option<&str>, query: &str, variables: Value) -> String {
     error_code(&app.gql(token, query, variables).await).to_owned()
@@ -84,14 +78,7 @@ async fn users_see_and_cancel_only_their_own_bookings() {
     let bob = app.user(Role::User).await;
     let admin = app.user(Role::Admin).await;
     let event_id = app.event(&organizer, 20).await;
-    let booked = app
-        .gql_ok(
-            Some(&alice.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id } }),
-        )
-        .await;
-    let booking_id = booked["bookSeats"]["id"].as_str().unwrap().to_owned();
+    let booking_id = app.book(&alice, &event_id, 1).await;
 
     let bobs = app
         .gql_ok(
@@ -201,8 +188,8 @@ struct World {
     tokens: [Option<String>; 6],
     alice: uuid::Uuid,
     bob: uuid::Uuid,
-    event_id: String,
-    booking_id: String,
+    event_id: EventId,
+    booking_id: BookingId,
 }
 
 async fn world(app: &TestApp) -> World {
@@ -230,7 +217,7 @@ async fn world(app: &TestApp) -> World {
         ],
         alice: alice.id,
         bob: bob.id,
-        booking_id: booked["bookSeats"]["id"].as_str().unwrap().to_owned(),
+        booking_id: BookingId(booked["bookSeats"]["id"].as_str().unwrap().to_owned()),
         event_id,
     }
 }
@@ -340,9 +327,7 @@ async fn connect(app: &TestApp, token: Option<&str>) -> WsClient {
         Some(token) => json!({ "Authorization": format!("Bearer {token}") }),
         None => json!({}),
     };
-    WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap()
+    app.connect_ws(init).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

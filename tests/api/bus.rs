@@ -13,28 +13,16 @@ use evently::realtime::Topic;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::fault_proxy::FaultProxy;
-use crate::helpers::{BOOK, TestApp, TestUser, redis_url};
-use crate::live::{converge, readiness, wait_for_readiness};
-use crate::websocket::{SEATS, WAIT, WsClient, seats};
+use crate::support::FaultProxy;
+use crate::support::converge;
+use crate::support::{BookingId, TestApp, TestUser, eventually, redis_url};
+use crate::support::{SEATS, WAIT, WsClient, seats};
 
-const TRANSPORT: &str = "graphql-transport-ws";
 const MY_BOOKINGS: &str = "subscription { myBookingUpdates { id ... on Booking { status } } }";
 const CANCEL_EVENT: &str = "mutation($id: ID!) { cancelEvent(id: $id) { id } }";
 
 fn init(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })
-}
-
-async fn book(app: &TestApp, token: &str, event_id: &str) -> String {
-    let data = app
-        .gql_ok(
-            Some(token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 1 } }),
-        )
-        .await;
-    data["bookSeats"]["id"].as_str().unwrap().to_owned()
 }
 
 /// `count` bookings of one seat each for `buyer`, all at once.
@@ -43,15 +31,15 @@ async fn many_bookings(
     buyer: &TestUser,
     event_id: &str,
     count: usize,
-) -> Vec<String> {
-    let all = (0..count).map(|_| book(app, &buyer.token, event_id));
+) -> Vec<BookingId> {
+    let all = (0..count).map(|_| app.book(buyer, event_id, 1));
     futures_util::future::join_all(all).await
 }
 
 /// Reads `myBookingUpdates` messages until every one of `expected` was seen CANCELLED; any other
 /// booking or status fails the test.
-async fn collect_cancellations(client: &mut WsClient, expected: &[String]) {
-    let mut cancelled: HashMap<String, usize> = HashMap::new();
+async fn collect_cancellations(client: &mut WsClient, expected: &[BookingId]) {
+    let mut cancelled: HashMap<BookingId, usize> = HashMap::new();
     while cancelled.len() < expected.len() {
         let message = client.next_message().await.unwrap_or_else(|error| {
             panic!(
@@ -62,7 +50,7 @@ async fn collect_cancellations(client: &mut WsClient, expected: &[String]) {
         });
         assert_eq!(message["type"], "next", "{message}");
         let booking = &message["payload"]["data"]["myBookingUpdates"];
-        let id = booking["id"].as_str().unwrap().to_owned();
+        let id = BookingId(booking["id"].as_str().unwrap().to_owned());
         assert!(
             expected.contains(&id),
             "a booking not cancelled here: {booking}"
@@ -75,22 +63,17 @@ async fn collect_cancellations(client: &mut WsClient, expected: &[String]) {
 /// Subscribes to the buyer's `myBookingUpdates` on `app` and waits until it is attached: a
 /// booking made afterwards (on another event) is the first message.
 async fn booking_feed(app: &TestApp, organizer: &TestUser, buyer: &TestUser) -> WsClient {
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init(&buyer.token)).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
     let other_event = app.event(organizer, 10).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app
-        .state
-        .bus
-        .local_subscriber_count(Topic::UserBookings(buyer.id))
-        == 0
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never subscribed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let sentinel = book(app, &buyer.token, &other_event).await;
+    let topic = Topic::UserBookings(buyer.id);
+    eventually(WAIT, || async {
+        (app.state.bus.local_subscriber_count(topic) > 0)
+            .then_some(())
+            .ok_or("never subscribed")
+    })
+    .await;
+    let sentinel = app.book(buyer, &other_event, 1).await;
     let first = client.next_data().await;
     assert_eq!(first["data"]["myBookingUpdates"]["id"], sentinel.as_str());
     client
@@ -164,7 +147,7 @@ async fn a_subscriber_that_reads_nothing_while_its_bookings_change_still_gets_ev
         assert!(response.errors.is_empty(), "{:?}", response.errors);
         let data = response.data.into_json().unwrap();
         let booking = &data["myBookingUpdates"];
-        let id = booking["id"].as_str().unwrap().to_owned();
+        let id = BookingId(booking["id"].as_str().unwrap().to_owned());
         assert!(bookings.contains(&id), "{booking}");
         assert_eq!(booking["status"], "CANCELLED", "{booking}");
         cancelled.insert(id, ());
@@ -196,44 +179,46 @@ async fn a_stalled_redis_subscription_is_reported_by_readyz_and_caught_up_after_
     let organizer = peer.user(Role::Organizer).await;
     let buyer = peer.user(Role::User).await;
     let event_id = peer.event(&organizer, 50).await;
-    let mut client = WsClient::connect(&watched.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut client = watched.connect_ws(json!({})).await;
     client
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
     assert_eq!(seats(&mut client).await, (50, 1));
-    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
-    book(&peer, &buyer.token, &event_id).await;
+    assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
+    peer.book(&buyer, &event_id, 1).await;
     converge(&mut client, (49, 2)).await;
 
     proxy.stall();
     // Noticed by the heartbeat and reported, with the reason, while the link is down (still
     // 200: bookings are correct without Redis).
-    let (code, body) = wait_for_readiness(&watched, "degraded").await;
+    let (code, body) = watched.wait_for_readiness("degraded").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["redis"], "down", "{body}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut body = body;
-    while !body["reason"]
-        .as_str()
-        .is_some_and(|reason| reason.contains("subscription"))
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readiness never named the subscription: {body}"
-        );
-        body = readiness(&watched).await.1;
+    let names_the_subscription = |body: &Value| {
+        body["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("subscription"))
+    };
+    if !names_the_subscription(&body) {
+        eventually(WAIT, || async {
+            let (_, body) = watched.readiness().await;
+            if names_the_subscription(&body) {
+                Ok(())
+            } else {
+                Err(format!("readiness never named the subscription: {body}"))
+            }
+        })
+        .await;
     }
 
     // The peer goes on booking; nothing of it can reach the watched instance for now.
-    book(&peer, &buyer.token, &event_id).await;
-    book(&peer, &buyer.token, &event_id).await;
+    peer.book(&buyer, &event_id, 1).await;
+    peer.book(&buyer, &event_id, 1).await;
     proxy.resume();
     converge(&mut client, (47, 4)).await;
-    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
     // And the bus carries the peer's changes again.
-    book(&peer, &buyer.token, &event_id).await;
+    peer.book(&buyer, &event_id, 1).await;
     converge(&mut client, (46, 5)).await;
     peer.assert_invariant().await;
 }
@@ -244,26 +229,24 @@ async fn a_redis_subscription_that_went_silent_for_good_is_replaced_and_caught_u
     let organizer = peer.user(Role::Organizer).await;
     let buyer = peer.user(Role::User).await;
     let event_id = peer.event(&organizer, 50).await;
-    let mut seats_feed = WsClient::connect(&watched.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut seats_feed = watched.connect_ws(json!({})).await;
     seats_feed
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
     assert_eq!(seats(&mut seats_feed).await, (50, 1));
     let mut bookings_feed = booking_feed(&watched, &organizer, &buyer).await;
-    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
 
     // Every connection open now (the subscription among them) goes silent without closing;
     // new connections work. Nothing but a heartbeat can tell.
     proxy.strand();
-    let booking = book(&peer, &buyer.token, &event_id).await;
+    let booking = peer.book(&buyer, &event_id, 1).await;
     converge(&mut seats_feed, (49, 2)).await;
     let data = bookings_feed.next_data().await;
     assert_eq!(
         data["data"]["myBookingUpdates"],
         json!({ "id": booking, "status": "CONFIRMED" })
     );
-    assert_eq!(wait_for_readiness(&watched, "ready").await.0, 200);
+    assert_eq!(watched.wait_for_readiness("ready").await.0, 200);
     peer.assert_invariant().await;
 }

@@ -4,8 +4,8 @@
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{BOOK, TestApp};
-use crate::websocket::{SEATS, WsClient, seats};
+use crate::support::{BOOK, TestApp};
+use crate::support::{SEATS, seats};
 
 const EVENT: &str = "query($id: ID!) { event(id: $id) { seatsAvailable } }";
 
@@ -49,9 +49,7 @@ async fn anonymous_answers_are_reused_until_this_or_another_instance_changes_som
     // A booking on another instance drops it too, once the bus has brought the news.
     assert_eq!(anonymous(&peer, &event_id).await, (9, false));
     assert_eq!(anonymous(&peer, &event_id).await, (9, true));
-    let mut watcher = WsClient::connect(&peer.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut watcher = peer.connect_ws(json!({})).await;
     watcher
         .subscribe("1", SEATS, json!({ "id": event_id }))
         .await;

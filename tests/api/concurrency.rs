@@ -4,7 +4,7 @@ use evently::db::models::Role;
 use futures_util::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code};
+use crate::support::{BOOK, CANCEL, TestApp, TestUser, error_code};
 
 /// `n` one-seat bookings spread over `buyers`, all sent together once awaited.
 fn book_one_seat_each<'a>(
@@ -59,14 +59,7 @@ async fn twenty_simultaneous_cancels_return_the_seats_once() {
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
-    let booked = app
-        .gql_ok(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 4 } }),
-        )
-        .await;
-    let booking_id = booked["bookSeats"]["id"].as_str().unwrap().to_owned();
+    let booking_id = app.book(&buyer, &event_id, 4).await;
     let results =
         join_all((0..20).map(|_| app.gql(Some(&buyer.token), CANCEL, json!({ "id": booking_id }))))
             .await;

@@ -3,7 +3,7 @@
 use evently::db::models::Role;
 use serde_json::json;
 
-use crate::helpers::{BOOK, TestApp, error_code};
+use crate::support::{BOOK, TestApp, error_code};
 
 #[tokio::test]
 async fn invalid_bookings_are_refused_with_a_code() {
@@ -84,12 +84,7 @@ async fn invalid_events_and_accounts_are_refused_with_a_code() {
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 6 } }),
-    )
-    .await;
+    app.book(&buyer, &event_id, 6).await;
     let update = "mutation($id: ID!, $input: UpdateEventInput!) { updateEvent(id: $id, input: $input) { capacity } }";
     let below = app
         .gql(
@@ -129,7 +124,7 @@ async fn invalid_events_and_accounts_are_refused_with_a_code() {
         assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
     }
     let create = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
-    let mut backwards = crate::helpers::event_input("Backwards", 10);
+    let mut backwards = crate::support::event_input("Backwards", 10);
     backwards["endsAt"] = json!("2001-01-01T00:00:00Z");
     assert_eq!(
         error_code(
@@ -142,7 +137,7 @@ async fn invalid_events_and_accounts_are_refused_with_a_code() {
         ),
         "BAD_USER_INPUT"
     );
-    let mut bad_date = crate::helpers::event_input("Bad date", 10);
+    let mut bad_date = crate::support::event_input("Bad date", 10);
     bad_date["startsAt"] = json!("next tuesday");
     assert_eq!(
         error_code(
@@ -206,7 +201,7 @@ async fn nul_bytes_and_control_characters_are_refused_not_stored() {
         error_code(&app.gql(None, search, json!({ "s": "jazz\u{0}" })).await),
         "BAD_USER_INPUT"
     );
-    let mut input = crate::helpers::event_input("Bad\u{0}title", 10);
+    let mut input = crate::support::event_input("Bad\u{0}title", 10);
     let create = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
     assert_eq!(
         error_code(

@@ -1,7 +1,7 @@
 use evently::db::models::Role;
 use serde_json::json;
 
-use crate::helpers::{TestApp, event_input};
+use crate::support::{TestApp, event_input};
 
 /// GraphiQL works with no internet: its assets come from our binary. A real headless Chromium
 /// loads the page, runs a query and must see the result.
@@ -16,21 +16,13 @@ async fn graphiql_runs_a_query_in_a_real_browser_without_a_cdn() {
     )
     .await;
 
-    let page = app
-        .client
-        .get(format!("{}/graphql", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = app.get("/graphql").await.text().await.unwrap();
     assert!(
         !page.contains("https://") && !page.contains("http://"),
         "the page must not load anything from elsewhere"
     );
 
-    let text = crate::browser::run_query_in_graphiql(
+    let text = crate::support::run_query_in_graphiql(
         &app.base_url,
         "{ events { edges { node { title seatsAvailable } } } }",
         "Offline Jazz Night",

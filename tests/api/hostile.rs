@@ -8,7 +8,10 @@ use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{BOOK, CANCEL, TEST_JWT_SECRET, TestApp, claims, event_input, sign};
+use crate::support::operations::{
+    CANCEL_EVENT, CREATE_EVENT as CREATE, EVENT_BOOKINGS, SET_ROLE, UPDATE_EVENT_TITLE as UPDATE,
+};
+use crate::support::{BOOK, CANCEL, TEST_JWT_SECRET, TestApp, claims, event_input, sign};
 
 /// What a case sends.
 enum Send {
@@ -56,15 +59,7 @@ fn with(mut claims: Value, key: &str, value: Value) -> Value {
 }
 
 const ME: &str = "{ me { id role } }";
-const SET_ROLE: &str =
-    "mutation($id: ID!, $role: Role!) { setUserRole(userId: $id, role: $role) { role } }";
 const REVOKE: &str = "mutation($id: ID!) { revokeUserSessions(userId: $id) }";
-const UPDATE: &str =
-    "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Hijacked\" }) { title } }";
-const CANCEL_EVENT: &str = "mutation($id: ID!) { cancelEvent(id: $id) { status } }";
-const EVENT_BOOKINGS: &str =
-    "query($id: ID!) { eventBookings(eventId: $id) { edges { node { id } } } }";
-const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
 const REGISTER: &str =
     "mutation($input: RegisterInput!) { register(input: $input) { accessToken } }";
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
@@ -111,14 +106,7 @@ async fn hostile_requests_get_their_documented_error_and_change_nothing() {
     let bob = app.user(Role::User).await;
     let admin = app.user(Role::Admin).await;
     let event_id = app.event(&organizer, 20).await;
-    let booked = app
-        .gql_ok(
-            Some(&alice.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id } }),
-        )
-        .await;
-    let booking_id = booked["bookSeats"]["id"].as_str().unwrap().to_owned();
+    let booking_id = app.book(&alice, &event_id, 1).await;
     app.gql_ok(
         None,
         REGISTER,
@@ -145,7 +133,7 @@ async fn hostile_requests_get_their_documented_error_and_change_nothing() {
         format!("{{ {} }}", fields.join(" "))
     };
     let persisted = |hash: &str, version: i64| json!({ "extensions": { "persistedQuery": { "version": version, "sha256Hash": hash } } });
-    let u = |t: &crate::helpers::TestUser| Some(t.token.clone());
+    let u = |t: &crate::support::TestUser| Some(t.token.clone());
     let ok = None;
 
     let cases = vec![
@@ -300,7 +288,7 @@ async fn a_brute_force_login_is_cut_off_and_changes_nothing() {
         let input =
             json!({ "input": { "email": "target@x.co", "password": format!("guess-{n:04}") } });
         let body = app.gql(None, LOGIN, input).await;
-        codes.push(crate::helpers::error_code(&body).to_owned());
+        codes.push(crate::support::error_code(&body).to_owned());
     }
     let expected: Vec<_> = (0..20)
         .map(|n| {
@@ -315,6 +303,6 @@ async fn a_brute_force_login_is_cut_off_and_changes_nothing() {
     // Even the right password waits out the window: guessing it later gains nothing now.
     let right = json!({ "input": { "email": "target@x.co", "password": "the-real-password" } });
     let body = app.gql(None, LOGIN, right).await;
-    assert_eq!(crate::helpers::error_code(&body), "RATE_LIMITED");
+    assert_eq!(crate::support::error_code(&body), "RATE_LIMITED");
     assert_eq!(app.fingerprint().await, before);
 }

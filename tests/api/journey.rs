@@ -1,7 +1,7 @@
 use evently::db::models::Role;
 use serde_json::json;
 
-use crate::helpers::{BOOK, CANCEL, TestApp, error_code, event_input};
+use crate::support::{BOOK, CANCEL, TestApp, error_code, event_input};
 
 const REGISTER: &str = "mutation($input: RegisterInput!) { register(input: $input) { accessToken refreshToken expiresIn user { id email role } } }";
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken refreshToken user { email } } }";
@@ -206,35 +206,14 @@ async fn a_reused_refresh_token_ends_the_session() {
 #[tokio::test]
 async fn probes_report_health_and_readiness() {
     let app = TestApp::spawn().await;
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
-    let ready: serde_json::Value = app
-        .client
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(
         ready,
         json!({ "status": "ready", "postgres": "up", "redis": "up" })
     );
     let single = TestApp::spawn_without_redis().await;
-    let ready: serde_json::Value = single
-        .client
-        .get(format!("{}/readyz", single.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value = single.get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["redis"], "not_configured");
 }

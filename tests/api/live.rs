@@ -2,18 +2,14 @@
 //! converge to the database when Redis goes away and comes back.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use evently::db::models::Role;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-use crate::helpers::{BOOK, CANCEL, TestApp};
-use crate::websocket::{SEATS, WAIT, WsClient, seats};
+use crate::support::{BOOK, CANCEL, TestApp};
+use crate::support::{OwnRedis, SEATS, converge, seats};
 
-const TRANSPORT: &str = "graphql-transport-ws";
 const EVENT_UPDATED: &str =
     "subscription($id: ID!) { eventUpdated(eventId: $id) { id title status version } }";
 const MY_BOOKINGS: &str =
@@ -23,26 +19,13 @@ fn init(token: &str) -> Value {
     json!({ "Authorization": format!("Bearer {token}") })
 }
 
-async fn book(app: &TestApp, token: &str, event_id: &str, quantity: i64) -> String {
-    let data = app
-        .gql_ok(
-            Some(token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": quantity } }),
-        )
-        .await;
-    data["bookSeats"]["id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn event_updated_sends_the_event_then_each_change_of_details_or_status() {
     let app = TestApp::spawn().await;
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client
         .subscribe("e", EVENT_UPDATED, json!({ "id": event_id }))
         .await;
@@ -52,7 +35,7 @@ async fn event_updated_sends_the_event_then_each_change_of_details_or_status() {
         json!({ "id": event_id, "title": "Test Event", "status": "PUBLISHED", "version": 1 })
     );
     // A booking changes seat counts, not details: the next message is the rename.
-    book(&app, &buyer.token, &event_id, 1).await;
+    app.book(&buyer, &event_id, 1).await;
     app.gql_ok(
         Some(&organizer.token),
         "mutation($id: ID!) { updateEvent(id: $id, input: { title: \"Renamed\" }) { id } }",
@@ -91,18 +74,16 @@ async fn my_booking_updates_follow_the_signed_in_users_bookings_only() {
     let buyer = app.user(Role::User).await;
     let stranger = app.user(Role::User).await;
     let event_id = app.event(&organizer, 20).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init(&buyer.token)).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
 
-    let first = book(&app, &buyer.token, &event_id, 2).await;
+    let first = app.book(&buyer, &event_id, 2).await;
     assert_eq!(
         client.next_data().await["data"]["myBookingUpdates"],
         json!({ "id": first, "status": "CONFIRMED", "quantity": 2, "event": { "id": event_id } })
     );
     // Someone else's booking is not sent: the next message is the buyer's own cancellation.
-    book(&app, &stranger.token, &event_id, 1).await;
+    app.book(&stranger, &event_id, 1).await;
     app.gql_ok(Some(&buyer.token), CANCEL, json!({ "id": first }))
         .await;
     let cancelled = client.next_data().await;
@@ -110,7 +91,7 @@ async fn my_booking_updates_follow_the_signed_in_users_bookings_only() {
     assert_eq!(cancelled["data"]["myBookingUpdates"]["status"], "CANCELLED");
 
     // When the organizer cancels the event, each owner hears about their own booking.
-    let second = book(&app, &buyer.token, &event_id, 3).await;
+    let second = app.book(&buyer, &event_id, 3).await;
     assert_eq!(
         client.next_data().await["data"]["myBookingUpdates"]["status"],
         "CONFIRMED"
@@ -131,9 +112,7 @@ async fn my_booking_updates_follow_the_signed_in_users_bookings_only() {
 #[tokio::test]
 async fn my_booking_updates_need_a_signed_in_connection() {
     let app = TestApp::spawn_without_redis().await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
     let refused = client.next_message().await.unwrap();
     assert_eq!(refused["type"], "error", "{refused}");
@@ -152,9 +131,7 @@ async fn my_booking_updates_end_when_the_access_token_expires() {
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 10).await;
     let buyer = app.user(Role::User).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init(&buyer.token)).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
     client
         .subscribe("seats", SEATS, json!({ "id": event_id }))
@@ -166,7 +143,7 @@ async fn my_booking_updates_end_when_the_access_token_expires() {
     assert_eq!(ended["payload"][0]["extensions"]["code"], "UNAUTHENTICATED");
     // Public subscriptions on the same connection carry on.
     let late = app.user(Role::User).await;
-    book(&app, &late.token, &event_id, 1).await;
+    app.book(&late, &event_id, 1).await;
     assert_eq!(seats(&mut client).await, (9, 2));
 }
 
@@ -176,10 +153,8 @@ async fn my_booking_updates_end_when_the_session_ends() {
     let admin = app.user(Role::Admin).await;
     let event_id = app.event(&admin, 10).await;
     let buyer = app.user(Role::User).await;
-    let booking = book(&app, &buyer.token, &event_id, 1).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let booking = app.book(&buyer, &event_id, 1).await;
+    let mut client = app.connect_ws(init(&buyer.token)).await;
     client.subscribe("mine", MY_BOOKINGS, json!({})).await;
     app.gql_ok(Some(&buyer.token), "mutation { logout }", json!({}))
         .await;
@@ -191,110 +166,6 @@ async fn my_booking_updates_end_when_the_session_ends() {
     assert_eq!(ended["payload"][0]["extensions"]["code"], "UNAUTHENTICATED");
 }
 
-/// A redis-server of the test's own, on a free port, that the test can stop and start again.
-pub struct OwnRedis {
-    port: u16,
-    process: Option<Child>,
-}
-
-impl OwnRedis {
-    pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self {
-            port,
-            process: None,
-        };
-        redis.restart().await;
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server and waits until it says it accepts connections.
-    pub async fn restart(&mut self) {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        tokio::time::timeout(WAIT, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if line.contains("Ready to accept connections") {
-                    return;
-                }
-            }
-            panic!("redis-server exited before it was ready");
-        })
-        .await
-        .expect("redis-server starts");
-        // Keep reading its output, so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.process = Some(child);
-    }
-
-    pub async fn stop(&mut self) {
-        let mut child = self.process.take().expect("running");
-        child.kill().await.unwrap();
-    }
-}
-
-pub async fn readiness(app: &TestApp) -> (u16, Value) {
-    let response = app
-        .client
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
-/// Polls readiness until it reports `status` (the probe is what a load balancer polls too).
-pub async fn wait_for_readiness(app: &TestApp, status: &str) -> (u16, Value) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (code, body) = readiness(app).await;
-        if body["status"] == status {
-            return (code, body);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readiness stuck at {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Reads seat messages until the subscriber shows `expected`, checking that versions only grow.
-pub async fn converge(client: &mut WsClient, expected: (i64, i64)) {
-    let mut last_version = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached {expected:?}"
-        );
-        let (available, version) = seats(client).await;
-        assert!(
-            version > last_version,
-            "version went from {last_version} to {version}"
-        );
-        last_version = version;
-        if (available, version) == expected {
-            return;
-        }
-        assert!(version < expected.1, "went past {expected:?} to {version}");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_converge_to_the_database_after_redis_restarts() {
     let mut redis = OwnRedis::start().await;
@@ -304,15 +175,9 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
     let organizer = first.user(Role::Organizer).await;
     let buyer = first.user(Role::User).await;
     let event_id = first.event(&organizer, 100).await;
-    let mut on_first = WsClient::connect(&first.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
-    let mut on_second = WsClient::connect(&second.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
-    let mut buyers_feed = WsClient::connect(&second.ws_url(), TRANSPORT, init(&buyer.token))
-        .await
-        .unwrap();
+    let mut on_first = first.connect_ws(json!({})).await;
+    let mut on_second = second.connect_ws(json!({})).await;
+    let mut buyers_feed = second.connect_ws(init(&buyer.token)).await;
     on_first
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
@@ -322,24 +187,24 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
     buyers_feed.subscribe("b", MY_BOOKINGS, json!({})).await;
     assert_eq!(seats(&mut on_first).await, (100, 1));
     assert_eq!(seats(&mut on_second).await, (100, 1));
-    let mut bookings = vec![book(&first, &buyer.token, &event_id, 1).await];
+    let mut bookings = vec![first.book(&buyer, &event_id, 1).await];
     converge(&mut on_first, (99, 2)).await;
     converge(&mut on_second, (99, 2)).await;
 
     redis.stop().await;
-    let (code, body) = wait_for_readiness(&first, "degraded").await;
+    let (code, body) = first.wait_for_readiness("degraded").await;
     assert_eq!(
         (code, &body["redis"], &body["postgres"]),
         (200, &json!("down"), &json!("up"))
     );
     // Bookings go on everywhere; each instance's own subscribers hear its changes at once.
-    bookings.push(book(&first, &buyer.token, &event_id, 2).await);
+    bookings.push(first.book(&buyer, &event_id, 2).await);
     assert_eq!(seats(&mut on_first).await, (97, 3));
-    bookings.push(book(&second, &buyer.token, &event_id, 3).await);
+    bookings.push(second.book(&buyer, &event_id, 3).await);
     assert_eq!(seats(&mut on_second).await, (94, 4));
     // The third instance's change reaches no one, and it leaves before Redis is back: only the
     // database can tell the others.
-    bookings.push(book(&third, &buyer.token, &event_id, 4).await);
+    bookings.push(third.book(&buyer, &event_id, 4).await);
     third.shutdown.cancel();
     let server = third.server.lock().unwrap().take().unwrap();
     server.await.unwrap().unwrap();
@@ -355,12 +220,12 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
         seen.insert(booking["id"].as_str().unwrap().to_owned(), booking);
     }
     for id in &bookings {
-        assert_eq!(seen[id]["status"], "CONFIRMED", "{id}");
+        assert_eq!(seen[id.as_str()]["status"], "CONFIRMED", "{id}");
     }
-    assert_eq!(wait_for_readiness(&first, "ready").await.0, 200);
+    assert_eq!(first.wait_for_readiness("ready").await.0, 200);
 
     // And the bus works as before: a booking on the second instance reaches the first.
-    book(&second, &buyer.token, &event_id, 1).await;
+    second.book(&buyer, &event_id, 1).await;
     converge(&mut on_first, (89, 6)).await;
     first.assert_invariant().await;
 }
@@ -369,7 +234,7 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
 async fn without_redis_bookings_and_local_subscribers_carry_on() {
     // Nothing listens on port 1: Redis is down from the start.
     let app = TestApp::spawn_on_redis("redis://127.0.0.1:1", |_| {}).await;
-    let (code, body) = readiness(&app).await;
+    let (code, body) = app.readiness().await;
     assert_eq!(code, 200, "{body}");
     // The reason is Redis's silence or the subscription's, whichever is noticed first.
     let reason = body["reason"].as_str().unwrap_or_default().to_owned();
@@ -381,14 +246,12 @@ async fn without_redis_bookings_and_local_subscribers_carry_on() {
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 5).await;
-    let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client
         .subscribe("s", SEATS, json!({ "id": event_id }))
         .await;
     assert_eq!(seats(&mut client).await, (5, 1));
-    book(&app, &buyer.token, &event_id, 2).await;
+    app.book(&buyer, &event_id, 2).await;
     assert_eq!(seats(&mut client).await, (3, 2));
 }
 
@@ -401,9 +264,7 @@ async fn many_subscribers_on_two_instances_all_end_on_the_final_count() {
     let mut subscribers = Vec::new();
     for i in 0..40 {
         let app = if i % 2 == 0 { &first } else { &second };
-        let mut client = WsClient::connect(&app.ws_url(), TRANSPORT, json!({}))
-            .await
-            .unwrap();
+        let mut client = app.connect_ws(json!({})).await;
         // Half share one execution per instance, half run their own.
         let query = if i % 4 < 2 {
             SEATS

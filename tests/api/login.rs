@@ -7,7 +7,7 @@ use evently::config::{Config, PasswordHashing, RateLimit};
 use evently::db::models::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, error_code};
+use crate::support::{TestApp, error_code};
 
 const LOGIN: &str = "mutation($input: LoginInput!) { login(input: $input) { accessToken } }";
 const REGISTER: &str =
@@ -51,9 +51,7 @@ async fn logins_queued_for_a_hashing_slot_leave_the_pool_to_other_requests() {
     })
     .await;
     let reader = app.user(Role::User).await;
-    let register =
-        json!({ "input": { "email": "crowd@x.co", "password": "the-real-password", "name": "C" } });
-    app.gql_ok(None, REGISTER, register).await;
+    app.register("crowd@x.co", "the-real-password", "C").await;
     let sessions_before = app.count("sessions").await;
 
     let logins = tokio::spawn({
@@ -181,8 +179,7 @@ async fn a_refusal_looks_and_takes_the_same_for_known_and_unknown_accounts() {
         c.rate_limits.account = RateLimit::per(2, 60);
     })
     .await;
-    let register = json!({ "input": { "email": "real@x.co", "password": "the-real-password", "name": "Real" } });
-    app.gql_ok(None, REGISTER, register).await;
+    app.register("real@x.co", "the-real-password", "Real").await;
 
     let mut failed = Vec::new();
     let mut refusals: Vec<(Duration, Value)> = Vec::new();

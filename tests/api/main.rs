@@ -1,14 +1,11 @@
 //! Integration tests: a real server on a real socket, real PostgreSQL and Redis.
 
 mod authorization;
-mod browser;
 mod bus;
 mod cache;
 mod concurrency;
 mod errors;
-mod fault_proxy;
 mod graphiql;
-mod helpers;
 mod hostile;
 mod journey;
 mod lifecycle;
@@ -16,10 +13,12 @@ mod live;
 mod login;
 mod onsale;
 mod reference_client;
+mod resolvers;
 mod sale_rules;
 mod schema;
 mod seats;
 mod security;
+mod support;
 mod ticketing;
 mod websocket;
 mod ws_protocol;

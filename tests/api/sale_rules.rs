@@ -9,12 +9,13 @@ use evently::db::models::Role;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, event_input};
-use crate::websocket::{SEATS, WsClient, operation_errors};
+use crate::support::{
+    BOOK, BookingId, CANCEL, EventId, TestApp, TestUser, error_code, event_input, eventually,
+    merged,
+};
+use crate::support::{SEATS, operation_errors};
 
-const CREATE: &str = "mutation($input: CreateEventInput!) { createEvent(input: $input) { id } }";
 const HOLD: &str = "mutation($input: HoldSeatsInput!) { holdSeats(input: $input) { id quantity } }";
-const CONFIRM: &str = "mutation($id: ID!) { confirmHold(holdId: $id) { id status } }";
 const JOIN: &str =
     "mutation($id: ID!, $q: Int!) { joinWaitlist(eventId: $id, quantity: $q) { id status } }";
 const LEAVE: &str = "mutation($id: ID!) { leaveWaitlist(eventId: $id) { id status } }";
@@ -22,32 +23,9 @@ const ENTRIES: &str = "{ myWaitlistEntries(all: true) { status quantity event { 
 const RSVP: &str = "mutation($id: ID!, $r: RsvpResponse!) { rsvp(eventId: $id, response: $r) { response booking { id } waitlistEntry { id } } }";
 const COUNTS: &str = "query($id: ID!) { event(id: $id) { status rsvpCounts { going waitlisted maybe notGoing } myRsvp } }";
 
-async fn create(app: &TestApp, organizer: &TestUser, extra: Value) -> String {
-    let mut input = event_input("Sale rules", 10);
-    for (key, value) in extra.as_object().unwrap() {
-        input[key] = value.clone();
-    }
-    let data = app
-        .gql_ok(Some(&organizer.token), CREATE, json!({ "input": input }))
-        .await;
-    data["createEvent"]["id"].as_str().unwrap().to_owned()
-}
-
-async fn hold(app: &TestApp, user: &TestUser, event_id: &str, quantity: i64) -> Value {
-    let input = json!({ "input": { "eventId": event_id, "quantity": quantity } });
-    app.gql(Some(&user.token), HOLD, input).await
-}
-
-async fn hold_ok(app: &TestApp, user: &TestUser, event_id: &str, quantity: i64) -> String {
-    let body = hold(app, user, event_id, quantity).await;
-    assert!(body["errors"].is_null(), "hold refused: {body}");
-    body["data"]["holdSeats"]["id"].as_str().unwrap().to_owned()
-}
-
-async fn book_ok(app: &TestApp, user: &TestUser, event_id: &str, quantity: i64) -> String {
-    let input = json!({ "input": { "eventId": event_id, "quantity": quantity } });
-    let data = app.gql_ok(Some(&user.token), BOOK, input).await;
-    data["bookSeats"]["id"].as_str().unwrap().to_owned()
+async fn create(app: &TestApp, organizer: &TestUser, extra: Value) -> EventId {
+    app.create_event(organizer, merged(event_input("Sale rules", 10), extra))
+        .await
 }
 
 fn reason(body: &Value) -> (&str, &Value) {
@@ -100,9 +78,9 @@ async fn one_account_cannot_hold_more_than_a_booking_of_an_event_at_once() {
     let (hoarder, other) = (app.user(Role::User).await, app.user(Role::User).await);
     // No maxPerUser: live holds are capped at maxPerBooking (10 by default).
     let event_id = app.event(&organizer, 100).await;
-    hold_ok(&app, &hoarder, &event_id, 6).await;
-    let first = hold_ok(&app, &hoarder, &event_id, 4).await;
-    let body = hold(&app, &hoarder, &event_id, 1).await;
+    app.hold(&hoarder, &event_id, 6).await;
+    let first = app.hold(&hoarder, &event_id, 4).await;
+    let body = app.try_hold(&hoarder, &event_id, 1).await;
     assert_eq!(
         reason(&body),
         ("BAD_USER_INPUT", &json!("LIMIT_PER_USER")),
@@ -110,10 +88,9 @@ async fn one_account_cannot_hold_more_than_a_booking_of_an_event_at_once() {
     );
     assert_eq!(held_by(&app, &hoarder, &event_id).await, 10);
     // Someone else is not affected, and a confirmed hold no longer counts as held.
-    hold_ok(&app, &other, &event_id, 10).await;
-    app.gql_ok(Some(&hoarder.token), CONFIRM, json!({ "id": first }))
-        .await;
-    hold_ok(&app, &hoarder, &event_id, 4).await;
+    app.hold(&other, &event_id, 10).await;
+    app.confirm(&hoarder, &first).await;
+    app.hold(&hoarder, &event_id, 4).await;
     assert_eq!(held_by(&app, &hoarder, &event_id).await, 10);
 
     // With maxPerUser, that is the cap (bookings count too).
@@ -123,8 +100,8 @@ async fn one_account_cannot_hold_more_than_a_booking_of_an_event_at_once() {
         json!({ "capacity": 100, "maxPerUser": 3 }),
     )
     .await;
-    hold_ok(&app, &hoarder, &limited, 2).await;
-    let body = hold(&app, &hoarder, &limited, 2).await;
+    app.hold(&hoarder, &limited, 2).await;
+    let body = app.try_hold(&hoarder, &limited, 2).await;
     assert_eq!(
         reason(&body),
         ("BAD_USER_INPUT", &json!("LIMIT_PER_USER")),
@@ -143,8 +120,8 @@ async fn a_waiting_list_offer_never_takes_a_user_past_the_hold_cap() {
         app.user(Role::User).await,
     );
     let event_id = app.event(&organizer, 20).await;
-    hold_ok(&app, &hoarder, &event_id, 10).await;
-    let booking = book_ok(&app, &filler, &event_id, 10).await;
+    app.hold(&hoarder, &event_id, 10).await;
+    let booking = app.book(&filler, &event_id, 10).await;
     // Sold out: the hoarder queues for more while holding ten, then someone else.
     app.gql_ok(
         Some(&hoarder.token),
@@ -185,7 +162,7 @@ async fn an_rsvp_takes_one_seat_per_account_however_often_it_is_given() {
         .await;
     assert_eq!(seats, 1);
     // And a free event cannot be held around the RSVP.
-    let body = hold(&app, &user, &event_id, 1).await;
+    let body = app.try_hold(&user, &event_id, 1).await;
     assert_eq!(reason(&body), ("BAD_USER_INPUT", &json!("FREE_EVENT")));
     app.assert_invariant().await;
 }
@@ -275,14 +252,12 @@ async fn someone_elses_draft_answers_exactly_as_a_missing_event_on_every_operati
     }
     // Live updates too, signed in as someone else.
     let init = json!({ "Authorization": format!("Bearer {}", stranger.token) });
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init).await;
     const SEAT_MAP: &str = "subscription($id: ID!) { seatMap(eventId: $id) { version } }";
     const UPDATED: &str = "subscription($id: ID!) { eventUpdated(eventId: $id) { version } }";
     let subscriptions = [SEATS, SEAT_MAP, UPDATED]
         .into_iter()
-        .flat_map(|query| [(query, &draft), (query, &missing)]);
+        .flat_map(|query| [(query, draft.as_str()), (query, missing.as_str())]);
     for (n, (query, id)) in subscriptions.enumerate() {
         let operation = n.to_string();
         client
@@ -380,8 +355,8 @@ async fn rsvp_counts_follow_a_queued_answer_that_leaves_and_an_event_that_is_can
 struct Queued {
     organizer: TestUser,
     owner: TestUser,
-    event_id: String,
-    booking: String,
+    event_id: EventId,
+    booking: BookingId,
     waiting: TestUser,
 }
 
@@ -398,7 +373,7 @@ async fn sold_out_with_a_queue(app: &TestApp, capacity: i64) -> Queued {
         json!({ "capacity": capacity, "salesStartAt": sales_start }),
     )
     .await;
-    let booking = book_ok(app, &owner, &event_id, capacity).await;
+    let booking = app.book(&owner, &event_id, capacity).await;
     app.gql_ok(
         Some(&waiting.token),
         JOIN,
@@ -469,17 +444,11 @@ async fn seats_freed_while_sales_are_paused_go_to_the_waiting_list_when_sales_re
     assert_eq!(queued.move_window(&app, 1, None).await, false);
     queued.cancel_while_paused(&app).await;
     queued.opening_passes(&app).await;
-    let body = app
-        .gql(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": queued.event_id, "quantity": 1 } }),
-        )
-        .await;
+    let body = app.try_book(&buyer, &queued.event_id, 1).await;
     assert_eq!(error_code(&body), "SOLD_OUT", "{body}");
     // (The booking may have been refused from the onsale path's sold-out memory, which does
     // not touch the database; a hold always reaches it.)
-    let body = hold(&app, &buyer, &queued.event_id, 1).await;
+    let body = app.try_hold(&buyer, &queued.event_id, 1).await;
     assert_eq!(error_code(&body), "SOLD_OUT", "{body}");
     assert_eq!(
         entry_status(&app, &queued.waiting, &queued.event_id).await,
@@ -526,13 +495,12 @@ async fn the_sweeper_offers_seats_freed_while_paused_once_sales_open() {
     queued.opening_passes(&app).await;
     // Nobody buys: the sweeper (every second in tests) makes the offer. A generous deadline:
     // the CPU is shared.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while entry_status(&app, &queued.waiting, &queued.event_id).await != "OFFERED" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the waiting list was never offered the freed seats"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        let status = entry_status(&app, &queued.waiting, &queued.event_id).await;
+        (status == "OFFERED").then_some(()).ok_or(format!(
+            "the waiting list was never offered the freed seats: {status}"
+        ))
+    })
+    .await;
     app.assert_invariant().await;
 }

@@ -1,7 +1,7 @@
 use diesel::QueryableByName;
 use diesel_async::RunQueryDsl;
 
-use crate::helpers::fresh_database;
+use crate::support::fresh_database;
 
 /// schema.graphql is the published contract; it must be what the code serves. On a mismatch
 /// the file is rewritten so the difference shows up in `git diff`.

@@ -3,181 +3,9 @@
 use std::time::Duration;
 
 use evently::db::models::Role;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use serde_json::json;
 
-use crate::helpers::{BOOK, TestApp};
-
-pub const SEATS: &str = "subscription($id: ID!) { seatAvailability(eventId: $id) { eventId capacity seatsAvailable soldOut version } }";
-pub const WAIT: Duration = Duration::from_secs(10);
-
-/// A small graphql-transport-ws / graphql-ws client, enough to drive the server like Apollo or urql would.
-pub struct WsClient {
-    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    legacy: bool,
-}
-
-impl WsClient {
-    pub async fn connect(url: &str, protocol: &str, init: Value) -> Result<Self, String> {
-        let mut request = url.into_client_request().unwrap();
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-        let (socket, response) = tokio_tungstenite::connect_async(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        assert_eq!(response.headers()["sec-websocket-protocol"], protocol);
-        let mut client = Self {
-            socket,
-            legacy: protocol == "graphql-ws",
-        };
-        client
-            .send(json!({ "type": "connection_init", "payload": init }))
-            .await;
-        let ack = client.next_message().await?;
-        if ack["type"] != "connection_ack" {
-            return Err(format!("expected connection_ack, got {ack}"));
-        }
-        Ok(client)
-    }
-
-    /// A client over a connection already upgraded with `protocol`.
-    pub fn from_socket(socket: WebSocketStream<MaybeTlsStream<TcpStream>>, protocol: &str) -> Self {
-        Self {
-            socket,
-            legacy: protocol == "graphql-ws",
-        }
-    }
-
-    /// Opens a connection without sending `connection_init`.
-    pub async fn open(url: &str, protocol: Option<&str>) -> Self {
-        let mut request = url.into_client_request().unwrap();
-        if let Some(protocol) = protocol {
-            request
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
-        }
-        let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        Self {
-            socket,
-            legacy: protocol == Some("graphql-ws"),
-        }
-    }
-
-    pub async fn send(&mut self, message: Value) {
-        self.send_frame(Message::text(message.to_string())).await;
-    }
-
-    pub async fn send_frame(&mut self, frame: Message) {
-        self.socket.send(frame).await.unwrap();
-    }
-
-    /// The next frame, whatever it is.
-    pub async fn next_frame(&mut self) -> Message {
-        self.socket
-            .next()
-            .await
-            .expect("a frame")
-            .expect("a readable frame")
-    }
-
-    /// The next protocol message as it comes, pings included.
-    pub async fn next_raw(&mut self) -> Value {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .expect("a message within 10 s");
-            match frame {
-                Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a message, got {other:?}"),
-            }
-        }
-    }
-
-    /// Waits for the server to close the connection, answering pings meanwhile, and returns
-    /// the close code and reason. Fails on any other message.
-    pub async fn closed(&mut self) -> (u16, String) {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .expect("the server closes within 10 s");
-            match frame {
-                Some(Ok(Message::Close(Some(frame)))) => {
-                    return (u16::from(frame.code), frame.reason.to_string());
-                }
-                Some(Ok(Message::Text(text))) => {
-                    let message: Value = serde_json::from_str(&text).unwrap();
-                    match message["type"].as_str() {
-                        Some("ping") => self.send(json!({ "type": "pong" })).await,
-                        Some("ka") => {}
-                        _ => panic!("expected the connection to close, got {message}"),
-                    }
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a close frame, got {other:?}"),
-            }
-        }
-    }
-
-    /// The next protocol message, skipping keep-alives; `Err` when the server closes.
-    pub async fn next_message(&mut self) -> Result<Value, String> {
-        loop {
-            let frame = tokio::time::timeout(WAIT, self.socket.next())
-                .await
-                .map_err(|_| "no message within 10 s".to_owned())?;
-            match frame {
-                Some(Ok(Message::Text(text))) => {
-                    let message: Value = serde_json::from_str(&text).unwrap();
-                    match message["type"].as_str() {
-                        Some("ka") => continue,
-                        Some("ping") => self.send(json!({ "type": "pong" })).await,
-                        _ => return Ok(message),
-                    }
-                }
-                Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(e.to_string()),
-                None => return Err("stream ended".into()),
-            }
-        }
-    }
-
-    pub async fn subscribe(&mut self, id: &str, query: &str, variables: Value) {
-        let kind = if self.legacy { "start" } else { "subscribe" };
-        self.send(json!({ "id": id, "type": kind, "payload": { "query": query, "variables": variables } })).await;
-    }
-
-    /// The payload of the next result for any operation.
-    pub async fn next_data(&mut self) -> Value {
-        let message = self.next_message().await.unwrap();
-        let kind = if self.legacy { "data" } else { "next" };
-        assert_eq!(message["type"], kind, "{message}");
-        message["payload"].clone()
-    }
-}
-
-/// An operation's errors, sent either as an `error` message or as `next` with `errors`.
-pub fn operation_errors(message: &Value) -> &Value {
-    if message["type"] == "next" {
-        &message["payload"]["errors"]
-    } else {
-        &message["payload"]
-    }
-}
-
-pub async fn seats(client: &mut WsClient) -> (i64, i64) {
-    let data = client.next_data().await;
-    let seats = &data["data"]["seatAvailability"];
-    (
-        seats["seatsAvailable"].as_i64().unwrap(),
-        seats["version"].as_i64().unwrap(),
-    )
-}
+use crate::support::{BOOK, SEATS, TestApp, WAIT, WsClient, eventually, operation_errors, seats};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_sees_the_current_count_then_every_change() {
@@ -186,9 +14,7 @@ async fn a_subscriber_sees_the_current_count_then_every_change() {
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
     let init = json!({ "Authorization": format!("Bearer {}", buyer.token) });
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init).await;
     client
         .subscribe("1", SEATS, json!({ "id": event_id }))
         .await;
@@ -206,12 +32,7 @@ async fn a_subscriber_sees_the_current_count_then_every_change() {
         )
         .await;
     assert_eq!(seats(&mut client).await, (7, 2));
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 7 } }),
-    )
-    .await;
+    app.book(&buyer, &event_id, 7).await;
     let sold_out = client.next_data().await;
     assert_eq!(sold_out["data"]["seatAvailability"]["soldOut"], true);
     let id = booked["bookSeats"]["id"].as_str().unwrap();
@@ -245,12 +66,8 @@ async fn two_instances_see_each_others_changes_through_redis() {
     let organizer = first.user(Role::Organizer).await;
     let buyer = first.user(Role::User).await;
     let event_id = first.event(&organizer, 50).await;
-    let mut on_first = WsClient::connect(&first.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
-    let mut on_second = WsClient::connect(&second.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut on_first = first.connect_ws(json!({})).await;
+    let mut on_second = second.connect_ws(json!({})).await;
     on_first
         .subscribe("a", SEATS, json!({ "id": event_id }))
         .await;
@@ -261,22 +78,10 @@ async fn two_instances_see_each_others_changes_through_redis() {
     assert_eq!(seats(&mut on_second).await, (50, 1));
 
     // A booking on the second instance reaches the first instance's subscriber, and vice versa.
-    second
-        .gql_ok(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 5 } }),
-        )
-        .await;
+    second.book(&buyer, &event_id, 5).await;
     assert_eq!(seats(&mut on_first).await, (45, 2));
     assert_eq!(seats(&mut on_second).await, (45, 2));
-    first
-        .gql_ok(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 2 } }),
-        )
-        .await;
+    first.book(&buyer, &event_id, 2).await;
     assert_eq!(seats(&mut on_second).await, (43, 3));
     assert_eq!(seats(&mut on_first).await, (43, 3));
 }
@@ -297,12 +102,7 @@ async fn the_legacy_graphql_ws_protocol_works_too() {
         .subscribe("1", SEATS, json!({ "id": event_id }))
         .await;
     assert_eq!(seats(&mut client).await, (8, 1));
-    app.gql_ok(
-        Some(&organizer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 2 } }),
-    )
-    .await;
+    app.book(&organizer, &event_id, 2).await;
     assert_eq!(seats(&mut client).await, (6, 2));
 }
 
@@ -321,9 +121,7 @@ async fn a_bad_token_in_connection_init_is_refused() {
 #[tokio::test]
 async fn subscribing_to_an_unknown_event_is_an_error_with_a_code() {
     let app = TestApp::spawn_without_redis().await;
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(json!({})).await;
     client
         .subscribe("1", SEATS, json!({ "id": uuid::Uuid::new_v4() }))
         .await;
@@ -344,9 +142,7 @@ async fn an_open_connection_loses_its_rights_when_the_session_ends() {
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;
     let init = json!({ "Authorization": format!("Bearer {}", buyer.token) });
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init).await;
     let book = json!({ "input": { "eventId": event_id } });
     client.subscribe("1", BOOK, book.clone()).await;
     assert_eq!(
@@ -359,11 +155,7 @@ async fn an_open_connection_loses_its_rights_when_the_session_ends() {
         .await;
     client.subscribe("2", BOOK, book).await;
     let refused = client.next_message().await.unwrap();
-    let errors = if refused["type"] == "next" {
-        &refused["payload"]["errors"]
-    } else {
-        &refused["payload"]
-    };
+    let errors = operation_errors(&refused);
     assert_eq!(
         errors[0]["extensions"]["code"], "UNAUTHENTICATED",
         "{refused}"
@@ -381,9 +173,7 @@ async fn identical_seat_subscriptions_share_one_execution() {
     let topic = evently::realtime::Topic::Seats(uuid);
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-            .await
-            .unwrap();
+        let mut client = app.connect_ws(json!({})).await;
         client
             .subscribe("s", SEATS, json!({ "id": event_id }))
             .await;
@@ -392,9 +182,7 @@ async fn identical_seat_subscriptions_share_one_execution() {
     }
     assert_eq!(app.state.bus.local_subscriber_count(topic), 1);
     // Another selection is another execution.
-    let mut other = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut other = app.connect_ws(json!({})).await;
     other
         .subscribe(
             "v",
@@ -408,50 +196,36 @@ async fn identical_seat_subscriptions_share_one_execution() {
     );
     assert_eq!(app.state.bus.local_subscriber_count(topic), 2);
 
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 4 } }),
-    )
-    .await;
+    app.book(&buyer, &event_id, 4).await;
     for client in &mut clients {
         assert_eq!(seats(client).await, (6, 2));
     }
     // A late joiner starts from the current state, not the first one the execution sent.
-    let mut late = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut late = app.connect_ws(json!({})).await;
     late.subscribe("s", SEATS, json!({ "id": event_id })).await;
     assert_eq!(seats(&mut late).await, (6, 2));
     // Completing one does not end the others.
     clients[0]
         .send(json!({ "id": "s", "type": "complete" }))
         .await;
-    app.gql_ok(
-        Some(&buyer.token),
-        BOOK,
-        json!({ "input": { "eventId": event_id, "quantity": 1 } }),
-    )
-    .await;
+    app.book(&buyer, &event_id, 1).await;
     assert_eq!(seats(&mut clients[1]).await, (5, 3));
     assert_eq!(seats(&mut late).await, (5, 3));
 
     // When everyone has left, the execution and the channel go away.
     drop((clients, other, late));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app.state.bus.local_channel_count() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the channel outlived its subscribers"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, || async {
+        (app.state.bus.local_channel_count() == 0)
+            .then_some(())
+            .ok_or("the channel outlived its subscribers")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_over_a_websocket_looks_its_caller_up_once_per_operation() {
     // No sweeper rounds: only the operations' statements are counted.
-    let (app, proxy) = crate::helpers::spawn_behind_database_proxy(|config| {
+    let (app, proxy) = crate::support::spawn_behind_database_proxy(|config| {
         config.sweep_interval = Duration::from_secs(3600);
     })
     .await;
@@ -460,9 +234,7 @@ async fn a_list_over_a_websocket_looks_its_caller_up_once_per_operation() {
         app.event(&organizer, 10).await;
     }
     let init = json!({ "Authorization": format!("Bearer {}", organizer.token) });
-    let mut client = WsClient::connect(&app.ws_url(), "graphql-transport-ws", init)
-        .await
-        .unwrap();
+    let mut client = app.connect_ws(init).await;
     // Every `email` asks who the caller is: before, each asked PostgreSQL again.
     let query = "{ events(first: 40) { edges { node { organizer { email } } } } }";
     for id in ["1", "2"] {

@@ -1,28 +1,9 @@
-//! The onsale path: batched bookings (group commit) racing each other across instances and
-//! the one-transaction-per-booking path, and the sold-out hint.
+//! Group commit: batches on two instances and the single path never oversell or book a key
+//! twice, bookings waiting behind a locked event are committed in batches, hot events leave
+//! connections for everyone else, retries and absurd quantities, and watchers see only what a
+//! batch committed.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
-use evently::db::models::Role;
-use evently::domain::bookings::BookingRequest;
-use evently::domain::group_commit::{BookingQueue, Buyer, book_batch};
-use futures_util::StreamExt;
-use futures_util::future::join_all;
-use serde_json::{Value, json};
-use uuid::Uuid;
-
-use crate::fault_proxy::FaultProxy;
-use crate::helpers::{BOOK, CANCEL, TestApp, TestUser, error_code, spawn_behind_database_proxy};
-use crate::websocket::WsClient;
-
-/// What one request came to: the booking id, or the error code.
-fn outcome(body: &Value) -> Result<String, String> {
-    match body.get("errors") {
-        Some(_) => Err(error_code(body).to_owned()),
-        None => Ok(body["data"]["bookSeats"]["id"].as_str().unwrap().to_owned()),
-    }
-}
+use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batches_on_two_instances_and_the_single_path_never_oversell_or_book_a_key_twice() {
@@ -132,173 +113,6 @@ async fn batches_on_two_instances_and_the_single_path_never_oversell_or_book_a_k
     );
 }
 
-#[tokio::test]
-async fn a_sold_out_event_is_refused_from_memory_until_a_seat_comes_back() {
-    let app = TestApp::spawn().await;
-    let organizer = app.user(Role::Organizer).await;
-    let buyer = app.user(Role::User).await;
-    let event_id = app.event(&organizer, 2).await;
-    let book = |key: &str| {
-        app.gql(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "idempotencyKey": key } }),
-        )
-    };
-    let first = outcome(&book("first").await).unwrap();
-    assert!(!app.state.onsale.known_sold_out(event_id.parse().unwrap()));
-    // The batch that takes the last seat marks the event.
-    outcome(&book("second").await).unwrap();
-    assert!(app.state.onsale.known_sold_out(event_id.parse().unwrap()));
-
-    let refused = book("third").await;
-    assert_eq!(error_code(&refused), "SOLD_OUT");
-    assert_eq!(refused["errors"][0]["extensions"]["seatsAvailable"], 0);
-
-    let retry = |key: &str| BookingRequest {
-        event_id: event_id.parse().unwrap(),
-        quantity: 1,
-        idempotency_key: Some(key.to_owned()),
-        seat_ids: Vec::new(),
-    };
-    let unkeyed = BookingRequest {
-        idempotency_key: None,
-        ..retry("")
-    };
-    assert!(
-        app.state.onsale.refuses(buyer.id, &unkeyed),
-        "refused from memory"
-    );
-    assert!(
-        !app.state.onsale.refuses(buyer.id, &retry("first")),
-        "a retry is never refused from memory"
-    );
-    // A retry of a booking that went through still gets its booking back, not SOLD_OUT.
-    assert_eq!(outcome(&book("first").await), Ok(first.clone()));
-    assert_eq!(error_code(&book("fourth").await), "SOLD_OUT");
-
-    app.gql_ok(Some(&buyer.token), CANCEL, json!({ "id": first }))
-        .await;
-    assert!(!app.state.onsale.known_sold_out(event_id.parse().unwrap()));
-    outcome(&book("fifth").await).expect("the returned seat is sold at once");
-    app.assert_invariant().await;
-
-    // The session is checked with the booking: once signed out, the token books nothing.
-    app.gql_ok(Some(&buyer.token), "mutation { logout }", json!({}))
-        .await;
-    let bookings = app.count("bookings").await;
-    let other = app.event(&organizer, 5).await;
-    let refused = app
-        .gql(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": other } }),
-        )
-        .await;
-    assert_eq!(error_code(&refused), "UNAUTHENTICATED", "{refused}");
-    assert_eq!(app.count("bookings").await, bookings);
-}
-
-/// A server whose connections to PostgreSQL all go through a fault proxy. The sweeper is
-/// slowed down so that only the bookings' transactions meet the armed faults.
-async fn behind_proxy(tweak: impl FnOnce(&mut evently::config::Config)) -> (TestApp, FaultProxy) {
-    spawn_behind_database_proxy(|config| {
-        config.sweep_interval = Duration::from_secs(3600);
-        tweak(config);
-    })
-    .await
-}
-
-/// `n` signed-in buyers, a few at a time: signing in hundreds at once can outwait the pool
-/// on a busy machine.
-async fn buyers(app: &TestApp, n: usize) -> Vec<TestUser> {
-    futures_util::stream::iter(0..n)
-        .map(|_| app.user(Role::User))
-        .buffered(8)
-        .collect()
-        .await
-}
-
-/// Each buyer's one unkeyed booking, all sent at once.
-async fn book_once_each(app: &TestApp, buyers: &[TestUser], event_id: &str) -> Vec<Value> {
-    join_all(buyers.iter().map(|buyer| {
-        app.gql(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id } }),
-        )
-    }))
-    .await
-}
-
-async fn assert_one_booking_per_buyer(app: &TestApp, buyers: usize) {
-    assert_eq!(
-        app.count("bookings").await,
-        buyers as i64,
-        "one booking per buyer, none twice"
-    );
-    assert_eq!(
-        app.count("(SELECT user_id FROM bookings GROUP BY 1 HAVING count(*) > 1) twice")
-            .await,
-        0,
-        "nobody booked twice"
-    );
-    app.assert_invariant().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_batch_whose_commit_reply_is_lost_is_answered_from_what_was_written_not_replayed() {
-    let (app, proxy) = behind_proxy(|_| {}).await;
-    let organizer = app.user(Role::Organizer).await;
-    let event_id = app.event(&organizer, 100).await;
-    let buyers = buyers(&app, 50).await;
-
-    // PostgreSQL receives the first COMMIT and commits; its reply never comes back.
-    proxy.cut_after(b"COMMIT", 1);
-    let results = book_once_each(&app, &buyers, &event_id).await;
-    assert_eq!(proxy.cut_count(), 1, "the fault was met");
-    for result in &results {
-        assert!(result.get("errors").is_none(), "{result}");
-    }
-    assert_one_booking_per_buyer(&app, 50).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_single_booking_whose_commit_reply_is_lost_is_answered_from_what_was_written() {
-    let (app, proxy) = behind_proxy(|config| config.group_commit = false).await;
-    let organizer = app.user(Role::Organizer).await;
-    let event_id = app.event(&organizer, 100).await;
-    let buyers = buyers(&app, 10).await;
-
-    proxy.cut_after(b"COMMIT", 3);
-    let results = book_once_each(&app, &buyers, &event_id).await;
-    assert_eq!(proxy.cut_count(), 3, "the faults were met");
-    for result in &results {
-        assert!(result.get("errors").is_none(), "{result}");
-    }
-    assert_one_booking_per_buyer(&app, 10).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_batch_cut_before_its_commit_is_replayed_one_by_one_and_books_each_buyer_once() {
-    let (app, proxy) = behind_proxy(|_| {}).await;
-    let organizer = app.user(Role::Organizer).await;
-    let event_id = app.event(&organizer, 100).await;
-    let buyers = buyers(&app, 20).await;
-
-    // The connection dies after the batch's INSERT reached PostgreSQL, before COMMIT: the
-    // transaction is rolled back, and the batch is replayed one booking at a time.
-    proxy.cut_after(b"INSERT INTO bookings", 1);
-    let results = book_once_each(&app, &buyers, &event_id).await;
-    assert_eq!(proxy.cut_count(), 1, "the fault was met");
-    for result in &results {
-        assert!(result.get("errors").is_none(), "{result}");
-    }
-    let stats = app.state.onsale.stats();
-    assert!(stats.replayed >= 1, "the batch was replayed: {stats:?}");
-    assert_one_booking_per_buyer(&app, 20).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bookings_waiting_behind_a_locked_event_are_committed_in_batches() {
     let app = TestApp::spawn().await;
@@ -322,11 +136,15 @@ async fn bookings_waiting_behind_a_locked_event_are_committed_in_batches() {
         }
     });
     // Every booking has reached the event's queue or a worker, and none can commit yet.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.state.onsale.stats().pending < 30 {
-        assert!(Instant::now() < deadline, "{:?}", app.state.onsale.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        let stats = app.state.onsale.stats();
+        if stats.pending >= 30 {
+            Ok(())
+        } else {
+            Err(stats)
+        }
+    })
+    .await;
     drop(blocker);
     for response in bookings.await.unwrap() {
         let body: Value = response.unwrap().json().await.unwrap();
@@ -386,14 +204,17 @@ async fn five_hot_events_leave_connections_for_browsing_and_signing_in() {
     });
     let waiting =
         "pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.count(waiting).await < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "bookings never reached the locked rows"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        let waiting = app.count(waiting).await;
+        if waiting >= 5 {
+            Ok(())
+        } else {
+            Err(format!(
+                "bookings never reached the locked rows: {waiting} waiting"
+            ))
+        }
+    })
+    .await;
 
     let browse = "query { events(first: 20) { edges { node { id seatsAvailable } } } }";
     let login = "mutation($i: LoginInput!) { login(input: $i) { accessToken } }";
@@ -420,52 +241,6 @@ async fn five_hot_events_leave_connections_for_browsing_and_signing_in() {
         assert!(body.get("errors").is_none(), "{body}");
     }
     assert_eq!(app.count("bookings").await, 100);
-    app.assert_invariant().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_booking_whose_caller_timed_out_after_the_event_was_locked_is_not_made() {
-    let app = TestApp::spawn_with(|c| c.graphql.timeout = Some(Duration::from_millis(500))).await;
-    let organizer = app.user(Role::Organizer).await;
-    let buyer = app.user(Role::User).await;
-    let event_id = app.event(&organizer, 10).await;
-    let before = app.fingerprint().await;
-    // Another transaction is inserting a booking under the same idempotency key, so the
-    // batch's insert waits for it, with the event row already locked by the batch.
-    let mut blocker = app.db().await;
-    diesel_async::SimpleAsyncConnection::batch_execute(
-        &mut blocker,
-        &format!(
-            "BEGIN; INSERT INTO bookings (id, event_id, user_id, quantity, status, idempotency_key, created_at) \
-             VALUES ('{}', '{event_id}', '{}', 1, 'CONFIRMED', 'impatient', now())",
-            Uuid::new_v4(),
-            buyer.id
-        ),
-    )
-    .await
-    .unwrap();
-    let (status, body) = app
-        .post_json(
-            &json!({ "query": BOOK, "variables": { "input": {
-                "eventId": event_id, "idempotencyKey": "impatient",
-            } } }),
-            Some(&buyer.token),
-        )
-        .await;
-    assert_eq!((status, error_code(&body)), (504, "TIMEOUT"), "{body}");
-    diesel_async::SimpleAsyncConnection::batch_execute(&mut blocker, "ROLLBACK")
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.state.onsale.stats().pending > 0 {
-        assert!(Instant::now() < deadline, "the batch never finished");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        app.fingerprint().await,
-        before,
-        "TIMEOUT means nothing was booked"
-    );
     app.assert_invariant().await;
 }
 
@@ -501,11 +276,15 @@ async fn a_burst_of_retries_with_one_key_gets_one_booking_without_replaying_batc
             join_all(requests).await
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.state.onsale.stats().pending < 39 {
-        assert!(Instant::now() < deadline, "{:?}", app.state.onsale.stats());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        let stats = app.state.onsale.stats();
+        if stats.pending >= 39 {
+            Ok(())
+        } else {
+            Err(stats)
+        }
+    })
+    .await;
     drop(blocker);
     let mut retried = Vec::new();
     for (i, response) in bookings.await.unwrap().into_iter().enumerate() {
@@ -583,31 +362,6 @@ async fn a_quantity_that_disagrees_with_the_seats_named_is_refused() {
     assert_eq!(app.count("bookings").await, 0);
 }
 
-#[tokio::test]
-async fn a_retry_whose_key_booked_on_another_instance_gets_its_booking_while_sold_out() {
-    let app = TestApp::spawn().await;
-    let peer = app.spawn_peer().await;
-    let organizer = app.user(Role::Organizer).await;
-    let (first, second) = (app.user(Role::User).await, app.user(Role::User).await);
-    let event_id = app.event(&organizer, 1).await;
-    let book = async |target: &TestApp, buyer: &TestUser, key: &str| {
-        let input = json!({ "eventId": event_id, "idempotencyKey": key });
-        target
-            .gql(Some(&buyer.token), BOOK, json!({ "input": input }))
-            .await
-    };
-    // This instance sells the last seat and remembers the event as sold out.
-    let sold = outcome(&book(&app, &first, "a").await).unwrap();
-    assert!(app.state.onsale.known_sold_out(event_id.parse().unwrap()));
-    // On the other instance, the seat comes back and is booked again under another key.
-    peer.gql_ok(Some(&first.token), CANCEL, json!({ "id": sold }))
-        .await;
-    let rebooked = outcome(&book(&peer, &second, "b").await).unwrap();
-    // Its retry on this instance gets the booking back.
-    assert_eq!(outcome(&book(&app, &second, "b").await), Ok(rebooked));
-    app.assert_invariant().await;
-}
-
 /// A batch that has to end an expired hold before it can book frees those seats and takes them
 /// again in one transaction: watchers see only what it committed, never the count in between.
 #[tokio::test]
@@ -638,9 +392,7 @@ async fn watchers_see_only_the_seat_counts_a_batch_committed() {
         .await
         .unwrap();
     }
-    let mut watcher = WsClient::connect(&app.ws_url(), "graphql-transport-ws", json!({}))
-        .await
-        .unwrap();
+    let mut watcher = app.connect_ws(json!({})).await;
     watcher
         .subscribe(
             "seats",
@@ -659,13 +411,7 @@ async fn watchers_see_only_the_seat_counts_a_batch_committed() {
 
     // Seven seats: more than are free, so the batch ends the expired hold first.
     let buyer = app.user(Role::User).await;
-    let booked = app
-        .gql(
-            Some(&buyer.token),
-            BOOK,
-            json!({ "input": { "eventId": event_id, "quantity": 7 } }),
-        )
-        .await;
+    let booked = app.try_book(&buyer, &event_id, 7).await;
     assert_eq!(
         booked["data"]["bookSeats"]["status"], "CONFIRMED",
         "{booked}"
@@ -688,36 +434,4 @@ async fn watchers_see_only_the_seat_counts_a_batch_committed() {
         "watchers saw a seat count that was never committed"
     );
     app.assert_invariant().await;
-}
-
-/// A COMMIT that fails while PostgreSQL still reports its transaction in progress (a
-/// half-open link) has an unknown outcome: it is never taken for committed or rolled back,
-/// so nothing is replayed behind the caller's back (the caller answers OUTCOME_UNKNOWN).
-#[tokio::test]
-async fn a_commit_whose_transaction_is_still_in_progress_has_an_unknown_outcome() {
-    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
-    use evently::db::{Uncommitted, finish};
-    use evently::error::AppError;
-
-    #[derive(diesel::QueryableByName)]
-    struct Txid {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        txid: i64,
-    }
-    let app = TestApp::spawn().await;
-    // Another session's transaction, still open: PostgreSQL says "in progress".
-    let mut open = app.db().await;
-    open.batch_execute("BEGIN").await.unwrap();
-    let Txid { txid } = diesel::sql_query("SELECT txid_current() AS txid")
-        .get_result(&mut open)
-        .await
-        .unwrap();
-    // A connection with no transaction: its COMMIT fails.
-    let mut conn = app.db().await;
-    let outcome = finish(&mut conn, &app.state.db, txid, Ok::<(), AppError>(())).await;
-    assert!(
-        matches!(outcome, Err(Uncommitted::Unknown)),
-        "an in-progress transaction was taken as ended: {outcome:?}"
-    );
-    open.batch_execute("ROLLBACK").await.unwrap();
 }

@@ -311,7 +311,7 @@ fn should_cut(shared: &Shared, tail: &mut Vec<u8>, chunk: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::helpers::redis_url;
+    use crate::support::redis_url;
 
     async fn ping(url: &str) -> redis::RedisResult<String> {
         let client = redis::Client::open(url)?;

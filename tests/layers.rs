@@ -1,7 +1,7 @@
 //! The layering of `src/`, read from the source text: every module's imports of other modules
 //! of this crate (`use crate::…`, `use super::…`, `use self::…`, a child module by name, brace
 //! lists over several lines, and paths written out in code such as `crate::realtime::Bus`),
-//! printed as `module -> module` edges (`cargo test --test layers -- --ignored --nocapture`).
+//! printed as `module -> module` edges (`cargo test --test layers -- --nocapture`).
 //!
 //! What it holds the code to (issue 12):
 //! - no cycle among the modules of `src/domain`: they import only downward;
@@ -408,7 +408,6 @@ fn module_doc(text: &str) -> String {
 }
 
 #[test]
-#[ignore = "enabled when issue 12 lands"]
 fn domain_modules_import_downward_and_never_the_realtime_bus() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();

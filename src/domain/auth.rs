@@ -294,7 +294,7 @@ pub async fn login(
     if password.chars().count() > MAX_PASSWORD_LEN || email.chars().any(char::is_control) {
         return Err(AppError::Unauthenticated("invalid email or password"));
     }
-    let email = super::users::normalize_email(email);
+    let email = super::text::normalize_email(email);
     let user: Option<User> = {
         let mut conn = pool.get().await?;
         users::table

@@ -61,3 +61,8 @@ mod tests {
         );
     }
 }
+
+/// The form an email address is stored and compared in.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}

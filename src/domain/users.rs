@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::Viewer;
 use super::auth::Passwords;
 use super::rows::{OrNotFound, rows_by_id};
+use super::text::normalize_email;
 use crate::db::models::{Role, User};
 use crate::db::schema::users;
 use crate::error::{AppError, AppResult};
@@ -23,10 +24,6 @@ pub struct NewUser<'a> {
     pub password: &'a str,
     pub name: &'a str,
     pub role: Role,
-}
-
-pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
 }
 
 fn validate_email(email: &str) -> AppResult<()> {

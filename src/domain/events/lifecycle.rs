@@ -3,13 +3,11 @@
 //! completed by the sweeper once it is over. Each change returns the event and what it changed,
 //! its details included, for `App::commit` to announce.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::EventPatch;
-use super::NewEvent;
 use super::rules::{
     DEFAULT_MAX_PER_BOOKING, check_capacity, check_limits, check_max_per_booking,
     check_sales_window, check_schedule, optional_text,
@@ -24,6 +22,48 @@ use crate::domain::sale_rules::{lock_event, visible_to};
 use crate::domain::seats;
 use crate::domain::text::required_text;
 use crate::error::{AppError, AppResult};
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub title: String,
+    pub description: Option<String>,
+    pub category: String,
+    pub venue: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
+    /// Required for general admission; a seated event's capacity is its venue's seat count.
+    pub capacity: Option<i32>,
+    pub max_per_booking: Option<i32>,
+    /// Seats come from this venue's layout.
+    pub venue_id: Option<Uuid>,
+    /// Free events take RSVPs instead of bookings.
+    pub free: bool,
+    /// Created as a draft, to publish later.
+    pub draft: bool,
+    pub sales_start_at: Option<DateTime<Utc>>,
+    pub sales_end_at: Option<DateTime<Utc>>,
+    pub max_per_user: Option<i32>,
+    pub hold_minutes: Option<i32>,
+    pub offer_minutes: Option<i32>,
+}
+
+/// A partial update: `None` leaves a field as it is.
+#[derive(Debug, Default, Clone)]
+pub struct EventPatch {
+    pub title: Option<String>,
+    pub description: Option<Option<String>>,
+    pub category: Option<String>,
+    pub venue: Option<String>,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub capacity: Option<i32>,
+    pub max_per_booking: Option<i32>,
+    pub sales_start_at: Option<Option<DateTime<Utc>>>,
+    pub sales_end_at: Option<Option<DateTime<Utc>>>,
+    pub max_per_user: Option<Option<i32>>,
+    pub hold_minutes: Option<i32>,
+    pub offer_minutes: Option<i32>,
+}
 
 pub async fn create_event(
     conn: &mut AsyncPgConnection,

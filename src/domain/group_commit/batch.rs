@@ -10,7 +10,6 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{Buyer, SESSION_ENDED};
 use crate::db::models::{Booking, Event, EventStatus};
 use crate::db::schema::{bookings, events};
 use crate::db::{self, DbPool, Uncommitted};
@@ -22,6 +21,17 @@ use crate::domain::inventory::Inventory;
 use crate::domain::sale_rules::{check_for_sale_to, check_sellable, lock_event};
 use crate::domain::user_limits::{check_per_user, seats_of_user};
 use crate::error::{AppError, AppResult};
+
+/// Who is booking: the token's user and session. The session is checked against PostgreSQL
+/// with the booking (for a whole batch in one query), not before it.
+#[derive(Debug, Clone, Copy)]
+pub struct Buyer {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+pub(super) const SESSION_ENDED: AppError =
+    AppError::Unauthenticated("session has ended; sign in again");
 
 /// Why a batch stepped aside: the event is seated, and its bookings need seats claimed one
 /// at a time.

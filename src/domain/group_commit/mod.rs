@@ -47,7 +47,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use diesel_async::AsyncPgConnection;
-use futures_util::stream::BoxStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -57,9 +56,10 @@ use super::changes::{Changes, Committed};
 use crate::db::models::{Booking, Event, EventStatus};
 use crate::db::{DbConn, DbPool, Uncommitted};
 use crate::error::{AppError, AppResult};
-pub use batch::{BatchResult, book_batch};
-pub use sold_out::SOLD_OUT_HINT_TTL;
-use sold_out::{SoldOut, fingerprint};
+use batch::SESSION_ENDED;
+pub use batch::{BatchResult, Buyer, book_batch};
+use sold_out::SoldOutHints;
+pub use sold_out::{SOLD_OUT_HINT_TTL, SeatVersions};
 
 /// What the queue needs from the layer that announces commits (the App, over the realtime
 /// bus), given at construction so that the domain never imports the bus.
@@ -73,9 +73,6 @@ pub trait Announcer: Send + Sync + 'static {
     /// was taken at. The stream ends when nothing more can be heard.
     fn seat_versions(&self, event_id: Uuid) -> SeatVersions;
 }
-
-/// See [`Announcer::seat_versions`].
-pub type SeatVersions = BoxStream<'static, i32>;
 
 /// The most bookings committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -116,16 +113,6 @@ pub struct BookingQueueStats {
     pub connections_held: usize,
     pub connection_limit: usize,
 }
-
-/// Who is booking: the token's user and session. The session is checked against PostgreSQL
-/// with the booking (for a whole batch in one query), not before it.
-#[derive(Debug, Clone, Copy)]
-pub struct Buyer {
-    pub user_id: Uuid,
-    pub session_id: Uuid,
-}
-
-const SESSION_ENDED: AppError = AppError::Unauthenticated("session has ended; sign in again");
 
 /// Checks one buyer's session, for the paths that book one at a time.
 async fn ensure_live(conn: &mut AsyncPgConnection, buyer: Buyer) -> AppResult<()> {
@@ -181,9 +168,8 @@ struct Inner {
     /// Seated events met so far: booked one at a time (see [`BookingQueue::book`]).
     seated: Mutex<HashSet<Uuid>>,
     queues: Mutex<HashMap<Uuid, mpsc::Sender<Job>>>,
-    /// When PostgreSQL last said each event was sold out. Lapsed hints are dropped whenever
-    /// one is added, so the map holds only events that sold out recently.
-    sold_out: Mutex<HashMap<Uuid, SoldOut>>,
+    /// Events this instance lately found sold out: see [`sold_out`].
+    sold_out: SoldOutHints,
     /// The onsale path's share of the pool: see [`connection_share`].
     connections: Arc<Semaphore>,
     connection_limit: usize,
@@ -198,12 +184,12 @@ impl BookingQueue {
         let connection_limit = connection_share(pool_size);
         Self {
             inner: Arc::new(Inner {
+                sold_out: SoldOutHints::new(db.clone()),
                 db,
                 announcer: Arc::new(announcer),
                 group_commit,
                 seated: Mutex::default(),
                 queues: Mutex::default(),
-                sold_out: Mutex::default(),
                 connections: Arc::new(Semaphore::new(connection_limit)),
                 connection_limit,
                 pending: Arc::default(),
@@ -238,7 +224,7 @@ impl BookingQueue {
         if self.refuses(buyer.user_id, &request) {
             return Err(AppError::SoldOut { seats_available: 0 });
         }
-        if self.inner.known_sold_out(request.event_id) {
+        if self.inner.sold_out.known(request.event_id) {
             return self.refuse_sold_out(buyer, &request).await;
         }
         // Particular seats, and seated events, are booked one at a time: each needs its seats
@@ -249,7 +235,7 @@ impl BookingQueue {
             let held = self.inner.connection().await?;
             let change = self.inner.book_one(held, buyer, &request).await;
             if let Err(AppError::SoldOut { seats_available: 0 }) = &change {
-                self.inner.mark_sold_out(request.event_id);
+                self.inner.sold_out.mark(request.event_id);
             }
             return change;
         }
@@ -275,7 +261,7 @@ impl BookingQueue {
 
     /// Whether this instance currently answers SOLD_OUT for the event without asking PostgreSQL.
     pub fn known_sold_out(&self, event_id: Uuid) -> bool {
-        self.inner.known_sold_out(event_id)
+        self.inner.sold_out.known(event_id)
     }
 
     /// True when the request is certain to be refused SOLD_OUT: the event is known to be sold
@@ -287,25 +273,18 @@ impl BookingQueue {
         if validate(request).is_err() {
             return false; // The booking path says what is wrong with it.
         }
-        let hints = self.inner.lock_hints();
-        let Some(hint) = hints.get(&request.event_id) else {
-            return false;
-        };
-        if hint.at.elapsed() >= SOLD_OUT_HINT_TTL {
-            return false;
-        }
-        match (&request.idempotency_key, &hint.keys) {
-            (None, _) => true,
-            (Some(key), Some(keys)) => !keys.contains(&fingerprint(user_id, key)),
-            (Some(_), None) => false,
-        }
+        self.inner.sold_out.refuses(
+            request.event_id,
+            user_id,
+            request.idempotency_key.as_deref(),
+        )
     }
 
     /// Seats came back or the event changed: stop answering from memory.
     /// (Only batches mark an event sold out: a hold may take its last seats for a while.)
     pub fn observe(&self, event: &Event) {
         if event.seats_available > 0 || event.status != EventStatus::Published {
-            self.inner.lock_hints().remove(&event.id);
+            self.inner.sold_out.forget(event.id);
         }
     }
 

@@ -10,15 +10,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use uuid::Uuid;
 
-use super::{Inner, SeatVersions, lock};
+use crate::db::DbPool;
 use crate::db::models::{Event, EventStatus};
 use crate::db::schema::bookings;
 use crate::error::AppResult;
@@ -26,38 +27,55 @@ use crate::error::AppResult;
 /// How long a sold-out event is answered from memory before PostgreSQL is asked again.
 pub const SOLD_OUT_HINT_TTL: Duration = Duration::from_millis(250);
 
+/// The versions of an event's seat counts as committed by any instance (see
+/// `Announcer::seat_versions`).
+pub type SeatVersions = BoxStream<'static, i32>;
+
 /// What this instance knows about a sold-out event.
-pub(super) struct SoldOut {
+struct SoldOut {
     /// When PostgreSQL last said so.
-    pub(super) at: Instant,
+    at: Instant,
     /// The event's version then; `None` when only a refusal was seen.
-    pub(super) version: Option<i32>,
+    version: Option<i32>,
     /// Fingerprints of the idempotency keys booked for the event as of `version`, loaded once
     /// per sold-out version: a request with a key not among them is not the retry of a booking
     /// and is refused without a query. `None` until loaded.
-    pub(super) keys: Option<Arc<HashSet<u64>>>,
+    keys: Option<Arc<HashSet<u64>>>,
+}
+
+/// The hints of one instance: when PostgreSQL last said each event was sold out. Lapsed hints
+/// are dropped whenever one is added, so the map holds only events that sold out recently.
+pub(super) struct SoldOutHints {
+    hints: Arc<Mutex<HashMap<Uuid, SoldOut>>>,
+    /// Where a new sold-out version's keys are read.
+    db: DbPool,
 }
 
 /// A hint older than this is forgotten; one younger than it but past [`SOLD_OUT_HINT_TTL`] is
 /// kept, not trusted, so a batch finding the same sold-out version again reuses its keys.
 const HINT_KEPT: Duration = Duration::from_secs(60);
 
-pub(super) fn forget_old_hints(hints: &mut HashMap<Uuid, SoldOut>) {
+fn forget_old_hints(hints: &mut HashMap<Uuid, SoldOut>) {
     hints.retain(|_, hint| hint.at.elapsed() < HINT_KEPT);
+}
+
+fn lock(hints: &Mutex<HashMap<Uuid, SoldOut>>) -> MutexGuard<'_, HashMap<Uuid, SoldOut>> {
+    hints.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Loads the keys booked for a sold-out event as of `version`, then drops the hint as soon as
 /// the bus shows the event at another version (a cancellation, a booking on another
 /// instance), or once the hint is gone.
 async fn watch_sold_out(
-    inner: Arc<Inner>,
+    hints: Arc<Mutex<HashMap<Uuid, SoldOut>>>,
+    db: DbPool,
     event_id: Uuid,
     version: i32,
     mut versions: SeatVersions,
 ) {
     let is_current = |hint: Option<&SoldOut>| hint.is_some_and(|h| h.version == Some(version));
     let rows: AppResult<Vec<(Uuid, Option<String>)>> = async {
-        let mut conn = inner.db.get().await?;
+        let mut conn = db.get().await?;
         Ok(bookings::table
             .filter(bookings::event_id.eq(event_id))
             .filter(bookings::idempotency_key.is_not_null())
@@ -72,7 +90,7 @@ async fn watch_sold_out(
             .iter()
             .filter_map(|(user, key)| Some(fingerprint(*user, key.as_deref()?)))
             .collect();
-        match inner.lock_hints().get_mut(&event_id) {
+        match lock(&hints).get_mut(&event_id) {
             Some(hint) if hint.version == Some(version) => hint.keys = Some(Arc::new(keys)),
             _ => return,
         }
@@ -80,7 +98,7 @@ async fn watch_sold_out(
     loop {
         match tokio::time::timeout(SOLD_OUT_HINT_TTL, versions.next()).await {
             Ok(Some(seen)) if seen != version => {
-                let mut hints = inner.lock_hints();
+                let mut hints = lock(&hints);
                 if is_current(hints.get(&event_id)) {
                     hints.remove(&event_id);
                 }
@@ -88,33 +106,60 @@ async fn watch_sold_out(
             }
             Ok(Some(_)) => {}
             Ok(None) => return,
-            Err(_quiet) if !is_current(inner.lock_hints().get(&event_id)) => return,
+            Err(_quiet) if !is_current(lock(&hints).get(&event_id)) => return,
             Err(_quiet) => {}
         }
     }
 }
 
 /// A collision only sends a request the slow way, never refuses a retry.
-pub(super) fn fingerprint(user_id: Uuid, key: &str) -> u64 {
+fn fingerprint(user_id: Uuid, key: &str) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     (user_id, key).hash(&mut hasher);
     hasher.finish()
 }
 
-impl Inner {
-    pub(super) fn lock_hints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SoldOut>> {
-        lock(&self.sold_out)
+impl SoldOutHints {
+    pub(super) fn new(db: DbPool) -> Self {
+        Self {
+            hints: Arc::default(),
+            db,
+        }
     }
 
-    pub(super) fn known_sold_out(&self, event_id: Uuid) -> bool {
-        self.lock_hints()
+    /// Whether the event is known to be sold out, lately enough to be trusted.
+    pub(super) fn known(&self, event_id: Uuid) -> bool {
+        lock(&self.hints)
             .get(&event_id)
             .is_some_and(|hint| hint.at.elapsed() < SOLD_OUT_HINT_TTL)
     }
 
+    /// Whether a request for the event, by `user_id` with `key`, is certain to be refused:
+    /// the event is known to be sold out, and the request has no key, or one that no booking
+    /// of the event had when it sold out.
+    pub(super) fn refuses(&self, event_id: Uuid, user_id: Uuid, key: Option<&str>) -> bool {
+        let hints = lock(&self.hints);
+        let Some(hint) = hints.get(&event_id) else {
+            return false;
+        };
+        if hint.at.elapsed() >= SOLD_OUT_HINT_TTL {
+            return false;
+        }
+        match (key, &hint.keys) {
+            (None, _) => true,
+            (Some(key), Some(keys)) => !keys.contains(&fingerprint(user_id, key)),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Seats came back or the event changed: stop answering from memory.
+    pub(super) fn forget(&self, event_id: Uuid) {
+        lock(&self.hints).remove(&event_id);
+    }
+
     /// A refusal was seen, with no version: refuse requests without a key for a while.
-    pub(super) fn mark_sold_out(&self, event_id: Uuid) {
-        let mut hints = self.lock_hints();
+    pub(super) fn mark(&self, event_id: Uuid) {
+        let mut hints = lock(&self.hints);
         forget_old_hints(&mut hints);
         hints
             .entry(event_id)
@@ -127,14 +172,14 @@ impl Inner {
     }
 
     /// Records the event as a committed transaction left it. A new sold-out version gets its
-    /// keys loaded, and is watched on the bus: any other version, committed by any instance,
-    /// drops the hint, since keys may have booked since.
-    pub(super) fn note(self: &Arc<Self>, event: &Event) {
+    /// keys loaded, and is watched through `seat_versions`: any other version, committed by
+    /// any instance, drops the hint, since keys may have booked since.
+    pub(super) fn note(&self, event: &Event, seat_versions: impl FnOnce(Uuid) -> SeatVersions) {
         if event.seats_available > 0 || event.status != EventStatus::Published {
-            self.lock_hints().remove(&event.id);
+            self.forget(event.id);
             return;
         }
-        let mut hints = self.lock_hints();
+        let mut hints = lock(&self.hints);
         forget_old_hints(&mut hints);
         match hints.get_mut(&event.id) {
             Some(hint) if hint.version == Some(event.version) => hint.at = Instant::now(),
@@ -146,9 +191,10 @@ impl Inner {
                 };
                 hints.insert(event.id, hint);
                 // Attached before the keys are read, so no later commit goes unseen.
-                let versions = self.announcer.seat_versions(event.id);
+                let versions = seat_versions(event.id);
                 tokio::spawn(watch_sold_out(
-                    self.clone(),
+                    self.hints.clone(),
+                    self.db.clone(),
                     event.id,
                     event.version,
                     versions,

@@ -90,7 +90,8 @@ async fn commit_batch(
         Ok((results, event, also)) => {
             inner.record_batch(jobs.len());
             if let Some(event) = &event {
-                inner.note(event);
+                let announcer = &inner.announcer;
+                inner.sold_out.note(event, |id| announcer.seat_versions(id));
             }
             if !also.is_empty() {
                 inner.announcer.announce(also);
@@ -134,7 +135,7 @@ async fn commit_batch(
             Err(error) => Err(error),
         };
         if let Err(AppError::SoldOut { seats_available: 0 }) = &result {
-            inner.mark_sold_out(event_id);
+            inner.sold_out.mark(event_id);
         }
         let _ = job.reply.send(result);
     }

@@ -34,6 +34,11 @@ pub(crate) fn required_text(field: &'static str, value: &str, max: usize) -> App
     Ok(value.to_owned())
 }
 
+/// The form an email address is stored and compared in.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,9 +65,4 @@ mod tests {
             10
         );
     }
-}
-
-/// The form an email address is stored and compared in.
-pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
 }

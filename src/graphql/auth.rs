@@ -79,7 +79,10 @@ async fn limit_sign_in(
     let account = app.config.rate_limits.account;
     if account.is_some() {
         // Hashed: Redis need not hold anyone's email address.
-        let key = format!("{:x}", Sha256::digest(crate::domain::text::normalize_email(email)));
+        let key = format!(
+            "{:x}",
+            Sha256::digest(crate::domain::text::normalize_email(email))
+        );
         app.rate_limiter
             .check(Bucket::Account, account, &key)
             .await?;

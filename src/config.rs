@@ -117,6 +117,9 @@ pub struct GraphqlLimits {
     pub automatic_persisted_queries: bool,
     /// A JSON file `{ "<sha256>": "<query>" }`: when set, only these operations run.
     pub persisted_query_allowlist: Option<PathBuf>,
+    /// How long a CDN or browser may keep a public answer to a GET query
+    /// (`Cache-Control: public, max-age`); short, as seat counts move. `0`: never public.
+    pub http_cache_max_age: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -453,6 +456,11 @@ impl Config {
             automatic_persisted_queries: parse_or(&lookup, "GRAPHQL_APQ", true)?,
             persisted_query_allowlist: lookup("GRAPHQL_PERSISTED_QUERIES_ALLOWLIST")
                 .map(PathBuf::from),
+            http_cache_max_age: Duration::from_secs(parse_or(
+                &lookup,
+                "HTTP_CACHE_MAX_AGE_SECS",
+                5u64,
+            )?),
         };
         Ok(Self {
             env,

@@ -8,6 +8,7 @@ mod concurrency;
 mod errors;
 mod fault_proxy;
 mod graphiql;
+mod graphql_over_http;
 mod helpers;
 mod hostile;
 mod journey;

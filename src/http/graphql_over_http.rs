@@ -301,6 +301,14 @@ pub fn runs_over_get(query: &str, operation_name: Option<&str>) -> bool {
     selected(&document, operation_name).is_none_or(|op| op.ty == OperationType::Query)
 }
 
+/// Whether the document's selected operation is a mutation (a GET event stream may carry a
+/// subscription, never a mutation).
+pub fn is_mutation(query: &str, operation_name: Option<&str>) -> bool {
+    async_graphql::parser::parse_query(query).is_ok_and(|document| {
+        selected(&document, operation_name).is_some_and(|op| op.ty == OperationType::Mutation)
+    })
+}
+
 /// 405 for a mutation or subscription sent by GET.
 pub fn method_not_allowed() -> Response {
     let mut response = error_response(

@@ -1,10 +1,11 @@
 //! HTTP surface: GraphQL over POST and GET (see `graphql_over_http`), GraphiQL for browsers,
-//! subscriptions over WebSocket, probes.
+//! subscriptions over WebSocket and Server-Sent Events (`sse`), probes.
 
 pub mod cache;
 mod fanout;
 pub mod graphiql;
 mod graphql_over_http;
+mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -54,6 +55,7 @@ struct HttpShared {
     sockets: Arc<ws::Sockets>,
     fanout: Arc<fanout::Fanout>,
     cache: Arc<cache::ResponseCache>,
+    event_streams: sse::EventStreams,
 }
 
 pub fn router(app: AppState) -> Router {
@@ -72,11 +74,12 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
                     .filter_map(|origin| HeaderValue::from_str(origin).ok()),
             ),
         })
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::IF_NONE_MATCH,
+            sse::TOKEN_HEADER,
             REQUEST_ID_HEADER,
         ])
         .expose_headers([header::ETAG])
@@ -89,6 +92,7 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
         schema,
         app,
         sockets,
+        event_streams: sse::EventStreams::default(),
     });
     // The request budget covers the API, not the probes or GraphiQL's static files.
     let api = Router::new()
@@ -98,8 +102,17 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
             state.clone(),
             request_budget,
         ));
+    // Event streams are connections like WebSockets: each of their operations is charged to
+    // the budget by the schema (`WebSocketBudget`), not each HTTP request.
+    let streams = Router::new()
+        .route("/graphql/stream", any(sse::graphql_stream))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_client_address,
+        ));
     let router = Router::new()
         .merge(api)
+        .merge(streams)
         .route("/graphiql/{file}", get(graphiql::graphiql_asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -154,6 +167,18 @@ fn payload_too_large() -> Response {
         "PAYLOAD_TOO_LARGE",
         "the request body is too large",
     )
+}
+
+/// Records the client's address for the handlers (see `security::client`).
+async fn record_client_address(
+    State(state): State<HttpState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(ip) = client_ip(&request, &state.app.config.trusted_proxies) {
+        request.extensions_mut().insert(ip);
+    }
+    next.run(request).await
 }
 
 /// Records the client's address for the handlers, then charges the request to the client's

@@ -87,12 +87,12 @@ pub mod close {
 /// the seat maps its viewers share.
 pub struct Sockets {
     config: WebSocketConfig,
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
     tracker: TaskTracker,
     per_user: Mutex<HashMap<Uuid, usize>>,
     open: AtomicUsize,
     per_address: Mutex<HashMap<IpAddr, AddressCount>>,
-    seat_maps: Arc<SeatMaps>,
+    pub(super) seat_maps: Arc<SeatMaps>,
 }
 
 /// One address's connections that are not signed in.
@@ -104,7 +104,7 @@ struct AddressCount {
 }
 
 #[derive(Clone, Copy)]
-enum AddressUse {
+pub(super) enum AddressUse {
     Waiting,
     Anonymous,
 }
@@ -119,7 +119,7 @@ impl AddressCount {
 }
 
 /// A connection's place among the instance's, given back when the connection ends.
-struct OpenSlot(Arc<Sockets>);
+pub(super) struct OpenSlot(Arc<Sockets>);
 
 impl Drop for OpenSlot {
     fn drop(&mut self) {
@@ -128,7 +128,7 @@ impl Drop for OpenSlot {
 }
 
 /// A connection's place in its address's count, given back when it ends or signs in.
-struct AddressSlot {
+pub(super) struct AddressSlot {
     sockets: Arc<Sockets>,
     ip: IpAddr,
     kind: AddressUse,
@@ -160,7 +160,7 @@ impl Sockets {
     }
 
     /// Takes one of the instance's connection places, if any is left.
-    fn admit(self: &Arc<Self>) -> Option<OpenSlot> {
+    pub(super) fn admit(self: &Arc<Self>) -> Option<OpenSlot> {
         let max = self.config.max_connections;
         self.open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
@@ -172,7 +172,11 @@ impl Sockets {
 
     /// Takes one of the address's places for a waiting or an anonymous connection, if any is
     /// left.
-    fn claim_address(self: &Arc<Self>, ip: IpAddr, kind: AddressUse) -> Option<AddressSlot> {
+    pub(super) fn claim_address(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        kind: AddressUse,
+    ) -> Option<AddressSlot> {
         let max = self.config.max_anonymous_per_address;
         let mut per_address = self.lock_addresses();
         let count = per_address.entry(ip).or_default();
@@ -213,7 +217,7 @@ impl Sockets {
 
     /// Takes one of the user's connection slots, if any is left: on this instance, and across
     /// instances when Redis can say.
-    async fn claim(self: &Arc<Self>, bus: &Bus, user: Uuid) -> Option<UserSlot> {
+    pub(super) async fn claim(self: &Arc<Self>, bus: &Bus, user: Uuid) -> Option<UserSlot> {
         {
             let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
             let count = per_user.entry(user).or_default();
@@ -257,7 +261,7 @@ impl Sockets {
 }
 
 /// A signed-in connection's place in its user's count, given back when the connection ends.
-struct UserSlot {
+pub(super) struct UserSlot {
     sockets: Arc<Sockets>,
     bus: Bus,
     user: Uuid,
@@ -266,7 +270,7 @@ struct UserSlot {
 }
 
 impl UserSlot {
-    fn renew(&self) {
+    pub(super) fn renew(&self) {
         if self.held_in_redis {
             let lease = self.sockets.slot_lease();
             self.bus

@@ -21,6 +21,7 @@ mod sale_rules;
 mod schema;
 mod seats;
 mod security;
+mod sse;
 mod ticketing;
 mod websocket;
 mod ws_protocol;

@@ -19,9 +19,8 @@
 //! to the request budget and bounded by the operation deadline as on a WebSocket. A
 //! subscription's updates, and its resync after a gap, come from the same schema streams.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::{Data, Response as GraphqlResponse};
@@ -34,14 +33,12 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::graphql_over_http::{self, GRAPHQL_RESPONSE_JSON, JSON};
+use super::graphql_over_http;
 use super::ws::{AddressSlot, AddressUse, OpenSlot, UserSlot, ends_operation};
-use super::{HttpState, bearer_token, error_response, identify};
+use super::{HttpState, error_response, identify};
 use crate::domain::auth;
 use crate::error::AppError;
 use crate::graphql::context::{Caller, ViewerCache};
@@ -49,37 +46,21 @@ use crate::graphql::loaders;
 use crate::security::client::ClientIp;
 use crate::security::document;
 
+mod single_connection;
+
+pub use single_connection::EventStreams;
+
 pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("x-graphql-event-stream-token");
 const EVENT_STREAM: &str = "text/event-stream";
-/// Events waiting for a slow reader of a single-connection stream, across its operations;
-/// past this an operation waits (and a subscription skips to the newest state meanwhile).
-const QUEUED_EVENTS: usize = 16;
-
-/// The single-connection reservations of this instance, by token.
-#[derive(Default)]
-pub struct EventStreams {
-    reservations: Mutex<HashMap<String, Arc<Reservation>>>,
-}
-
-impl EventStreams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Reservation>>> {
-        self.reservations.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn get(&self, token: &str) -> Option<Arc<Reservation>> {
-        self.lock().get(token).cloned()
-    }
-}
-
 /// The places an event stream holds among the instance's connections; given back when dropped.
-struct Slots {
+pub(super) struct Slots {
     _open: OpenSlot,
     _address: Option<AddressSlot>,
     user: Option<UserSlot>,
 }
 
 impl Slots {
-    fn renew(&self) {
+    pub(super) fn renew(&self) {
         if let Some(user) = &self.user {
             user.renew();
         }
@@ -87,31 +68,13 @@ impl Slots {
 }
 
 /// Who an event stream serves, checked once when it is admitted.
-struct Admitted {
-    user: Option<Uuid>,
-    session: Arc<Data>,
-    slots: Slots,
+pub(super) struct Admitted {
+    pub(super) user: Option<Uuid>,
+    pub(super) session: Arc<Data>,
+    pub(super) slots: Slots,
 }
 
-/// A reserved single-connection stream: its operations write events into `events`, which
-/// the stream's GET reads.
-struct Reservation {
-    user: Option<Uuid>,
-    session: Arc<Data>,
-    slots: Slots,
-    events: mpsc::Sender<String>,
-    reader: Mutex<Option<mpsc::Receiver<String>>>,
-    operations: Arc<Mutex<HashMap<String, AbortHandle>>>,
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        let operations = self.operations.lock().unwrap_or_else(|e| e.into_inner());
-        operations.values().for_each(AbortHandle::abort);
-    }
-}
-
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     error_response(status, code, message)
 }
 
@@ -160,7 +123,7 @@ pub(super) async fn graphql_stream(
     if wants_event_stream(&headers) && (method == Method::GET || method == Method::POST) {
         return match (reservation, token) {
             (Some(reservation), Some(token)) if method == Method::GET => {
-                open_reserved(&state, &headers, token, reservation)
+                single_connection::open(&state, &headers, token, reservation)
             }
             _ => {
                 distinct(
@@ -176,12 +139,12 @@ pub(super) async fn graphql_stream(
         };
     }
     if method == Method::PUT {
-        return reserve(&state, client, &headers).await;
+        return single_connection::reserve(&state, client, &headers).await;
     }
     let Some(reservation) = reservation else {
         return json_error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such event stream");
     };
-    if !same_caller(&state, &headers, reservation.user) {
+    if !single_connection::same_caller(&state, &headers, reservation.user) {
         return json_error(
             StatusCode::FORBIDDEN,
             "FORBIDDEN",
@@ -189,25 +152,15 @@ pub(super) async fn graphql_stream(
         );
     }
     match method {
-        Method::DELETE => {
-            let Some(id) = url_parameter(raw_query.as_deref(), "operationId") else {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "BAD_REQUEST",
-                    "`operationId` is missing",
-                );
-            };
-            let stopped = reservation
-                .operations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            if let Some(operation) = stopped {
-                operation.abort();
-            }
-            StatusCode::OK.into_response()
-        }
-        Method::POST => start_reserved(&state, &headers, &reservation, body),
+        Method::DELETE => match url_parameter(raw_query.as_deref(), "operationId") {
+            Some(id) => single_connection::stop(&reservation, &id),
+            None => json_error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "`operationId` is missing",
+            ),
+        },
+        Method::POST => single_connection::start(&state, &headers, &reservation, body),
         _ => {
             let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
             response.headers_mut().insert(
@@ -219,22 +172,9 @@ pub(super) async fn graphql_stream(
     }
 }
 
-/// Whether a request on a reservation comes from who reserved it: the same user, or anonymous
-/// both times.
-fn same_caller(state: &HttpState, headers: &HeaderMap, user: Option<Uuid>) -> bool {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    let caller = token
-        .and_then(|token| state.app.tokens.decode(token).ok())
-        .map(|c| c.sub);
-    caller == user && (token.is_some() == user.is_some())
-}
-
 /// Checks the caller's token against its session and takes the stream's places, as a
 /// WebSocket's `connection_init` does.
-async fn admit(
+pub(super) async fn admit(
     state: &HttpState,
     client: Option<ClientIp>,
     headers: &HeaderMap,
@@ -319,7 +259,7 @@ async fn admit(
 /// One operation's results, as a WebSocket runs them: the text's checks first, then the
 /// schema's stream with the connection's session; it ends after a result that ends the
 /// operation (a request that never ran, or a caller no longer signed in).
-fn operation(
+pub(super) fn operation(
     state: &HttpState,
     session: Arc<Data>,
     request: async_graphql::Request,
@@ -344,11 +284,11 @@ fn operation(
         .boxed()
 }
 
-fn event(kind: &str, data: &Value) -> String {
+pub(super) fn event(kind: &str, data: &Value) -> String {
     format!("event: {kind}\ndata: {data}\n\n")
 }
 
-fn event_stream_response(body: Body) -> Response {
+pub(super) fn event_stream_response(body: Body) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
@@ -368,7 +308,7 @@ fn event_stream_response(body: Body) -> Response {
 /// from timing the stream out, and the user's connection slot leased), ending with the
 /// events, when the server shuts down, or when the client goes (the body is dropped, and
 /// `keep` with it).
-fn body_of<K: Send + 'static>(
+pub(super) fn body_of<K: Send + 'static>(
     events: BoxStream<'static, String>,
     ping_interval: Duration,
     shutdown: CancellationToken,
@@ -447,7 +387,7 @@ async fn distinct(
 
 /// A POST body holding one request (a batch has no place in an event stream).
 #[allow(clippy::result_large_err)]
-fn read_one(
+pub(super) fn read_one(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<async_graphql::Request, Response> {
@@ -466,180 +406,4 @@ fn read_one(
             "an event stream runs one operation per request, not a batch",
         )),
     }
-}
-
-/// Single connection, step one: a PUT reserves a stream; its token is the body.
-async fn reserve(state: &HttpState, client: Option<ClientIp>, headers: &HeaderMap) -> Response {
-    let admitted = match admit(state, client, headers).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal,
-    };
-    let token = Uuid::new_v4().to_string();
-    let (events, reader) = mpsc::channel(QUEUED_EVENTS);
-    let reservation = Arc::new(Reservation {
-        user: admitted.user,
-        session: admitted.session,
-        slots: admitted.slots,
-        events,
-        reader: Mutex::new(Some(reader)),
-        operations: Arc::default(),
-    });
-    state
-        .event_streams
-        .lock()
-        .insert(token.clone(), reservation.clone());
-    // A reservation nobody opens in time is given back, as a WebSocket that never sends
-    // `connection_init` is closed.
-    let streams = state.clone();
-    let expiring = token.clone();
-    let reservation = Arc::downgrade(&reservation);
-    let patience = state.app.config.websocket.init_timeout;
-    tokio::spawn(async move {
-        tokio::time::sleep(patience).await;
-        let unopened = reservation.upgrade().is_some_and(|reservation| {
-            reservation
-                .reader
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
-        });
-        if unopened {
-            streams.event_streams.lock().remove(&expiring);
-        }
-    });
-    let mut response = (StatusCode::CREATED, token).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-/// Gives the reservation back when its stream ends, whichever way.
-struct OpenStream {
-    state: HttpState,
-    token: String,
-    reservation: Arc<Reservation>,
-}
-
-impl Drop for OpenStream {
-    fn drop(&mut self) {
-        self.state.event_streams.lock().remove(&self.token);
-    }
-}
-
-/// Single connection, step two: the GET that opens the reserved stream (once).
-fn open_reserved(
-    state: &HttpState,
-    headers: &HeaderMap,
-    token: String,
-    reservation: Arc<Reservation>,
-) -> Response {
-    if !same_caller(state, headers, reservation.user) {
-        return json_error(
-            StatusCode::FORBIDDEN,
-            "FORBIDDEN",
-            "this event stream was reserved by someone else",
-        );
-    }
-    let reader = reservation
-        .reader
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
-    let Some(reader) = reader else {
-        return json_error(
-            StatusCode::CONFLICT,
-            "CONFLICT",
-            "the stream is already open",
-        );
-    };
-    let events = tokio_stream::wrappers::ReceiverStream::new(reader).boxed();
-    let open = OpenStream {
-        state: state.clone(),
-        token,
-        reservation,
-    };
-    let body = body_of(
-        events,
-        state.app.config.websocket.ping_interval,
-        state.sockets.shutdown.clone(),
-        open,
-        |open| open.reservation.slots.renew(),
-    );
-    event_stream_response(body)
-}
-
-/// Single connection, step three: a POST starts an operation on the reserved stream.
-fn start_reserved(
-    state: &HttpState,
-    headers: &HeaderMap,
-    reservation: &Reservation,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("*/*");
-    let acceptable = accept.split(',').any(|range| {
-        let media = range.split(';').next().unwrap_or_default().trim();
-        ["*/*", "application/*", JSON, GRAPHQL_RESPONSE_JSON].contains(&media)
-    });
-    if !acceptable {
-        return StatusCode::NOT_ACCEPTABLE.into_response();
-    }
-    let mut request = match read_one(headers, body) {
-        Ok(request) => request,
-        Err(refusal) => return refusal,
-    };
-    let id = match request.extensions.remove("operationId") {
-        Some(async_graphql::Value::String(id)) if !id.is_empty() && id.len() <= 128 => id,
-        _ => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                "`extensions.operationId` is missing",
-            );
-        }
-    };
-    let mut operations = reservation
-        .operations
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if operations.contains_key(&id) {
-        return json_error(
-            StatusCode::CONFLICT,
-            "CONFLICT",
-            "an operation with this id is running",
-        );
-    }
-    if operations.len() >= state.app.config.websocket.max_operations_per_connection {
-        return json_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
-            "too many operations open on this stream",
-        );
-    }
-    let mut results = operation(state, reservation.session.clone(), request);
-    let events = reservation.events.clone();
-    let running = reservation.operations.clone();
-    let task_id = id.clone();
-    // Streaming into a reservation not opened yet is fine: its events wait for the GET.
-    let task = tokio::spawn(async move {
-        while let Some(response) = results.next().await {
-            let text = event("next", &json!({ "id": task_id, "payload": response }));
-            if events.send(text).await.is_err() {
-                return;
-            }
-        }
-        running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&task_id);
-        let _ = events
-            .send(event("complete", &json!({ "id": task_id })))
-            .await;
-    });
-    operations.insert(id, task.abort_handle());
-    (StatusCode::ACCEPTED, "").into_response()
 }

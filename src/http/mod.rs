@@ -101,7 +101,10 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             request_budget,
-        ));
+        ))
+        // Whatever did not say who may keep it (a refusal, a 429, GraphiQL's page) is the
+        // caller's alone: only answers `graphql_get` marks public are shared.
+        .layer(default_header(header::CACHE_CONTROL, "private, no-store"));
     // Event streams are connections like WebSockets: each of their operations is charged to
     // the budget by the schema (`WebSocketBudget`), not each HTTP request.
     let streams = Router::new()
@@ -313,7 +316,11 @@ async fn graphql_get(
     RawQuery(raw_query): RawQuery,
 ) -> Response {
     if graphql_over_http::shows_graphiql(&headers, raw_query.as_deref()) {
-        return graphiql::graphiql_page().await.into_response();
+        let mut page = graphiql::graphiql_page().await.into_response();
+        // The same URL answers JSON to API clients: caches must tell the two apart.
+        page.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("accept"));
+        return page;
     }
     let request = match graphql_over_http::read_get(raw_query.as_deref()) {
         Ok(request) => request,

@@ -311,6 +311,7 @@ async fn get_runs_queries_only() {
             body["errors"][0]["extensions"]["code"],
             "METHOD_NOT_ALLOWED"
         );
+        assert_eq!(cache_control(&headers), "private, no-store");
     }
     let (status, _, body) = get(
         &app,

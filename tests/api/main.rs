@@ -16,6 +16,7 @@ mod lifecycle;
 mod live;
 mod login;
 mod onsale;
+mod readme_clients;
 mod reference_client;
 mod sale_rules;
 mod schema;

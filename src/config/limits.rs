@@ -93,6 +93,9 @@ pub struct GraphqlLimits {
     pub automatic_persisted_queries: bool,
     /// A JSON file `{ "<sha256>": "<query>" }`: when set, only these operations run.
     pub persisted_query_allowlist: Option<PathBuf>,
+    /// How long a CDN or browser may keep a public answer to a GET query
+    /// (`Cache-Control: public, max-age`); short, as seat counts move. `0`: never public.
+    pub http_cache_max_age: Duration,
 }
 
 /// `COUNT/SECONDS`, or `0` / `off` to disable.

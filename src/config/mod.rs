@@ -238,6 +238,11 @@ impl Config {
             automatic_persisted_queries: parse_or(&lookup, "GRAPHQL_APQ", true)?,
             persisted_query_allowlist: lookup("GRAPHQL_PERSISTED_QUERIES_ALLOWLIST")
                 .map(PathBuf::from),
+            http_cache_max_age: Duration::from_secs(parse_or(
+                &lookup,
+                "HTTP_CACHE_MAX_AGE_SECS",
+                5u64,
+            )?),
         };
         let listen = match lookup("EVENTLY_LISTEN") {
             None => SocketAddr::from(([127, 0, 0, 1], 8000)),

@@ -7,6 +7,9 @@
 //! staleness when Redis is down. Signed-in requests, mutations, subscriptions, batches,
 //! persisted queries and answers with errors are never cached. PostgreSQL stays the truth:
 //! the cache only ever repeats an answer it gave, and never for a booking.
+//!
+//! Caches outside (a CDN, the browser) get what HTTP gives them: `with_etag` below, and the
+//! `Cache-Control` that `http::mod` sets per answer.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,8 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 
 /// Marks an answer that came from the cache.
 pub const CACHE_HEADER: HeaderName = HeaderName::from_static("x-evently-cache");
@@ -26,6 +30,8 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
+    /// The method and media type: answers to the same query differ in their headers.
+    variant: &'static str,
     query: String,
     operation_name: Option<String>,
     variables: String,
@@ -58,12 +64,13 @@ impl ResponseCache {
 
     /// The key of a request whose answer may be cached, or `None`. Anything that might be a
     /// mutation or subscription is left alone (a keyword anywhere in the text is enough).
-    pub fn key(&self, request: &async_graphql::Request) -> Option<Key> {
+    pub fn key(&self, request: &async_graphql::Request, variant: &'static str) -> Option<Key> {
         let cacheable = !self.ttl.is_zero()
             && request.extensions.is_empty()
             && !request.query.contains("mutation")
             && !request.query.contains("subscription");
         cacheable.then(|| Key {
+            variant,
             query: request.query.clone(),
             operation_name: request.operation_name.clone(),
             variables: serde_json::to_string(&request.variables).unwrap_or_default(),
@@ -127,4 +134,37 @@ impl ResponseCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Gives a GET answer an `ETag` (a digest of its body) and answers 304 with no body when the
+/// client's `If-None-Match` already names it. Only 200 answers get one: an error is not a
+/// representation worth revalidating.
+pub async fn with_etag(response: Response, if_none_match: Option<&HeaderValue>) -> Response {
+    if response.status() != StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
+        return crate::http::internal_error_response();
+    };
+    let digest = Sha256::digest(&body);
+    let tag = format!("\"{:x}\"", digest);
+    let matches = if_none_match
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value.split(',').any(|candidate| {
+                let candidate = candidate.trim();
+                candidate == "*" || candidate.trim_start_matches("W/") == tag
+            })
+        });
+    if let Ok(value) = HeaderValue::from_str(&tag) {
+        parts.headers.insert(header::ETAG, value);
+    }
+    if matches {
+        parts.status = StatusCode::NOT_MODIFIED;
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, axum::body::Body::empty());
+    }
+    Response::from_parts(parts, axum::body::Body::from(body))
 }

@@ -1,8 +1,11 @@
-//! HTTP surface: GraphQL over POST, GraphiQL on GET, subscriptions over WebSocket, probes.
+//! HTTP surface: GraphQL over POST and GET (see `graphql_over_http`), GraphiQL for browsers,
+//! subscriptions over WebSocket and Server-Sent Events (`sse`), probes.
 
 pub mod cache;
 mod fanout;
 pub mod graphiql;
+mod graphql_over_http;
+mod sse;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -10,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::BatchRequest;
-use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLResponse};
-use axum::extract::{Request, State};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -36,6 +39,7 @@ use crate::realtime::RedisHealth;
 use crate::security::client::{ClientIp, client_ip};
 use crate::security::deadline::OverHttp;
 use crate::security::rate_limit::{Bucket, budget_key};
+use graphql_over_http::Answer;
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// Answers of the API load nothing and may not be framed (GraphiQL's page sets its own policy).
@@ -51,6 +55,7 @@ struct HttpShared {
     sockets: Arc<ws::Sockets>,
     fanout: Arc<fanout::Fanout>,
     cache: Arc<cache::ResponseCache>,
+    event_streams: sse::EventStreams,
 }
 
 pub fn router(app: AppState) -> Router {
@@ -69,12 +74,15 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
                     .filter_map(|origin| HeaderValue::from_str(origin).ok()),
             ),
         })
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            sse::TOKEN_HEADER,
             REQUEST_ID_HEADER,
         ])
+        .expose_headers([header::ETAG])
         .max_age(Duration::from_secs(600));
     let production = app.config.env == Environment::Production;
     let schema = build_schema(app.clone());
@@ -84,17 +92,30 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
         schema,
         app,
         sockets,
+        event_streams: sse::EventStreams::default(),
     });
     // The request budget covers the API, not the probes or GraphiQL's static files.
     let api = Router::new()
-        .route("/graphql", get(graphiql::graphiql_page).post(graphql))
+        .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(ws::graphql_ws))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             request_budget,
+        ))
+        // Whatever did not say who may keep it (a refusal, a 429, GraphiQL's page) is the
+        // caller's alone: only answers `graphql_get` marks public are shared.
+        .layer(default_header(header::CACHE_CONTROL, "private, no-store"));
+    // Event streams are connections like WebSockets: each of their operations is charged to
+    // the budget by the schema (`WebSocketBudget`), not each HTTP request.
+    let streams = Router::new()
+        .route("/graphql/stream", any(sse::graphql_stream))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_client_address,
         ));
     let router = Router::new()
         .merge(api)
+        .merge(streams)
         .route("/graphiql/{file}", get(graphiql::graphiql_asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -149,6 +170,18 @@ fn payload_too_large() -> Response {
         "PAYLOAD_TOO_LARGE",
         "the request body is too large",
     )
+}
+
+/// Records the client's address for the handlers (see `security::client`).
+async fn record_client_address(
+    State(state): State<HttpState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(ip) = client_ip(&request, &state.app.config.trusted_proxies) {
+        request.extensions_mut().insert(ip);
+    }
+    next.run(request).await
 }
 
 /// Records the client's address for the handlers, then charges the request to the client's
@@ -252,25 +285,117 @@ fn body_too_large(error: &impl std::fmt::Display) -> bool {
     error.to_string().contains("length limit exceeded")
 }
 
-async fn graphql(
+/// `POST /graphql`: a request or a batch as JSON.
+async fn graphql_post(
     State(state): State<HttpState>,
     client: Option<Extension<ClientIp>>,
     headers: HeaderMap,
-    request: Result<GraphQLBatchRequest, GraphQLRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request = match request {
-        Ok(request) => request.into_inner(),
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if body_too_large(&rejection) => return payload_too_large(),
         Err(rejection) => {
-            if body_too_large(&rejection.0) {
-                return payload_too_large();
-            }
-            let message = format!(
-                "the request is not a valid GraphQL request: {}",
-                rejection.0
-            );
+            let message = format!("the request is not a valid GraphQL request: {rejection}");
             return error_response(StatusCode::BAD_REQUEST, "BAD_REQUEST", &message);
         }
     };
+    let request = match graphql_over_http::read_post(&headers, &body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    execute(state, client, &headers, request, Sharing::Never).await
+}
+
+/// `GET /graphql`: GraphiQL for a browser, otherwise a query in the URL, which a CDN may
+/// keep when its answer is public (see [`Sharing`]).
+async fn graphql_get(
+    State(state): State<HttpState>,
+    client: Option<Extension<ClientIp>>,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+) -> Response {
+    if graphql_over_http::shows_graphiql(&headers, raw_query.as_deref()) {
+        let mut page = graphiql::graphiql_page().await.into_response();
+        // The same URL answers JSON to API clients: caches must tell the two apart.
+        page.headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("accept"));
+        return page;
+    }
+    let request = match graphql_over_http::read_get(raw_query.as_deref()) {
+        Ok(request) => request,
+        Err(refusal) => return refusal,
+    };
+    // A persisted query sent by hash alone is looked up first: a mutation must not slip
+    // through GET under its hash.
+    let document = if request.query.is_empty() {
+        state.app.persisted_queries.known_query(&request).await
+    } else {
+        Some(request.query.clone())
+    };
+    let operation_name = request.operation_name.as_deref();
+    if let Some(document) = &document
+        && !graphql_over_http::runs_over_get(document, operation_name)
+    {
+        return graphql_over_http::method_not_allowed();
+    }
+    let public = !headers.contains_key(header::AUTHORIZATION)
+        && document.as_deref().is_some_and(|document| {
+            graphql_over_http::reads_only_public_fields(document, operation_name)
+        });
+    let sharing = Sharing::Get {
+        public,
+        max_age: state.app.config.graphql.http_cache_max_age,
+    };
+    let response = execute(state, client, &headers, request.into(), sharing).await;
+    cache::with_etag(response, headers.get(header::IF_NONE_MATCH)).await
+}
+
+/// Who besides the caller may keep an answer.
+#[derive(Clone, Copy)]
+enum Sharing {
+    /// A POST: nobody (`no-store`).
+    Never,
+    /// A GET: shared caches (a CDN) for `max_age` when the request is anonymous, reads only
+    /// public fields and got a clean answer; otherwise `private, no-store`.
+    Get { public: bool, max_age: Duration },
+}
+
+impl Sharing {
+    fn cache_control(self, clean: bool) -> HeaderValue {
+        match self {
+            Self::Never => HeaderValue::from_static("no-store"),
+            Self::Get {
+                public: true,
+                max_age,
+            } if clean && !max_age.is_zero() => {
+                HeaderValue::from_str(&format!("public, max-age={}", max_age.as_secs()))
+                    .unwrap_or_else(|_| HeaderValue::from_static("private, no-store"))
+            }
+            Self::Get { .. } => HeaderValue::from_static("private, no-store"),
+        }
+    }
+
+    /// The in-process cache keeps answers per method and media type: their headers differ.
+    fn variant(self, answer: Answer) -> &'static str {
+        match (self, answer) {
+            (Self::Never, Answer::Json) => "POST json",
+            (Self::Never, Answer::GraphqlResponseJson) => "POST graphql-response",
+            (Self::Get { .. }, Answer::Json) => "GET json",
+            (Self::Get { .. }, Answer::GraphqlResponseJson) => "GET graphql-response",
+        }
+    }
+}
+
+/// Runs a request read from either method and writes its answer in the negotiated media type.
+async fn execute(
+    state: HttpState,
+    client: Option<Extension<ClientIp>>,
+    headers: &HeaderMap,
+    request: BatchRequest,
+    sharing: Sharing,
+) -> Response {
+    let answer = Answer::negotiate(headers);
     let limits = &state.app.config.graphql;
     if let BatchRequest::Batch(requests) = &request
         && limits.max_batch > 0
@@ -285,14 +410,16 @@ async fn graphql(
     }
     let timeout = limits.timeout;
     let client = client.map(|Extension(ip)| ip);
-    let request_id = request_id(&headers);
+    let request_id = request_id(headers);
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
     // Anonymous single queries may be answered from the cache; a signed-in read is served
     // fresh but leaves the cache alone; a mutation moves it on.
     let cached = match &request {
-        BatchRequest::Single(single) if authorization.is_none() => state.cache.key(single),
+        BatchRequest::Single(single) if authorization.is_none() => {
+            state.cache.key(single, sharing.variant(answer))
+        }
         _ => None,
     };
     let generation = state.cache.generation(state.app.bus.generation());
@@ -344,11 +471,18 @@ async fn graphql(
                 },
             };
             let ok = response.is_ok();
-            let mut response = GraphQLResponse::from(response).into_response();
-            // Answers depend on the caller's token: no shared cache may keep them.
+            let mut response = answer.write(response);
+            // Answers depend on the caller's token: only an anonymous read of public fields
+            // may be kept by a shared cache, and never one with errors.
             response
                 .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                .insert(header::CACHE_CONTROL, sharing.cache_control(ok));
+            if let Sharing::Get { .. } = sharing {
+                response.headers_mut().insert(
+                    header::VARY,
+                    HeaderValue::from_static("accept, authorization"),
+                );
+            }
             match cached {
                 Some(key) if ok => state.cache.put(key, generation, response).await,
                 _ => response,

@@ -90,6 +90,22 @@ impl PersistedQueries {
     }
 }
 
+impl PersistedQueries {
+    /// The text a request sent by hash alone stands for, when this server knows it (from the
+    /// allow-list, or registered earlier); the request itself is left as it is. HTTP asks
+    /// before running a GET, which may only carry a query.
+    pub async fn known_query(&self, request: &Request) -> Option<String> {
+        let value = request.extensions.get("persistedQuery")?.clone();
+        let persisted: PersistedQuery = async_graphql::from_value(value).ok()?;
+        let hash = persisted.sha256_hash.to_ascii_lowercase();
+        match &self.inner.allowlist {
+            Some(allowlist) => allowlist.get(&hash).cloned(),
+            None if self.inner.automatic => self.inner.lookup(&hash).await,
+            None => None,
+        }
+    }
+}
+
 impl ExtensionFactory for PersistedQueries {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(PersistedQueriesForRequest {

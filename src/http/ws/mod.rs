@@ -35,7 +35,7 @@ use crate::error::REQUEST_ID;
 use crate::security::client::ClientIp;
 use connection::{Connection, close_socket};
 use protocol::{LEGACY_WS, Protocol, TRANSPORT_WS};
-use sockets::AddressUse;
+pub(super) use sockets::{AddressSlot, AddressUse, OpenSlot, UserSlot};
 
 /// Client messages are small GraphQL documents; per-connection read buffers stay small with
 /// them. Server messages have no such cap: they are what the server chose to answer.

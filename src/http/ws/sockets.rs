@@ -25,12 +25,12 @@ use crate::realtime::Bus;
 /// the seat maps its viewers share.
 pub struct Sockets {
     pub(super) config: WebSocketConfig,
-    pub(super) shutdown: CancellationToken,
+    pub(in crate::http) shutdown: CancellationToken,
     pub(super) tracker: TaskTracker,
     per_user: Mutex<HashMap<Uuid, usize>>,
     open: AtomicUsize,
     per_address: Mutex<HashMap<IpAddr, AddressCount>>,
-    pub(super) seat_maps: Arc<SeatMaps>,
+    pub(in crate::http) seat_maps: Arc<SeatMaps>,
 }
 
 /// One address's connections that are not signed in.
@@ -42,7 +42,7 @@ struct AddressCount {
 }
 
 #[derive(Clone, Copy)]
-pub(super) enum AddressUse {
+pub(in crate::http) enum AddressUse {
     Waiting,
     Anonymous,
 }
@@ -57,7 +57,7 @@ impl AddressCount {
 }
 
 /// A connection's place among the instance's, given back when the connection ends.
-pub(super) struct OpenSlot(Arc<Sockets>);
+pub(in crate::http) struct OpenSlot(Arc<Sockets>);
 
 impl Drop for OpenSlot {
     fn drop(&mut self) {
@@ -66,7 +66,7 @@ impl Drop for OpenSlot {
 }
 
 /// A connection's place in its address's count, given back when it ends or signs in.
-pub(super) struct AddressSlot {
+pub(in crate::http) struct AddressSlot {
     sockets: Arc<Sockets>,
     ip: IpAddr,
     kind: AddressUse,
@@ -98,7 +98,7 @@ impl Sockets {
     }
 
     /// Takes one of the instance's connection places, if any is left.
-    pub(super) fn admit(self: &Arc<Self>) -> Option<OpenSlot> {
+    pub(in crate::http) fn admit(self: &Arc<Self>) -> Option<OpenSlot> {
         let max = self.config.max_connections;
         self.open
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |open| {
@@ -110,7 +110,7 @@ impl Sockets {
 
     /// Takes one of the address's places for a waiting or an anonymous connection, if any is
     /// left.
-    pub(super) fn claim_address(
+    pub(in crate::http) fn claim_address(
         self: &Arc<Self>,
         ip: IpAddr,
         kind: AddressUse,
@@ -155,7 +155,11 @@ impl Sockets {
 
     /// Takes one of the user's connection slots, if any is left: on this instance, and across
     /// instances when Redis can say.
-    pub(super) async fn claim(self: &Arc<Self>, bus: &Bus, user: Uuid) -> Option<UserSlot> {
+    pub(in crate::http) async fn claim(
+        self: &Arc<Self>,
+        bus: &Bus,
+        user: Uuid,
+    ) -> Option<UserSlot> {
         {
             let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
             let count = per_user.entry(user).or_default();
@@ -199,7 +203,7 @@ impl Sockets {
 }
 
 /// A signed-in connection's place in its user's count, given back when the connection ends.
-pub(super) struct UserSlot {
+pub(in crate::http) struct UserSlot {
     sockets: Arc<Sockets>,
     bus: Bus,
     pub(super) user: Uuid,
@@ -208,7 +212,7 @@ pub(super) struct UserSlot {
 }
 
 impl UserSlot {
-    pub(super) fn renew(&self) {
+    pub(in crate::http) fn renew(&self) {
         if self.held_in_redis {
             let lease = self.sockets.slot_lease();
             self.bus

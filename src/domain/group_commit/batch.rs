@@ -98,20 +98,6 @@ async fn write_batch(
     if event.venue_id.is_some() {
         return Err(anyhow::Error::new(SeatedEvent).into());
     }
-    // Keys booked for this event by a transaction that held the row before us: asked again
-    // now, so that retries racing each other across batches (a client retrying impatiently)
-    // are answered as replays instead of meeting at the insert.
-    let unknown: Vec<(Buyer, &BookingRequest)> = batch
-        .iter()
-        .filter(|(buyer, request)| {
-            request
-                .idempotency_key
-                .as_ref()
-                .is_some_and(|key| !known.contains_key(&(buyer.user_id, key.clone())))
-        })
-        .copied()
-        .collect();
-    known.extend(previous_bookings(conn, &unknown).await?);
     // Holds that have expired but are not swept yet must not refuse anyone: end them
     // now (their seats go to the waiting list first).
     let mut also = Changes::default();
@@ -188,12 +174,14 @@ async fn write_batch(
 
     let new = new_bookings(&outcomes);
     if !new.is_empty() {
-        // Only a transaction for another event can have used one of these keys since we
-        // looked (every one for this event locks its row): then fewer rows are inserted,
-        // and the batch is replayed one by one, which sorts it out.
+        // A key looked up before the event was locked may have been booked since, by a
+        // transaction that held the row before us (a client retrying impatiently, its
+        // retries in several batches): then fewer rows are inserted, and those requests are
+        // answered with that booking. Asking only then keeps the common case to one
+        // statement while the event is locked.
         let inserted = insert_bookings(conn, &new).await?;
         if inserted != new.len() {
-            return Err(anyhow::anyhow!("an idempotency key was used concurrently").into());
+            replay_keys_taken_meanwhile(conn, batch, &mut outcomes).await?;
         }
         // A caller that gave up while the batch was being written gets no booking, as late
         // as can be told. (One leaving during the COMMIT itself still books: the booking
@@ -341,6 +329,62 @@ async fn recheck_refused_keys(
             && let Some(booking) = found.get(&(buyer.user_id, key.clone()))
         {
             *outcome = replay(booking, request);
+        }
+    }
+    Ok(())
+}
+
+/// After an insert that skipped rows: the requests whose idempotency key another transaction
+/// booked since the batch looked (the insert skipped their rows) are answered with that
+/// booking, and so are the requests of the batch that replayed one of those skipped rows.
+/// Seats counted out for them were not taken, so a batch that refused someone for want of
+/// seats or over a per-user limit is replayed one by one instead, which gives each its exact
+/// answer.
+async fn replay_keys_taken_meanwhile(
+    conn: &mut AsyncPgConnection,
+    batch: &[(Buyer, &BookingRequest)],
+    outcomes: &mut [Outcome],
+) -> AppResult<()> {
+    let found = previous_bookings(conn, batch).await?;
+    // The rows the insert skipped: a booking of ours whose key is found under another id.
+    let skipped: HashSet<Uuid> = outcomes
+        .iter()
+        .filter_map(|outcome| match outcome {
+            Outcome::New(booking) => {
+                let key = (booking.user_id, booking.idempotency_key.clone()?);
+                let stored = found.get(&key)?;
+                (stored.id != booking.id).then_some(booking.id)
+            }
+            _ => None,
+        })
+        .collect();
+    if skipped.is_empty() {
+        // Not a key: only a key can make the insert skip a row.
+        return Err(anyhow::anyhow!("the batch's insert skipped rows without a key").into());
+    }
+    if outcomes.iter().any(|o| {
+        matches!(
+            o,
+            Outcome::Refused(AppError::SoldOut { .. } | AppError::BadUserInput { .. })
+        )
+    }) {
+        return Err(anyhow::anyhow!("an idempotency key was used concurrently").into());
+    }
+    for ((buyer, request), outcome) in batch.iter().zip(outcomes.iter_mut()) {
+        let ours = match outcome {
+            Outcome::New(booking) | Outcome::Replay(booking) => booking.id,
+            Outcome::Refused(_) => continue,
+        };
+        if !skipped.contains(&ours) {
+            continue;
+        }
+        let key = request
+            .idempotency_key
+            .clone()
+            .map(|key| (buyer.user_id, key));
+        match key.and_then(|key| found.get(&key)) {
+            Some(stored) => *outcome = replay(stored, request),
+            None => return Err(anyhow::anyhow!("a skipped booking without its key").into()),
         }
     }
     Ok(())

@@ -295,7 +295,7 @@ async fn a_failed_login_costs_the_same_whether_or_not_the_account_exists() {
 
     let mut known = Vec::new();
     let mut unknown = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..7 {
         for (email, times) in [("real@x.co", &mut known), ("nobody@x.co", &mut unknown)] {
             let started = std::time::Instant::now();
             let body = app.gql(None, LOGIN, login(email, "a-wrong-password")).await;
@@ -306,11 +306,12 @@ async fn a_failed_login_costs_the_same_whether_or_not_the_account_exists() {
     }
     known.sort();
     unknown.sort();
-    let (known, unknown) = (known[2].as_secs_f64(), unknown[2].as_secs_f64());
-    // Skipping the hash for unknown emails would make them tens of times faster.
+    let (known, unknown) = (known[3].as_secs_f64(), unknown[3].as_secs_f64());
+    // Skipping the hash for unknown emails would make them tens of times faster (a ratio under
+    // 0.1); the band is wide because a loaded 2-core machine makes single hashes vary twofold.
     let ratio = unknown / known;
     assert!(
-        (0.5..2.0).contains(&ratio),
+        (0.25..4.0).contains(&ratio),
         "median {unknown:.4} s for an unknown email, {known:.4} s for a wrong password"
     );
 }

@@ -130,7 +130,7 @@ async fn a_request_past_its_deadline_gets_a_timeout_code_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_websocket_operation_past_its_deadline_gets_a_timeout_code_and_changes_nothing() {
-    let app = TestApp::spawn_with(|c| c.graphql.timeout = Some(Duration::from_millis(300))).await;
+    let app = TestApp::spawn_with(|c| c.graphql.timeout = Some(Duration::from_millis(1000))).await;
     let organizer = app.user(Role::Organizer).await;
     let buyer = app.user(Role::User).await;
     let event_id = app.event(&organizer, 10).await;

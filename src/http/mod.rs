@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get};
 use axum::{Extension, Json, Router};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -56,14 +57,16 @@ struct HttpShared {
     fanout: Arc<fanout::Fanout>,
     cache: Arc<cache::ResponseCache>,
     event_streams: sse::EventStreams,
+    /// Cancelled when shutdown begins: `/readyz` answers 503 from then on.
+    draining: CancellationToken,
 }
 
 pub fn router(app: AppState) -> Router {
     let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
-    router_with(app, sockets)
+    router_with(app, sockets, CancellationToken::new())
 }
 
-fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
+fn router_with(app: AppState, sockets: Arc<ws::Sockets>, draining: CancellationToken) -> Router {
     let max_body_bytes = app.config.graphql.max_body_bytes;
     let cors = CorsLayer::new()
         .allow_origin(match &app.config.cors_allowed_origins {
@@ -93,6 +96,7 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
         app,
         sockets,
         event_streams: sse::EventStreams::default(),
+        draining,
     });
     // The request budget covers the API, not the probes or GraphiQL's static files.
     let api = Router::new()
@@ -520,7 +524,19 @@ async fn healthz() -> &'static str {
 /// load balancer on a Redis blip would turn a degradation into an outage. So is a Redis that
 /// answers while this instance's subscription does not (a half-open connection): other
 /// instances' changes do not reach its subscribers until it is replaced. `reason` says which.
+/// Once shutdown has begun it is `draining`, 503 at once, without asking anyone.
 async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.draining.is_cancelled() {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
     let postgres = tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&state.app.db))
         .await
         .is_ok_and(|r| r.is_ok());
@@ -549,29 +565,52 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     response
 }
 
-/// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish and
-/// closes every WebSocket with 1001 once its operations in flight are done (or the drain time
-/// is up).
+/// Serves until `shutdown` resolves, then drains: `/readyz` answers 503 at once while new
+/// requests are still served for `shutdown_drain` (the load balancer needs a few probes to
+/// notice), then the listener closes, requests in flight finish (bookings queued for a batch
+/// included: their callers are those requests), event streams end and every WebSocket closes
+/// with 1012 once its operations in flight are done. All of it within `shutdown_grace` of the
+/// signal; what is still running then is abandoned, and its open transactions roll back.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
-    let signalled = sockets.clone();
+    let draining = CancellationToken::new();
+    let (drain, grace) = (app.config.shutdown_drain, app.config.shutdown_grace);
+    let router = router_with(app, sockets.clone(), draining.clone());
+    let (signalled, drain_started) = (sockets.clone(), draining.clone());
     // The peer address is the client's identity for rate limits (see `security::client`).
-    axum::serve(
+    let server = axum::serve(
         listener,
-        router_with(app, sockets.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         shutdown.await;
+        drain_started.cancel();
+        tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
+        tokio::time::sleep(drain).await;
+        tracing::info!("no longer accepting connections");
         // Upgraded connections are not HTTP requests any more: tell them separately.
         signalled.begin_shutdown();
-    })
-    .await?;
-    sockets.shut_down().await;
-    Ok(())
+    });
+    let stopped = async {
+        server.await?;
+        sockets.shut_down().await;
+        Ok(())
+    };
+    let grace_over = async {
+        draining.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = stopped => result,
+        () = grace_over => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace over with work in flight");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

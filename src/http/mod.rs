@@ -1,14 +1,15 @@
 //! HTTP surface: GraphQL over POST and GET (see `graphql_over_http`), GraphiQL for browsers,
-//! subscriptions over WebSocket and Server-Sent Events (`sse`), probes.
+//! subscriptions over WebSocket and Server-Sent Events (`sse`), probes, and the graceful
+//! shutdown that drains them all (`shutdown`).
 
 pub mod cache;
 mod fanout;
 pub mod graphiql;
 mod graphql_over_http;
+mod shutdown;
 mod sse;
 pub mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ use crate::security::client::{ClientIp, client_ip};
 use crate::security::deadline::OverHttp;
 use crate::security::rate_limit::{Bucket, budget_key};
 use graphql_over_http::Answer;
+pub use shutdown::{serve, shutdown_signal};
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// Answers of the API load nothing and may not be framed (GraphiQL's page sets its own policy).
@@ -563,75 +565,4 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// Serves until `shutdown` resolves, then drains: `/readyz` answers 503 at once while new
-/// requests are still served for `shutdown_drain` (the load balancer needs a few probes to
-/// notice), then the listener closes, requests in flight finish (bookings queued for a batch
-/// included: their callers are those requests), event streams end and every WebSocket closes
-/// with 1012 once its operations in flight are done. All of it within `shutdown_grace` of the
-/// signal; what is still running then is abandoned, and its open transactions roll back.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
-    let draining = CancellationToken::new();
-    let (drain, grace) = (app.config.shutdown_drain, app.config.shutdown_grace);
-    let router = router_with(app, sockets.clone(), draining.clone());
-    let (signalled, drain_started) = (sockets.clone(), draining.clone());
-    // The peer address is the client's identity for rate limits (see `security::client`).
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        drain_started.cancel();
-        tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
-        tokio::time::sleep(drain).await;
-        tracing::info!("no longer accepting connections");
-        // Upgraded connections are not HTTP requests any more: tell them separately.
-        signalled.begin_shutdown();
-    });
-    let stopped = async {
-        server.await?;
-        sockets.shut_down().await;
-        Ok(())
-    };
-    let grace_over = async {
-        draining.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = stopped => result,
-        () = grace_over => {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace over with work in flight");
-            Ok(())
-        }
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
 }

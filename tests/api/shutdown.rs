@@ -155,3 +155,39 @@ async fn a_graphql_ws_client_reconnects_elsewhere_after_1012_and_sees_the_curren
     );
     stopped(&first).await;
 }
+
+#[tokio::test]
+async fn an_event_stream_ends_when_the_drain_is_over() {
+    let app = TestApp::spawn_with(|config| config.shutdown_drain = Duration::from_millis(50)).await;
+    let organizer = app.user(Role::Organizer).await;
+    let event_id = app.event(&organizer, 5).await;
+    let mut stream = app
+        .client
+        .post(format!("{}/graphql/stream", app.base_url))
+        .header("accept", "text/event-stream")
+        .json(&json!({ "query": SEATS, "variables": { "id": event_id } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut text = String::new();
+    while !text.contains("seatsAvailable") {
+        let chunk = stream.chunk().await.unwrap().expect("the stream is open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    app.shutdown.cancel();
+    // The body ends (rather than the server waiting on it until the grace is over).
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = stream.chunk().await.transpose() {
+            if chunk.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .expect("the stream ends");
+    assert!(ended, "the stream ends cleanly, not cut off");
+    stopped(&app).await;
+}

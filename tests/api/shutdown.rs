@@ -191,3 +191,29 @@ async fn an_event_stream_ends_when_the_drain_is_over() {
     assert!(ended, "the stream ends cleanly, not cut off");
     stopped(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_takes_no_longer_than_its_grace_even_with_work_stuck() {
+    let app = TestApp::spawn_with(|config| {
+        config.shutdown_grace = Duration::from_millis(300);
+    })
+    .await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event_id = app.event(&organizer, 5).await;
+    let blocker = app.hold_event_row(&event_id).await;
+    let booking = app.try_book(&buyer, &event_id, 2);
+    tokio::pin!(booking);
+    tokio::select! {
+        answer = &mut booking => panic!("the booking cannot finish while the row is held: {answer}"),
+        () = eventually(WAIT, || async {
+            (app.count(BOOKINGS_WAITING_FOR_A_LOCK).await > 0)
+                .then_some(())
+                .ok_or("the booking never reached the lock")
+        }) => {}
+    }
+    app.shutdown.cancel();
+    // The row is still held: only the grace can end the shutdown.
+    stopped(&app).await;
+    drop(blocker);
+}

@@ -103,6 +103,12 @@ pub struct Config {
     pub cors_allowed_origins: Option<Vec<String>>,
     pub graphql: GraphqlLimits,
     pub websocket: WebSocketConfig,
+    /// After SIGTERM, how long `/readyz` answers 503 while new HTTP work is still served, so
+    /// the load balancer notices before the listener closes (`SHUTDOWN_DRAIN_MS`, default 2000).
+    pub shutdown_drain: Duration,
+    /// The most a shutdown may take from the signal on, drain included; work still in flight
+    /// then is abandoned, and its transactions roll back (`SHUTDOWN_GRACE_MS`, default 30000).
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +304,12 @@ impl Config {
             cors_allowed_origins,
             graphql,
             websocket: WebSocketConfig::from_lookup(&lookup)?,
+            shutdown_drain: Duration::from_millis(parse_or(&lookup, "SHUTDOWN_DRAIN_MS", 2000u64)?),
+            shutdown_grace: Duration::from_millis(parse_or(
+                &lookup,
+                "SHUTDOWN_GRACE_MS",
+                30_000u64,
+            )?),
         })
     }
 

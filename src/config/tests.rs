@@ -226,3 +226,20 @@ fn previous_jwt_keys_and_proxies_are_checked() {
     assert_eq!(proxies.trusted_proxies.len(), 2);
     assert!(config(&[db, ("TRUSTED_PROXIES", "10.0.0.0/8")]).is_err());
 }
+
+#[test]
+fn shutdown_drain_and_grace_are_milliseconds_with_defaults() {
+    let db = ("DATABASE_URL", "postgres://db/x");
+    let defaults = config(&[db]).unwrap();
+    assert_eq!(defaults.shutdown_drain, Duration::from_secs(2));
+    assert_eq!(defaults.shutdown_grace, Duration::from_secs(30));
+    let set = config(&[
+        db,
+        ("SHUTDOWN_DRAIN_MS", "0"),
+        ("SHUTDOWN_GRACE_MS", "5000"),
+    ])
+    .unwrap();
+    assert_eq!(set.shutdown_drain, Duration::ZERO);
+    assert_eq!(set.shutdown_grace, Duration::from_secs(5));
+    assert!(config(&[db, ("SHUTDOWN_DRAIN_MS", "soon")]).is_err());
+}

@@ -1,14 +1,15 @@
 //! HTTP surface: GraphQL over POST and GET (see `graphql_over_http`), GraphiQL for browsers,
-//! subscriptions over WebSocket and Server-Sent Events (`sse`), probes.
+//! subscriptions over WebSocket and Server-Sent Events (`sse`), probes, and the graceful
+//! shutdown that drains them all (`shutdown`).
 
 pub mod cache;
 mod fanout;
 pub mod graphiql;
 mod graphql_over_http;
+mod shutdown;
 mod sse;
 pub mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get};
 use axum::{Extension, Json, Router};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -40,6 +42,7 @@ use crate::security::client::{ClientIp, client_ip};
 use crate::security::deadline::OverHttp;
 use crate::security::rate_limit::{Bucket, budget_key};
 use graphql_over_http::Answer;
+pub use shutdown::{serve, shutdown_signal};
 
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 /// Answers of the API load nothing and may not be framed (GraphiQL's page sets its own policy).
@@ -56,14 +59,16 @@ struct HttpShared {
     fanout: Arc<fanout::Fanout>,
     cache: Arc<cache::ResponseCache>,
     event_streams: sse::EventStreams,
+    /// Cancelled when shutdown begins: `/readyz` answers 503 from then on.
+    draining: CancellationToken,
 }
 
 pub fn router(app: AppState) -> Router {
     let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
-    router_with(app, sockets)
+    router_with(app, sockets, CancellationToken::new())
 }
 
-fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
+fn router_with(app: AppState, sockets: Arc<ws::Sockets>, draining: CancellationToken) -> Router {
     let max_body_bytes = app.config.graphql.max_body_bytes;
     let cors = CorsLayer::new()
         .allow_origin(match &app.config.cors_allowed_origins {
@@ -93,6 +98,7 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
         app,
         sockets,
         event_streams: sse::EventStreams::default(),
+        draining,
     });
     // The request budget covers the API, not the probes or GraphiQL's static files.
     let api = Router::new()
@@ -520,7 +526,19 @@ async fn healthz() -> &'static str {
 /// load balancer on a Redis blip would turn a degradation into an outage. So is a Redis that
 /// answers while this instance's subscription does not (a half-open connection): other
 /// instances' changes do not reach its subscribers until it is replaced. `reason` says which.
+/// Once shutdown has begun it is `draining`, 503 at once, without asking anyone.
 async fn readyz(State(state): State<HttpState>) -> Response {
+    if state.draining.is_cancelled() {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return response;
+    }
     let postgres = tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&state.app.db))
         .await
         .is_ok_and(|r| r.is_ok());
@@ -547,52 +565,4 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// Serves until `shutdown` resolves, then stops accepting, lets requests in flight finish and
-/// closes every WebSocket with 1001 once its operations in flight are done (or the drain time
-/// is up).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
-    let signalled = sockets.clone();
-    // The peer address is the client's identity for rate limits (see `security::client`).
-    axum::serve(
-        listener,
-        router_with(app, sockets.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.await;
-        // Upgraded connections are not HTTP requests any more: tell them separately.
-        signalled.begin_shutdown();
-    })
-    .await?;
-    sockets.shut_down().await;
-    Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
 }

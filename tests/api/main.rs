@@ -20,6 +20,7 @@ mod sale_rules;
 mod schema;
 mod seats;
 mod security;
+mod shutdown;
 mod sse;
 mod support;
 mod ticketing;

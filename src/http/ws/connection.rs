@@ -139,7 +139,7 @@ impl Connection {
                     drain.as_mut().reset(Instant::now() + self.config.shutdown_drain);
                 }
                 () = &mut drain, if self.draining => {
-                    return stop(close::GOING_AWAY, "server shutting down");
+                    return stop(close::SERVICE_RESTART, "server restarting");
                 }
                 () = &mut init_timeout, if !self.init_received => {
                     return stop(close::INIT_TIMEOUT, "Connection initialisation timeout");
@@ -190,7 +190,7 @@ impl Connection {
                         return stop;
                     }
                     if self.draining && self.operations.is_empty() {
-                        return stop(close::GOING_AWAY, "server shutting down");
+                        return stop(close::SERVICE_RESTART, "server restarting");
                     }
                 }
             }
@@ -206,7 +206,7 @@ impl Connection {
         }
         self.operations
             .is_empty()
-            .then(|| stop(close::GOING_AWAY, "server shutting down"))
+            .then(|| stop(close::SERVICE_RESTART, "server restarting"))
     }
 
     async fn on_text(&mut self, socket: &mut WebSocket, text: &str) -> Result<(), Stop> {

@@ -14,7 +14,9 @@ pub(super) const LEGACY_WS: &str = "graphql-ws";
 /// Close codes of graphql-transport-ws, and the standard ones used here.
 pub mod close {
     pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
+    /// Sent on shutdown: "service restart", i.e. try again shortly. graphql-ws clients do, and
+    /// the load balancer sends them to another instance.
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INVALID_MESSAGE: u16 = 4400;
     pub const UNAUTHORIZED: u16 = 4401;

@@ -135,7 +135,7 @@ impl Sockets {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Asks every connection to finish its operations in flight and close with 1001.
+    /// Asks every connection to finish its operations in flight and close with 1012 (service restart).
     pub fn begin_shutdown(&self) {
         self.shutdown.cancel();
     }

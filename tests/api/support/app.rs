@@ -50,6 +50,8 @@ pub fn test_config(database_url: &str, redis: Option<(&str, &str)>) -> Config {
     // Tests sign in hundreds of users from 127.0.0.1; the limits stay on (so their code runs)
     // but out of reach. Rate-limit tests set strict ones with `TestApp::spawn_with`.
     let generous = RateLimit::per(1_000_000, 60);
+    // Shutdown tests that watch the drain set one; the others stop at once.
+    config.shutdown_drain = std::time::Duration::ZERO;
     config.rate_limits = RateLimits {
         login: generous,
         register: generous,

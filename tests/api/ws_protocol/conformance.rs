@@ -271,7 +271,7 @@ async fn a_document_that_fails_validation_gets_an_error_message() {
 }
 
 #[tokio::test]
-async fn graceful_shutdown_closes_sockets_with_1001() {
+async fn graceful_shutdown_closes_sockets_with_1012() {
     let app = TestApp::spawn_without_redis().await;
     let organizer = app.user(Role::Organizer).await;
     let event_id = app.event(&organizer, 5).await;
@@ -283,11 +283,8 @@ async fn graceful_shutdown_closes_sockets_with_1001() {
     let mut idle = acked(&app, json!({})).await;
 
     app.shutdown.cancel();
-    assert_eq!(
-        watcher.closed().await,
-        (1001, "server shutting down".into())
-    );
-    assert_eq!(idle.closed().await, (1001, "server shutting down".into()));
+    assert_eq!(watcher.closed().await, (1012, "server restarting".into()));
+    assert_eq!(idle.closed().await, (1012, "server restarting".into()));
     let server = app.server.lock().unwrap().take().unwrap();
     tokio::time::timeout(WAIT, server)
         .await
@@ -353,6 +350,6 @@ async fn shutdown_lets_an_operation_in_flight_finish_before_closing() {
         client.next_raw().await,
         json!({ "id": "book", "type": "complete" })
     );
-    assert_eq!(client.closed().await, (1001, "server shutting down".into()));
+    assert_eq!(client.closed().await, (1012, "server restarting".into()));
     assert_eq!(app.count("bookings").await, 1);
 }

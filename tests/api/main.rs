@@ -23,5 +23,6 @@ mod security;
 mod sse;
 mod support;
 mod ticketing;
+mod total_count;
 mod websocket;
 mod ws_protocol;

@@ -256,6 +256,19 @@ pub async fn event_bookings(
     list_newest_first(conn, query, page).await
 }
 
+/// How many bookings the user has: [`user_bookings`] across all its pages.
+pub async fn count_user_bookings(conn: &mut AsyncPgConnection, user_id: Uuid) -> AppResult<i64> {
+    let query = bookings::table.filter(bookings::user_id.eq(user_id));
+    Ok(query.count().get_result(conn).await?)
+}
+
+/// How many bookings the event has: [`event_bookings`] across all its pages. Whoever asks has
+/// been let see them by `event_bookings`.
+pub async fn count_event_bookings(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<i64> {
+    let query = bookings::table.filter(bookings::event_id.eq(event_id));
+    Ok(query.count().get_result(conn).await?)
+}
+
 async fn list_newest_first(
     conn: &mut AsyncPgConnection,
     query: bookings::BoxedQuery<'_, diesel::pg::Pg>,

@@ -254,19 +254,33 @@ pub async fn user_holds(
     all: bool,
     page: PageRequest,
 ) -> AppResult<Page<Hold>> {
-    let mut query = holds::table.filter(holds::user_id.eq(user_id)).into_boxed();
-    if !all {
-        query = query
-            .filter(holds::status.eq(HoldStatus::Held))
-            .filter(holds::expires_at.gt(diesel::dsl::now));
-    }
-    let query = query.select(Hold::as_select());
+    let query = user_holds_matching(user_id, all).select(Hold::as_select());
     Ok(load_page!(
         conn,
         query,
         page,
         newest_first(holds::created_at, holds::id)
     ))
+}
+
+/// How many holds [`user_holds`] lists across all its pages.
+pub async fn count_user_holds(
+    conn: &mut AsyncPgConnection,
+    user_id: Uuid,
+    all: bool,
+) -> AppResult<i64> {
+    let query = user_holds_matching(user_id, all);
+    Ok(query.count().get_result(conn).await?)
+}
+
+fn user_holds_matching<'a>(user_id: Uuid, all: bool) -> holds::BoxedQuery<'a, diesel::pg::Pg> {
+    let mut query = holds::table.filter(holds::user_id.eq(user_id)).into_boxed();
+    if !all {
+        query = query
+            .filter(holds::status.eq(HoldStatus::Held))
+            .filter(holds::expires_at.gt(diesel::dsl::now));
+    }
+    query
 }
 
 /// The hold, for its owner or an admin.

@@ -266,3 +266,8 @@ pub async fn list_venues(
         has_next_page: page.has_next_page,
     })
 }
+
+/// How many venues [`list_venues`] lists across all its pages.
+pub async fn count_venues(conn: &mut AsyncPgConnection) -> AppResult<i64> {
+    Ok(venues::table.count().get_result(conn).await?)
+}

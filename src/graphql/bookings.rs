@@ -7,7 +7,7 @@ use async_graphql::{Context, Enum, ID, InputObject, Object};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::connections::{connection, page_complexity};
+use super::connections::{TotalCount, connection, page_complexity};
 use super::context::{ContextExt, require_viewer, token_claims, viewer};
 use super::events::{EventView, load_event};
 use super::ids::{parse_id, parse_ids, to_id};
@@ -109,12 +109,15 @@ impl BookingQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, BookingView>> {
+    ) -> async_graphql::Result<Connection<String, BookingView, TotalCount>> {
         let viewer = &require_viewer(ctx).await?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = bookings::user_bookings(&mut conn, viewer.id(), page).await?;
-        Ok(connection(rows, &page, BookingView))
+        let user_id = viewer.id();
+        let total_count =
+            TotalCount::new(move |conn| Box::pin(bookings::count_user_bookings(conn, user_id)));
+        Ok(connection(rows, &page, BookingView, total_count))
     }
 
     /// An event's bookings, newest first: for its organizer and admins.
@@ -125,13 +128,15 @@ impl BookingQuery {
         event_id: ID,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, BookingView>> {
+    ) -> async_graphql::Result<Connection<String, BookingView, TotalCount>> {
         let viewer = &require_viewer(ctx).await?;
         let event_id = parse_id(&event_id, "eventId")?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = bookings::event_bookings(&mut conn, viewer, event_id, page).await?;
-        Ok(connection(rows, &page, BookingView))
+        let total_count =
+            TotalCount::new(move |conn| Box::pin(bookings::count_event_bookings(conn, event_id)));
+        Ok(connection(rows, &page, BookingView, total_count))
     }
 }
 

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, stream};
 use uuid::Uuid;
 
-use super::connections::{connection, page_complexity};
+use super::connections::{TotalCount, connection, page_complexity};
 use super::context::{ContextExt, require_viewer, viewer};
 use super::ids::{parse_id, to_id};
 use super::loaders::{EventLoader, VenueLoader};
@@ -295,7 +295,7 @@ impl EventQuery {
         filter: Option<EventFilter>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, EventView>> {
+    ) -> async_graphql::Result<Connection<String, EventView, TotalCount>> {
         let page = PageRequest::new(first, after.as_deref())?;
         let filter = filter.unwrap_or_default();
         let filter = events::EventFilter {
@@ -315,7 +315,11 @@ impl EventQuery {
         };
         let mut conn = ctx.app().conn().await?;
         let rows = events::list_events(&mut conn, viewer.as_ref(), &filter, page).await?;
-        Ok(connection(rows, &page, EventView))
+        let total_count = TotalCount::new(move |conn| {
+            let (viewer, filter) = (viewer.clone(), filter.clone());
+            Box::pin(async move { events::count_events(conn, viewer.as_ref(), &filter).await })
+        });
+        Ok(connection(rows, &page, EventView, total_count))
     }
 
     /// Null when there is no such event, or when it is a draft of someone else.

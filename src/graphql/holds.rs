@@ -7,7 +7,7 @@ use async_graphql::{Context, Enum, ID, InputObject, Object};
 use chrono::{DateTime, Utc};
 
 use super::bookings::{BookingView, load_booking};
-use super::connections::{connection, page_complexity};
+use super::connections::{TotalCount, connection, page_complexity};
 use super::context::{ContextExt, require_viewer};
 use super::events::{EventView, load_event};
 use super::ids::{parse_id, parse_ids, to_id};
@@ -104,12 +104,15 @@ impl HoldQuery {
         #[graphql(default = false)] all: bool,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, HoldView>> {
+    ) -> async_graphql::Result<Connection<String, HoldView, TotalCount>> {
         let viewer = require_viewer(ctx).await?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = holds::user_holds(&mut conn, viewer.id(), all, page).await?;
-        Ok(connection(rows, &page, HoldView))
+        let user_id = viewer.id();
+        let total_count =
+            TotalCount::new(move |conn| Box::pin(holds::count_user_holds(conn, user_id, all)));
+        Ok(connection(rows, &page, HoldView, total_count))
     }
 
     /// One of the signed-in user's holds (any user's, for an admin).

@@ -5,7 +5,7 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, InputObject, Object};
 use chrono::{DateTime, Utc};
 
-use super::connections::{connection, page_complexity};
+use super::connections::{TotalCount, connection, page_complexity};
 use super::context::{ContextExt, require_viewer};
 use super::ids::{parse_id, to_id};
 use crate::domain::pagination::PageRequest;
@@ -99,11 +99,12 @@ impl VenueQuery {
         ctx: &Context<'_>,
         first: Option<i32>,
         after: Option<String>,
-    ) -> async_graphql::Result<Connection<String, VenueView>> {
+    ) -> async_graphql::Result<Connection<String, VenueView, TotalCount>> {
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
         let rows = venues::list_venues(&mut conn, page).await?;
-        Ok(connection(rows, &page, VenueView))
+        let total_count = TotalCount::new(|conn| Box::pin(venues::count_venues(conn)));
+        Ok(connection(rows, &page, VenueView, total_count))
     }
 }
 

@@ -24,5 +24,6 @@ mod shutdown;
 mod sse;
 mod support;
 mod ticketing;
+mod total_count;
 mod websocket;
 mod ws_protocol;

@@ -45,6 +45,36 @@ pub async fn list_events(
     filter: &EventFilter,
     page: PageRequest,
 ) -> AppResult<Page<Event>> {
+    let Some(query) = matching_events(viewer, filter)? else {
+        return Ok(page.finish(Vec::new()));
+    };
+    let query = query.select(Event::as_select());
+    Ok(load_page!(
+        conn,
+        query,
+        page,
+        oldest_first(events::starts_at, events::id)
+    ))
+}
+
+/// How many events [`list_events`] lists across all its pages.
+pub async fn count_events(
+    conn: &mut AsyncPgConnection,
+    viewer: Option<&Viewer>,
+    filter: &EventFilter,
+) -> AppResult<i64> {
+    let Some(query) = matching_events(viewer, filter)? else {
+        return Ok(0);
+    };
+    Ok(query.count().get_result(conn).await?)
+}
+
+/// The events a listing shows, in no order; `None` when it can show none (drafts to an
+/// anonymous caller).
+fn matching_events<'a>(
+    viewer: Option<&Viewer>,
+    filter: &EventFilter,
+) -> AppResult<Option<events::BoxedQuery<'a, diesel::pg::Pg>>> {
     for (field, value) in [("category", &filter.category), ("search", &filter.search)] {
         if let Some(value) = value {
             // Longer than any title, venue or category: a huge pattern only makes the scan slow.
@@ -58,13 +88,10 @@ pub async fn list_events(
         }
     }
     let status = filter.status.unwrap_or(EventStatus::Published);
-    let mut query = events::table
-        .select(Event::as_select())
-        .filter(events::status.eq(status))
-        .into_boxed();
+    let mut query = events::table.filter(events::status.eq(status)).into_boxed();
     if status == EventStatus::Draft {
         match viewer {
-            None => return Ok(page.finish(Vec::new())),
+            None => return Ok(None),
             Some(viewer) if viewer.is_admin() => {}
             Some(viewer) => query = query.filter(events::organizer_id.eq(viewer.id())),
         }
@@ -103,12 +130,7 @@ pub async fn list_events(
     if let Some(before) = filter.starts_before {
         query = query.filter(events::starts_at.lt(before));
     }
-    Ok(load_page!(
-        conn,
-        query,
-        page,
-        oldest_first(events::starts_at, events::id)
-    ))
+    Ok(Some(query))
 }
 
 pub async fn events_by_id(

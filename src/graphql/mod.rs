@@ -83,7 +83,8 @@ pub fn build_schema(state: AppState) -> EventlySchema {
             parsed: Default::default(),
         })
         .extension(state.persisted_queries.clone())
-        .extension(WebSocketBudget);
+        .extension(WebSocketBudget)
+        .extension(crate::telemetry::metrics::OperationMetrics);
     if let Some(timeout) = limits.timeout {
         builder = builder.extension(OperationDeadline(timeout));
     }

@@ -68,6 +68,8 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
         Subscription::default(),
     )
     .extension(ErrorCodes)
+    // Outside the document cache (`DocumentLimits`), so it sees every document parsed.
+    .extension(crate::telemetry::metrics::OperationMetrics)
 }
 
 /// The served schema, with the limits of `config.graphql` (README, "Security model").
@@ -83,8 +85,7 @@ pub fn build_schema(state: AppState) -> EventlySchema {
             parsed: Default::default(),
         })
         .extension(state.persisted_queries.clone())
-        .extension(WebSocketBudget)
-        .extension(crate::telemetry::metrics::OperationMetrics);
+        .extension(WebSocketBudget);
     if let Some(timeout) = limits.timeout {
         builder = builder.extension(OperationDeadline(timeout));
     }

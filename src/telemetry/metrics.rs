@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextRequest,
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest, NextRequest,
+    NextValidation,
 };
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationType, Selection,
 };
-use async_graphql::{Response, ServerResult, Variables};
+use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Variables};
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
 use axum::middleware::Next;
@@ -224,6 +225,8 @@ impl ExtensionFactory for OperationMetrics {
 struct OperationRecord {
     /// Each operation of the parsed document: its name, type and first root field.
     parsed: Mutex<Vec<(Option<String>, &'static str, String)>>,
+    /// The operation the request asked for by name.
+    operation_name: Mutex<Option<String>>,
     /// The one executed, set only once the document validated.
     executed: Mutex<Option<(&'static str, String)>>,
 }
@@ -304,22 +307,44 @@ impl Extension for OperationRecord {
         Ok(document)
     }
 
-    async fn execute(
+    async fn prepare_request(
         &self,
         ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> Response {
+        request: async_graphql::Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<async_graphql::Request> {
+        let request = next.run(ctx, request).await?;
+        *self
+            .operation_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = request.operation_name.clone();
+        Ok(request)
+    }
+
+    // Set once the document validated (an extension may answer before execution begins, as
+    // the onsale path's sold-out hint does).
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let validated = next.run(ctx).await?;
+        let operation_name = self
+            .operation_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let chosen = {
             let parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
             parsed
                 .iter()
-                .find(|(name, _, _)| name.is_none() || name.as_deref() == operation_name)
-                .or(parsed.first().filter(|_| operation_name.is_none()))
+                .find(|(name, _, _)| name.is_none() || *name == operation_name)
+                // Unasked, the document's only operation is the one executed.
+                .or(parsed.first().filter(|_| parsed.len() == 1))
                 .map(|(_, ty, field)| (*ty, field.clone()))
         };
         *self.executed.lock().unwrap_or_else(|p| p.into_inner()) = chosen;
-        next.run(ctx, operation_name).await
+        Ok(validated)
     }
 }
 

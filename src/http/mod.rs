@@ -119,7 +119,7 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>) -> Router {
         .route("/graphiql/{file}", get(graphiql::graphiql_asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(crate::telemetry::metrics::router(state.app.clone()))
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .with_state(state)
         .layer(middleware::from_fn(crate::telemetry::metrics::track_http))
@@ -515,23 +515,6 @@ fn init_token(payload: &serde_json::Value) -> Option<String> {
 
 async fn healthz() -> &'static str {
     "ok"
-}
-
-/// Prometheus's text exposition of this process's metrics (`telemetry::metrics`).
-async fn metrics(State(state): State<HttpState>) -> Response {
-    crate::telemetry::metrics::observe_pool(&state.app.db);
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.app.metrics.render(),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 /// Ready when PostgreSQL answers. Redis down is `degraded`, still 200: bookings stay correct

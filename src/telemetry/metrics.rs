@@ -20,11 +20,13 @@ use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationType, Selection,
 };
 use async_graphql::{Response, ServerError, ServerResult, ValidationResult, Variables};
-use axum::extract::{MatchedPath, Request};
-use axum::http::Method;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, header};
 use axum::middleware::Next;
+use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::app::AppState;
 use crate::db::DbPool;
 
 /// Latency buckets in seconds: a booking under load takes a few milliseconds, a slow page seconds.
@@ -190,8 +192,32 @@ fn method_label(method: &Method) -> &'static str {
     .map_or("other", |known| known.as_str())
 }
 
+/// `GET /metrics`, outside the API's request budget like the other probes.
+pub fn router<S>(app: AppState) -> axum::Router<S> {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(exposition))
+        .with_state(app)
+}
+
+/// Prometheus's text exposition of this process's metrics, with the pool's gauges as they
+/// are now.
+async fn exposition(State(app): State<AppState>) -> axum::response::Response {
+    observe_pool(&app.db);
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
 /// The PostgreSQL pool as it is when scraped.
-pub fn observe_pool(db: &DbPool) {
+fn observe_pool(db: &DbPool) {
     let state = db.state();
     let open = f64::from(state.connections);
     let idle = f64::from(state.idle_connections);

@@ -112,6 +112,10 @@ fn describe() {
         Unit::Seconds,
         "Time one onsale batch took to commit"
     );
+    describe_counter!(
+        "evently_rate_limit_refusals_total",
+        "Requests refused by a rate limit, by bucket"
+    );
     describe_gauge!(
         "evently_db_pool_connections",
         "PostgreSQL pool connections, by state (open, idle, in_use), when scraped"

@@ -81,6 +81,27 @@ async fn an_invalid_document_is_counted_as_other_with_its_code() {
     assert!(!text.contains("noSuchField9d41"), "{text}");
 }
 
+#[tokio::test]
+async fn rate_limit_refusals_are_counted_by_bucket() {
+    let app = TestApp::spawn_with(|config| {
+        config.rate_limits.booking = evently::config::RateLimit::per(1, 60);
+    })
+    .await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event = app.event(&organizer, 10).await;
+    app.book(&buyer, &event, 1).await;
+    let refused = app.try_book(&buyer, &event, 1).await;
+    assert_eq!(error_code(&refused), "RATE_LIMITED");
+    let text = exposition(&app.base_url).await;
+    for series in [
+        r#"evently_rate_limit_refusals_total{bucket="booking"}"#,
+        r#"evently_bookings_refused_total{code="RATE_LIMITED"}"#,
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+}
+
 /// Where Debian's `prometheus` package puts its binaries, if it is installed.
 fn prometheus_binaries() -> Option<(PathBuf, PathBuf)> {
     let dir = std::env::var_os("PROMETHEUS_BIN_DIR")

@@ -116,6 +116,14 @@ fn describe() {
         "evently_rate_limit_refusals_total",
         "Requests refused by a rate limit, by bucket"
     );
+    describe_counter!(
+        "evently_sweeper_runs_total",
+        "Sweeper rounds (expired holds, ended events, waiting lists owed seats), by outcome"
+    );
+    describe_counter!(
+        "evently_sweeper_events_swept_total",
+        "Events the sweeper changed"
+    );
     describe_gauge!(
         "evently_db_pool_connections",
         "PostgreSQL pool connections, by state (open, idle, in_use), when scraped"

@@ -102,6 +102,20 @@ async fn rate_limit_refusals_are_counted_by_bucket() {
     }
 }
 
+#[tokio::test]
+async fn sweeper_rounds_are_counted() {
+    let app = TestApp::spawn_with(|config| {
+        config.sweep_interval = Duration::from_millis(50);
+    })
+    .await;
+    eventually(crate::support::WAIT, || async {
+        exposition(&app.base_url)
+            .await
+            .contains(r#"evently_sweeper_runs_total{outcome="ok"}"#)
+    })
+    .await;
+}
+
 /// Where Debian's `prometheus` package puts its binaries, if it is installed.
 fn prometheus_binaries() -> Option<(PathBuf, PathBuf)> {
     let dir = std::env::var_os("PROMETHEUS_BIN_DIR")

@@ -125,6 +125,10 @@ fn describe() {
         "Events the sweeper changed"
     );
     describe_gauge!(
+        "evently_live_connections",
+        "Open WebSocket and Server-Sent Events connections"
+    );
+    describe_gauge!(
         "evently_db_pool_connections",
         "PostgreSQL pool connections, by state (open, idle, in_use), when scraped"
     );

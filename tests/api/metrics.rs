@@ -116,6 +116,24 @@ async fn sweeper_rounds_are_counted() {
     .await;
 }
 
+/// The gauge of one process's connections, from its exposition.
+fn live_connections(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("evently_live_connections "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn open_websockets_are_a_gauge() {
+    let app = TestApp::spawn().await;
+    let _socket = app.connect_ws(json!({})).await;
+    let open = eventually(crate::support::WAIT, || async {
+        live_connections(&exposition(&app.base_url).await).filter(|open| *open >= 1.0)
+    })
+    .await;
+    assert!(open >= 1.0);
+}
+
 /// Where Debian's `prometheus` package puts its binaries, if it is installed.
 fn prometheus_binaries() -> Option<(PathBuf, PathBuf)> {
     let dir = std::env::var_os("PROMETHEUS_BIN_DIR")

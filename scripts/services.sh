@@ -72,6 +72,17 @@ ensure_chromium() {
     apt_install chromium
 }
 
+# Prometheus scrapes a test server and promtool checks its exposition (tests/api/metrics.rs).
+ensure_prometheus() {
+    if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
+        return
+    fi
+    echo "==> installing Prometheus (for the /metrics test)"
+    apt_install prometheus
+    # The package starts a system Prometheus on :9090; the test runs its own on a free port.
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+}
+
 # Node runs the reference graphql-ws client test (tests/js).
 ensure_node() {
     if command -v node >/dev/null && command -v npm >/dev/null; then

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real PostgreSQL and Redis (started or installed if
-# missing), a real headless Chromium for the GraphiQL test and Node for the reference
-# graphql-ws client test.
+# missing), a real headless Chromium for the GraphiQL test, Node for the reference
+# graphql-ws client test and Prometheus for the /metrics test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_chromium
 ensure_node
+ensure_prometheus
 # The reference client's exact versions, from tests/js/package-lock.json.
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error >/dev/null
 

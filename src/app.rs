@@ -26,6 +26,8 @@ pub struct App {
     pub onsale: BookingQueue,
     pub rate_limiter: RateLimiter,
     pub persisted_queries: PersistedQueries,
+    /// The process's metrics recorder, which `/metrics` renders (see `telemetry::metrics`).
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 #[derive(Clone)]
@@ -82,6 +84,7 @@ impl App {
             None => None,
         };
         let state = AppState(Arc::new(App {
+            metrics: crate::telemetry::metrics::handle(),
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
             onsale: BookingQueue::new(

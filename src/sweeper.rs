@@ -29,8 +29,15 @@ async fn run(app: Weak<App>) {
     loop {
         ticks.tick().await;
         let Some(app) = app.upgrade() else { return };
-        if let Err(error) = sweep(&app).await {
-            tracing::warn!(error = %error.message(), "sweeping expired holds failed");
+        match sweep(&app).await {
+            Ok(swept) => {
+                metrics::counter!("evently_sweeper_runs_total", "outcome" => "ok").increment(1);
+                metrics::counter!("evently_sweeper_events_swept_total").increment(swept as u64);
+            }
+            Err(error) => {
+                metrics::counter!("evently_sweeper_runs_total", "outcome" => "error").increment(1);
+                tracing::warn!(error = %error.message(), "sweeping expired holds failed");
+            }
         }
     }
 }

@@ -1,4 +1,6 @@
-//! Logging, set up once at start-up from [`TelemetryConfig`].
+//! Logging, set up once at start-up from [`TelemetryConfig`], and Prometheus metrics ([`metrics`]).
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -165,20 +165,23 @@ impl BookingMutation {
         // separate database read. After a sell-out most requests are refusals, and a signed
         // token is enough to refuse: a refusal changes nothing.
         let claims = token_claims(ctx)?.ok_or(AppError::Unauthenticated("sign in to do this"))?;
-        if app.onsale.refuses(claims.sub, &request) {
-            return Err(AppError::SoldOut { seats_available: 0 }.into());
+        let booked = async {
+            if app.onsale.refuses(claims.sub, &request) {
+                return Err(AppError::SoldOut { seats_available: 0 });
+            }
+            let limit = app.config.rate_limits.booking;
+            app.rate_limiter
+                .check(Bucket::Booking, limit, &claims.sub.to_string())
+                .await?;
+            let buyer = Buyer {
+                user_id: claims.sub,
+                session_id: claims.sid,
+            };
+            app.onsale.book(buyer, request).await
         }
-        let limit = app.config.rate_limits.booking;
-        app.rate_limiter
-            .check(Bucket::Booking, limit, &claims.sub.to_string())
-            .await
-            .map_err(AppError::from)?;
-        let buyer = Buyer {
-            user_id: claims.sub,
-            session_id: claims.sid,
-        };
-        let booked = app.onsale.book(buyer, request).await?;
-        Ok(BookingView(app.commit(booked)))
+        .await;
+        crate::telemetry::metrics::record_booking(&booked);
+        Ok(BookingView(app.commit(booked?)))
     }
 
     /// The booking's owner or an admin. Cancelling again returns the cancelled booking.

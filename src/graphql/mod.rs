@@ -68,6 +68,8 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
         Subscription::default(),
     )
     .extension(ErrorCodes)
+    // Outside the document cache (`DocumentLimits`), so it sees every document parsed.
+    .extension(crate::telemetry::metrics::OperationMetrics)
 }
 
 /// The served schema, with the limits of `config.graphql` (README, "Security model").

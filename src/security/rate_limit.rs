@@ -143,6 +143,8 @@ impl RateLimiter {
             Ok(())
         } else {
             tracing::debug!(bucket = bucket.name(), client, wait_ms, "rate limited");
+            metrics::counter!("evently_rate_limit_refusals_total", "bucket" => bucket.name())
+                .increment(1);
             Err(Limited {
                 retry_after_secs: wait_ms.div_ceil(1000).max(1),
             })

@@ -12,6 +12,7 @@ mod journey;
 mod lifecycle;
 mod live;
 mod login;
+mod metrics;
 mod onsale;
 mod readme_clients;
 mod reference_client;

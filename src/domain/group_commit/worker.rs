@@ -89,6 +89,9 @@ async fn commit_batch(
     let error = match outcome {
         Ok((results, event, also)) => {
             inner.record_batch(jobs.len());
+            metrics::histogram!("evently_group_commit_batch_size").record(jobs.len() as f64);
+            metrics::histogram!("evently_group_commit_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
             if let Some(event) = &event {
                 let announcer = &inner.announcer;
                 inner.sold_out.note(event, |id| announcer.seat_versions(id));

@@ -62,6 +62,7 @@ pub(in crate::http) struct OpenSlot(Arc<Sockets>);
 impl Drop for OpenSlot {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!("evently_live_connections").decrement(1);
     }
 }
 
@@ -105,6 +106,7 @@ impl Sockets {
                 (open < max).then_some(open + 1)
             })
             .ok()?;
+        metrics::gauge!("evently_live_connections").increment(1);
         Some(OpenSlot(self.clone()))
     }
 

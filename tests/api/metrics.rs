@@ -1,0 +1,345 @@
+//! `/metrics`: what an operator's Prometheus sees. The in-process tests read the exposition of
+//! the test process, whose recorder every test's server shares, so they check for series, not
+//! values. The real-Prometheus test runs the `evently` binary in a process of its own, where the
+//! counts are exactly what the test caused, and lets a real Prometheus scrape it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use evently::app::App;
+use evently::db::models::Role;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::app::{signed_in_user, test_config};
+use crate::support::operations::CREATE_EVENT;
+use crate::support::{BOOK, TEST_JWT_SECRET, TestApp, error_code, eventually, fresh_database};
+
+/// A cold Prometheus on a busy two-core machine: start-up, a first scrape, a query.
+const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
+
+async fn exposition(base_url: &str) -> String {
+    let response = reqwest::get(format!("{base_url}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_matched_route_and_operations_by_root_field_and_code() {
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event = app.event(&organizer, 1).await;
+    app.book(&buyer, &event, 1).await;
+    let refused = app.try_book(&buyer, &event, 1).await;
+    assert_eq!(error_code(&refused), "SOLD_OUT");
+    // A client's own names and paths never become labels.
+    app.gql(None, "query Probe1f3a { __typename }", json!({}))
+        .await;
+    assert_eq!(app.get("/no-such-page-7c2e").await.status(), 404);
+
+    let text = exposition(&app.base_url).await;
+    for series in [
+        r#"evently_http_requests_total{method="POST",route="/graphql",status="200"}"#,
+        r#"evently_http_requests_total{method="GET",route="unmatched",status="404"}"#,
+        r#"evently_graphql_operations_total{type="mutation",field="bookSeats",code="ok"}"#,
+        r#"evently_graphql_operations_total{type="mutation",field="bookSeats",code="SOLD_OUT"}"#,
+        r#"evently_graphql_operations_total{type="query",field="__typename",code="ok"}"#,
+        r#"evently_graphql_operation_duration_seconds_bucket{type="mutation",field="bookSeats",le="#,
+        r#"evently_http_request_duration_seconds_bucket{method="POST",route="/graphql",le="#,
+        r#"evently_bookings_refused_total{code="SOLD_OUT"}"#,
+        "evently_bookings_confirmed_total ",
+        "evently_group_commit_batch_size_bucket",
+        r#"evently_db_pool_connections{state="in_use"}"#,
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+    assert!(
+        !text.contains("Probe1f3a") && !text.contains("7c2e"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_document_is_counted_as_other_with_its_code() {
+    let app = TestApp::spawn().await;
+    let body = app.gql(None, "{ noSuchField9d41 }", json!({})).await;
+    assert_eq!(error_code(&body), "GRAPHQL_VALIDATION_FAILED");
+    let text = exposition(&app.base_url).await;
+    let series = r#"evently_graphql_operations_total{type="unknown",field="other",code="GRAPHQL_VALIDATION_FAILED"}"#;
+    assert!(text.contains(series), "no {series} in:\n{text}");
+    assert!(!text.contains("noSuchField9d41"), "{text}");
+}
+
+#[tokio::test]
+async fn rate_limit_refusals_are_counted_by_bucket() {
+    let app = TestApp::spawn_with(|config| {
+        config.rate_limits.booking = evently::config::RateLimit::per(1, 60);
+    })
+    .await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event = app.event(&organizer, 10).await;
+    app.book(&buyer, &event, 1).await;
+    let refused = app.try_book(&buyer, &event, 1).await;
+    assert_eq!(error_code(&refused), "RATE_LIMITED");
+    let text = exposition(&app.base_url).await;
+    for series in [
+        r#"evently_rate_limit_refusals_total{bucket="booking"}"#,
+        r#"evently_bookings_refused_total{code="RATE_LIMITED"}"#,
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn sweeper_rounds_are_counted() {
+    let app = TestApp::spawn_with(|config| {
+        config.sweep_interval = Duration::from_millis(50);
+    })
+    .await;
+    eventually(crate::support::WAIT, || async {
+        exposition(&app.base_url)
+            .await
+            .contains(r#"evently_sweeper_runs_total{outcome="ok"}"#)
+    })
+    .await;
+}
+
+/// The gauge of one process's connections, from its exposition.
+fn live_connections(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix("evently_live_connections "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn open_websockets_are_a_gauge() {
+    let app = TestApp::spawn().await;
+    let _socket = app.connect_ws(json!({})).await;
+    let open = eventually(crate::support::WAIT, || async {
+        live_connections(&exposition(&app.base_url).await).filter(|open| *open >= 1.0)
+    })
+    .await;
+    assert!(open >= 1.0);
+}
+
+/// Where Debian's `prometheus` package puts its binaries, if it is installed.
+fn prometheus_binaries() -> Option<(PathBuf, PathBuf)> {
+    let dir = std::env::var_os("PROMETHEUS_BIN_DIR")
+        .map_or_else(|| PathBuf::from("/usr/bin"), PathBuf::from);
+    let (server, tool) = (dir.join("prometheus"), dir.join("promtool"));
+    (server.is_file() && tool.is_file()).then_some((server, tool))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `evently` binary serving on a port of its own over `database_url`, with the in-process
+/// bus; its address is read from what it prints once it serves.
+async fn evently_process(database_url: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_evently"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .env("JWT_SECRET", TEST_JWT_SECRET)
+        .env("EVENTLY_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the evently binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PROMETHEUS_WAIT, lines.next_line())
+        .await
+        .expect("evently says where it serves")
+        .unwrap()
+        .expect("a line on stdout");
+    let address = line
+        .strip_prefix("GraphiQL: http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_owned();
+    (child, format!("http://{address}"))
+}
+
+fn prometheus_process(binary: &Path, dir: &Path, target: &str, port: u16) -> Child {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: evently\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    Command::new(binary)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus starts")
+}
+
+async fn gql(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> Value {
+    client
+        .post(format!("{base}/graphql"))
+        .bearer_auth(token)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_bookings_a_server_made() {
+    let Some((prometheus, promtool)) = prometheus_binaries() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but Prometheus is not installed (scripts/test.sh installs it)"
+        );
+        eprintln!(
+            "SKIPPED: Prometheus is not installed (apt-get install prometheus, or run scripts/test.sh)"
+        );
+        return;
+    };
+    let database = fresh_database().await;
+    let (_server, base) = evently_process(&database.url).await;
+    // Accounts are made through the library over the same database; the server knows the
+    // tokens by the shared secret.
+    let accounts = App::build(test_config(&database.url, None)).await.unwrap();
+    let organizer = signed_in_user(&accounts, Role::Organizer).await;
+    let client = reqwest::Client::new();
+    let input = json!({ "input": crate::support::event_input("Scraped", 2) });
+    let created = gql(&client, &base, &organizer.token, CREATE_EVENT, input).await;
+    let event = created["data"]["createEvent"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let buyer = signed_in_user(&accounts, Role::User).await;
+        let booking = json!({ "input": { "eventId": event, "quantity": 1 } });
+        let answer = gql(&client, &base, &buyer.token, BOOK, booking).await;
+        codes.push(
+            answer["errors"][0]["extensions"]["code"]
+                .as_str()
+                .unwrap_or("ok")
+                .to_owned(),
+        );
+    }
+    assert_eq!(codes, ["ok", "ok", "SOLD_OUT"]);
+
+    // The exposition is valid as promtool reads it.
+    let text = exposition(&base).await;
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .await
+        .unwrap();
+    let checked = check.wait_with_output().await.unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let dir = std::env::temp_dir().join(format!("evently-prometheus-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let _prometheus =
+        prometheus_process(&prometheus, &dir, base.trim_start_matches("http://"), port);
+    let api = format!("http://127.0.0.1:{port}/api/v1");
+    eventually(PROMETHEUS_WAIT, || async {
+        let targets: Value = client
+            .get(format!("{api}/targets"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        match targets["data"]["activeTargets"][0]["health"].as_str() {
+            Some("up") => Ok(()),
+            _ => Err(format!("target not up: {targets}")),
+        }
+    })
+    .await;
+    for (query, expected) in [
+        ("evently_bookings_confirmed_total", "2"),
+        (r#"evently_bookings_refused_total{code="SOLD_OUT"}"#, "1"),
+        (
+            r#"sum(evently_graphql_operations_total{field="bookSeats"})"#,
+            "3",
+        ),
+    ] {
+        eventually(PROMETHEUS_WAIT, || async {
+            let answer: Value = client
+                .get(format!("{api}/query"))
+                .query(&[("query", query)])
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            match answer["data"]["result"][0]["value"][1].as_str() {
+                Some(value) if value == expected => Ok(()),
+                _ => Err(format!("{query}: {answer}")),
+            }
+        })
+        .await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

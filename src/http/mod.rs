@@ -541,10 +541,14 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return response;
     }
+    let started = std::time::Instant::now();
     let postgres = tokio::time::timeout(Duration::from_secs(2), crate::db::ping(&state.app.db))
         .await
         .is_ok_and(|r| r.is_ok());
+    let postgres_ms = started.elapsed().as_secs_f64() * 1e3;
+    let started = std::time::Instant::now();
     let redis = state.app.bus.redis_health().await;
+    let redis_ms = started.elapsed().as_secs_f64() * 1e3;
     let (status, word) = match (postgres, &redis) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (true, RedisHealth::Down(_)) => (StatusCode::OK, "degraded"),
@@ -559,6 +563,11 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             RedisHealth::Down(_) => "down",
         },
     });
+    // How long each check took, so an operator sees a dependency slowing before it fails.
+    body["latency_ms"] = json!({ "postgres": round_ms(postgres_ms) });
+    if !matches!(redis, RedisHealth::NotConfigured) {
+        body["latency_ms"]["redis"] = json!(round_ms(redis_ms));
+    }
     if let RedisHealth::Down(reason) = redis {
         body["reason"] = json!(reason);
     }
@@ -567,4 +576,9 @@ async fn readyz(State(state): State<HttpState>) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Milliseconds to a tenth, for `/readyz`.
+fn round_ms(ms: f64) -> f64 {
+    (ms * 10.0).round() / 10.0
 }

@@ -208,7 +208,17 @@ async fn probes_report_health_and_readiness() {
     let app = TestApp::spawn().await;
     let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
-    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    let mut ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    // Each dependency's check reports how long it took.
+    let latency = ready
+        .as_object_mut()
+        .unwrap()
+        .remove("latency_ms")
+        .expect("latency_ms");
+    for dependency in ["postgres", "redis"] {
+        let ms = latency[dependency].as_f64().unwrap_or(-1.0);
+        assert!((0.0..2000.0).contains(&ms), "{dependency}: {latency}");
+    }
     assert_eq!(
         ready,
         json!({ "status": "ready", "postgres": "up", "redis": "up" })
@@ -216,4 +226,6 @@ async fn probes_report_health_and_readiness() {
     let single = TestApp::spawn_without_redis().await;
     let ready: serde_json::Value = single.get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["redis"], "not_configured");
+    assert!(ready["latency_ms"]["postgres"].is_number(), "{ready}");
+    assert!(ready["latency_ms"].get("redis").is_none(), "{ready}");
 }

@@ -234,8 +234,10 @@ async fn subscribers_converge_to_the_database_after_redis_restarts() {
 async fn without_redis_bookings_and_local_subscribers_carry_on() {
     // Nothing listens on port 1: Redis is down from the start.
     let app = TestApp::spawn_on_redis("redis://127.0.0.1:1", |_| {}).await;
-    let (code, body) = app.readiness().await;
+    let (code, mut body) = app.readiness().await;
     assert_eq!(code, 200, "{body}");
+    let latency = body.as_object_mut().unwrap().remove("latency_ms");
+    assert!(latency.is_some_and(|l| l["postgres"].is_number() && l["redis"].is_number()));
     // The reason is Redis's silence or the subscription's, whichever is noticed first.
     let reason = body["reason"].as_str().unwrap_or_default().to_owned();
     assert!(!reason.is_empty(), "{body}");

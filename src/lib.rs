@@ -10,6 +10,7 @@ pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod http;
+pub mod payments;
 pub mod realtime;
 pub mod security;
 pub mod sweeper;

@@ -8,6 +8,8 @@
 //! signed with `Stripe-Signature`) and `manual` (bank transfer, invoice or pay at the door:
 //! the organizer marks the order paid).
 
+pub mod stripe;
+
 use async_trait::async_trait;
 use uuid::Uuid;
 

@@ -14,6 +14,7 @@ mod live;
 mod login;
 mod metrics;
 mod onsale;
+mod payments;
 mod readme_clients;
 mod reference_client;
 mod resolvers;

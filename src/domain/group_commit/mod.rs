@@ -129,6 +129,8 @@ struct Job {
     request: BookingRequest,
     reply: oneshot::Sender<AppResult<Committed<Booking>>>,
     _pending: Pending,
+    /// For the queue-wait histogram (`evently_group_commit_queue_wait_seconds`).
+    queued_at: std::time::Instant,
 }
 
 /// Counts a booking as pending from the moment it is queued until its job is dropped, answered
@@ -245,6 +247,7 @@ impl BookingQueue {
             request,
             reply,
             _pending: Pending::new(&self.inner.pending),
+            queued_at: std::time::Instant::now(),
         };
         loop {
             let queue = self.inner.queue(job.request.event_id);

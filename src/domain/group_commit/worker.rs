@@ -76,6 +76,10 @@ async fn commit_batch(
     let batch: Vec<(Buyer, &BookingRequest)> = jobs.iter().map(|j| (j.buyer, &j.request)).collect();
     let abandoned = |i: usize| jobs[i].reply.is_closed();
     let started = std::time::Instant::now();
+    for job in jobs.iter() {
+        metrics::histogram!("evently_group_commit_queue_wait_seconds")
+            .record(started.duration_since(job.queued_at).as_secs_f64());
+    }
     let outcome = match held {
         Some(held) => book_batch(&mut held.conn, &inner.db, event_id, &batch, abandoned).await,
         None => Err(Uncommitted::Failed(AppError::Unavailable)),

@@ -10,12 +10,13 @@ use std::time::Duration;
 use evently::app::App;
 use evently::db::models::Role;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
+use crate::logs::evently_process;
 use crate::support::app::{signed_in_user, test_config};
 use crate::support::operations::CREATE_EVENT;
-use crate::support::{BOOK, TEST_JWT_SECRET, TestApp, error_code, eventually, fresh_database};
+use crate::support::{BOOK, TestApp, error_code, eventually, fresh_database};
 
 /// A cold Prometheus on a busy two-core machine: start-up, a first scrape, a query.
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
@@ -150,40 +151,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The `evently` binary serving on a port of its own over `database_url`, with the in-process
-/// bus; its address is read from what it prints once it serves.
-async fn evently_process(database_url: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evently"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", database_url)
-        .env("JWT_SECRET", TEST_JWT_SECRET)
-        .env("EVENTLY_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the evently binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(PROMETHEUS_WAIT, lines.next_line())
-        .await
-        .expect("evently says where it serves")
-        .unwrap()
-        .expect("a line on stdout");
-    let address = line
-        .strip_prefix("GraphiQL: http://")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_owned();
-    (child, format!("http://{address}"))
-}
-
 fn prometheus_process(binary: &Path, dir: &Path, target: &str, port: u16) -> Child {
     let config = dir.join("prometheus.yml");
     std::fs::write(
@@ -245,7 +212,7 @@ async fn a_real_prometheus_scrapes_the_bookings_a_server_made() {
         return;
     };
     let database = fresh_database().await;
-    let (_server, base) = evently_process(&database.url).await;
+    let (_server, base) = evently_process(&database.url, &[]).await;
     // Accounts are made through the library over the same database; the server knows the
     // tokens by the shared secret.
     let accounts = App::build(test_config(&database.url, None)).await.unwrap();

@@ -175,16 +175,41 @@ async fn with_an_otlp_endpoint_the_server_exports_its_spans_there() {
         ],
     )
     .await;
-    let response = reqwest::Client::new()
+    client_request(&base, "otlp-request-5e1d", Some(traceparent())).await;
+    exported(&received, TraceId::from_hex(TRACE_ID).unwrap()).await;
+    // The trace's id is the one the log lines carry, too.
+    let line = json_log_line(&mut server, |line| {
+        line["span"]["request_id"] == "otlp-request-5e1d"
+    })
+    .await;
+    assert_eq!(line["span"]["trace_id"], TRACE_ID, "{line}");
+
+    // A request without a traceparent starts a trace of its own, and its log lines say which.
+    client_request(&base, "otlp-untraced-91b2", None).await;
+    let line = json_log_line(&mut server, |line| {
+        line["span"]["request_id"] == "otlp-untraced-91b2"
+    })
+    .await;
+    let started = line["span"]["trace_id"].as_str().unwrap_or_default();
+    let started = TraceId::from_hex(started).unwrap_or(TraceId::INVALID);
+    assert!(started != TraceId::INVALID, "{line}");
+    exported(&received, started).await;
+}
+
+async fn client_request(base: &str, request_id: &str, traceparent: Option<String>) {
+    let mut request = reqwest::Client::new()
         .post(format!("{base}/graphql"))
-        .header("x-request-id", "otlp-request-5e1d")
-        .header("traceparent", traceparent())
-        .json(&json!({ "query": "{ __typename }" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let trace_bytes = TraceId::from_hex(TRACE_ID).unwrap().to_bytes();
+        .header("x-request-id", request_id)
+        .json(&json!({ "query": "{ __typename }" }));
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
+}
+
+/// Waits until the receiver was sent spans of `trace_id` as OTLP protobuf on `/v1/traces`.
+async fn exported(received: &Received, trace_id: TraceId) {
+    let trace_bytes = trace_id.to_bytes();
     eventually(WAIT, || async {
         let received = received.lock().unwrap();
         let exported = received.iter().any(|(path, content_type, body)| {
@@ -194,14 +219,8 @@ async fn with_an_otlp_endpoint_the_server_exports_its_spans_there() {
         });
         exported.then_some(()).ok_or_else(|| {
             let paths: Vec<&str> = received.iter().map(|(p, _, _)| p.as_str()).collect();
-            format!("no trace {TRACE_ID} exported yet; requests: {paths:?}")
+            format!("no trace {trace_id} exported yet; requests: {paths:?}")
         })
     })
     .await;
-    // The trace's id is the one the log lines carry, too.
-    let line = json_log_line(&mut server, |line| {
-        line["span"]["request_id"] == "otlp-request-5e1d"
-    })
-    .await;
-    assert_eq!(line["span"]["trace_id"], TRACE_ID, "{line}");
 }

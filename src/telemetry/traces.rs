@@ -9,7 +9,8 @@
 //! the log filter leaves out by default, so with traces off they cost a disabled callsite each.
 //!
 //! Bookings committed by the group commit are written by the event's batch worker, not the
-//! request's task: their transaction spans are traces of their own.
+//! request's task: each batch is a trace of its own (`group_commit.batch`, with its
+//! transaction under it), linked to the spans of the requests it served.
 
 use std::sync::Arc;
 

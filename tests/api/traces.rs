@@ -132,6 +132,65 @@ async fn one_trace_runs_from_the_incoming_traceparent_through_graphql_and_postgr
     ));
 }
 
+#[tokio::test]
+async fn a_group_commit_batch_is_a_trace_linked_to_the_requests_it_served() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber =
+        tracing_subscriber::registry().with(evently::telemetry::traces::layer(&provider));
+    let _traced = tracing::subscriber::set_default(subscriber);
+
+    let app = TestApp::spawn().await;
+    let organizer = app.user(Role::Organizer).await;
+    let buyer = app.user(Role::User).await;
+    let event = app.event(&organizer, 5).await;
+    let body = json!({
+        "query": crate::support::BOOK,
+        "variables": { "input": { "eventId": event.as_str(), "quantity": 1 } },
+    });
+    let request = Request::post("/graphql")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {}", buyer.token))
+        .header("traceparent", traceparent())
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let response = evently::http::router(app.state.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let answer = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert!(answer["data"]["bookSeats"]["id"].is_string(), "{answer}");
+
+    let trace_id = TraceId::from_hex(TRACE_ID).unwrap();
+    let (batch, spans) = eventually(WAIT, || async {
+        let spans = exporter.get_finished_spans().unwrap();
+        let batch = spans.iter().find(|span| {
+            span.name == "group_commit.batch"
+                && span
+                    .links
+                    .iter()
+                    .any(|link| link.span_context.trace_id() == trace_id)
+        });
+        match batch {
+            Some(batch) => Ok((batch.clone(), spans.clone())),
+            None => Err(format!("no linked batch in {spans:#?}")),
+        }
+    })
+    .await;
+    let transaction = spans.iter().find(|span| {
+        span.name == "db.transaction" && span.parent_span_id == batch.span_context.span_id()
+    });
+    assert!(
+        transaction.is_some(),
+        "the batch's transaction is under it: {spans:#?}"
+    );
+}
+
 /// What an OTLP/HTTP receiver was sent: each request's path, content type and body.
 type Received = Arc<Mutex<Vec<(String, String, Bytes)>>>;
 

@@ -131,6 +131,8 @@ struct Job {
     _pending: Pending,
     /// For the queue-wait histogram (`evently_group_commit_queue_wait_seconds`).
     queued_at: std::time::Instant,
+    /// The caller's span, which the batch's span follows from (a link, in a trace).
+    span: tracing::Span,
 }
 
 /// Counts a booking as pending from the moment it is queued until its job is dropped, answered
@@ -248,6 +250,7 @@ impl BookingQueue {
             reply,
             _pending: Pending::new(&self.inner.pending),
             queued_at: std::time::Instant::now(),
+            span: tracing::Span::current(),
         };
         loop {
             let queue = self.inner.queue(job.request.event_id);

@@ -2,6 +2,7 @@
 //! time-zone buckets, the audit log, the CSV export and the live figures.
 
 mod audit;
+mod dashboard;
 mod exports;
 mod live;
 mod stats;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::error::AppResult;
 
 /// Attendees read per page.
-pub const PAGE_SIZE: i64 = 2_000;
+pub const PAGE_SIZE: i64 = 1_000;
 
 #[derive(Debug, Clone, QueryableByName)]
 pub struct Attendee {

@@ -258,8 +258,15 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
     let rows = [
         (
-            "events / bookings generated",
-            format!("{} / {}", options.events, options.bookings),
+            "data",
+            if options.no_generate {
+                format!("generated earlier: {} events", events.len())
+            } else {
+                format!(
+                    "generated now: {} events, {} bookings",
+                    options.events, options.bookings
+                )
+            },
         ),
         (
             "**eventStats p99** (target 20 ms)",

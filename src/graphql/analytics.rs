@@ -389,7 +389,8 @@ impl AnalyticsSubscription {
     /// The event's `eventStats` now, then again after changes of its seats or details, on
     /// any instance: at most four a second (changes in between are coalesced into the next
     /// message, which is read fresh), and never the same figures twice in a row. Same access
-    /// as `eventStats`, checked again before each message.
+    /// as `eventStats`, checked when subscribing and against the event before each message
+    /// (the caller as signed in when subscribing).
     async fn event_stats_updated(
         &self,
         ctx: &Context<'_>,

@@ -72,6 +72,8 @@ enum Scenario {
     Fanout(scenarios::fanout::Options),
     /// A blend of browsing, booking, cancelling and subscribing.
     Mixed(scenarios::mixed::Options),
+    /// Analytics over a generated history: eventStats, salesOverTime, platformStats, the CSV export.
+    Analytics(scenarios::analytics::Options),
     /// Only the pgbench baseline: one booking per transaction on one hot event row.
     Baseline(baseline::Options),
 }
@@ -89,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Browse(options) => scenarios::browse::run(&common, options).await,
             Scenario::Fanout(options) => scenarios::fanout::run(&common, options).await,
             Scenario::Mixed(options) => scenarios::mixed::run(&common, options).await,
+            Scenario::Analytics(options) => scenarios::analytics::run(&common, options).await,
             Scenario::Baseline(options) => baseline::run_alone(&common, options).await,
         }
     })

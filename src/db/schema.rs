@@ -142,6 +142,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    audit_log (id) {
+        id -> Uuid,
+        at -> Timestamptz,
+        actor_id -> Uuid,
+        action -> Text,
+        subject_type -> Text,
+        subject_id -> Uuid,
+        event_id -> Nullable<Uuid>,
+        before -> Nullable<Jsonb>,
+        after -> Nullable<Jsonb>,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(venue_seats -> venues (venue_id));
 diesel::joinable!(events -> venues (venue_id));
@@ -165,4 +179,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     seat_claims,
     waitlist_entries,
     rsvps,
+    audit_log,
 );

@@ -15,11 +15,13 @@ use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm as JwtAlgorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::Viewer;
+use super::audit;
 use crate::config::{Config, PasswordHashing};
 use crate::db::models::{Session, User};
 use crate::db::schema::{refresh_tokens, sessions, users};
@@ -496,6 +498,8 @@ pub async fn revoke_user_sessions(
         .set(sessions::revoked_at.eq(diesel::dsl::now))
         .execute(conn)
         .await?;
+        let what = audit::Action::on_user("user.revoke_sessions", user_id);
+        audit::record(conn, actor, what, None, Some(json!({ "revoked": revoked }))).await?;
         Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
     })
     .await

@@ -13,7 +13,8 @@
 //!    (a row read by id or NOT_FOUND, the one booking insert), [`text`] (text checks),
 //!    [`pagination`] (keyset pages), [`user_limits`] (per-user limits), and [`sale_rules`]
 //!    (locking the event, who may buy, why it cannot be sold, what a request may ask; it reads
-//!    the event through `rows`). No other domain import.
+//!    the event through `rows`), and [`audit`] (the append-only audit log every organizer and
+//!    admin command writes in its own transaction). No other domain import.
 //! 2. **Middle: the inventory and where freed seats go.** [`inventory`] (an event's counters
 //!    under its lock), [`seats`] (numbered seats), and [`freed_seats`] (hold expiry,
 //!    waiting-list promotion and offers, which call each other by nature), which uses both.
@@ -23,11 +24,13 @@
 //!    `users` hashes with `auth`'s `Passwords`.
 //! 4. **Over the commands.** [`group_commit`], the onsale path's booking queue, books through
 //!    `bookings` and checks sessions with `auth`; [`seed`] (demo data) creates through
-//!    `users`, `venues` and `auth`.
+//!    `users`, `venues` and `auth`; [`stats`] (analytics and the attendee export) only reads,
+//!    exact at the moment it reads.
 //!
 //! [`Viewer`], the signed-in user, is defined here and used at every layer. Nothing here
 //! imports `crate::realtime` (the bus's resync reads live in `realtime::resync`).
 
+pub mod audit;
 pub mod auth;
 pub mod bookings;
 pub mod changes;
@@ -42,6 +45,7 @@ pub mod rsvp;
 pub mod sale_rules;
 pub mod seats;
 pub mod seed;
+pub mod stats;
 pub mod sweeps;
 pub mod text;
 pub mod user_limits;
@@ -85,6 +89,7 @@ mod layering {
         ("text", 0),
         ("pagination", 0),
         ("user_limits", 0),
+        ("audit", 1),
         ("sale_rules", 1),
         ("inventory", 2),
         ("seats", 2),
@@ -100,6 +105,7 @@ mod layering {
         ("users", 5),
         ("group_commit", 6),
         ("seed", 6),
+        ("stats", 6),
     ];
 
     fn rank(module: &str) -> u8 {

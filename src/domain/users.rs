@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
+use super::audit;
 use super::auth::Passwords;
 use super::rows::{OrNotFound, rows_by_id};
 use super::text::normalize_email;
@@ -98,12 +99,25 @@ pub async fn set_role(
     if !actor.is_admin() {
         return Err(AppError::Forbidden("only admins can change roles"));
     }
-    diesel::update(users::table.find(user_id))
-        .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
-        .returning(User::as_returning())
-        .get_result(conn)
-        .await
-        .or_not_found("user")
+    conn.transaction(async move |conn| {
+        let before: User = users::table
+            .find(user_id)
+            .select(User::as_select())
+            .for_update()
+            .get_result(conn)
+            .await
+            .or_not_found("user")?;
+        let user: User = diesel::update(users::table.find(user_id))
+            .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await?;
+        let (old, new) = (audit::user_fields(&before), audit::user_fields(&user));
+        let what = audit::Action::on_user("user.set_role", user_id);
+        audit::record(conn, actor, what, Some(old), Some(new)).await?;
+        Ok(user)
+    })
+    .await
 }
 
 pub async fn users_by_id(

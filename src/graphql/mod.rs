@@ -5,6 +5,8 @@
 //! Shared pieces live once each: ids in `ids`, cursors and connections in `connections`, error
 //! codes in `error_codes`, the caller in `context`, the DataLoaders in `loaders`.
 
+mod analytics;
+mod audit;
 mod auth;
 mod bookings;
 mod connections;
@@ -37,6 +39,8 @@ pub struct Query(
     waitlist::WaitlistQuery,
     users::UserQuery,
     venues::VenueQuery,
+    analytics::AnalyticsQuery,
+    audit::AuditQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -56,6 +60,7 @@ pub struct Subscription(
     events::EventSubscription,
     reservations::ReservationSubscription,
     seats::SeatSubscription,
+    analytics::AnalyticsSubscription,
 );
 
 pub type EventlySchema = Schema<Query, Mutation, Subscription>;

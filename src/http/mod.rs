@@ -3,6 +3,8 @@
 //! shutdown that drains them all (`shutdown`).
 
 pub mod cache;
+mod dashboard;
+mod exports;
 mod fanout;
 pub mod graphiql;
 mod graphql_over_http;
@@ -126,6 +128,8 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>, draining: CancellationT
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(crate::telemetry::metrics::router(state.app.clone()))
+        .merge(exports::router(state.app.clone()))
+        .merge(dashboard::router())
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .with_state(state)
         .layer(middleware::from_fn(crate::telemetry::metrics::track_http))

@@ -1,5 +1,6 @@
 //! Integration tests: a real server on a real socket, real PostgreSQL and Redis.
 
+mod analytics;
 mod authorization;
 mod bus;
 mod cache;

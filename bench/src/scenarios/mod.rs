@@ -1,6 +1,7 @@
 //! One module per scenario; each sets up what it needs through the API, runs for a bounded
 //! time and writes a report.
 
+pub mod analytics;
 pub mod browse;
 pub mod fanout;
 pub mod mixed;

@@ -15,6 +15,7 @@ use super::rules::{
 use crate::db::models::{Booking, BookingStatus, Event, EventStatus, HoldStatus};
 use crate::db::schema::{bookings, events};
 use crate::domain::Viewer;
+use crate::domain::audit;
 use crate::domain::changes::{Changes, Committed};
 use crate::domain::freed_seats;
 use crate::domain::inventory::Inventory;
@@ -125,11 +126,17 @@ pub async fn create_event(
         offer_minutes,
         published_at: (!new.draft).then_some(now),
     };
-    Ok(diesel::insert_into(events::table)
-        .values(&event)
-        .returning(Event::as_returning())
-        .get_result(conn)
-        .await?)
+    conn.transaction(async move |conn| {
+        let event = diesel::insert_into(events::table)
+            .values(&event)
+            .returning(Event::as_returning())
+            .get_result(conn)
+            .await?;
+        let action = audit::Action::on_event("event.create", event.id);
+        audit::record(conn, actor, action, None, Some(audit::event_fields(&event))).await?;
+        Ok(event)
+    })
+    .await
 }
 
 fn ensure_can_manage(actor: &Viewer, event: &Event) -> AppResult<()> {
@@ -260,6 +267,7 @@ pub async fn update_event(
         let mut inventory = Inventory::new(updated.clone());
         freed_seats::promote(conn, &mut inventory, &mut changes).await?;
         let event = inventory.save(conn, &mut changes).await?;
+        audit::record_event_change(conn, actor, "event.update", &current, &event).await?;
         changes.event = Some(event.clone());
         Ok(Committed::new(event, changes))
     })
@@ -320,6 +328,7 @@ pub async fn cancel_event(
             .returning(Event::as_returning())
             .get_result(conn)
             .await?;
+        audit::record_event_change(conn, actor, "event.cancel", &current, &event).await?;
         changes.event = Some(event.clone());
         Ok(Committed::new(event, changes))
     })
@@ -374,6 +383,7 @@ pub async fn publish_event(
         .returning(Event::as_returning())
         .get_result(conn)
         .await?;
+        audit::record_event_change(conn, actor, "event.publish", &current, &event).await?;
         let changes = Changes {
             event: Some(event.clone()),
             previous_version: Some(current.version),

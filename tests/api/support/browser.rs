@@ -56,6 +56,69 @@ pub async fn run_query_in_graphiql(
     outcome
 }
 
+/// Opens `{base_url}{path}` in headless Chromium and hands the page to `drive` (to type,
+/// click, wait and take screenshots through [`Cdp`]). Also fails if the page requested
+/// anything from another origin than `base_url`.
+pub async fn with_page<T>(
+    base_url: &str,
+    path: &str,
+    drive: impl AsyncFnOnce(&mut Cdp) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut chromium = Chromium::launch()?;
+    let (mut connected, mut closing) = (false, false);
+    let outcome = async {
+        let mut cdp = Cdp::connect(&chromium.devtools_url(deadline).await?, deadline).await?;
+        connected = true;
+        let outcome = async {
+            let target = cdp
+                .call("Target.createTarget", json!({ "url": "about:blank" }))
+                .await?;
+            let target_id = target["targetId"]
+                .as_str()
+                .context("no targetId")?
+                .to_owned();
+            let attached = cdp
+                .call(
+                    "Target.attachToTarget",
+                    json!({ "targetId": target_id, "flatten": true }),
+                )
+                .await?;
+            cdp.session = Some(
+                attached["sessionId"]
+                    .as_str()
+                    .context("no sessionId")?
+                    .to_owned(),
+            );
+            cdp.call("Network.enable", json!({})).await?;
+            cdp.call("Runtime.enable", json!({})).await?;
+            let url = format!("{}{path}", base_url.trim_end_matches('/'));
+            let navigation = cdp.call("Page.navigate", json!({ "url": url })).await?;
+            if let Some(error) = navigation["errorText"].as_str() {
+                bail!("cannot load {url}: {error}");
+            }
+            let value = drive(&mut cdp).await?;
+            let foreign: Vec<&String> = cdp
+                .requests
+                .iter()
+                .filter(|request| !same_origin(request, base_url))
+                .collect();
+            ensure!(
+                foreign.is_empty(),
+                "the page requested resources from elsewhere: {foreign:?}"
+            );
+            Ok(value)
+        }
+        .await;
+        closing = cdp.close_browser().await;
+        outcome
+    }
+    .await;
+    let outcome = outcome.map_err(|error| chromium.explain(error, connected));
+    chromium.shutdown(closing).await;
+    outcome
+}
+
 async fn use_graphiql(
     cdp: &mut Cdp,
     base_url: &str,
@@ -281,7 +344,7 @@ impl Drop for TempDir {
 
 /// A minimal DevTools protocol client: one request at a time, with the events that
 /// arrive meanwhile kept only as far as they explain a failure.
-struct Cdp {
+pub struct Cdp {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     deadline: Instant,
@@ -309,7 +372,7 @@ impl Cdp {
         })
     }
 
-    async fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
+    pub async fn call(&mut self, method: &str, params: Value) -> anyhow::Result<Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut request = json!({ "id": id, "method": method, "params": params });
@@ -389,7 +452,7 @@ impl Cdp {
         }
     }
 
-    async fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
+    pub async fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
         let mut reply = self
             .call(
                 "Runtime.evaluate",
@@ -408,7 +471,7 @@ impl Cdp {
     }
 
     /// Polls `expression` until `done` accepts its value.
-    async fn wait_for(
+    pub async fn wait_for(
         &mut self,
         what: &str,
         expression: &str,

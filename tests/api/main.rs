@@ -17,6 +17,7 @@ mod onsale;
 mod readme_clients;
 mod reference_client;
 mod resolvers;
+mod round_trips;
 mod sale_rules;
 mod schema;
 mod seats;

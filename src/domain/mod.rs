@@ -23,7 +23,7 @@
 //!    `users` hashes with `auth`'s `Passwords`.
 //! 4. **Over the commands.** [`group_commit`], the onsale path's booking queue, books through
 //!    `bookings` and checks sessions with `auth`; [`seed`] (demo data) creates through
-//!    `users`, `venues` and `auth`.
+//!    `users`, `venues` and `auth`; [`session_cache`] keeps `auth`'s sessions per instance.
 //!
 //! [`Viewer`], the signed-in user, is defined here and used at every layer. Nothing here
 //! imports `crate::realtime` (the bus's resync reads live in `realtime::resync`).
@@ -42,6 +42,7 @@ pub mod rsvp;
 pub mod sale_rules;
 pub mod seats;
 pub mod seed;
+pub mod session_cache;
 pub mod sweeps;
 pub mod text;
 pub mod user_limits;
@@ -100,6 +101,7 @@ mod layering {
         ("users", 5),
         ("group_commit", 6),
         ("seed", 6),
+        ("session_cache", 5),
     ];
 
     fn rank(module: &str) -> u8 {

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::Viewer;
-use super::auth::Passwords;
+use super::auth::{self, Passwords};
 use super::rows::{OrNotFound, rows_by_id};
 use super::text::normalize_email;
 use crate::db::models::{Role, User};
@@ -98,12 +98,19 @@ pub async fn set_role(
     if !actor.is_admin() {
         return Err(AppError::Forbidden("only admins can change roles"));
     }
-    diesel::update(users::table.find(user_id))
-        .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
-        .returning(User::as_returning())
-        .get_result(conn)
-        .await
-        .or_not_found("user")
+    // The epoch moves with the role, so no instance's session cache keeps the old one (see
+    // `session_cache`); the caller waits out the cache's lease before answering.
+    conn.transaction(async move |conn| {
+        let user = diesel::update(users::table.find(user_id))
+            .set((users::role.eq(role), users::updated_at.eq(diesel::dsl::now)))
+            .returning(User::as_returning())
+            .get_result(conn)
+            .await
+            .or_not_found("user")?;
+        auth::raise_session_epoch(conn).await?;
+        Ok(user)
+    })
+    .await
 }
 
 pub async fn users_by_id(

@@ -22,6 +22,7 @@ mod sale_rules;
 mod schema;
 mod seats;
 mod security;
+mod session_cache;
 mod shutdown;
 mod sse;
 mod support;

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use crate::config::{Config, PasswordHashing};
+use crate::db::cached_sql::cached;
 use crate::db::models::{Session, User};
 use crate::db::schema::{refresh_tokens, sessions, users};
 use crate::error::{AppError, AppResult};
@@ -428,9 +429,11 @@ pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> A
 /// session or narrows what its user may do (a role change). Instances that cached sessions
 /// empty their caches when they see it move (see [`super::session_cache`]).
 pub async fn raise_session_epoch(conn: &mut AsyncPgConnection) -> QueryResult<()> {
-    diesel::sql_query("UPDATE session_epoch SET epoch = epoch + 1")
-        .execute(conn)
-        .await?;
+    cached(diesel::sql_query(
+        "UPDATE session_epoch SET epoch = epoch + 1",
+    ))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -441,7 +444,7 @@ pub async fn session_epoch(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         epoch: i64,
     }
-    let row: Epoch = diesel::sql_query("SELECT epoch FROM session_epoch")
+    let row: Epoch = cached(diesel::sql_query("SELECT epoch FROM session_epoch"))
         .get_result(conn)
         .await?;
     Ok(row.epoch)
@@ -466,7 +469,7 @@ async fn live_session_user(
 /// Which of these (session, user) pairs are live sessions: one query for a whole batch of
 /// bookings, which check their buyers' sessions this way instead of one by one.
 pub async fn live_sessions(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     pairs: &[(Uuid, Uuid)],
 ) -> AppResult<std::collections::HashSet<(Uuid, Uuid)>> {
     let ids: Vec<Uuid> = pairs.iter().map(|(session, _)| *session).collect();
@@ -475,7 +478,7 @@ pub async fn live_sessions(
         .filter(sessions::revoked_at.is_null())
         .filter(sessions::expires_at.gt(diesel::dsl::now))
         .select((sessions::id, sessions::user_id))
-        .load(conn)
+        .load(&mut conn)
         .await?;
     Ok(live.into_iter().collect())
 }

@@ -100,6 +100,8 @@ struct Phase {
     detail: &'static str,
     /// The server's process, for its CPU (Evently's; none for the peer).
     pid: Option<u32>,
+    /// The database the server reads, to count its transactions (`pg_stat_database`).
+    database_url: Option<String>,
 }
 
 struct Measured {
@@ -110,7 +112,29 @@ struct Measured {
     detail: Latency,
     errors: u64,
     server_cores: Option<f64>,
+    /// PostgreSQL transactions (commits and rollbacks, an autocommitted statement counting
+    /// one) per request, from `pg_stat_database`.
+    transactions_per_request: Option<f64>,
     samples: Visitor,
+}
+
+/// The database's transactions so far (`xact_commit + xact_rollback`). Backends report their
+/// counts about once a second, so this waits for that first.
+async fn transactions(database_url: &str) -> Option<i64> {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
+             WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .ok()?;
+    row.get::<_, Option<i64>>(0)
 }
 
 async fn run_phase(
@@ -126,6 +150,10 @@ async fn run_phase(
         .call_ok_as(token.as_deref(), phase.list, &json!({}))
         .await?;
     anyhow::ensure!(ok, "{}: the list query fails", phase.name);
+    let transactions_before = match &phase.database_url {
+        Some(url) => transactions(url).await,
+        None => None,
+    };
     let cpu = phase.pid.map(CpuMeter::start).transpose()?;
     let start = Instant::now();
     let end = start + Duration::from_secs(seconds);
@@ -173,7 +201,19 @@ async fn run_phase(
     both.histogram.add(&all.list.histogram)?;
     both.histogram.add(&all.detail.histogram)?;
     let total = both.summary();
+    let transactions_after = match &phase.database_url {
+        Some(url) => transactions(url).await,
+        None => None,
+    };
+    // The tool's own two reads count too: two in thousands.
+    let transactions_per_request = match (transactions_before, transactions_after) {
+        (Some(before), Some(after)) if total.count > 0 => {
+            Some((after - before - 1) as f64 / (total.count + all.errors) as f64)
+        }
+        _ => None,
+    };
     Ok(Measured {
+        transactions_per_request,
         name: phase.name,
         per_sec: total.count as f64 / elapsed,
         total,
@@ -198,6 +238,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
             list: EVENTS,
             detail: EVENT,
             pid: common.server_pid,
+            database_url: Some(common.database_url.clone()),
         });
     }
     if options.auth != Auth::Anonymous {
@@ -211,6 +252,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
             list: SIGNED_IN_EVENTS,
             detail: SIGNED_IN_EVENT,
             pid: common.server_pid,
+            database_url: Some(common.database_url.clone()),
         });
     }
     if let Some(Peer::Postgraphile) = options.peer {
@@ -222,6 +264,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
             list: PEER_EVENTS,
             detail: PEER_EVENT,
             pid: None,
+            database_url: Some(common.database_url.clone()),
         });
     }
     let mut measured = Vec::new();
@@ -252,14 +295,16 @@ fn write(common: &Common, options: &Options, measured: &[Measured]) -> anyhow::R
         rows.push((
             m.name,
             format!(
-                "**{:.0} req/s**, p50 {:.2} ms, **p99 {:.2} ms**, max {:.2} ms, errors {}, server CPU {}",
+                "**{:.0} req/s**, p50 {:.2} ms, **p99 {:.2} ms**, max {:.2} ms, errors {}, server CPU {}, PostgreSQL transactions per request {}",
                 m.per_sec,
                 m.total.p50_ms,
                 m.total.p99_ms,
                 m.total.max_ms,
                 m.errors,
                 m.server_cores
-                    .map_or("n/a".into(), |c| format!("{c:.2} cores"))
+                    .map_or("n/a".into(), |c| format!("{c:.2} cores")),
+                m.transactions_per_request
+                    .map_or("n/a".into(), |t| format!("{t:.2}"))
             ),
         ));
     }
@@ -292,6 +337,7 @@ fn write(common: &Common, options: &Options, measured: &[Measured]) -> anyhow::R
                     "event_by_id": m.detail,
                     "errors": m.errors,
                     "server_cores": m.server_cores,
+                    "transactions_per_request": m.transactions_per_request,
                 }),
             )
         })

@@ -29,7 +29,10 @@ bin="$CARGO_TARGET_DIR/release"
 
 port="${BENCH_PORT:-8099}"
 admin_url="postgres://postgres:postgres@127.0.0.1:5432/postgres"
-export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/evently_bench"
+# BENCH_DB: another name lets two checkouts bench on one PostgreSQL at once (with BENCH_PORT
+# and PEER_PORT apart too).
+bench_db="${BENCH_DB:-evently_bench}"
+export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/$bench_db"
 export BENCH_DATABASE_URL="$DATABASE_URL"
 export BENCH_URL="http://127.0.0.1:$port"
 export EVENTLY_LISTEN="127.0.0.1:$port"
@@ -55,7 +58,7 @@ stop_server() {
 trap stop_server EXIT
 
 start_server() {
-    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS evently_bench WITH (FORCE)" -c "CREATE DATABASE evently_bench"
+    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" -c "CREATE DATABASE $bench_db"
     "$bin/evently" seed-demo >/dev/null
     "$bin/evently" serve >>"$log" 2>&1 &
     server_pid=$!

@@ -4,6 +4,10 @@
 #
 #   scripts/bench.sh onsale|browse|fanout|mixed|baseline [bench options]
 #   scripts/bench.sh all          # every scenario with its defaults
+#   scripts/bench.sh browse --peer postgraphile   # also PostGraphile v4 on the same database
+#   scripts/bench.sh sweep onsale|browse|fanout SIZES [bench options]
+#                                 # the scenario at each size (comma-separated: buyers,
+#                                 # connections or subscribers), then its curve as a PNG
 #
 # Each invocation starts its own server on a fresh database (evently_bench), with the demo
 # data, Redis pub/sub and the rate limits switched off (a load tool is one client doing the
@@ -25,7 +29,10 @@ bin="$CARGO_TARGET_DIR/release"
 
 port="${BENCH_PORT:-8099}"
 admin_url="postgres://postgres:postgres@127.0.0.1:5432/postgres"
-export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/evently_bench"
+# BENCH_DB: another name lets two checkouts bench on one PostgreSQL at once (with BENCH_PORT
+# and PEER_PORT apart too).
+bench_db="${BENCH_DB:-evently_bench}"
+export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/$bench_db"
 export BENCH_DATABASE_URL="$DATABASE_URL"
 export BENCH_URL="http://127.0.0.1:$port"
 export EVENTLY_LISTEN="127.0.0.1:$port"
@@ -51,7 +58,7 @@ stop_server() {
 trap stop_server EXIT
 
 start_server() {
-    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS evently_bench WITH (FORCE)" -c "CREATE DATABASE evently_bench"
+    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" -c "CREATE DATABASE $bench_db"
     "$bin/evently" seed-demo >/dev/null
     "$bin/evently" serve >>"$log" 2>&1 &
     server_pid=$!
@@ -63,19 +70,71 @@ start_server() {
     exit 1
 }
 
+peer_pid=""
+stop_peer() {
+    if [ -n "$peer_pid" ] && kill -0 "$peer_pid" 2>/dev/null; then
+        # The peer's cluster workers are its children: end its process group.
+        kill -TERM -- "-$peer_pid" 2>/dev/null || kill -TERM "$peer_pid" 2>/dev/null || true
+        wait "$peer_pid" 2>/dev/null || true
+    fi
+    peer_pid=""
+}
+trap 'stop_peer; stop_server' EXIT
+
+# PostGraphile on the bench database, for `browse --peer postgraphile`.
+start_peer() {
+    ensure_node
+    local peer_port="${PEER_PORT:-5099}"
+    set -m
+    bench/peers/postgraphile.sh >>"bench/results/peer.log" 2>&1 &
+    peer_pid=$!
+    set +m
+    for _ in $(seq 1 600); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$peer_port") 2>/dev/null; then return; fi
+        kill -0 "$peer_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "PostGraphile did not start; see bench/results/peer.log" >&2
+    exit 1
+}
+
 run() {
     local scenario=$1
     shift
     start_server
+    case " $* " in
+        *" --peer postgraphile "*|*" --peer=postgraphile "*) start_peer ;;
+    esac
     echo "==> $scenario"
     "$bin/bench" --server-pid "$server_pid" "$scenario" "$@"
+    stop_peer
     stop_server
+}
+
+# The scenario at each size, each on a fresh server, labelled sweep-<size>; then the curve.
+sweep() {
+    local scenario=$1 sizes=$2
+    shift 2
+    local size_option
+    case "$scenario" in
+        onsale|browse) size_option=--concurrency ;;
+        fanout) size_option=--subscribers ;;
+        *) echo "sweep: onsale, browse or fanout" >&2; exit 2 ;;
+    esac
+    for size in ${sizes//,/ }; do
+        run "$scenario" "$size_option" "$size" --label "sweep-$size" "$@"
+    done
+    "$bin/bench" curve "$scenario" --sizes "$sizes"
 }
 
 scenario="${1:-}"
 [ -n "$scenario" ] || { sed -n '2,12p' "$0"; exit 2; }
 shift
 case "$scenario" in
+    sweep)
+        [ $# -ge 2 ] || { echo "usage: scripts/bench.sh sweep onsale|browse|fanout SIZES [options]" >&2; exit 2; }
+        sweep "$@"
+        ;;
     all)
         run browse "$@"
         run fanout "$@"

@@ -11,6 +11,7 @@ use crate::db::{self, DbConn, DbPool};
 use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::changes::Committed;
 use crate::domain::group_commit::BookingQueue;
+use crate::domain::session_cache::SessionCache;
 use crate::error::AppResult;
 use crate::realtime::{Bus, Heartbeat};
 use crate::security::SharedRedis;
@@ -25,6 +26,8 @@ pub struct App {
     pub tokens: Tokens,
     pub onsale: BookingQueue,
     pub rate_limiter: RateLimiter,
+    /// Signed-in sessions, cached while this instance holds a lease on the session epoch.
+    pub sessions: SessionCache,
     pub persisted_queries: PersistedQueries,
     /// The process's metrics recorder, which `/metrics` renders (see `telemetry::metrics`).
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -94,6 +97,7 @@ impl App {
                 config.database_pool_size,
             ),
             rate_limiter: RateLimiter::new(shared.clone()),
+            sessions: SessionCache::new(config.session_cache_lease),
             persisted_queries: PersistedQueries::new(
                 shared,
                 config.graphql.automatic_persisted_queries,
@@ -105,6 +109,7 @@ impl App {
             bus,
         }));
         crate::sweeper::spawn(&state);
+        state.sessions.spawn_reader(state.db.clone());
         Ok(state)
     }
 

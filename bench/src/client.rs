@@ -86,9 +86,20 @@ impl Gql {
 
     /// `call` for read-heavy scenarios: true when the answer has data and no errors, found
     /// without parsing the whole body, so the tool spends its CPU on load, not on JSON.
-    pub async fn call_ok(&self, query: &str, variables: &Value) -> anyhow::Result<bool> {
+    /// With `Authorization: Bearer <token>` when a token is given, as a signed-in frontend
+    /// sends on every request.
+    pub async fn call_ok_as(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: &Value,
+    ) -> anyhow::Result<bool> {
         let body = json!({ "query": query, "variables": variables });
-        let response = self.http.post(&self.endpoint).json(&body).send().await?;
+        let mut request = self.http.post(&self.endpoint).json(&body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
         let ok = response.status().is_success();
         let bytes = response.bytes().await?;
         let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);

@@ -6,6 +6,7 @@
 
 mod baseline;
 mod client;
+mod curve;
 mod report;
 mod scenarios;
 mod stats;
@@ -66,7 +67,8 @@ enum Scenario {
     /// One event with capacity K, C concurrent buyers booking until it is sold out, then
     /// hammering it for a while to measure sold-out rejections.
     Onsale(scenarios::onsale::Options),
-    /// Anonymous `events(first: 20)` with nested organizer and availability, and `event(id)`.
+    /// `events(first: 20)` with nested organizer and availability, and `event(id)`: anonymous,
+    /// signed in, and a peer server (`--peer postgraphile`) in one run.
     Browse(scenarios::browse::Options),
     /// S WebSocket subscribers on E events, bookings at a steady rate; commit-to-receive latency.
     Fanout(scenarios::fanout::Options),
@@ -76,6 +78,8 @@ enum Scenario {
     Analytics(scenarios::analytics::Options),
     /// Only the pgbench baseline: one booking per transaction on one hot event row.
     Baseline(baseline::Options),
+    /// A scaling curve (PNG) from the runs of a sweep: `scripts/bench.sh sweep` runs them.
+    Curve(curve::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,6 +97,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Mixed(options) => scenarios::mixed::run(&common, options).await,
             Scenario::Analytics(options) => scenarios::analytics::run(&common, options).await,
             Scenario::Baseline(options) => baseline::run_alone(&common, options).await,
+            Scenario::Curve(options) => curve::run(&common, options),
         }
     })
 }

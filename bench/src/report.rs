@@ -13,7 +13,7 @@ use crate::Common;
 use crate::stats::Samples;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-const COLORS: [RGBColor; 5] = [
+pub const COLORS: [RGBColor; 5] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -81,7 +81,7 @@ fn git_commit() -> String {
         )
 }
 
-fn register_font() -> anyhow::Result<()> {
+pub fn register_font() -> anyhow::Result<()> {
     static REGISTER: Once = Once::new();
     let bytes = std::fs::read(FONT)
         .with_context(|| format!("reading {FONT} (apt-get install fonts-dejavu-core)"))?;

@@ -89,6 +89,11 @@ pub struct Config {
     pub group_commit: bool,
     /// How long an answer to an anonymous query may be reused (see `http::cache`); zero: never.
     pub response_cache_ttl: Duration,
+    /// How long each instance may answer from its cache of signed-in sessions after it last
+    /// read the session epoch (`SESSION_CACHE_MS`, default 500; zero: no cache); a logout,
+    /// revocation or role change takes this long more to answer (see
+    /// `domain::session_cache`).
+    pub session_cache_lease: Duration,
     /// How often each instance looks for expired holds and events that are over (see
     /// `sweeper`).
     pub sweep_interval: Duration,
@@ -293,6 +298,11 @@ impl Config {
                 &lookup,
                 "RESPONSE_CACHE_MS",
                 1000,
+            )?),
+            session_cache_lease: Duration::from_millis(parse_or(
+                &lookup,
+                "SESSION_CACHE_MS",
+                500u64,
             )?),
             sweep_interval: Duration::from_millis(
                 parse_or(&lookup, "SWEEP_INTERVAL_MS", 1000u64)?.max(10),

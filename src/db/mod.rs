@@ -1,6 +1,7 @@
 //! PostgreSQL access: the connection pool, the migration runner and the row types.
 //! Every query in the crate lives under `db` or `domain`; GraphQL code never writes SQL.
 
+pub mod cached_sql;
 pub mod models;
 pub mod schema;
 
@@ -10,7 +11,9 @@ use anyhow::Context;
 use diesel::ConnectionError;
 use diesel::result::QueryResult;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
+};
 use diesel_async::{
     AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection, TransactionManager,
 };
@@ -37,12 +40,29 @@ pub async fn build_pool(database_url: &str, max_size: u32) -> anyhow::Result<DbP
         .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(database_url)))?;
     let mut config = ManagerConfig::default();
     config.custom_setup = Box::new(establish_connection);
+    config.recycling_method = RecyclingMethod::CustomFunction(Box::new(closed_or_broken));
     let manager =
         AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(database_url, config);
     Ok(Pool::builder()
         .max_size(max_size)
         .connection_timeout(Duration::from_secs(5))
         .build_unchecked(manager))
+}
+
+/// The check a connection passes when it is taken from the pool: not closed (its socket
+/// ended, say after PostgreSQL restarted) and not left in a broken transaction. The default
+/// check sends `SELECT 1`, a round trip on every checkout, as many as the query itself costs;
+/// a link that died silently fails the request's own query instead, and the pool then drops it.
+fn closed_or_broken(conn: &mut AsyncPgConnection) -> BoxFuture<'_, QueryResult<()>> {
+    let broken = conn.is_broken();
+    async move {
+        if broken {
+            Err(diesel::result::Error::BrokenTransactionManager)
+        } else {
+            Ok(())
+        }
+    }
+    .boxed()
 }
 
 fn establish_connection(url: &str) -> BoxFuture<'_, diesel::ConnectionResult<AsyncPgConnection>> {

@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::Viewer;
 use super::audit;
 use crate::config::{Config, PasswordHashing};
+use crate::db::cached_sql::cached;
 use crate::db::models::{Session, User};
 use crate::db::schema::{refresh_tokens, sessions, users};
 use crate::error::{AppError, AppResult};
@@ -405,16 +406,50 @@ pub async fn refresh(
     }
 }
 
+/// Ends one session (a logout, or a refresh token presented twice). Raises the session epoch
+/// with it, in one transaction, so every instance's session cache lets go of it (see
+/// [`super::session_cache`]); the caller then waits out the cache's lease before answering.
 pub async fn revoke_session(conn: &mut AsyncPgConnection, session_id: Uuid) -> AppResult<bool> {
-    let revoked = diesel::update(
-        sessions::table
-            .find(session_id)
-            .filter(sessions::revoked_at.is_null()),
-    )
-    .set(sessions::revoked_at.eq(diesel::dsl::now))
+    conn.transaction(async move |conn| {
+        let revoked = diesel::update(
+            sessions::table
+                .find(session_id)
+                .filter(sessions::revoked_at.is_null()),
+        )
+        .set(sessions::revoked_at.eq(diesel::dsl::now))
+        .execute(conn)
+        .await?;
+        if revoked > 0 {
+            raise_session_epoch(conn).await?;
+        }
+        Ok(revoked > 0)
+    })
+    .await
+}
+
+/// Raises the session epoch: to be called in the transaction of any change that ends a
+/// session or narrows what its user may do (a role change). Instances that cached sessions
+/// empty their caches when they see it move (see [`super::session_cache`]).
+pub async fn raise_session_epoch(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    cached(diesel::sql_query(
+        "UPDATE session_epoch SET epoch = epoch + 1",
+    ))
     .execute(conn)
     .await?;
-    Ok(revoked > 0)
+    Ok(())
+}
+
+/// The session epoch now (see [`raise_session_epoch`]).
+pub async fn session_epoch(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Epoch {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        epoch: i64,
+    }
+    let row: Epoch = cached(diesel::sql_query("SELECT epoch FROM session_epoch"))
+        .get_result(conn)
+        .await?;
+    Ok(row.epoch)
 }
 
 /// The user of a session that is neither revoked nor expired.
@@ -436,7 +471,7 @@ async fn live_session_user(
 /// Which of these (session, user) pairs are live sessions: one query for a whole batch of
 /// bookings, which check their buyers' sessions this way instead of one by one.
 pub async fn live_sessions(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     pairs: &[(Uuid, Uuid)],
 ) -> AppResult<std::collections::HashSet<(Uuid, Uuid)>> {
     let ids: Vec<Uuid> = pairs.iter().map(|(session, _)| *session).collect();
@@ -445,7 +480,7 @@ pub async fn live_sessions(
         .filter(sessions::revoked_at.is_null())
         .filter(sessions::expires_at.gt(diesel::dsl::now))
         .select((sessions::id, sessions::user_id))
-        .load(conn)
+        .load(&mut conn)
         .await?;
     Ok(live.into_iter().collect())
 }
@@ -457,16 +492,37 @@ pub async fn authenticate(
     access_token: &str,
 ) -> AppResult<Viewer> {
     let claims = tokens.decode(access_token)?;
-    let user = live_session_user(conn, claims.sid)
-        .await?
-        .filter(|user| user.id == claims.sub);
-    user.map(|user| Viewer {
-        user,
-        session_id: claims.sid,
-    })
-    .ok_or(AppError::Unauthenticated(
-        "session has ended; sign in again",
-    ))
+    Ok(session_viewer(conn, &claims).await?.0)
+}
+
+/// Why a token whose session is over is refused.
+pub const SESSION_ENDED: AppError = AppError::Unauthenticated("session has ended; sign in again");
+
+/// The user of the token's claims, provided its session is still live, and until when the
+/// session lasts (unless refreshed).
+pub async fn session_viewer(
+    conn: &mut AsyncPgConnection,
+    claims: &Claims,
+) -> AppResult<(Viewer, chrono::DateTime<Utc>)> {
+    let found: Option<(User, chrono::DateTime<Utc>)> = sessions::table
+        .inner_join(users::table)
+        .filter(sessions::id.eq(claims.sid))
+        .filter(sessions::revoked_at.is_null())
+        .filter(sessions::expires_at.gt(diesel::dsl::now))
+        .select((User::as_select(), sessions::expires_at))
+        .first(conn)
+        .await
+        .optional()?;
+    match found {
+        Some((user, expires_at)) if user.id == claims.sub => Ok((
+            Viewer {
+                user,
+                session_id: claims.sid,
+            },
+            expires_at,
+        )),
+        _ => Err(SESSION_ENDED),
+    }
 }
 
 /// Ends every live session of a user (ADMIN only), e.g. after an account was compromised.
@@ -500,6 +556,7 @@ pub async fn revoke_user_sessions(
         .await?;
         let what = audit::Action::on_user("user.revoke_sessions", user_id);
         audit::record(conn, actor, what, None, Some(json!({ "revoked": revoked }))).await?;
+        raise_session_epoch(conn).await?;
         Ok(i32::try_from(revoked).unwrap_or(i32::MAX))
     })
     .await

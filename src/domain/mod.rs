@@ -25,7 +25,7 @@
 //! 4. **Over the commands.** [`group_commit`], the onsale path's booking queue, books through
 //!    `bookings` and checks sessions with `auth`; [`seed`] (demo data) creates through
 //!    `users`, `venues` and `auth`; [`stats`] (analytics and the attendee export) only reads,
-//!    exact at the moment it reads.
+//!    exact at the moment it reads; [`session_cache`] keeps `auth`'s sessions per instance.
 //!
 //! [`Viewer`], the signed-in user, is defined here and used at every layer. Nothing here
 //! imports `crate::realtime` (the bus's resync reads live in `realtime::resync`).
@@ -45,6 +45,7 @@ pub mod rsvp;
 pub mod sale_rules;
 pub mod seats;
 pub mod seed;
+pub mod session_cache;
 pub mod stats;
 pub mod sweeps;
 pub mod text;
@@ -106,6 +107,7 @@ mod layering {
         ("group_commit", 6),
         ("seed", 6),
         ("stats", 6),
+        ("session_cache", 5),
     ];
 
     fn rank(module: &str) -> u8 {

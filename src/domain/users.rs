@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::Viewer;
 use super::audit;
-use super::auth::Passwords;
+use super::auth::{self, Passwords};
 use super::rows::{OrNotFound, rows_by_id};
 use super::text::normalize_email;
 use crate::db::models::{Role, User};
@@ -115,6 +115,9 @@ pub async fn set_role(
         let (old, new) = (audit::user_fields(&before), audit::user_fields(&user));
         let what = audit::Action::on_user("user.set_role", user_id);
         audit::record(conn, actor, what, Some(old), Some(new)).await?;
+        // The epoch moves with the role, so no instance's session cache keeps the old one (see
+        // `session_cache`); the caller waits out the cache's lease before answering.
+        auth::raise_session_epoch(conn).await?;
         Ok(user)
     })
     .await

@@ -146,16 +146,25 @@ impl AuthMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        Ok(auth::refresh(&mut conn, &app.tokens, &refresh_token)
-            .await?
-            .into())
+        let refreshed = auth::refresh(&mut conn, &app.tokens, &refresh_token).await;
+        drop(conn);
+        if refreshed.is_err() {
+            // A reused refresh token ends its session: wait out the session caches' lease, as
+            // a logout does (a refusal for any other reason waits too; refusals may be slow).
+            app.sessions.settle().await;
+        }
+        Ok(refreshed?.into())
     }
 
     /// Ends the current session: its access and refresh tokens stop working.
     async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
         let viewer = &require_viewer(ctx).await?;
-        let mut conn = ctx.app().conn().await?;
+        let app = ctx.app();
+        let mut conn = app.conn().await?;
         auth::revoke_session(&mut conn, viewer.session_id).await?;
+        drop(conn);
+        // Every instance's session cache has let go of it before this answers.
+        app.sessions.settle().await;
         Ok(true)
     }
 
@@ -168,7 +177,11 @@ impl AuthMutation {
     ) -> async_graphql::Result<i32> {
         let viewer = &require_viewer(ctx).await?;
         let user_id = parse_id(&user_id, "userId")?;
-        let mut conn = ctx.app().conn().await?;
-        Ok(auth::revoke_user_sessions(&mut conn, viewer, user_id).await?)
+        let app = ctx.app();
+        let mut conn = app.conn().await?;
+        let revoked = auth::revoke_user_sessions(&mut conn, viewer, user_id).await?;
+        drop(conn);
+        app.sessions.settle().await;
+        Ok(revoked)
     }
 }

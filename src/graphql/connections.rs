@@ -46,6 +46,13 @@ listed_by! {
     VenueLayout => venue.created_at, venue.id;
 }
 
+/// A row read with something joined to it (an event with its organizer) is listed as the row.
+impl<T> Listed for (Event, T) {
+    fn cursor(&self) -> Cursor {
+        self.0.cursor()
+    }
+}
+
 /// Counts the rows of a list across all its pages, under the same filters.
 type CountRows =
     Box<dyn for<'c> Fn(&'c mut AsyncPgConnection) -> BoxFuture<'c, AppResult<i64>> + Send + Sync>;

@@ -5,7 +5,7 @@ use tokio::sync::OnceCell;
 
 use crate::app::AppState;
 use crate::domain::Viewer;
-use crate::domain::auth::{self, Claims};
+use crate::domain::auth::Claims;
 use crate::error::{AppError, AppResult};
 
 /// Who is calling. A token that was sent but is not valid is remembered as such, so that
@@ -33,16 +33,16 @@ pub struct ViewerCache(OnceCell<Viewer>);
 
 /// The signed-in user, or `None` when anonymous; an invalid or no longer valid token is an error.
 pub async fn viewer(ctx: &Context<'_>) -> AppResult<Option<Viewer>> {
-    let token = match ctx.caller() {
+    let app = ctx.app();
+    let claims = match ctx.caller() {
         Caller::Anonymous => return Ok(None),
-        Caller::Token(token, _) | Caller::Connection(token) => token,
+        Caller::Token(_, claims) => claims.as_ref().clone(),
+        Caller::Connection(token) => app.tokens.decode(token)?,
         Caller::Rejected(why) => return Err(AppError::Unauthenticated(why)),
     };
-    let lookup = async {
-        let app = ctx.app();
-        let mut conn = app.conn().await?;
-        auth::authenticate(&mut conn, &app.tokens, token).await
-    };
+    // The instance's session cache answers while its lease holds (see
+    // `domain::session_cache`); PostgreSQL otherwise.
+    let lookup = app.sessions.viewer(&claims, || app.conn());
     match ctx.data_opt::<ViewerCache>() {
         Some(cache) => Ok(Some(cache.0.get_or_try_init(|| lookup).await?.clone())),
         None => Ok(Some(lookup.await?)),

@@ -38,15 +38,29 @@ pub enum EventStatus {
 }
 
 /// An event as the API shows it: the row's columns (not `publishedAt`), and what follows
-/// from them or from other rows (`soldOut`, `onSale`, the organizer, seats, RSVPs).
-pub struct EventView(pub Event);
+/// from them or from other rows (`soldOut`, `onSale`, the organizer, seats, RSVPs). The
+/// organizer comes with the row when it was read joined to it (a page of events, one event
+/// by id), and from the request's DataLoader otherwise.
+pub struct EventView(pub Event, Option<models::User>);
+
+impl From<Event> for EventView {
+    fn from(event: Event) -> Self {
+        Self(event, None)
+    }
+}
+
+impl From<(Event, models::User)> for EventView {
+    fn from((event, organizer): (Event, models::User)) -> Self {
+        Self(event, Some(organizer))
+    }
+}
 
 /// An event reached through something else, batched with the other lookups of the request.
 pub(super) async fn load_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<EventView> {
     ctx.data_unchecked::<DataLoader<EventLoader>>()
         .load_one(id)
         .await?
-        .map(EventView)
+        .map(EventView::from)
         .ok_or_else(|| AppError::NotFound("event").into())
 }
 
@@ -128,7 +142,10 @@ impl EventView {
         self.0.version
     }
     async fn organizer(&self, ctx: &Context<'_>) -> async_graphql::Result<UserView> {
-        load_user(ctx, self.0.organizer_id).await
+        match &self.1 {
+            Some(organizer) => Ok(UserView::other(organizer.clone())),
+            None => load_user(ctx, self.0.organizer_id).await,
+        }
     }
     /// The venue whose seats a seated event has; null for general admission.
     async fn venue_layout(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<VenueView>> {
@@ -264,12 +281,22 @@ pub(super) async fn may_see(ctx: &Context<'_>, event: &Event) -> AppResult<bool>
 
 /// The event, if there is one and the caller may see it (see [`may_see`]).
 async fn find_visible_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<Event>> {
-    let event = {
+    Ok(find_visible_event_with_organizer(ctx, id)
+        .await?
+        .map(|(event, _)| event))
+}
+
+/// [`find_visible_event`] with the event's organizer, read in the same query.
+async fn find_visible_event_with_organizer(
+    ctx: &Context<'_>,
+    id: Uuid,
+) -> async_graphql::Result<Option<(Event, models::User)>> {
+    let found = {
         let mut conn = ctx.app().conn().await?;
-        events::find_event(&mut conn, id).await?
+        events::find_event_with_organizer(&mut conn, id).await?
     };
-    match event {
-        Some(event) if may_see(ctx, &event).await? => Ok(Some(event)),
+    match found {
+        Some((event, organizer)) if may_see(ctx, &event).await? => Ok(Some((event, organizer))),
         _ => Ok(None),
     }
 }
@@ -319,13 +346,15 @@ impl EventQuery {
             let (viewer, filter) = (viewer.clone(), filter.clone());
             Box::pin(async move { events::count_events(conn, viewer.as_ref(), &filter).await })
         });
-        Ok(connection(rows, &page, EventView, total_count))
+        Ok(connection(rows, &page, EventView::from, total_count))
     }
 
     /// Null when there is no such event, or when it is a draft of someone else.
     async fn event(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<EventView>> {
         let id = parse_id(&id, "id")?;
-        Ok(find_visible_event(ctx, id).await?.map(EventView))
+        Ok(find_visible_event_with_organizer(ctx, id)
+            .await?
+            .map(EventView::from))
     }
 }
 
@@ -373,7 +402,7 @@ impl EventMutation {
             offer_minutes: input.offer_minutes,
         };
         let mut conn = ctx.app().conn().await?;
-        Ok(EventView(
+        Ok(EventView::from(
             events::create_event(&mut conn, viewer, new).await?,
         ))
     }
@@ -405,7 +434,7 @@ impl EventMutation {
         let app = ctx.app();
         let mut conn = app.conn().await?;
         let updated = events::update_event(&mut conn, viewer, id, patch).await?;
-        Ok(EventView(app.commit(updated)))
+        Ok(EventView::from(app.commit(updated)))
     }
 
     /// The event's organizer or an ADMIN. Makes a DRAFT visible to everyone and bookable inside
@@ -419,7 +448,7 @@ impl EventMutation {
         if published.changed() {
             tracing::info!(event_id = %id, "event published");
         }
-        Ok(EventView(app.commit(published)))
+        Ok(EventView::from(app.commit(published)))
     }
 
     /// Cancels the event and every booking of it. Repeating it returns the cancelled event.
@@ -437,7 +466,7 @@ impl EventMutation {
                 "event cancelled"
             );
         }
-        Ok(EventView(app.commit(cancelled)))
+        Ok(EventView::from(app.commit(cancelled)))
     }
 }
 
@@ -549,6 +578,6 @@ impl EventSubscription {
         });
         Ok(stream::once(std::future::ready(first))
             .chain(later)
-            .map(EventView))
+            .map(EventView::from))
     }
 }

@@ -99,8 +99,12 @@ impl UserMutation {
     ) -> async_graphql::Result<UserView> {
         let viewer = &require_viewer(ctx).await?;
         let user_id = parse_id(&user_id, "userId")?;
-        let mut conn = ctx.app().conn().await?;
+        let app = ctx.app();
+        let mut conn = app.conn().await?;
         let user = users::set_role(&mut conn, viewer, user_id, role.into()).await?;
+        drop(conn);
+        // No instance's session cache keeps the old role once this answers.
+        app.sessions.settle().await;
         Ok(UserView::other(user))
     }
 }

@@ -36,20 +36,29 @@ async fn table_count(url: &str) -> i64 {
     row.n
 }
 
+/// The migrations on disk: each is a directory under `migrations/`.
+fn migrations_on_disk() -> usize {
+    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .filter(|entry| entry.as_ref().unwrap().file_type().unwrap().is_dir())
+        .count()
+}
+
 #[tokio::test]
 async fn migrations_revert_and_reapply_cleanly() {
     let database = fresh_database().await;
-    assert_eq!(table_count(&database.url).await, 12);
+    let tables = table_count(&database.url).await;
+    assert!(tables > 0, "the template database is migrated");
     let reverted = evently::db::revert_all_migrations(&database.url)
         .await
         .unwrap();
-    assert_eq!(reverted, 7);
+    assert_eq!(reverted, migrations_on_disk());
     assert_eq!(table_count(&database.url).await, 0);
     // Several instances starting at once: the advisory lock lets exactly one apply them.
     let runs =
         futures_util::future::join_all((0..3).map(|_| evently::db::run_migrations(&database.url)))
             .await;
     let applied: usize = runs.into_iter().map(Result::unwrap).sum();
-    assert_eq!(applied, 7);
-    assert_eq!(table_count(&database.url).await, 12);
+    assert_eq!(applied, migrations_on_disk());
+    assert_eq!(table_count(&database.url).await, tables);
 }

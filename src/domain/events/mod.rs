@@ -15,7 +15,9 @@ pub use super::sale_rules::{on_sale, visible_to};
 pub use lifecycle::{
     EventPatch, NewEvent, cancel_event, complete_ended, create_event, publish_event, update_event,
 };
-pub use queries::{EventFilter, count_events, events_by_id, list_events};
+pub use queries::{
+    EventFilter, count_events, events_by_id, find_event_with_organizer, list_events,
+};
 pub use rules::{
     DEFAULT_MAX_PER_BOOKING, MAX_CAPACITY, MAX_HOLD_MINUTES, MAX_OFFER_MINUTES, MAX_PER_USER,
 };

@@ -1,6 +1,9 @@
 //! The batch transaction: many bookings of one event committed together, with one query for
-//! the buyers' sessions, one for their idempotency keys, one lock of the event row, one
-//! `INSERT` and one conditional `UPDATE`. It decides what each caller is told; the queue and its
+//! the buyers' sessions and one for their idempotency keys (pipelined: one round trip), one
+//! lock of the event row, one `INSERT … ON CONFLICT DO NOTHING` over the batch and one
+//! conditional `UPDATE`. The hand-written statements keep their prepared statements per
+//! connection (`db::cached_sql`), so a batch with keys costs no more round trips than one
+//! without. It decides what each caller is told; the queue and its
 //! workers ([`super::worker`]) only carry the answers.
 
 use std::collections::{HashMap, HashSet};
@@ -10,6 +13,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::db::cached_sql::cached;
 use crate::db::models::{Booking, Event, EventStatus};
 use crate::db::schema::{bookings, events};
 use crate::db::{self, DbPool, Uncommitted};
@@ -92,8 +96,15 @@ async fn write_batch(
         .iter()
         .map(|(b, _)| (b.session_id, b.user_id))
         .collect();
-    let live = live_sessions(conn, &pairs).await?;
-    let mut known = previous_bookings(conn, batch).await?;
+    // Both reads go out together, one round trip (diesel-async pipelines queries polled
+    // at once on one connection); PostgreSQL still runs them one after the other.
+    let (live, mut known) = {
+        let shared: &AsyncPgConnection = conn;
+        futures_util::try_join!(
+            live_sessions(shared, &pairs),
+            previous_bookings(shared, batch)
+        )?
+    };
     let event = lock_event(conn, event_id).await?;
     if event.venue_id.is_some() {
         return Err(anyhow::Error::new(SeatedEvent).into());
@@ -276,7 +287,7 @@ async fn insert_bookings(conn: &mut AsyncPgConnection, new: &[&Booking]) -> AppR
     let mut new = new.to_vec();
     new.sort_by(|a, b| (a.user_id, &a.idempotency_key).cmp(&(b.user_id, &b.idempotency_key)));
     let column = |f: fn(&Booking) -> Uuid| new.iter().map(|b| f(b)).collect::<Vec<_>>();
-    let inserted = diesel::sql_query(
+    let inserted = cached(diesel::sql_query(
         "INSERT INTO bookings (id, event_id, user_id, quantity, status, idempotency_key, created_at) \
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::text[], \
                               $6::text[], $7::timestamptz[]) \
@@ -292,7 +303,7 @@ async fn insert_bookings(conn: &mut AsyncPgConnection, new: &[&Booking]) -> AppR
             .map(|b| b.idempotency_key.as_deref())
             .collect::<Vec<_>>(),
     )
-    .bind::<Array<Timestamptz>, _>(new.iter().map(|b| b.created_at).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(new.iter().map(|b| b.created_at).collect::<Vec<_>>()))
     .execute(conn)
     .await?;
     Ok(inserted)
@@ -392,7 +403,7 @@ async fn replay_keys_taken_meanwhile(
 
 /// Bookings already made under the idempotency keys in this batch.
 async fn previous_bookings(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     batch: &[(Buyer, &BookingRequest)],
 ) -> AppResult<HashMap<(Uuid, String), Booking>> {
     let keyed: Vec<(Uuid, &str)> = batch
@@ -407,14 +418,16 @@ async fn previous_bookings(
     let keys: Vec<&str> = keyed.iter().map(|(_, k)| *k).collect();
     // Exact (user, key) pairs, each one lookup in the unique index: filtering on the users
     // and the keys separately would read every booking of every buyer in the batch.
-    let rows: Vec<Booking> = diesel::sql_query(
-        "SELECT b.* FROM bookings b \
+    let rows: Vec<Booking> = cached(
+        diesel::sql_query(
+            "SELECT b.* FROM bookings b \
          JOIN unnest($1::uuid[], $2::text[]) AS k(user_id, idempotency_key) \
            ON b.user_id = k.user_id AND b.idempotency_key = k.idempotency_key",
+        )
+        .bind::<Array<SqlUuid>, _>(users)
+        .bind::<Array<Text>, _>(keys),
     )
-    .bind::<Array<SqlUuid>, _>(users)
-    .bind::<Array<Text>, _>(keys)
-    .load(conn)
+    .load(&mut conn)
     .await?;
     Ok(rows
         .into_iter()

@@ -16,7 +16,9 @@
 //! Faults are awaited, never slept on: [`FaultProxy::cuts`] resolves once a cut happened.
 //!
 //! [`FaultProxy::count`] counts a pattern in what clients send (say a statement's text, or
-//! PostgreSQL's `Sync` message, one per round trip), to measure how often the server asks.
+//! PostgreSQL's `Sync` message, one per query), to measure how often the server asks;
+//! [`FaultProxy::round_trips`] counts round trips: a client sending again after its server
+//! answered (queries pipelined together are one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +52,8 @@ struct Shared {
     /// The pattern counted in clients' bytes, and how often it was seen.
     count_on: Mutex<Option<Vec<u8>>>,
     counted: AtomicUsize,
+    /// Times a client sent bytes after its server had sent some (or first).
+    round_trips: AtomicUsize,
 }
 
 impl FaultProxy {
@@ -69,6 +73,7 @@ impl FaultProxy {
             accepted: AtomicUsize::new(0),
             count_on: Mutex::new(None),
             counted: AtomicUsize::new(0),
+            round_trips: AtomicUsize::new(0),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
@@ -179,6 +184,12 @@ impl FaultProxy {
         self.shared.counted.load(Ordering::SeqCst)
     }
 
+    /// Round trips on all connections since the last call: a client writing after its server
+    /// answered counts one, however many queries it pipelines in that write.
+    pub fn round_trips(&self) -> usize {
+        self.shared.round_trips.swap(0, Ordering::SeqCst)
+    }
+
     /// How many connections the proxy has accepted so far.
     pub fn accepted(&self) -> usize {
         self.shared.accepted.load(Ordering::SeqCst)
@@ -221,8 +232,11 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
     let born = *shared.strand_generation.borrow();
     let (client_read, client_write) = client.into_split();
     let (upstream_read, upstream_write) = upstream.into_split();
-    let outbound = pump(client_read, upstream_write, &shared, true, born);
-    let inbound = pump(upstream_read, client_write, &shared, false, born);
+    // Whether the server spoke since the client last did: the client's next bytes start a
+    // round trip.
+    let answered = AtomicBool::new(true);
+    let outbound = pump(client_read, upstream_write, &shared, true, born, &answered);
+    let inbound = pump(upstream_read, client_write, &shared, false, born, &answered);
     // The first direction to end (EOF, error or an armed cut) ends the connection: dropping
     // both halves closes both sockets.
     tokio::select! {
@@ -239,6 +253,7 @@ async fn pump(
     shared: &Shared,
     from_client: bool,
     born: u64,
+    answered: &AtomicBool,
 ) {
     let mut stalled = shared.stalled.subscribe();
     let mut buffer = vec![0u8; 64 * 1024];
@@ -253,6 +268,11 @@ async fn pump(
         let cut = from_client && should_cut(shared, &mut tail, chunk);
         if from_client {
             count_pattern(shared, chunk);
+            if answered.swap(false, Ordering::SeqCst) {
+                shared.round_trips.fetch_add(1, Ordering::SeqCst);
+            }
+        } else {
+            answered.store(true, Ordering::SeqCst);
         }
         // A stall holds the bytes already read, as a link that stopped carrying them would.
         if stalled.wait_for(|s| !*s).await.is_err() {

@@ -70,6 +70,9 @@ pub struct Config {
     /// `sweeper`).
     pub sweep_interval: Duration,
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`REDIS_CLUSTER_URLS`, comma-separated), used instead of
+    /// `redis_url`: live updates then go by sharded pub/sub, one shard per channel.
+    pub redis_cluster_urls: Vec<String>,
     /// How long taking a connection from the Redis pool may wait, connecting included
     /// (`REDIS_CONNECT_TIMEOUT_MS`, default 1000). One pool serves the bus and the state shared
     /// by instances; each caller bounds its commands by its own deadline besides.
@@ -157,6 +160,29 @@ impl Config {
                 value: crate::db::redact(url),
                 reason: e.to_string(),
             })?;
+        }
+        let redis_cluster_urls: Vec<String> = lookup("REDIS_CLUSTER_URLS")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|url| !url.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for url in &redis_cluster_urls {
+            redis::Client::open(url.as_str()).map_err(|e| ConfigError::Invalid {
+                name: "REDIS_CLUSTER_URLS",
+                value: crate::db::redact(url),
+                reason: e.to_string(),
+            })?;
+        }
+        if redis_url.is_some() && !redis_cluster_urls.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_CLUSTER_URLS",
+                value: redis_cluster_urls.join(","),
+                reason: "set either REDIS_URL (one server) or REDIS_CLUSTER_URLS, not both".into(),
+            });
         }
         let jwt_secret = match (lookup("JWT_SECRET"), env) {
             (Some(secret), _) if secret.len() < 32 => {
@@ -273,6 +299,7 @@ impl Config {
                 parse_or(&lookup, "SWEEP_INTERVAL_MS", 1000u64)?.max(10),
             ),
             redis_url,
+            redis_cluster_urls,
             redis_connect_timeout: Duration::from_millis(
                 parse_or(&lookup, "REDIS_CONNECT_TIMEOUT_MS", 1000u64)?.max(10),
             ),

@@ -18,6 +18,7 @@ mod readme_clients;
 mod reference_client;
 mod resolvers;
 mod sale_rules;
+mod scale;
 mod schema;
 mod seats;
 mod security;

@@ -1,0 +1,1 @@
+//! Browse reads on a PostgreSQL streaming replica.

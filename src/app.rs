@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::config::Config;
+use crate::db::replica::ReadReplica;
 use crate::db::{self, DbConn, DbPool};
 use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::changes::Committed;
@@ -23,6 +24,8 @@ use crate::security::rate_limit::RateLimiter;
 pub struct App {
     pub config: Config,
     pub db: DbPool,
+    /// Where browse reads may go (`DATABASE_REPLICA_URL`); see [`App::browse_conn`].
+    pub replica: Option<Arc<ReadReplica>>,
     pub bus: Bus,
     pub passwords: Passwords,
     pub tokens: Tokens,
@@ -93,6 +96,10 @@ impl App {
                 (Bus::in_process(), SharedRedis::none())
             }
         };
+        let replica = config
+            .database_replica_url
+            .as_deref()
+            .map(|url| ReadReplica::start(url, config.database_pool_size, config.replica_max_lag));
         let allowlist = match &config.graphql.persisted_query_allowlist {
             Some(path) => Some(load_allowlist(path)?),
             None => None,
@@ -116,6 +123,7 @@ impl App {
             ),
             config,
             db,
+            replica,
             bus,
         }));
         crate::sweeper::spawn(&state);
@@ -140,5 +148,17 @@ impl App {
     /// A pooled connection, owned so it can be held across awaits in resolvers.
     pub async fn conn(&self) -> AppResult<DbConn> {
         Ok(self.db.get_owned().await?)
+    }
+
+    /// A connection for reads that may be up to `REPLICA_MAX_LAG_MS` behind (browsing the
+    /// catalogue): the replica's while it is within that bound, the primary's otherwise. Never
+    /// for anything that decides availability or follows a write.
+    pub async fn browse_conn(&self) -> AppResult<DbConn> {
+        if let Some(replica) = &self.replica
+            && let Some(conn) = replica.conn().await
+        {
+            return Ok(conn);
+        }
+        self.conn().await
     }
 }

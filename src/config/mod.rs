@@ -62,6 +62,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
     pub database_pool_size: u32,
+    /// A streaming replica for browse reads (`DATABASE_REPLICA_URL`; see `db::replica`).
+    pub database_replica_url: Option<String>,
+    /// How far behind the replica may be before reads go to the primary
+    /// (`REPLICA_MAX_LAG_MS`, default 1000).
+    pub replica_max_lag: Duration,
     /// Commit concurrent bookings of one event together (see `domain::onsale`).
     pub group_commit: bool,
     /// How long an answer to an anonymous query may be reused (see `http::cache`); zero: never.
@@ -150,6 +155,17 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "DATABASE_URL",
                 value: crate::db::redact(&database_url),
+                reason: "expected a postgres:// URL".into(),
+            });
+        }
+        let database_replica_url = lookup("DATABASE_REPLICA_URL");
+        if let Some(url) = &database_replica_url
+            && !url.starts_with("postgres://")
+            && !url.starts_with("postgresql://")
+        {
+            return Err(ConfigError::Invalid {
+                name: "DATABASE_REPLICA_URL",
+                value: crate::db::redact(url),
                 reason: "expected a postgres:// URL".into(),
             });
         }
@@ -289,6 +305,12 @@ impl Config {
             listen,
             database_url,
             database_pool_size: parse_or(&lookup, "DATABASE_POOL_SIZE", 16)?,
+            database_replica_url,
+            replica_max_lag: Duration::from_millis(parse_or(
+                &lookup,
+                "REPLICA_MAX_LAG_MS",
+                1000u64,
+            )?),
             group_commit: parse_or(&lookup, "EVENTLY_GROUP_COMMIT", true)?,
             response_cache_ttl: Duration::from_millis(parse_or(
                 &lookup,

@@ -11,7 +11,7 @@ use futures_util::{Stream, StreamExt, stream};
 use uuid::Uuid;
 
 use super::connections::{TotalCount, connection, page_complexity};
-use super::context::{ContextExt, require_viewer, viewer};
+use super::context::{ContextExt, browse_conn, require_viewer, viewer};
 use super::ids::{parse_id, to_id};
 use super::loaders::{EventLoader, VenueLoader};
 use super::rsvp::{self, RsvpCounts, RsvpResponse};
@@ -152,7 +152,7 @@ impl EventView {
         ctx: &Context<'_>,
         section: Option<String>,
     ) -> async_graphql::Result<Vec<SeatView>> {
-        let mut conn = ctx.app().conn().await?;
+        let mut conn = browse_conn(ctx).await?;
         let seats = seats::event_seats(&mut conn, &self.0, section.as_deref()).await?;
         Ok(seats.into_iter().map(SeatView).collect())
     }
@@ -265,7 +265,7 @@ pub(super) async fn may_see(ctx: &Context<'_>, event: &Event) -> AppResult<bool>
 /// The event, if there is one and the caller may see it (see [`may_see`]).
 async fn find_visible_event(ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Option<Event>> {
     let event = {
-        let mut conn = ctx.app().conn().await?;
+        let mut conn = browse_conn(ctx).await?;
         events::find_event(&mut conn, id).await?
     };
     match event {
@@ -313,7 +313,7 @@ impl EventQuery {
             }
             _ => None,
         };
-        let mut conn = ctx.app().conn().await?;
+        let mut conn = browse_conn(ctx).await?;
         let rows = events::list_events(&mut conn, viewer.as_ref(), &filter, page).await?;
         let total_count = TotalCount::new(move |conn| {
             let (viewer, filter) = (viewer.clone(), filter.clone());

@@ -92,8 +92,11 @@ ensure_node() {
     apt_install nodejs npm
 }
 
-ensure_postgres
-ensure_redis
+# EVENTLY_SERVICES_FUNCTIONS_ONLY=1 only defines the functions (the scaling tests use it).
+if [ -z "${EVENTLY_SERVICES_FUNCTIONS_ONLY:-}" ]; then
+    ensure_postgres
+    ensure_redis
+fi
 
 # --- Scaling: a Redis Cluster and a PostgreSQL streaming replica on loopback ----------------
 # Used by the scaling tests (tests/api/scale/) and by hand. Each takes a directory of its own

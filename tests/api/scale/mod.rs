@@ -45,6 +45,7 @@ fn free_ports(range: std::ops::Range<u16>, count: u16, also: Option<u16>) -> u16
 fn services(function: &str, args: &[String]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
     let status = Command::new("bash")
+        .env("EVENTLY_SERVICES_FUNCTIONS_ONLY", "1")
         .arg("-c")
         .arg(format!(
             "source '{script}' && {function} \"$@\" {}",

@@ -53,17 +53,14 @@ impl RedisCluster {
             .unwrap()
     }
 
-    /// A node that is up, to ask about the cluster.
-    async fn any_node(&self, except: Option<u16>) -> redis::aio::MultiplexedConnection {
-        let port = (self.base..self.base + 6)
-            .find(|port| Some(*port) != except)
-            .unwrap();
-        Self::node(port).await
+    /// A node to ask about the cluster (none of them has failed yet when it is asked).
+    async fn any_node(&self) -> redis::aio::MultiplexedConnection {
+        Self::node(self.base).await
     }
 
-    /// The port of the master owning `key`'s slot, and of its replicas, as the cluster says.
-    async fn shard_of(&self, key: &str, except: Option<u16>) -> (u16, Vec<u16>) {
-        let mut conn = self.any_node(except).await;
+    /// The port of the master owning `key`'s slot, as the cluster says.
+    async fn shard_of(&self, key: &str) -> u16 {
+        let mut conn = self.any_node().await;
         let slot: i64 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -75,25 +72,51 @@ impl RedisCluster {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let port = |node: &Value| match node {
-            Value::Array(parts) => match &parts[1] {
-                Value::Int(port) => *port as u16,
-                other => panic!("a port, not {other:?}"),
-            },
-            other => panic!("a node, not {other:?}"),
-        };
         for range in &ranges {
             let Value::Array(fields) = range else {
                 panic!("{range:?}")
             };
-            let (Value::Int(start), Value::Int(end)) = (&fields[0], &fields[1]) else {
+            let (Value::Int(start), Value::Int(end), Value::Array(master)) =
+                (&fields[0], &fields[1], &fields[2])
+            else {
                 panic!("{range:?}")
             };
             if (*start..=*end).contains(&slot) {
-                return (port(&fields[2]), fields[3..].iter().map(port).collect());
+                let Value::Int(port) = master[1] else {
+                    panic!("{master:?}")
+                };
+                return port as u16;
             }
         }
         panic!("slot {slot} is served by no one: {ranges:?}");
+    }
+
+    /// The ports of the replicas of the master at `master`, from `CLUSTER NODES` (which,
+    /// unlike `CLUSTER SLOTS`, lists a replica before it has replicated anything).
+    async fn replicas_of(&self, master: u16) -> Vec<u16> {
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut Self::node(master).await)
+            .await
+            .unwrap();
+        let port = |address: &str| -> u16 {
+            let host_port = address.split('@').next().unwrap();
+            host_port.rsplit(':').next().unwrap().parse().unwrap()
+        };
+        let lines: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        let master_id = lines
+            .iter()
+            .find(|fields| port(fields[1]) == master)
+            .map(|fields| fields[0])
+            .unwrap();
+        lines
+            .iter()
+            .filter(|fields| fields[2].contains("slave") && fields[3] == master_id)
+            .map(|fields| port(fields[1]))
+            .collect()
     }
 
     /// The shard channels with subscribers on the node at `port`.
@@ -166,10 +189,10 @@ async fn bookings_on_one_instance_reach_subscribers_on_another_through_each_even
     let buyer = a.user(Role::User).await;
     // Two events whose seat channels live on different shards.
     let first = a.event(&organizer, 100).await;
-    let (first_shard, _) = cluster.shard_of(&seats_channel(&a, &first), None).await;
+    let first_shard = cluster.shard_of(&seats_channel(&a, &first)).await;
     let (second, second_shard) = loop {
         let event = a.event(&organizer, 100).await;
-        let (shard, _) = cluster.shard_of(&seats_channel(&a, &event), None).await;
+        let shard = cluster.shard_of(&seats_channel(&a, &event)).await;
         if shard != first_shard {
             break (event, shard);
         }
@@ -226,7 +249,9 @@ async fn a_subscriber_converges_after_the_shard_of_its_event_fails_over() {
     let buyer = a.user(Role::User).await;
     let event = a.event(&organizer, 100).await;
     let channel = seats_channel(&b, &event);
-    let (master, replicas) = cluster.shard_of(&channel, None).await;
+    let master = cluster.shard_of(&channel).await;
+    let replicas = cluster.replicas_of(master).await;
+    assert!(!replicas.is_empty(), "the shard of {master} has no replica");
     let mut watcher = b.connect_ws(init(&buyer.token)).await;
     watcher.subscribe("s", SEATS, json!({ "id": event })).await;
     let (available, version) = seats(&mut watcher).await;

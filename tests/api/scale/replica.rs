@@ -90,6 +90,7 @@ impl Replica {
     /// Stops the replica at once, as if its machine went away.
     fn stop_replica(&self) {
         let status = Command::new("bash")
+            .env("EVENTLY_SERVICES_FUNCTIONS_ONLY", "1")
             .arg("-c")
             .arg(format!(
                 "source '{}/scripts/services.sh' && as_postgres \"$(pg_bin)/pg_ctl\" -D '{}/replica' -m immediate stop",

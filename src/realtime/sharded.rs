@@ -16,8 +16,10 @@
 //!   subscription being confirmed was published to no one here);
 //! - a connection to a shard that drops (the crate reports a `Disconnection`), a shard that
 //!   unsubscribes us by itself (a failover or resharding moved the channel's slot: Redis sends
-//!   `sunsubscribe`), or a PING to the masters that goes unanswered (a half-open connection,
-//!   checked every `Heartbeat::interval`) count as the subscription lost, as in `listener`:
+//!   `sunsubscribe`), a PING to the masters that goes unanswered (a half-open connection,
+//!   checked every `Heartbeat::interval`), or a slot range whose master changed since the
+//!   subscriptions were set up (seen at the same check: the crate moves subscriptions to a
+//!   promoted replica silently) count as the subscription lost, as in `listener`:
 //!   `/readyz` says why until every channel is subscribed again on its (possibly new) shard,
 //!   and then every topic with local subscribers is re-read from PostgreSQL.
 
@@ -49,6 +51,10 @@ struct Sharded {
     conn: Option<ClusterConnection>,
     /// Channels subscribed on their shards, and their topics.
     subscribed: HashMap<String, Topic>,
+    /// Which master served which slots when the subscriptions were last set up. The crate
+    /// moves subscriptions to a promoted replica by itself, without a word, and messages sent
+    /// meanwhile are lost: a change here counts as the subscriptions lost.
+    masters: Option<Vec<(i64, i64, String)>>,
     /// While the subscriptions are (possibly) lost: since when messages may have been missed.
     lost_since: Option<DateTime<Utc>>,
     /// The last time every message sent before it was known to have arrived.
@@ -93,6 +99,7 @@ pub(super) async fn listen(
         client,
         conn: None,
         subscribed: HashMap::new(),
+        masters: None,
         // Subscribers may attach before the first subscriptions are up.
         lost_since: Some(Utc::now()),
         last_heard: Utc::now(),
@@ -235,7 +242,50 @@ impl Sharded {
     async fn check(&mut self) {
         if let Err(why) = self.ping().await {
             self.lose(why);
+            return;
         }
+        let masters = self.masters().await;
+        if masters.is_some() && self.masters.is_some() && masters != self.masters {
+            self.lose("moved: a shard's master changed (a failover)".into());
+        }
+    }
+
+    /// Each slot range and the address of its master, as a node of the cluster says; `None`
+    /// when that cannot be told now.
+    async fn masters(&mut self) -> Option<Vec<(i64, i64, String)>> {
+        let conn = self.conn.as_mut()?;
+        let command = redis::cmd("CLUSTER");
+        let mut command = command;
+        command.arg("SLOTS");
+        let slots = tokio::time::timeout(self.timeout, command.query_async::<Value>(conn))
+            .await
+            .ok()?
+            .ok()?;
+        let Value::Array(ranges) = slots else {
+            return None;
+        };
+        let mut masters: Vec<(i64, i64, String)> = ranges
+            .iter()
+            .filter_map(|range| {
+                let Value::Array(fields) = range else {
+                    return None;
+                };
+                let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
+                    (fields.first(), fields.get(1), fields.get(2))
+                else {
+                    return None;
+                };
+                let address = match (node.first(), node.get(1)) {
+                    (Some(Value::BulkString(host)), Some(Value::Int(port))) => {
+                        format!("{}:{port}", String::from_utf8_lossy(host))
+                    }
+                    _ => return None,
+                };
+                Some((*start, *end, address))
+            })
+            .collect();
+        masters.sort();
+        Some(masters)
     }
 
     /// Connects if needed, subscribes every topic with local subscribers on its shard, and
@@ -320,6 +370,7 @@ impl Sharded {
             }
         }
         self.subscribed = subscribed;
+        self.masters = self.masters().await;
         Ok(())
     }
 }

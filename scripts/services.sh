@@ -101,7 +101,7 @@ fi
 # --- Scaling: a Redis Cluster and a PostgreSQL streaming replica on loopback ----------------
 # Used by the scaling tests (tests/api/scale/) and by hand. Each takes a directory of its own
 # and ports, and an optional process id: when that process ends, what was started is stopped
-# (so a test run leaves nothing behind).
+# and the directory removed (so a test run leaves nothing behind).
 
 # Stops the daemons whose pid files lie under $1 once process $2 has ended.
 stop_when_gone() {
@@ -110,6 +110,8 @@ stop_when_gone() {
         while kill -0 "$owner" 2>/dev/null; do sleep 1; done
         stop_redis_cluster "$dir" 2>/dev/null || true
         stop_pg_replica "$dir" 2>/dev/null || true
+        sleep 1
+        rm -rf "$dir"
     ) >/dev/null 2>&1 </dev/null &
     disown || true
 }

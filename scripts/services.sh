@@ -92,5 +92,131 @@ ensure_node() {
     apt_install nodejs npm
 }
 
-ensure_postgres
-ensure_redis
+# EVENTLY_SERVICES_FUNCTIONS_ONLY=1 only defines the functions (the scaling tests use it).
+if [ -z "${EVENTLY_SERVICES_FUNCTIONS_ONLY:-}" ]; then
+    ensure_postgres
+    ensure_redis
+fi
+
+# --- Scaling: a Redis Cluster and a PostgreSQL streaming replica on loopback ----------------
+# Used by the scaling tests (tests/api/scale/) and by hand. Each takes a directory of its own
+# and ports, and an optional process id: when that process ends, what was started is stopped
+# and the directory removed (so a test run leaves nothing behind).
+
+# Stops the daemons whose pid files lie under $1 once process $2 has ended.
+stop_when_gone() {
+    local dir=$1 owner=$2
+    (
+        while kill -0 "$owner" 2>/dev/null; do sleep 1; done
+        stop_redis_cluster "$dir" 2>/dev/null || true
+        stop_pg_replica "$dir" 2>/dev/null || true
+        sleep 1
+        rm -rf "$dir"
+    ) >/dev/null 2>&1 </dev/null &
+    disown || true
+}
+
+# start_redis_cluster DIR FIRST_PORT [OWNER_PID]: six redis-servers on FIRST_PORT..FIRST_PORT+5
+# (and their cluster bus ports, +10000), made into three masters with one replica each; waits
+# until the cluster is ok and every replica is in sync, so a failover can happen at once.
+start_redis_cluster() {
+    local dir=$1 base=$2 owner=${3:-} port nodes=()
+    mkdir -p "$dir"
+    for i in 0 1 2 3 4 5; do
+        port=$((base + i))
+        mkdir -p "$dir/redis-$port"
+        redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+            --cluster-config-file "$dir/redis-$port/nodes.conf" \
+            --cluster-node-timeout "${REDIS_CLUSTER_NODE_TIMEOUT_MS:-1000}" \
+            --save "" --appendonly no --daemonize yes --dir "$dir/redis-$port" \
+            --pidfile "$dir/redis-$port/redis.pid" --logfile "$dir/redis-$port/redis.log"
+        nodes+=("127.0.0.1:$port")
+    done
+    if [ -n "$owner" ]; then stop_when_gone "$dir" "$owner"; fi
+    for i in 0 1 2 3 4 5; do
+        port=$((base + i))
+        for _ in $(seq 1 50); do
+            redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+            sleep 0.1
+        done
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes \
+        >"$dir/cluster-create.log" 2>&1
+    for _ in $(seq 1 100); do
+        local ready=0
+        for i in 0 1 2 3 4 5; do
+            port=$((base + i))
+            redis-cli -p "$port" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || continue
+            # Every node knows every replica (CLUSTER SLOTS lists them).
+            [ "$(redis-cli -p "$port" cluster nodes | awk '$3 ~ /slave/' | wc -l)" -eq 3 ] || continue
+            if redis-cli -p "$port" info replication | grep -q 'role:slave'; then
+                redis-cli -p "$port" info replication | grep -q 'master_link_status:up' || continue
+            fi
+            ready=$((ready + 1))
+        done
+        [ "$ready" -eq 6 ] && return 0
+        sleep 0.2
+    done
+    echo "the Redis Cluster on $base.. did not come up (see $dir)" >&2
+    return 1
+}
+
+stop_redis_cluster() {
+    local dir=$1 pidfile
+    for pidfile in "$dir"/redis-*/redis.pid; do
+        [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    done
+}
+
+# Runs a command as the postgres user (PostgreSQL refuses to run as root).
+as_postgres() {
+    if [ "$(id -un)" = postgres ]; then "$@"; else as_root runuser -u postgres -- "$@"; fi
+}
+
+pg_bin() {
+    ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1
+}
+
+# start_pg_replica DIR PRIMARY_PORT REPLICA_PORT [OWNER_PID]: a PostgreSQL primary of its own
+# (trust authentication on loopback, user postgres) and a streaming replica of it made with
+# `pg_basebackup -R`; returns once the replica accepts read-only connections.
+start_pg_replica() {
+    local dir=$1 primary_port=$2 replica_port=$3 owner=${4:-} bin
+    bin=$(pg_bin)
+    mkdir -p "$dir"
+    chown postgres "$dir" 2>/dev/null || true
+    as_postgres "$bin/initdb" -D "$dir/primary" -U postgres --auth=trust >"$dir/initdb.log" 2>&1
+    cat >>"$dir/primary/postgresql.conf" <<CONF
+port = $primary_port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+wal_level = replica
+max_wal_senders = 5
+hot_standby = on
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 200
+CONF
+    as_postgres "$bin/pg_ctl" -D "$dir/primary" -l "$dir/primary.log" -w start >/dev/null
+    if [ -n "$owner" ]; then stop_when_gone "$dir" "$owner"; fi
+    as_postgres "$bin/pg_basebackup" -h 127.0.0.1 -p "$primary_port" -U postgres \
+        -D "$dir/replica" -R -X stream >"$dir/basebackup.log" 2>&1
+    echo "port = $replica_port" >>"$dir/replica/postgresql.conf"
+    as_postgres "$bin/pg_ctl" -D "$dir/replica" -l "$dir/replica.log" -w start >/dev/null
+    for _ in $(seq 1 50); do
+        pg_isready -q -h 127.0.0.1 -p "$replica_port" && return 0
+        sleep 0.1
+    done
+    echo "the replica on $replica_port did not come up (see $dir)" >&2
+    return 1
+}
+
+stop_pg_replica() {
+    local dir=$1 bin node
+    bin=$(pg_bin)
+    for node in replica primary; do
+        [ -f "$dir/$node/postmaster.pid" ] &&
+            as_postgres "$bin/pg_ctl" -D "$dir/$node" -m immediate stop >/dev/null 2>&1 || true
+    done
+}

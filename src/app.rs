@@ -6,14 +6,18 @@ mod announce;
 use std::ops::Deref;
 use std::sync::Arc;
 
+use anyhow::Context;
+
 use crate::config::Config;
+use crate::db::replica::ReadReplica;
 use crate::db::{self, DbConn, DbPool};
 use crate::domain::auth::{Passwords, Tokens};
 use crate::domain::changes::Committed;
 use crate::domain::group_commit::BookingQueue;
 use crate::domain::session_cache::SessionCache;
 use crate::error::AppResult;
-use crate::realtime::{Bus, Heartbeat};
+use crate::realtime::{Bus, Heartbeat, RedisSubscriber};
+use crate::redis_conn::RedisCommands;
 use crate::security::SharedRedis;
 use crate::security::persisted::{PersistedQueries, load_allowlist};
 use crate::security::rate_limit::RateLimiter;
@@ -21,6 +25,8 @@ use crate::security::rate_limit::RateLimiter;
 pub struct App {
     pub config: Config,
     pub db: DbPool,
+    /// Where browse reads may go (`DATABASE_REPLICA_URL`); see [`App::browse_conn`].
+    pub replica: Option<Arc<ReadReplica>>,
     pub bus: Bus,
     pub passwords: Passwords,
     pub tokens: Tokens,
@@ -45,35 +51,46 @@ impl Deref for AppState {
 
 impl App {
     /// Connects to PostgreSQL (failing fast when it cannot) and sets up the bus: Redis pub/sub
-    /// when `REDIS_URL` is set, otherwise an in-process bus for a single instance. Redis is set
-    /// up here once: one pool for the bus and the shared security state, and the same client
-    /// opens the bus's dedicated subscription connection.
+    /// when `REDIS_URL` is set, sharded pub/sub on a Redis Cluster when `REDIS_CLUSTER_URLS`
+    /// is, otherwise an in-process bus for a single instance. Redis is set up here once: one
+    /// way to send commands for the bus and the shared security state (a pool, or the cluster
+    /// connection, which needs a cluster that answers at start-up to learn its slots), and the
+    /// bus's dedicated subscription connections.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
         /// Pooled Redis connections: the bus's eight and the security state's sixteen of when
         /// each had a pool of its own.
         const REDIS_POOL_SIZE: u32 = 24;
         let db = db::build_pool(&config.database_url, config.database_pool_size).await?;
-        let (bus, shared) = match &config.redis_url {
-            Some(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let pool = bb8::Pool::builder()
-                    .max_size(REDIS_POOL_SIZE)
-                    .connection_timeout(config.redis_connect_timeout)
-                    .build_unchecked(bb8_redis::RedisConnectionManager::new(
-                        client.get_connection_info().clone(),
-                    )?);
-                let heartbeat = Heartbeat {
-                    interval: config.redis_ping_interval,
-                    timeout: config.redis_ping_timeout,
-                };
+        let heartbeat = Heartbeat {
+            interval: config.redis_ping_interval,
+            timeout: config.redis_ping_timeout,
+        };
+        let redis = if !config.redis_cluster_urls.is_empty() {
+            let urls = &config.redis_cluster_urls;
+            let commands = RedisCommands::cluster(urls, config.redis_connect_timeout)
+                .await
+                .context("cannot connect to the Redis Cluster (REDIS_CLUSTER_URLS)")?;
+            Some((RedisSubscriber::Cluster(urls.clone()), commands))
+        } else if let Some(url) = &config.redis_url {
+            let commands =
+                RedisCommands::single(url, REDIS_POOL_SIZE, config.redis_connect_timeout)?;
+            Some((
+                RedisSubscriber::Server(redis::Client::open(url.as_str())?),
+                commands,
+            ))
+        } else {
+            None
+        };
+        let (bus, shared) = match redis {
+            Some((subscriber, commands)) => {
                 let bus = Bus::with_redis(
-                    client,
-                    pool.clone(),
+                    subscriber,
+                    commands.clone(),
                     &config.redis_prefix,
                     heartbeat,
                     db.clone(),
                 );
-                (bus, SharedRedis::new(pool, &config.redis_prefix))
+                (bus, SharedRedis::new(commands, &config.redis_prefix))
             }
             None => {
                 tracing::info!(
@@ -82,6 +99,10 @@ impl App {
                 (Bus::in_process(), SharedRedis::none())
             }
         };
+        let replica = config
+            .database_replica_url
+            .as_deref()
+            .map(|url| ReadReplica::start(url, config.database_pool_size, config.replica_max_lag));
         let allowlist = match &config.graphql.persisted_query_allowlist {
             Some(path) => Some(load_allowlist(path)?),
             None => None,
@@ -106,6 +127,7 @@ impl App {
             ),
             config,
             db,
+            replica,
             bus,
         }));
         crate::sweeper::spawn(&state);
@@ -131,5 +153,17 @@ impl App {
     /// A pooled connection, owned so it can be held across awaits in resolvers.
     pub async fn conn(&self) -> AppResult<DbConn> {
         Ok(self.db.get_owned().await?)
+    }
+
+    /// A connection for reads that may be up to `REPLICA_MAX_LAG_MS` behind (browsing the
+    /// catalogue): the replica's while it is within that bound, the primary's otherwise. Never
+    /// for anything that decides availability or follows a write.
+    pub async fn browse_conn(&self) -> AppResult<DbConn> {
+        if let Some(replica) = &self.replica
+            && let Some(conn) = replica.conn().await
+        {
+            return Ok(conn);
+        }
+        self.conn().await
     }
 }

@@ -12,6 +12,7 @@ pub mod graphql;
 pub mod http;
 pub mod payments;
 pub mod realtime;
+pub mod redis_conn;
 pub mod security;
 pub mod sweeper;
 pub mod telemetry;

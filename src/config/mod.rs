@@ -85,6 +85,11 @@ pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
     pub database_pool_size: u32,
+    /// A streaming replica for browse reads (`DATABASE_REPLICA_URL`; see `db::replica`).
+    pub database_replica_url: Option<String>,
+    /// How far behind the replica may be before reads go to the primary
+    /// (`REPLICA_MAX_LAG_MS`, default 1000).
+    pub replica_max_lag: Duration,
     /// Commit concurrent bookings of one event together (see `domain::onsale`).
     pub group_commit: bool,
     /// How long an answer to an anonymous query may be reused (see `http::cache`); zero: never.
@@ -98,6 +103,9 @@ pub struct Config {
     /// `sweeper`).
     pub sweep_interval: Duration,
     pub redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster (`REDIS_CLUSTER_URLS`, comma-separated), used instead of
+    /// `redis_url`: live updates then go by sharded pub/sub, one shard per channel.
+    pub redis_cluster_urls: Vec<String>,
     /// How long taking a connection from the Redis pool may wait, connecting included
     /// (`REDIS_CONNECT_TIMEOUT_MS`, default 1000). One pool serves the bus and the state shared
     /// by instances; each caller bounds its commands by its own deadline besides.
@@ -180,6 +188,17 @@ impl Config {
                 reason: "expected a postgres:// URL".into(),
             });
         }
+        let database_replica_url = lookup("DATABASE_REPLICA_URL");
+        if let Some(url) = &database_replica_url
+            && !url.starts_with("postgres://")
+            && !url.starts_with("postgresql://")
+        {
+            return Err(ConfigError::Invalid {
+                name: "DATABASE_REPLICA_URL",
+                value: crate::db::redact(url),
+                reason: "expected a postgres:// URL".into(),
+            });
+        }
         let redis_url = lookup("REDIS_URL");
         if let Some(url) = &redis_url {
             redis::Client::open(url.as_str()).map_err(|e| ConfigError::Invalid {
@@ -187,6 +206,29 @@ impl Config {
                 value: crate::db::redact(url),
                 reason: e.to_string(),
             })?;
+        }
+        let redis_cluster_urls: Vec<String> = lookup("REDIS_CLUSTER_URLS")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|url| !url.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for url in &redis_cluster_urls {
+            redis::Client::open(url.as_str()).map_err(|e| ConfigError::Invalid {
+                name: "REDIS_CLUSTER_URLS",
+                value: crate::db::redact(url),
+                reason: e.to_string(),
+            })?;
+        }
+        if redis_url.is_some() && !redis_cluster_urls.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_CLUSTER_URLS",
+                value: redis_cluster_urls.join(","),
+                reason: "set either REDIS_URL (one server) or REDIS_CLUSTER_URLS, not both".into(),
+            });
         }
         let jwt_secret = match (lookup("JWT_SECRET"), env) {
             (Some(secret), _) if secret.len() < 32 => {
@@ -293,6 +335,12 @@ impl Config {
             listen,
             database_url,
             database_pool_size: parse_or(&lookup, "DATABASE_POOL_SIZE", 16)?,
+            database_replica_url,
+            replica_max_lag: Duration::from_millis(parse_or(
+                &lookup,
+                "REPLICA_MAX_LAG_MS",
+                1000u64,
+            )?),
             group_commit: parse_or(&lookup, "EVENTLY_GROUP_COMMIT", true)?,
             response_cache_ttl: Duration::from_millis(parse_or(
                 &lookup,
@@ -308,6 +356,7 @@ impl Config {
                 parse_or(&lookup, "SWEEP_INTERVAL_MS", 1000u64)?.max(10),
             ),
             redis_url,
+            redis_cluster_urls,
             redis_connect_timeout: Duration::from_millis(
                 parse_or(&lookup, "REDIS_CONNECT_TIMEOUT_MS", 1000u64)?.max(10),
             ),

@@ -327,3 +327,59 @@ fn stripe_is_off_without_a_secret_key_and_needs_the_webhook_secret_with_one() {
     assert_eq!(stripe.api_base, "http://127.0.0.1:12111");
     assert_eq!(stripe.webhook_tolerance, Duration::from_secs(60));
 }
+
+#[test]
+fn a_redis_cluster_is_given_by_its_seed_nodes_instead_of_one_redis_url() {
+    let db = ("DATABASE_URL", "postgres://db/x");
+    let seeds = (
+        "REDIS_CLUSTER_URLS",
+        "redis://127.0.0.1:7000, redis://127.0.0.1:7001,",
+    );
+    let cluster = config(&[db, seeds]).unwrap();
+    assert_eq!(
+        cluster.redis_cluster_urls,
+        ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+    );
+    assert_eq!(cluster.redis_url, None);
+    let both = config(&[db, seeds, ("REDIS_URL", "redis://127.0.0.1:6379")]);
+    assert!(
+        matches!(
+            both,
+            Err(ConfigError::Invalid {
+                name: "REDIS_CLUSTER_URLS",
+                ..
+            })
+        ),
+        "{both:?}"
+    );
+}
+
+#[test]
+fn a_read_replica_is_optional_and_trusted_up_to_a_second_behind_by_default() {
+    let db = ("DATABASE_URL", "postgres://db/x");
+    let plain = config(&[db]).unwrap();
+    assert_eq!(plain.database_replica_url, None);
+    assert_eq!(plain.replica_max_lag, Duration::from_millis(1000));
+    let replica = config(&[
+        db,
+        ("DATABASE_REPLICA_URL", "postgres://replica/x"),
+        ("REPLICA_MAX_LAG_MS", "250"),
+    ])
+    .unwrap();
+    assert_eq!(
+        replica.database_replica_url.as_deref(),
+        Some("postgres://replica/x")
+    );
+    assert_eq!(replica.replica_max_lag, Duration::from_millis(250));
+    let bad = config(&[db, ("DATABASE_REPLICA_URL", "mysql://replica/x")]);
+    assert!(
+        matches!(
+            bad,
+            Err(ConfigError::Invalid {
+                name: "DATABASE_REPLICA_URL",
+                ..
+            })
+        ),
+        "{bad:?}"
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod cached_sql;
 pub mod models;
+pub mod replica;
 pub mod schema;
 
 use std::time::Duration;

@@ -1,9 +1,11 @@
 //! What a resolver knows about the request: the app, the caller and the per-request loaders.
 
 use async_graphql::Context;
+use async_graphql::parser::types::OperationType;
 use tokio::sync::OnceCell;
 
 use crate::app::AppState;
+use crate::db::DbConn;
 use crate::domain::Viewer;
 use crate::domain::auth::Claims;
 use crate::error::{AppError, AppResult};
@@ -58,6 +60,17 @@ pub fn token_claims(ctx: &Context<'_>) -> AppResult<Option<Claims>> {
         Caller::Token(_, claims) => Ok(Some(claims.as_ref().clone())),
         Caller::Connection(token) => ctx.app().tokens.decode(token).map(Some),
         Caller::Rejected(why) => Err(AppError::Unauthenticated(why)),
+    }
+}
+
+/// A connection for a catalogue read: from the read replica (when configured and fresh) in a
+/// query, from the primary in a mutation or a subscription, whose reads follow a write or
+/// decide what a client is told the state now is.
+pub async fn browse_conn(ctx: &Context<'_>) -> AppResult<DbConn> {
+    if ctx.query_env.operation.node.ty == OperationType::Query {
+        ctx.app().browse_conn().await
+    } else {
+        ctx.app().conn().await
     }
 }
 

@@ -11,7 +11,7 @@ use futures_util::{Stream, StreamExt, stream};
 use uuid::Uuid;
 
 use super::connections::{TotalCount, connection, page_complexity};
-use super::context::{ContextExt, require_viewer, viewer};
+use super::context::{ContextExt, browse_conn, require_viewer, viewer};
 use super::ids::{parse_id, to_id};
 use super::loaders::{EventLoader, VenueLoader};
 use super::rsvp::{self, RsvpCounts, RsvpResponse};
@@ -169,7 +169,7 @@ impl EventView {
         ctx: &Context<'_>,
         section: Option<String>,
     ) -> async_graphql::Result<Vec<SeatView>> {
-        let mut conn = ctx.app().conn().await?;
+        let mut conn = browse_conn(ctx).await?;
         let seats = seats::event_seats(&mut conn, &self.0, section.as_deref()).await?;
         Ok(seats.into_iter().map(SeatView).collect())
     }
@@ -292,7 +292,7 @@ async fn find_visible_event_with_organizer(
     id: Uuid,
 ) -> async_graphql::Result<Option<(Event, models::User)>> {
     let found = {
-        let mut conn = ctx.app().conn().await?;
+        let mut conn = browse_conn(ctx).await?;
         events::find_event_with_organizer(&mut conn, id).await?
     };
     match found {
@@ -340,7 +340,7 @@ impl EventQuery {
             }
             _ => None,
         };
-        let mut conn = ctx.app().conn().await?;
+        let mut conn = browse_conn(ctx).await?;
         let rows = events::list_events(&mut conn, viewer.as_ref(), &filter, page).await?;
         let total_count = TotalCount::new(move |conn| {
             let (viewer, filter) = (viewer.clone(), filter.clone());

@@ -6,7 +6,7 @@ use async_graphql::{Context, ID, InputObject, Object};
 use chrono::{DateTime, Utc};
 
 use super::connections::{TotalCount, connection, page_complexity};
-use super::context::{ContextExt, require_viewer};
+use super::context::{ContextExt, browse_conn, require_viewer};
 use super::ids::{parse_id, to_id};
 use crate::domain::pagination::PageRequest;
 use crate::domain::venues::{self, NewVenue, RowLayout, SectionLayout, VenueLayout};
@@ -88,7 +88,7 @@ pub struct VenueQuery;
 impl VenueQuery {
     async fn venue(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<VenueView>> {
         let id = parse_id(&id, "id")?;
-        let mut conn = ctx.app().conn().await?;
+        let mut conn = browse_conn(ctx).await?;
         Ok(venues::find_venue(&mut conn, id).await?.map(VenueView))
     }
 
@@ -101,7 +101,7 @@ impl VenueQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Connection<String, VenueView, TotalCount>> {
         let page = PageRequest::new(first, after.as_deref())?;
-        let mut conn = ctx.app().conn().await?;
+        let mut conn = browse_conn(ctx).await?;
         let rows = venues::list_venues(&mut conn, page).await?;
         let total_count = TotalCount::new(|conn| Box::pin(venues::count_venues(conn)));
         Ok(connection(rows, &page, VenueView, total_count))

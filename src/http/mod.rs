@@ -35,6 +35,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use crate::config::Environment;
+use crate::db::replica::ReplicaHealth;
 use crate::error::{AppError, REQUEST_ID};
 use crate::graphql::context::{Caller, ViewerCache};
 use crate::graphql::loaders;
@@ -549,9 +550,13 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     let started = std::time::Instant::now();
     let redis = state.app.bus.redis_health().await;
     let redis_ms = started.elapsed().as_secs_f64() * 1e3;
+    // A lagging or lost replica only sends browse reads to the primary: degraded, not down.
+    let replica = state.app.replica.as_ref().map(|replica| replica.health());
+    let replica_behind = replica.as_ref().is_some_and(ReplicaHealth::is_behind);
     let (status, word) = match (postgres, &redis) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         (true, RedisHealth::Down(_)) => (StatusCode::OK, "degraded"),
+        (true, _) if replica_behind => (StatusCode::OK, "degraded"),
         (true, _) => (StatusCode::OK, "ready"),
     };
     let mut body = json!({
@@ -570,6 +575,12 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     }
     if let RedisHealth::Down(reason) = redis {
         body["reason"] = json!(reason);
+    }
+    if let Some(health) = replica {
+        let (word, lag_ms, why) = health.describe();
+        body["replica"] = json!(word);
+        body["replica_lag_ms"] = json!(lag_ms.map(round_ms));
+        body["replica_reason"] = json!(why);
     }
     let mut response = (status, Json(body)).into_response();
     response

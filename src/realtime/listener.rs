@@ -58,8 +58,11 @@ impl Bus {
             ));
         }
         let ping = tokio::time::timeout(REDIS_TIMEOUT, async {
-            let mut conn = redis.pool.get().await?;
-            redis::cmd("PING").query_async::<String>(&mut *conn).await?;
+            // On a cluster, PING goes to every master.
+            let mut conn = redis.commands.get().await?;
+            redis::cmd("PING")
+                .query_async::<redis::Value>(&mut conn)
+                .await?;
             anyhow::Ok(())
         })
         .await;
@@ -75,7 +78,7 @@ impl Bus {
 }
 
 impl Inner {
-    fn set_subscription(&self, state: Subscription) {
+    pub(super) fn set_subscription(&self, state: Subscription) {
         if let Some(redis) = &self.redis {
             *lock(&redis.subscription) = state;
         }

@@ -24,10 +24,16 @@ impl Bus {
     /// Attaches a subscriber to a topic. Read the current state only after this, so no change
     /// can fall between the read and the subscription.
     pub fn subscribe(&self, topic: Topic) -> Updates {
-        let receiver = lock(&self.inner.channels)
+        let mut channels = lock(&self.inner.channels);
+        let opened = !channels.contains_key(&topic);
+        let receiver = channels
             .entry(topic)
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
             .subscribe();
+        drop(channels);
+        if opened {
+            self.inner.topic_changed(topic);
+        }
         Updates {
             topic,
             receiver: Some(BroadcastStream::new(receiver)),
@@ -49,6 +55,15 @@ impl Bus {
 }
 
 impl Inner {
+    /// Tells the sharded listener (on a Redis Cluster) that `topic` got its first subscriber
+    /// here or lost its last one.
+    fn topic_changed(&self, topic: Topic) {
+        if let Some(sender) = self.redis.as_ref().and_then(|r| r.topics_changed.as_ref()) {
+            // Only fails once the listener is gone with the bus.
+            let _ = sender.send(topic);
+        }
+    }
+
     /// Hands `update` to this instance's subscribers of its topic.
     pub(super) fn deliver_local(&self, update: &Update) {
         if matches!(
@@ -146,6 +161,8 @@ impl Drop for Updates {
             .is_some_and(|sender| sender.receiver_count() == 0)
         {
             channels.remove(&self.topic);
+            drop(channels);
+            self.bus.inner.topic_changed(self.topic);
         }
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! Publishing delivers to local subscribers at once (`local`) and, with Redis configured, to
 //! every other process through Redis pub/sub (`publisher`), where ONE connection per process
-//! holds the pattern subscriptions that feed the same local channels (`listener`). What travels
-//! is in `topics`; how it looks on Redis, in `wire`.
+//! holds the pattern subscriptions that feed the same local channels (`listener`). On a Redis
+//! Cluster, pub/sub is sharded instead (`SPUBLISH`/`SSUBSCRIBE`: each channel lives on the shard
+//! owning its slot), which has no patterns, so an instance subscribes to exactly the channels
+//! of the topics it has local subscribers for (`sharded`). What travels is in `topics`; how it
+//! looks on Redis, in `wire`.
 //!
 //! Nothing here is the truth: messages carry the event's `version` (or, for bookings, a status
 //! that only moves forward), so duplicates and reordering are harmless, and whenever messages
@@ -18,6 +21,7 @@ mod listener;
 mod local;
 mod publisher;
 mod resync;
+mod sharded;
 mod slots;
 mod topics;
 mod wire;
@@ -27,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bb8_redis::RedisConnectionManager;
 use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
@@ -39,6 +42,7 @@ pub use topics::{
 };
 
 use crate::db::DbPool;
+use crate::redis_conn::RedisCommands;
 use listener::Subscription;
 use publisher::Unsent;
 
@@ -65,7 +69,7 @@ struct Inner {
 
 /// The Redis side of a bus shared by several instances.
 struct RedisBus {
-    pool: bb8::Pool<RedisConnectionManager>,
+    commands: RedisCommands,
     prefix: String,
     subscription: Mutex<Subscription>,
     /// Where subscribers' state is re-read after the subscription was lost.
@@ -74,6 +78,16 @@ struct RedisBus {
     /// Messages for the one task that publishes them, so that a busy instance sends many in
     /// each round trip instead of a task and a pooled connection per commit.
     outbox: mpsc::UnboundedSender<publisher::Batch>,
+    /// On a cluster: tells the sharded listener that a topic got its first local subscriber or
+    /// lost its last one, so that it subscribes or unsubscribes its channel.
+    topics_changed: Option<mpsc::UnboundedSender<Topic>>,
+}
+
+/// Where an instance hears the others: one Redis server (a pattern subscription on a
+/// connection of its own), or a Redis Cluster, given by seed nodes (sharded subscriptions).
+pub enum RedisSubscriber {
+    Server(redis::Client),
+    Cluster(Vec<String>),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -96,47 +110,67 @@ impl Bus {
         }
     }
 
-    /// A bus shared by every instance using the same Redis and key prefix: `pool` carries its
-    /// commands, and `client` opens the dedicated connection of its subscription. Start-up does
-    /// not wait for Redis: if it is down, bookings go on and the listener keeps reconnecting.
-    /// `db` is where subscribers' state is re-read after the subscription was lost.
+    /// A bus shared by every instance using the same Redis and key prefix: `commands` carries
+    /// its commands, and `subscriber` says how it hears the others (on connections of its
+    /// own). Start-up does not wait for Redis: if it is down, bookings go on and the listener
+    /// keeps reconnecting. `db` is where subscribers' state is re-read after the subscription
+    /// was lost.
     pub fn with_redis(
-        client: redis::Client,
-        pool: bb8::Pool<RedisConnectionManager>,
+        subscriber: RedisSubscriber,
+        commands: RedisCommands,
         key_prefix: &str,
         heartbeat: Heartbeat,
         db: DbPool,
     ) -> Self {
         let (outbox, queued) = mpsc::unbounded_channel();
+        let (topics_changed, changed) = mpsc::unbounded_channel();
+        let cluster = matches!(subscriber, RedisSubscriber::Cluster(_));
         let inner = Arc::new(Inner {
             origin: Uuid::new_v4(),
             generation: AtomicU64::new(0),
             channels: Mutex::default(),
             redis: Some(RedisBus {
-                pool,
+                commands,
                 prefix: key_prefix.to_owned(),
                 subscription: Mutex::new(Subscription::Starting),
                 db,
                 unsent: Mutex::default(),
                 outbox,
+                topics_changed: cluster.then_some(topics_changed),
             }),
         });
         tokio::spawn(publisher::send_queued(queued, Arc::downgrade(&inner)));
-        let patterns = ["seats", "events", "user-bookings", "seat-maps"]
-            .map(|kind| format!("{key_prefix}{kind}:*"))
-            .to_vec();
-        tokio::spawn(listener::listen(
-            client,
-            patterns,
-            heartbeat,
-            Arc::downgrade(&inner),
-        ));
+        match subscriber {
+            RedisSubscriber::Cluster(seeds) => {
+                tokio::spawn(sharded::listen(
+                    seeds,
+                    changed,
+                    heartbeat,
+                    Arc::downgrade(&inner),
+                ));
+            }
+            RedisSubscriber::Server(client) => {
+                let patterns = ["seats", "events", "user-bookings", "seat-maps"]
+                    .map(|kind| format!("{key_prefix}{kind}:*"))
+                    .to_vec();
+                tokio::spawn(listener::listen(
+                    client,
+                    patterns,
+                    heartbeat,
+                    Arc::downgrade(&inner),
+                ));
+            }
+        }
         Self { inner }
     }
 
-    /// The Redis pool's connections and waits, for `/metrics`; `None` without Redis.
+    /// The Redis pool's connections and waits, for `/metrics`; `None` without Redis or on a
+    /// Redis Cluster (one multiplexed cluster connection, no pool).
     pub fn redis_pool_state(&self) -> Option<bb8::State> {
-        self.inner.redis.as_ref().map(|redis| redis.pool.state())
+        match &self.inner.redis.as_ref()?.commands {
+            crate::redis_conn::RedisCommands::Single(pool) => Some(pool.state()),
+            crate::redis_conn::RedisCommands::Cluster(_) => None,
+        }
     }
 
     /// Moves on with every seat or event update this process hears of (see `Inner`).

@@ -4,17 +4,21 @@
 //! booking, up to `MAX_UNSENT`) and republished with capped backoff: without that, a failed
 //! PUBLISH while the other instances' subscriptions stay up would leave their subscribers
 //! stale until the next change.
+//!
+//! On a Redis Cluster each message is an `SPUBLISH` to the shard owning its channel's slot; a
+//! pipeline must stay on one slot there, so the messages go as separate commands, sent all at
+//! once on the multiplexed cluster connection.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bb8_redis::RedisConnectionManager;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::topics::{UnsentKey, Update};
 use super::{Inner, MAX_BACKOFF, REDIS_TIMEOUT, RedisBus, lock, wire};
+use crate::redis_conn::RedisCommands;
 
 /// The most messages sent to Redis in one pipelined round trip.
 const MAX_PIPELINE: usize = 1024;
@@ -75,7 +79,7 @@ pub(super) async fn send_queued(mut queued: mpsc::UnboundedReceiver<Batch>, bus:
         }
         let Some(inner) = bus.upgrade() else { return };
         let Some(redis) = &inner.redis else { return };
-        if let Err(error) = publish_batch(&redis.pool, &batch).await {
+        if let Err(error) = publish_batch(&redis.commands, &batch).await {
             tracing::warn!(%error, count = batch.len(), "publishing to Redis failed; will retry");
             inner.keep_unsent(batch);
         }
@@ -84,12 +88,29 @@ pub(super) async fn send_queued(mut queued: mpsc::UnboundedReceiver<Batch>, bus:
 
 /// Sends messages to Redis in one pipeline.
 async fn publish_batch(
-    pool: &bb8::Pool<RedisConnectionManager>,
+    commands: &RedisCommands,
     batch: &[(UnsentKey, Pending)],
 ) -> anyhow::Result<()> {
     // Generous for big batches (an event cancelled with thousands of bookings).
     let limit = REDIS_TIMEOUT + Duration::from_millis(batch.len() as u64 / 10);
     tokio::time::timeout(limit, async {
+        let conn = commands.get().await?;
+        if commands.is_cluster() {
+            let sent = batch.iter().map(|(_, pending)| {
+                let mut conn = conn.clone();
+                async move {
+                    redis::cmd("SPUBLISH")
+                        .arg(&pending.channel)
+                        .arg(&pending.payload)
+                        .query_async::<()>(&mut conn)
+                        .await
+                }
+            });
+            for outcome in futures_util::future::join_all(sent).await {
+                outcome?;
+            }
+            return anyhow::Ok(());
+        }
         let mut pipe = redis::pipe();
         for (_, pending) in batch {
             pipe.cmd("PUBLISH")
@@ -97,8 +118,7 @@ async fn publish_batch(
                 .arg(&pending.payload)
                 .ignore();
         }
-        let mut conn = pool.get().await?;
-        pipe.query_async::<()>(&mut *conn).await?;
+        pipe.query_async::<()>(&mut conn.clone()).await?;
         anyhow::Ok(())
     })
     .await
@@ -141,7 +161,7 @@ async fn retry_unsent(bus: Weak<Inner>) {
         let batch: Batch = std::mem::take(&mut lock(&redis.unsent).entries)
             .into_iter()
             .collect();
-        match publish_batch(&redis.pool, &batch).await {
+        match publish_batch(&redis.commands, &batch).await {
             Ok(()) => {
                 tracing::info!(
                     count = batch.len(),

@@ -119,8 +119,14 @@ pub async fn reservation_changes_since(
 /// event details as they are now, and the bookings, holds and waiting-list entries changed
 /// since `since`. Subscribers drop whatever is not newer than what they sent.
 pub(super) async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
-    let Some(redis) = &inner.redis else { return };
     let topics: Vec<Topic> = lock(&inner.channels).keys().copied().collect();
+    resync_topics(inner, topics, since).await;
+}
+
+/// Like [`resync_local`], for `topics` only: on a Redis Cluster, a topic whose subscription
+/// was just set up (or replaced) on its shard.
+pub(super) async fn resync_topics(inner: Arc<Inner>, topics: Vec<Topic>, since: DateTime<Utc>) {
+    let Some(redis) = &inner.redis else { return };
     if topics.is_empty() {
         return;
     }
@@ -165,8 +171,8 @@ pub(super) async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
     for change in changes {
         inner.deliver_local(&change);
     }
-    tracing::info!(
+    tracing::debug!(
         topics = topics.len(),
-        "re-sent live state after reconnecting to Redis"
+        "re-sent live state after (re)subscribing on Redis"
     );
 }

@@ -23,7 +23,8 @@ return 1
 impl Bus {
     fn slots_key(&self, user: Uuid) -> Option<String> {
         let redis = self.inner.redis.as_ref()?;
-        Some(format!("{}ws-connections:{user}", redis.prefix))
+        // The hash tag keeps a user's slots on one cluster slot, whatever else is added later.
+        Some(format!("{}{{ws-connections:{user}}}", redis.prefix))
     }
 
     /// Takes one of the user's `max` connection slots for `lease`. `None` when Redis cannot
@@ -36,11 +37,11 @@ impl Bus {
         lease: Duration,
     ) -> Option<bool> {
         let key = self.slots_key(user)?;
-        let pool = &self.inner.redis.as_ref()?.pool;
+        let commands = &self.inner.redis.as_ref()?.commands;
         let now = Utc::now().timestamp_millis();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
         let claimed = tokio::time::timeout(REDIS_TIMEOUT, async {
-            let mut conn = pool.get().await?;
+            let mut conn = commands.get().await?;
             let taken: i64 = redis::Script::new(CLAIM)
                 .key(&key)
                 .arg(now)
@@ -48,7 +49,7 @@ impl Bus {
                 .arg(now + lease_ms)
                 .arg(connection.to_string())
                 .arg(lease_ms)
-                .invoke_async(&mut *conn)
+                .invoke_async(&mut conn)
                 .await?;
             anyhow::Ok(taken == 1)
         })
@@ -101,11 +102,11 @@ impl Bus {
             return;
         };
         let pipe = command(key);
-        let pool = redis.pool.clone();
+        let commands = redis.commands.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = pool.get().await?;
-                pipe.query_async::<()>(&mut *conn).await?;
+                let mut conn = commands.get().await?;
+                pipe.query_async::<()>(&mut conn).await?;
                 anyhow::Ok(())
             })
             .await;

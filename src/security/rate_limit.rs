@@ -116,7 +116,7 @@ impl RateLimiter {
         };
         let key = self
             .redis
-            .key(&format!("ratelimit:{}:{client}", bucket.name()));
+            .tagged_key(&format!("ratelimit:{}", bucket.name()), client);
         let window_ms = limit.window.as_millis() as u64;
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let script = self.script.clone();

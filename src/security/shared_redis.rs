@@ -1,14 +1,14 @@
 //! Redis for state that instances share but can do without: rate-limit windows and persisted
-//! queries. It uses the application's one Redis pool (built in `App::build`, with the bus),
-//! under its own, shorter deadline: a request never waits long on Redis.
+//! queries. It uses the application's one way to Redis (built in `App::build`, with the bus:
+//! a pool for one server, the cluster connection for a Redis Cluster), under its own, shorter
+//! deadline: a request never waits long on Redis.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bb8_redis::RedisConnectionManager;
-use redis::aio::MultiplexedConnection;
+use crate::redis_conn::{RedisCommands, RedisConn};
 
 /// A Redis command slower than this (taking a pooled connection included) is treated as Redis
 /// being down.
@@ -25,7 +25,7 @@ pub struct SharedRedis {
 }
 
 struct Inner {
-    pool: bb8::Pool<RedisConnectionManager>,
+    commands: RedisCommands,
     prefix: String,
     /// Unix milliseconds before which Redis is not tried again.
     down_until: AtomicI64,
@@ -42,11 +42,11 @@ impl SharedRedis {
         Self { inner: None }
     }
 
-    /// Shared state in Redis through `pool`, under the key prefix `prefix`.
-    pub fn new(pool: bb8::Pool<RedisConnectionManager>, prefix: &str) -> Self {
+    /// Shared state in Redis through `commands`, under the key prefix `prefix`.
+    pub fn new(commands: RedisCommands, prefix: &str) -> Self {
         Self {
             inner: Some(Arc::new(Inner {
-                pool,
+                commands,
                 prefix: prefix.to_owned(),
                 down_until: AtomicI64::new(0),
             })),
@@ -61,9 +61,21 @@ impl SharedRedis {
         }
     }
 
+    /// The full Redis key for `name` of `owner` (a client or a user), with `owner` and `name`
+    /// as its hash tag (`prefix{name:owner}`): on a Redis Cluster, every key one owner's
+    /// state may ever need in one script or transaction lands on one slot, while different
+    /// owners spread over the shards.
+    pub fn tagged_key(&self, name: &str, owner: &str) -> String {
+        let prefix = self
+            .inner
+            .as_ref()
+            .map_or("", |inner| inner.prefix.as_str());
+        format!("{prefix}{{{name}:{owner}}}")
+    }
+
     pub async fn run<T, F, Fut>(&self, command: F) -> Option<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(RedisConn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let inner = self.inner.as_ref()?;
@@ -71,8 +83,8 @@ impl SharedRedis {
             return None;
         }
         let outcome = tokio::time::timeout(REDIS_TIMEOUT, async {
-            let conn = inner.pool.get().await.map_err(|e| e.to_string())?;
-            command(conn.clone()).await.map_err(|e| e.to_string())
+            let conn = inner.commands.get().await.map_err(|e| e.to_string())?;
+            command(conn).await.map_err(|e| e.to_string())
         })
         .await;
         match outcome {

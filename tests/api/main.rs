@@ -22,6 +22,7 @@ mod reference_client;
 mod resolvers;
 mod round_trips;
 mod sale_rules;
+mod scale;
 mod schema;
 mod seats;
 mod security;

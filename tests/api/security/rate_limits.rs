@@ -32,7 +32,7 @@ async fn login_attempts_are_limited_per_ip_and_the_window_lives_in_redis() {
     assert_eq!(app.fingerprint().await, before);
 
     let key = format!(
-        "{}ratelimit:login:ip:127.0.0.1",
+        "{}{{ratelimit:login:ip:127.0.0.1}}",
         app.redis.as_ref().unwrap().1
     );
     let mut redis = redis::Client::open(crate::support::redis_url())

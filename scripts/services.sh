@@ -92,5 +92,16 @@ ensure_node() {
     apt_install nodejs npm
 }
 
+# nginx balances N instances (scripts/cluster.sh, the chaos suite in tests/chaos.rs). Only
+# the binary is used, run as a child with its own config; the package's service stays off.
+ensure_nginx() {
+    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+        return
+    fi
+    echo "==> installing nginx"
+    apt_install nginx
+    as_root systemctl disable --now nginx >/dev/null 2>&1 || true
+}
+
 ensure_postgres
 ensure_redis

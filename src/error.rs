@@ -103,6 +103,13 @@ impl From<diesel::result::Error> for AppError {
     fn from(err: diesel::result::Error) -> Self {
         match err {
             diesel::result::Error::NotFound => Self::NotFound("record"),
+            // The connection to PostgreSQL broke (a restart, a network cut): the pool replaces
+            // it, so this is the database being away, not a bug.
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UnableToSendCommand
+                | diesel::result::DatabaseErrorKind::ClosedConnection,
+                _,
+            ) => Self::Unavailable,
             other => Self::Internal(other.into()),
         }
     }

@@ -2,6 +2,7 @@
 //! time and writes a report.
 
 pub mod browse;
+pub mod chaos;
 pub mod fanout;
 pub mod mixed;
 pub mod onsale;

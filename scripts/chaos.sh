@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The chaos suite: an onsale through nginx in front of 3 instances while something breaks.
+#
+#   scripts/chaos.sh [kill] [rolling] [postgres] [redis] [--small] [bench chaos options]
+#
+#   kill      SIGKILL one instance mid-onsale
+#   rolling   SIGTERM each instance in turn, restart it, wait until ready, then the next
+#   postgres  PostgreSQL stopped (-m immediate) mid-load, started again; instances not restarted
+#   redis     Redis killed and started empty, then frozen (SIGSTOP) and thawed
+#
+# All four when none is named. 256 buyers booking with idempotency keys they retry, and 1,000
+# subscribers watching the seat count (--small: 32 and 50, the size the tests run). Each
+# scenario starts a deployment of its own (PostgreSQL cluster from initdb, redis-server,
+# instances, nginx, on free loopback ports in a temp dir), so the machine's PostgreSQL and
+# Redis are never touched. Each prints its figures and writes bench/results/chaos-<name>.json
+# and .md; the exit status says whether every property held. `bench chaos --help` lists the
+# options; CHAOS_KEEP_DIR=1 keeps the processes' logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_nginx
+pg_bin_dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$pg_bin_dir/initdb" ] || { apt_install postgresql; pg_bin_dir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1); }
+# A thousand WebSockets hold descriptors in the tool, nginx and the instances.
+ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/evently-target}"
+cargo build --release --locked --quiet -p evently -p evently-bench
+bin="$CARGO_TARGET_DIR/release"
+mkdir -p bench/results
+exec "$bin/bench" chaos --evently-bin "$bin/evently" --pg-bin-dir "$pg_bin_dir" "$@"

@@ -110,6 +110,11 @@ impl From<diesel::result::Error> for AppError {
                 | diesel::result::DatabaseErrorKind::ClosedConnection,
                 _,
             ) => Self::Unavailable,
+            diesel::result::Error::DatabaseError(_, ref info)
+                if server_shutting_down(info.message()) =>
+            {
+                Self::Unavailable
+            }
             other => Self::Internal(other.into()),
         }
     }
@@ -122,6 +127,21 @@ impl From<diesel_async::pooled_connection::bb8::RunError> for AppError {
             bb8::RunError::User(e) => Self::Internal(e.into()),
         }
     }
+}
+
+/// PostgreSQL ending a session because the server is stopping or crashed (SQLSTATE 57P01 and
+/// 57P02): a restart under the query, not a bug. Diesel keeps no SQLSTATE for these, only the
+/// message, so this reads PostgreSQL's (English) text; with a translated `lc_messages` they
+/// stay INTERNAL_SERVER_ERROR, as before.
+fn server_shutting_down(message: &str) -> bool {
+    [
+        "terminating connection due to administrator command",
+        "terminating connection due to immediate shutdown",
+        "terminating connection due to unexpected postmaster exit",
+        "terminating connection because of crash of another server process",
+    ]
+    .iter()
+    .any(|prefix| message.starts_with(prefix))
 }
 
 /// The request id of the current task, or a fresh one when none is set (e.g. background work).

@@ -344,6 +344,12 @@ impl Drop for Cluster {
     }
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PostgresStop {
+    Fast,
+    Immediate,
+}
+
 /// A PostgreSQL cluster of our own. As root (CI containers), its processes run as the
 /// `postgres` user, since PostgreSQL refuses to run as root.
 pub struct Postgres {
@@ -428,14 +434,18 @@ impl Postgres {
         Ok(())
     }
 
-    /// `pg_ctl stop -m immediate`: every backend exits at once, as in a crash; the next start
-    /// runs crash recovery from the WAL.
-    pub async fn stop_immediately(&self) -> anyhow::Result<()> {
+    /// `pg_ctl stop -m <mode>`: `fast` is an operator's restart (every session is ended with
+    /// an error, 57P01), `immediate` a crash (the next start replays the WAL).
+    pub async fn stop(&self, mode: PostgresStop) -> anyhow::Result<()> {
+        let mode = match mode {
+            PostgresStop::Fast => "fast",
+            PostgresStop::Immediate => "immediate",
+        };
         let output = self
             .command("pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
+            .args(["-m", mode, "-w", "stop"])
             .output()
             .await?;
         ensure!(

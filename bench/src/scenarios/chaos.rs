@@ -8,7 +8,8 @@
 //! - `kill`: SIGKILL one instance mid-onsale (it stays down);
 //! - `rolling`: SIGTERM each instance in turn, wait for it to exit, start it again, wait until
 //!   it is ready, then the next;
-//! - `postgres`: stop PostgreSQL (`-m immediate`, a crash), keep it down a while, start it;
+//! - `postgres`: stop PostgreSQL (`-m fast`, as a restart does; `--postgres-stop immediate`
+//!   for a crash), keep it down a while, start it;
 //!   the instances are not restarted;
 //! - `redis`: kill Redis and start an empty one; then freeze it (SIGSTOP) for a while and
 //!   thaw it, watching every instance's `/readyz` say `degraded` meanwhile.
@@ -34,7 +35,7 @@ use uuid::Uuid;
 
 use crate::Common;
 use crate::client::{BOOK, Gql, Subscriber};
-use crate::cluster::{Cluster, ClusterOptions};
+use crate::cluster::{Cluster, ClusterOptions, PostgresStop};
 use crate::report::{Report, table};
 use crate::stats::Samples;
 
@@ -88,9 +89,12 @@ pub struct Options {
     /// Seats on sale: enough that the sale is still on when the fault comes.
     #[arg(long, default_value_t = 1_000_000)]
     pub capacity: i64,
-    /// How long PostgreSQL stays down, and Redis frozen (default 4 s; 2 s with --small).
+    /// How long PostgreSQL stays down, and Redis frozen (6 s).
     #[arg(long)]
     pub outage_secs: Option<f64>,
+    /// How PostgreSQL goes down in `postgres`: `fast` (a restart) or `immediate` (a crash).
+    #[arg(long, value_enum, default_value = "fast")]
+    pub postgres_stop: PostgresStop,
     /// The Evently binary the instances run.
     #[arg(long, env = "EVENTLY_BIN", default_value = "target/release/evently")]
     pub evently_bin: PathBuf,
@@ -109,6 +113,7 @@ impl Options {
             instances: 3,
             capacity: 1_000_000,
             outage_secs: None,
+            postgres_stop: PostgresStop::Fast,
             evently_bin,
             pg_bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
         }
@@ -129,10 +134,9 @@ impl Options {
     }
 
     fn outage(&self) -> Duration {
-        Duration::from_secs_f64(
-            self.outage_secs
-                .unwrap_or(if self.small { 2.0 } else { 4.0 }),
-        )
+        // Longer than a request waits for a pooled connection (5 s), so some are told
+        // SERVICE_UNAVAILABLE rather than just waiting it out.
+        Duration::from_secs_f64(self.outage_secs.unwrap_or(6.0))
     }
 }
 
@@ -152,6 +156,9 @@ pub struct Outcome {
     /// Every answer that was not a booking, by `extensions.code` (`HTTP <status>` for an answer
     /// without JSON, `transport` for no answer).
     pub errors: BTreeMap<String, u64>,
+    /// Signed-in `myBookings` reads during the run, and the codes of those that failed.
+    pub reads: u64,
+    pub read_errors: BTreeMap<String, u64>,
     /// 5xx answers by status; every one was on a booking with a key, so it could be retried.
     pub http_5xx: BTreeMap<u16, u64>,
     /// Keys given up on: still no definite answer 60 s after the first try.
@@ -219,15 +226,16 @@ impl Outcome {
             self.unresolved_keys == 0,
             format!("{} keys never got a definite answer", self.unresolved_keys),
         );
-        let uncoded = self.errors.get("NO_CODE").copied().unwrap_or(0)
-            + self
-                .errors
-                .get("INTERNAL_SERVER_ERROR")
-                .copied()
-                .unwrap_or(0);
+        let uncoded = |errors: &BTreeMap<String, u64>| {
+            errors.get("NO_CODE").copied().unwrap_or(0)
+                + errors.get("INTERNAL_SERVER_ERROR").copied().unwrap_or(0)
+        };
         check(
-            uncoded == 0,
-            format!("{uncoded} answers without a useful code: {:?}", self.errors),
+            uncoded(&self.errors) + uncoded(&self.read_errors) == 0,
+            format!(
+                "answers without a useful code: bookings {:?}, reads {:?}",
+                self.errors, self.read_errors
+            ),
         );
         match self.scenario {
             "rolling" => check(
@@ -318,6 +326,7 @@ pub async fn run_one(fault: Fault, options: &Options) -> anyhow::Result<Outcome>
 struct Load {
     stop: Arc<AtomicBool>,
     buyers: Vec<tokio::task::JoinHandle<BuyerLog>>,
+    readers: Vec<tokio::task::JoinHandle<(u64, BTreeMap<String, u64>)>>,
     watchers: Vec<tokio::task::JoinHandle<()>>,
     latest: Arc<Vec<AtomicI64>>,
     reconnects: Arc<AtomicU64>,
@@ -342,7 +351,9 @@ async fn drive(fault: Fault, options: &Options, cluster: &mut Cluster) -> anyhow
     let fault_report = match fault {
         Fault::Kill => kill_one(cluster).await?,
         Fault::Rolling => rolling_restart(cluster).await?,
-        Fault::Postgres => postgres_restart(cluster, options.outage()).await?,
+        Fault::Postgres => {
+            postgres_restart(cluster, options.outage(), options.postgres_stop).await?
+        }
         Fault::Redis => redis_restart_and_freeze(cluster, options.outage(), run_start).await?,
     };
     let fault_end = Instant::now();
@@ -353,6 +364,14 @@ async fn drive(fault: Fault, options: &Options, cluster: &mut Cluster) -> anyhow
     let mut all = BuyerLog::default();
     for buyer in load.buyers {
         all.merge(buyer.await?);
+    }
+    let (mut reads, mut read_errors) = (0, BTreeMap::<String, u64>::new());
+    for reader in load.readers {
+        let (n, errors) = reader.await?;
+        reads += n;
+        for (code, n) in errors {
+            *read_errors.entry(code).or_default() += n;
+        }
     }
     let check = verify(&cluster.database_url(), &event_id, &all).await?;
 
@@ -408,6 +427,8 @@ async fn drive(fault: Fault, options: &Options, cluster: &mut Cluster) -> anyhow
         attempts: all.attempts,
         retries: all.retries,
         errors: all.errors,
+        reads,
+        read_errors,
         http_5xx: all.http_5xx,
         unresolved_keys: all.unresolved,
         duplicate_keys_in_database: check.duplicate_keys,
@@ -489,6 +510,13 @@ async fn start_load(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let start = Instant::now();
+    // Two signed-in visitors reading their bookings meanwhile: reads must fail as coded as
+    // bookings do.
+    let readers = buyers
+        .iter()
+        .take(2)
+        .map(|(_, token)| tokio::spawn(read(gql.clone(), token.clone(), stop.clone())))
+        .collect();
     let buyers = buyers
         .into_iter()
         .map(|(_, token)| {
@@ -499,6 +527,7 @@ async fn start_load(
     Ok(Load {
         stop,
         buyers,
+        readers,
         watchers,
         latest,
         reconnects,
@@ -570,6 +599,32 @@ async fn buy(
     me
 }
 
+/// A signed-in `myBookings` read, back to back with a pause, until `stop`: how many, and the
+/// codes of those that failed.
+async fn read(gql: Gql, token: String, stop: Arc<AtomicBool>) -> (u64, BTreeMap<String, u64>) {
+    const MY_BOOKINGS: &str = "query { myBookings(first: 1) { totalCount } }";
+    let (mut reads, mut errors) = (0, BTreeMap::<String, u64>::new());
+    while !stop.load(Ordering::Relaxed) {
+        reads += 1;
+        let code = match gql.call_raw(Some(&token), MY_BOOKINGS, json!({})).await {
+            Ok((_, Some(body))) if body["errors"].is_null() => None,
+            Ok((_, Some(body))) => Some(
+                body["errors"][0]["extensions"]["code"]
+                    .as_str()
+                    .unwrap_or("NO_CODE")
+                    .to_owned(),
+            ),
+            Ok((status, None)) => Some(format!("HTTP {status}")),
+            Err(_) => Some("transport".to_owned()),
+        };
+        if let Some(code) = code {
+            *errors.entry(code).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (reads, errors)
+}
+
 /// One subscriber: subscribes through nginx, records the newest version it got, and
 /// reconnects whenever its socket ends, until `done`.
 async fn watch_seats(
@@ -631,11 +686,15 @@ async fn rolling_restart(cluster: &mut Cluster) -> anyhow::Result<Value> {
     Ok(json!({ "restarts": steps }))
 }
 
-async fn postgres_restart(cluster: &mut Cluster, outage: Duration) -> anyhow::Result<Value> {
+async fn postgres_restart(
+    cluster: &mut Cluster,
+    outage: Duration,
+    mode: PostgresStop,
+) -> anyhow::Result<Value> {
     let pids: Vec<_> = (0..cluster.instances.len())
         .map(|i| cluster.pid(i))
         .collect();
-    cluster.postgres.stop_immediately().await?;
+    cluster.postgres.stop(mode).await?;
     let down = Instant::now();
     // While it is down, each instance says so.
     tokio::time::sleep(outage / 2).await;
@@ -820,6 +879,10 @@ fn write_report(common: &Common, outcome: &Outcome) -> anyhow::Result<()> {
             format!("{} / {}", outcome.attempts, outcome.retries),
         ),
         ("errors by code", format!("{:?}", outcome.errors)),
+        (
+            "signed-in reads meanwhile / their errors by code",
+            format!("{} / {:?}", outcome.reads, outcome.read_errors),
+        ),
         (
             "**5xx seen by clients**",
             format!("**{:?}**", outcome.http_5xx),

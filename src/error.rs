@@ -201,3 +201,40 @@ impl From<AppError> for async_graphql::Error {
         err.extend()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    use super::AppError;
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> AppError {
+        Error::DatabaseError(kind, Box::new(message.to_owned())).into()
+    }
+
+    #[test]
+    fn a_database_going_away_under_a_query_is_unavailable_not_internal() {
+        for (kind, message) in [
+            (DatabaseErrorKind::UnableToSendCommand, "connection closed"),
+            (DatabaseErrorKind::ClosedConnection, "closed"),
+            (
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command",
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "terminating connection because of crash of another server process",
+            ),
+        ] {
+            assert_eq!(
+                database_error(kind, message).code(),
+                "SERVICE_UNAVAILABLE",
+                "{message}"
+            );
+        }
+        assert_eq!(
+            database_error(DatabaseErrorKind::Unknown, "division by zero").code(),
+            "INTERNAL_SERVER_ERROR"
+        );
+    }
+}

@@ -39,6 +39,11 @@ pub struct Cluster {
     pub redis: Redis,
     pub instances: Vec<Instance>,
     nginx: Option<Child>,
+    nginx_port: u16,
+    /// How many workers nginx runs (a reload starts as many new ones).
+    nginx_workers: usize,
+    /// Instances taken out of nginx's upstream (`down`), for a restart nginx knows about.
+    out_of_balancer: Vec<bool>,
     /// nginx: what clients talk to.
     pub url: String,
     http: reqwest::Client,
@@ -68,6 +73,9 @@ impl Cluster {
             redis,
             instances: Vec::new(),
             nginx: None,
+            nginx_port: free_port()?,
+            nginx_workers: 0,
+            out_of_balancer: Vec::new(),
             url: String::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(3))
@@ -91,6 +99,7 @@ impl Cluster {
                 child: None,
                 log,
             });
+            cluster.out_of_balancer.push(false);
         }
         for i in 0..cluster.instances.len() {
             cluster.spawn_instance(i)?;
@@ -263,24 +272,9 @@ impl Cluster {
         for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             set_mode(&dir.join("temp").join(temp), 0o1777)?;
         }
-        let port = free_port()?;
-        let servers: String = self
-            .instances
-            .iter()
-            .map(|instance| {
-                format!(
-                    "server 127.0.0.1:{} max_fails=1 fail_timeout=2s; ",
-                    instance.port
-                )
-            })
-            .collect();
+        let port = self.nginx_port;
         std::fs::write(dir.join("nginx.conf"), NGINX_MAIN)?;
-        std::fs::write(
-            dir.join("evently.conf"),
-            NGINX_SITE
-                .replace("${EVENTLY_UPSTREAM_SERVERS}", &servers)
-                .replace("${EVENTLY_NGINX_LISTEN}", &format!("127.0.0.1:{port}")),
-        )?;
+        self.render_nginx_site()?;
         let log = File::create(dir.join("stderr.log"))?;
         let child = Command::new(nginx_bin())
             .arg("-p")
@@ -306,6 +300,8 @@ impl Cluster {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if healthy {
+                let master = self.nginx.as_ref().and_then(Child::id).unwrap_or(0);
+                self.nginx_workers = children(master).len();
                 return Ok(());
             }
             if let Some(status) = self
@@ -320,6 +316,89 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+impl Cluster {
+    /// `deploy/nginx/evently.conf.template` with this cluster's instances, those taken out
+    /// marked `down`.
+    fn render_nginx_site(&self) -> anyhow::Result<()> {
+        let servers: String = self
+            .instances
+            .iter()
+            .zip(&self.out_of_balancer)
+            .map(|(instance, out)| {
+                let down = if *out { " down" } else { "" };
+                format!(
+                    "server 127.0.0.1:{} max_fails=1 fail_timeout=2s{down}; ",
+                    instance.port
+                )
+            })
+            .collect();
+        std::fs::write(
+            self.dir.join("nginx").join("evently.conf"),
+            NGINX_SITE
+                .replace("${EVENTLY_UPSTREAM_SERVERS}", &servers)
+                .replace(
+                    "${EVENTLY_NGINX_LISTEN}",
+                    &format!("127.0.0.1:{}", self.nginx_port),
+                ),
+        )?;
+        Ok(())
+    }
+
+    /// Takes instance `i` out of nginx's upstream (`serving: false`) or puts it back, and
+    /// returns once nginx runs the new config: a reload (SIGHUP) starts new workers with it,
+    /// while the old ones finish the requests they have and then exit.
+    pub async fn set_in_balancer(&mut self, i: usize, serving: bool) -> anyhow::Result<()> {
+        self.out_of_balancer[i] = !serving;
+        self.render_nginx_site()?;
+        let master = self
+            .nginx
+            .as_ref()
+            .and_then(Child::id)
+            .context("nginx is not running")?;
+        let before = children(master);
+        signal(master, "HUP")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let fresh = children(master)
+                .into_iter()
+                .filter(|pid| !before.contains(pid))
+                .count();
+            // Old workers linger while they have WebSockets: count only the new ones.
+            if fresh >= self.nginx_workers.max(1) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "nginx did not reload; see {}",
+                self.dir.join("nginx").join("error.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let child: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces, so read after the last ')'.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
 }
 
 impl Drop for Cluster {

@@ -4,10 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware;
-use axum::response::Response;
 use tokio_util::sync::CancellationToken;
 
 use super::{router_with, ws};
@@ -27,9 +23,7 @@ pub async fn serve(
     let sockets = Arc::new(ws::Sockets::new(app.config.websocket));
     let draining = CancellationToken::new();
     let (drain, grace) = (app.config.shutdown_drain, app.config.shutdown_grace);
-    let router = router_with(app, sockets.clone(), draining.clone()).layer(
-        middleware::map_response_with_state(draining.clone(), close_while_draining),
-    );
+    let router = router_with(app, sockets.clone(), draining.clone());
     let (signalled, drain_started) = (sockets.clone(), draining.clone());
     // The peer address is the client's identity for rate limits (see `security::client`).
     let server = axum::serve(
@@ -65,29 +59,6 @@ pub async fn serve(
             Ok(())
         }
     }
-}
-
-/// While draining, every answer closes its connection (`Connection: close`). A load balancer
-/// keeps idle connections to each instance and cannot know the instance is going: without
-/// this, the listener's close would find some of them idle, and a POST the balancer sent on one
-/// at that moment would fail after it was sent, which it must not retry (nginx answers 502).
-/// With it, each connection used during the drain is closed by its own answer, so by the time
-/// the listener closes the balancer holds only connections it has let idle longer than the
-/// drain (nginx's upstream `keepalive_timeout` is shorter, see `deploy/nginx/`), and new
-/// connections are refused before anything is sent: safe to retry elsewhere.
-async fn close_while_draining(
-    State(draining): State<CancellationToken>,
-    mut response: Response,
-) -> Response {
-    if draining.is_cancelled()
-        && response.status() != StatusCode::SWITCHING_PROTOCOLS
-        && !response.headers().contains_key(header::CONNECTION)
-    {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

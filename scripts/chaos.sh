@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The chaos suite: an onsale through nginx in front of 3 instances while something breaks.
 #
-#   scripts/chaos.sh [kill] [rolling] [postgres] [redis] [--small] [bench chaos options]
+#   scripts/chaos.sh [kill] [rolling] [rolling-unannounced] [postgres] [redis] [--small] [options]
 #
-#   kill      SIGKILL one instance mid-onsale
-#   rolling   SIGTERM each instance in turn, restart it, wait until ready, then the next
-#   postgres  PostgreSQL stopped (-m immediate) mid-load, started again; instances not restarted
-#   redis     Redis killed and started empty, then frozen (SIGSTOP) and thawed
+#   kill                 SIGKILL one instance mid-onsale
+#   rolling              each instance in turn: out of nginx (down, reload), SIGTERM, start,
+#                        ready, back in (what scripts/cluster.sh restart does)
+#   rolling-unannounced  the same with SIGTERM alone, nginx not told
+#   postgres             PostgreSQL stopped (-m fast; --postgres-stop immediate for a crash)
+#                        mid-load for --outage-secs (6), started again; instances not restarted
+#   redis                Redis killed and started empty, then frozen (SIGSTOP) and thawed
 #
-# All four when none is named. 256 buyers booking with idempotency keys they retry, and 1,000
+# All of them when none is named. 256 buyers booking with idempotency keys they retry, and 1,000
 # subscribers watching the seat count (--small: 32 and 50, the size the tests run). Each
 # scenario starts a deployment of its own (PostgreSQL cluster from initdb, redis-server,
 # instances, nginx, on free loopback ports in a temp dir), so the machine's PostgreSQL and

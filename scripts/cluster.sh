@@ -5,8 +5,10 @@
 #                                    (default 3) on ports 8001.. and nginx on 8000
 #   scripts/cluster.sh stop          SIGTERM every instance (each drains, then exits) and nginx
 #   scripts/cluster.sh status        each instance's /readyz, and nginx's
-#   scripts/cluster.sh restart       a rolling restart: one instance at a time, SIGTERM, wait
-#                                    for it to exit, start it, wait for /readyz 200
+#   scripts/cluster.sh restart       a rolling restart, one instance at a time: take it out of
+#                                    nginx (down, reload), SIGTERM, wait for it to exit, start
+#                                    it (a fresh copy of the binary), wait for /readyz 200, put
+#                                    it back in nginx
 #
 # PostgreSQL and Redis are the machine's (scripts/services.sh ensures them), with a database
 # of its own (evently_cluster). Settings: CLUSTER_DIR (state: pids, logs, nginx config;
@@ -62,11 +64,16 @@ stop_instance() { # port
     rm -f "$pidfile"
 }
 
-# Renders deploy/nginx/evently.conf.template, the file docker-compose renders too.
+# Renders deploy/nginx/evently.conf.template, the file docker-compose renders too; the
+# instance on port $1, if given, is marked down.
 render_nginx() {
-    local servers="" port
+    local servers="" port down_port=${1:-}
     for port in $(instance_ports); do
-        servers+="server 127.0.0.1:$port max_fails=1 fail_timeout=2s; "
+        if [ "$port" = "$down_port" ]; then
+            servers+="server 127.0.0.1:$port max_fails=1 fail_timeout=2s down; "
+        else
+            servers+="server 127.0.0.1:$port max_fails=1 fail_timeout=2s; "
+        fi
     done
     mkdir -p "$state/nginx/temp"
     cp deploy/nginx/nginx.conf "$state/nginx/nginx.conf"
@@ -147,15 +154,28 @@ stop() {
     rm -f "$state/nginx.pid"
 }
 
+# New nginx workers take the new config; old ones finish their requests (and WebSockets) and
+# exit. nginx reports no moment at which the reload is done: the new workers start within
+# milliseconds, a second is plenty.
+reload_nginx() {
+    kill -HUP "$(cat "$state/nginx.pid")"
+    sleep 1
+}
+
 restart() {
     [ -f "$state/env.sh" ] || { echo "not running" >&2; exit 1; }
     source "$state/env.sh"
     ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    if [ -n "${EVENTLY_BIN:-}" ]; then cp "$EVENTLY_BIN" "$state/evently.new" && mv "$state/evently.new" "$state/evently"; fi
     local port
     for port in $(instance_ports); do
-        echo "==> restarting the instance on :$port"
+        echo "==> restarting the instance on :$port (out of nginx, SIGTERM, start, ready, back in)"
+        render_nginx "$port"
+        reload_nginx
         stop_instance "$port"
         start_instance "$port"
+        render_nginx
+        reload_nginx
     done
     status
 }

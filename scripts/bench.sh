@@ -72,13 +72,13 @@ stop_cluster() {
     CLUSTER_DIR="$cluster_state" CLUSTER_PORT="$port" scripts/cluster.sh stop >/dev/null 2>&1 || true
 }
 
-# N instances on ports 8101.. behind nginx on $port, on the same fresh database.
+# N instances on the ports after $port, behind nginx on $port, on the same fresh database.
 run_via_cluster() {
     local instances=$1 scenario=$2
     shift 2
     psql -q "$admin_url" -c "DROP DATABASE IF EXISTS evently_bench WITH (FORCE)" -c "CREATE DATABASE evently_bench"
     trap 'stop_server; stop_cluster' EXIT
-    CLUSTER_DIR="$cluster_state" CLUSTER_PORT="$port" CLUSTER_BASE_PORT=8101 EVENTLY_BIN="$bin/evently" \
+    CLUSTER_DIR="$cluster_state" CLUSTER_PORT="$port" CLUSTER_BASE_PORT=$((port + 1)) EVENTLY_BIN="$bin/evently" \
         scripts/cluster.sh start "$instances"
     echo "==> $scenario through nginx in front of $instances instances"
     "$bin/bench" "$scenario" "$@"

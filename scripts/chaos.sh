@@ -22,8 +22,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_nginx
-pg_bin_dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-[ -x "$pg_bin_dir/initdb" ] || { apt_install postgresql; pg_bin_dir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1); }
+# The scenarios initdb their own PostgreSQL from the server package's binaries.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql
 # A thousand WebSockets hold descriptors in the tool, nginx and the instances.
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
@@ -31,4 +31,4 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/evently-target}"
 cargo build --release --locked --quiet -p evently -p evently-bench
 bin="$CARGO_TARGET_DIR/release"
 mkdir -p bench/results
-exec "$bin/bench" chaos --evently-bin "$bin/evently" --pg-bin-dir "$pg_bin_dir" "$@"
+exec "$bin/bench" chaos --evently-bin "$bin/evently" "$@"

@@ -5,8 +5,8 @@
 //! `Outcome::failures`; the tests name the ones each scenario is about. The scenarios run one
 //! at a time: each is a dozen processes on a 2-core machine.
 //!
-//! Needs nginx, redis-server and PostgreSQL's server binaries (`/usr/lib/postgresql/15/bin`,
-//! or `CHAOS_PG_BIN_DIR`); `scripts/test.sh` installs nginx. `CHAOS_KEEP_DIR=1` keeps each
+//! Needs nginx, redis-server and PostgreSQL's server binaries (the newest
+//! `/usr/lib/postgresql/*/bin`, or `CHAOS_PG_BIN_DIR`); `scripts/test.sh` installs nginx. `CHAOS_KEEP_DIR=1` keeps each
 //! run's logs.
 
 use std::path::PathBuf;
@@ -18,9 +18,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn run(fault: Fault) -> Outcome {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut options = Options::small(fault, PathBuf::from(env!("CARGO_BIN_EXE_evently")));
-    if let Some(dir) = std::env::var_os("CHAOS_PG_BIN_DIR") {
-        options.pg_bin_dir = dir.into();
-    }
+    options.pg_bin_dir = std::env::var_os("CHAOS_PG_BIN_DIR").map(Into::into);
     let outcome = run_one(fault, &options)
         .await
         .unwrap_or_else(|error| panic!("chaos {}: {error:#}", fault.name()));

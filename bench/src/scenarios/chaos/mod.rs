@@ -24,23 +24,26 @@
 //! list of what must hold.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use uuid::Uuid;
 
+mod check;
+mod faults;
+mod load;
+
 use crate::Common;
-use crate::client::{BOOK, Gql, Subscriber};
+use crate::client::Gql;
 use crate::cluster::{Cluster, ClusterOptions, PostgresStop};
 use crate::report::{Report, table};
-use crate::stats::Samples;
+use check::verify;
+use faults::{kill_one, postgres_restart, redis_restart_and_freeze, rolling_restart};
+use load::{BuyerLog, start_load};
 
 const SUBSCRIPTION: &str =
     "subscription Seats($id: ID!) { seatAvailability(eventId: $id) { seatsAvailable version } }";
@@ -103,8 +106,9 @@ pub struct Options {
     /// The Evently binary the instances run.
     #[arg(long, env = "EVENTLY_BIN", default_value = "target/release/evently")]
     pub evently_bin: PathBuf,
-    #[arg(long, default_value = "/usr/lib/postgresql/15/bin")]
-    pub pg_bin_dir: PathBuf,
+    /// PostgreSQL's server binaries (default: the newest `/usr/lib/postgresql/*/bin`).
+    #[arg(long)]
+    pub pg_bin_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -120,7 +124,7 @@ impl Options {
             outage_secs: None,
             postgres_stop: PostgresStop::Fast,
             evently_bin,
-            pg_bin_dir: PathBuf::from("/usr/lib/postgresql/15/bin"),
+            pg_bin_dir: None,
         }
     }
 
@@ -319,7 +323,10 @@ pub async fn run_one(fault: Fault, options: &Options) -> anyhow::Result<Outcome>
     let mut cluster = Cluster::start(ClusterOptions {
         evently_bin: options.evently_bin.clone(),
         instances: options.instances,
-        pg_bin_dir: options.pg_bin_dir.clone(),
+        pg_bin_dir: options
+            .pg_bin_dir
+            .clone()
+            .map_or_else(newest_postgres_bin_dir, Ok)?,
         env: Vec::new(),
     })
     .await?;
@@ -334,14 +341,22 @@ pub async fn run_one(fault: Fault, options: &Options) -> anyhow::Result<Outcome>
     result
 }
 
-struct Load {
-    stop: Arc<AtomicBool>,
-    buyers: Vec<tokio::task::JoinHandle<BuyerLog>>,
-    readers: Vec<tokio::task::JoinHandle<(u64, BTreeMap<String, u64>)>>,
-    watchers: Vec<tokio::task::JoinHandle<()>>,
-    latest: Arc<Vec<AtomicI64>>,
-    reconnects: Arc<AtomicU64>,
-    done: watch::Sender<bool>,
+/// Debian installs each PostgreSQL major version under `/usr/lib/postgresql/<version>/bin`.
+fn newest_postgres_bin_dir() -> anyhow::Result<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: install postgresql, or pass --pg-bin-dir")?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no PostgreSQL server binaries under /usr/lib/postgresql")
 }
 
 async fn drive(fault: Fault, options: &Options, cluster: &mut Cluster) -> anyhow::Result<Outcome> {
@@ -460,420 +475,6 @@ async fn drive(fault: Fault, options: &Options, cluster: &mut Cluster) -> anyhow
         fault_secs: (fault_end - fault_start).as_secs_f64(),
         fault: fault_report,
         booking_p99_ms: all.latency.summary().p99_ms,
-    })
-}
-
-#[derive(Default)]
-struct BuyerLog {
-    /// (key, booking id) heard confirmed.
-    heard: Vec<(String, String)>,
-    confirmed_at: Vec<Instant>,
-    latency: Samples,
-    attempts: u64,
-    retries: u64,
-    errors: BTreeMap<String, u64>,
-    http_5xx: BTreeMap<u16, u64>,
-    unresolved: u64,
-    last_failure: Option<Instant>,
-}
-
-impl BuyerLog {
-    fn merge(&mut self, other: BuyerLog) {
-        self.heard.extend(other.heard);
-        self.confirmed_at.extend(other.confirmed_at);
-        self.latency.merge(other.latency);
-        self.attempts += other.attempts;
-        self.retries += other.retries;
-        for (code, n) in other.errors {
-            *self.errors.entry(code).or_default() += n;
-        }
-        for (status, n) in other.http_5xx {
-            *self.http_5xx.entry(status).or_default() += n;
-        }
-        self.unresolved += other.unresolved;
-        self.last_failure = self.last_failure.max(other.last_failure);
-    }
-}
-
-async fn start_load(
-    gql: &Gql,
-    event_id: &str,
-    buyers: Vec<(String, String)>,
-    subscribers: usize,
-) -> anyhow::Result<Load> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let latest: Arc<Vec<AtomicI64>> =
-        Arc::new((0..subscribers).map(|_| AtomicI64::new(-1)).collect());
-    let reconnects = Arc::new(AtomicU64::new(0));
-    let (done, done_rx) = watch::channel(false);
-    let mut watchers = Vec::with_capacity(subscribers);
-    for i in 0..subscribers {
-        let source = Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(i / 4_000)?);
-        let (endpoint, event_id) = (gql.ws_endpoint.clone(), event_id.to_owned());
-        let (latest, reconnects, done) = (latest.clone(), reconnects.clone(), done_rx.clone());
-        watchers.push(tokio::spawn(watch_seats(
-            endpoint, source, event_id, i, latest, reconnects, done,
-        )));
-    }
-    // Everyone watching before the first booking.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while latest.iter().any(|v| v.load(Ordering::Relaxed) < 0) {
-        anyhow::ensure!(Instant::now() < deadline, "subscribers did not connect");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let start = Instant::now();
-    // Two signed-in visitors reading their bookings meanwhile: reads must fail as coded as
-    // bookings do.
-    let readers = buyers
-        .iter()
-        .take(2)
-        .map(|(_, token)| tokio::spawn(read(gql.clone(), token.clone(), stop.clone())))
-        .collect();
-    let buyers = buyers
-        .into_iter()
-        .map(|(_, token)| {
-            let (gql, event_id, stop) = (gql.clone(), event_id.to_owned(), stop.clone());
-            tokio::spawn(buy(gql, token, event_id, stop, start))
-        })
-        .collect();
-    Ok(Load {
-        stop,
-        buyers,
-        readers,
-        watchers,
-        latest,
-        reconnects,
-        done,
-    })
-}
-
-/// One buyer: a fresh key per booking, retried until a definite answer.
-async fn buy(
-    gql: Gql,
-    token: String,
-    event_id: String,
-    stop: Arc<AtomicBool>,
-    start: Instant,
-) -> BuyerLog {
-    let mut me = BuyerLog::default();
-    'keys: while !stop.load(Ordering::Relaxed) {
-        let key = Uuid::new_v4().to_string();
-        let first_try = Instant::now();
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            me.attempts += 1;
-            let sent = Instant::now();
-            let variables =
-                json!({ "input": { "eventId": event_id, "quantity": 1, "idempotencyKey": key } });
-            let answer = gql.call_raw(Some(&token), BOOK, variables).await;
-            match answer {
-                Ok((status, body)) => {
-                    if status >= 500 {
-                        *me.http_5xx.entry(status).or_default() += 1;
-                    }
-                    match body {
-                        Some(body) => {
-                            if let Some(id) = body["data"]["bookSeats"]["id"].as_str() {
-                                me.latency.record(start, sent, Instant::now());
-                                me.confirmed_at.push(Instant::now());
-                                me.heard.push((key.clone(), id.to_owned()));
-                                break;
-                            }
-                            let code = body["errors"][0]["extensions"]["code"]
-                                .as_str()
-                                .unwrap_or("NO_CODE")
-                                .to_owned();
-                            *me.errors.entry(code.clone()).or_default() += 1;
-                            if code == "SOLD_OUT" {
-                                break 'keys;
-                            }
-                            if !RETRYABLE.contains(&code.as_str()) {
-                                // A definite refusal: nothing was booked.
-                                me.last_failure = Some(Instant::now());
-                                break;
-                            }
-                        }
-                        None => *me.errors.entry(format!("HTTP {status}")).or_default() += 1,
-                    }
-                }
-                Err(_) => *me.errors.entry("transport".into()).or_default() += 1,
-            }
-            me.last_failure = Some(Instant::now());
-            if first_try.elapsed() > Duration::from_secs(60) {
-                me.unresolved += 1;
-                break;
-            }
-            me.retries += 1;
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
-        }
-    }
-    me
-}
-
-/// A signed-in `myBookings` read, back to back with a pause, until `stop`: how many, and the
-/// codes of those that failed.
-async fn read(gql: Gql, token: String, stop: Arc<AtomicBool>) -> (u64, BTreeMap<String, u64>) {
-    const MY_BOOKINGS: &str = "query { myBookings(first: 1) { totalCount } }";
-    let (mut reads, mut errors) = (0, BTreeMap::<String, u64>::new());
-    while !stop.load(Ordering::Relaxed) {
-        reads += 1;
-        let code = match gql.call_raw(Some(&token), MY_BOOKINGS, json!({})).await {
-            Ok((_, Some(body))) if body["errors"].is_null() => None,
-            Ok((_, Some(body))) => Some(
-                body["errors"][0]["extensions"]["code"]
-                    .as_str()
-                    .unwrap_or("NO_CODE")
-                    .to_owned(),
-            ),
-            Ok((status, None)) => Some(format!("HTTP {status}")),
-            Err(_) => Some("transport".to_owned()),
-        };
-        if let Some(code) = code {
-            *errors.entry(code).or_default() += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (reads, errors)
-}
-
-/// One subscriber: subscribes through nginx, records the newest version it got, and
-/// reconnects whenever its socket ends, until `done`.
-async fn watch_seats(
-    endpoint: String,
-    source: Ipv4Addr,
-    event_id: String,
-    i: usize,
-    latest: Arc<Vec<AtomicI64>>,
-    reconnects: Arc<AtomicU64>,
-    mut done: watch::Receiver<bool>,
-) {
-    let mut first = true;
-    while !*done.borrow() {
-        if !first {
-            reconnects.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        first = false;
-        let connect =
-            Subscriber::connect(&endpoint, source, SUBSCRIPTION, json!({ "id": event_id }));
-        let Ok(Ok(mut subscriber)) = tokio::time::timeout(Duration::from_secs(10), connect).await
-        else {
-            continue;
-        };
-        loop {
-            tokio::select! {
-                version = subscriber.next_version() => match version {
-                    Ok(Some(version)) => {
-                        latest[i].fetch_max(version, Ordering::Relaxed);
-                    }
-                    _ => break,
-                },
-                _ = done.changed() => {
-                    subscriber.close().await;
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn kill_one(cluster: &mut Cluster) -> anyhow::Result<Value> {
-    let pid = cluster.pid(0);
-    cluster.kill(0).await?;
-    Ok(json!({ "killed": { "instance": 0, "pid": pid, "signal": "SIGKILL" } }))
-}
-
-async fn rolling_restart(cluster: &mut Cluster, tell_nginx: bool) -> anyhow::Result<Value> {
-    let mut steps = Vec::new();
-    for i in 0..cluster.instances.len() {
-        if tell_nginx {
-            cluster.set_in_balancer(i, false).await?;
-        }
-        let stopped = cluster.terminate(i).await?;
-        let started = cluster.restart_instance(i).await?;
-        if tell_nginx {
-            cluster.set_in_balancer(i, true).await?;
-        }
-        steps.push(json!({
-            "instance": i,
-            "sigterm_to_exit_secs": stopped.as_secs_f64(),
-            "start_to_ready_secs": started.as_secs_f64(),
-        }));
-    }
-    Ok(json!({ "restarts": steps }))
-}
-
-async fn postgres_restart(
-    cluster: &mut Cluster,
-    outage: Duration,
-    mode: PostgresStop,
-) -> anyhow::Result<Value> {
-    let pids: Vec<_> = (0..cluster.instances.len())
-        .map(|i| cluster.pid(i))
-        .collect();
-    cluster.postgres.stop(mode).await?;
-    let down = Instant::now();
-    // While it is down, each instance says so.
-    tokio::time::sleep(outage / 2).await;
-    let readyz_while_down: Vec<u16> = cluster
-        .readyz_all()
-        .await
-        .into_iter()
-        .map(|answer| answer.map_or(0, |(status, _)| status))
-        .collect();
-    tokio::time::sleep(outage.saturating_sub(down.elapsed())).await;
-    cluster.postgres.start_again().await?;
-    let up = Instant::now();
-    let outage_secs = (up - down).as_secs_f64();
-    // The instances come back by themselves: same processes, /readyz 200 again.
-    let deadline = up + Duration::from_secs(30);
-    let mut ready_again = vec![None; cluster.instances.len()];
-    while ready_again.iter().any(Option::is_none) && Instant::now() < deadline {
-        for (ready, answer) in ready_again.iter_mut().zip(cluster.readyz_all().await) {
-            if ready.is_none() && answer.is_some_and(|(status, _)| status == 200) {
-                *ready = Some(up.elapsed().as_secs_f64());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut restarted = 0;
-    for (i, pid) in pids.iter().enumerate() {
-        if !cluster.running(i) || cluster.pid(i) != *pid {
-            restarted += 1;
-        }
-    }
-    Ok(json!({
-        "outage_secs": outage_secs,
-        "readyz_while_down": readyz_while_down,
-        "ready_again_after_secs": ready_again,
-        "instances_ready_again": ready_again.iter().filter(|r| r.is_some()).count(),
-        "instances_restarted": restarted,
-    }))
-}
-
-async fn redis_restart_and_freeze(
-    cluster: &mut Cluster,
-    frozen_for: Duration,
-    run_start: Instant,
-) -> anyhow::Result<Value> {
-    let t0 = Instant::now();
-    cluster.redis.kill().await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.redis.start_again().await?;
-    let restarted_after = t0.elapsed().as_secs_f64();
-    let ok_again = wait_redis_ok(cluster, Duration::from_secs(30)).await;
-
-    // Frozen: connections stay open and nothing answers.
-    cluster.redis.freeze()?;
-    let frozen_at = Instant::now();
-    let mut degraded = vec![false; cluster.instances.len()];
-    let mut reasons = Vec::new();
-    let until = frozen_at + frozen_for.max(Duration::from_secs(1));
-    let deadline = frozen_at + frozen_for + Duration::from_secs(10);
-    while Instant::now() < until || (degraded.contains(&false) && Instant::now() < deadline) {
-        for (seen, answer) in degraded.iter_mut().zip(cluster.readyz_all().await) {
-            if !*seen
-                && let Some((200, body)) = answer
-                && body["status"] == "degraded"
-            {
-                *seen = true;
-                reasons.push(body["reason"].clone());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let thawed_at = Instant::now();
-    cluster.redis.thaw()?;
-    let ok_after_thaw = wait_redis_ok(cluster, Duration::from_secs(30)).await;
-    Ok(json!({
-        "restarted_after_secs": restarted_after,
-        "redis_ok_after_restart_secs": ok_again,
-        "frozen_secs": (thawed_at - frozen_at).as_secs_f64(),
-        "frozen_from_secs": (frozen_at - run_start).as_secs_f64(),
-        "frozen_to_secs": (thawed_at - run_start).as_secs_f64(),
-        "degraded_seen_while_frozen": degraded.iter().filter(|d| **d).count(),
-        "degraded_reasons": reasons,
-        "redis_ok_after_thaw_secs": ok_after_thaw,
-    }))
-}
-
-/// Seconds until every instance's `/readyz` says Redis is up again (None: not within).
-async fn wait_redis_ok(cluster: &Cluster, within: Duration) -> Option<f64> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        let all = cluster.readyz_all().await.into_iter().all(|answer| {
-            answer.is_some_and(|(status, body)| status == 200 && body["redis"] == "up")
-        });
-        if all {
-            return Some(start.elapsed().as_secs_f64());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    None
-}
-
-struct Check {
-    capacity: i64,
-    seats_available: i64,
-    seats_held: i64,
-    confirmed_seats: i64,
-    final_version: i64,
-    missing: i64,
-    duplicate_keys: i64,
-}
-
-async fn verify(database_url: &str, event_id: &str, log: &BuyerLog) -> anyhow::Result<Check> {
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to the chaos cluster's PostgreSQL")?;
-    tokio::spawn(connection);
-    let event = client
-        .query_one(
-            "SELECT capacity::bigint, seats_available::bigint, seats_held::bigint, version::bigint
-             FROM events WHERE id = $1::text::uuid",
-            &[&event_id],
-        )
-        .await?;
-    let confirmed_seats: i64 = client
-        .query_one(
-            "SELECT coalesce(sum(quantity), 0)::bigint FROM bookings
-             WHERE event_id = $1::text::uuid AND status = 'CONFIRMED'",
-            &[&event_id],
-        )
-        .await?
-        .get(0);
-    let keys: Vec<&str> = log.heard.iter().map(|(key, _)| key.as_str()).collect();
-    let ids: Vec<&str> = log.heard.iter().map(|(_, id)| id.as_str()).collect();
-    // The booking the buyer heard, under the key it sent: a retry answered with another
-    // booking than the first answer's would show here.
-    let missing: i64 = client
-        .query_one(
-            "SELECT count(*) FROM unnest($1::text[], $2::text[]) AS heard(key, id)
-             WHERE NOT EXISTS (SELECT 1 FROM bookings b
-                 WHERE b.id = heard.id::uuid AND b.idempotency_key = heard.key
-                   AND b.status = 'CONFIRMED')",
-            &[&keys, &ids],
-        )
-        .await?
-        .get(0);
-    let duplicate_keys: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT 1 FROM bookings
-               WHERE event_id = $1::text::uuid AND idempotency_key IS NOT NULL
-               GROUP BY user_id, idempotency_key HAVING count(*) > 1) AS twice",
-            &[&event_id],
-        )
-        .await?
-        .get(0);
-    Ok(Check {
-        capacity: event.get(0),
-        seats_available: event.get(1),
-        seats_held: event.get(2),
-        final_version: event.get(3),
-        confirmed_seats,
-        missing,
-        duplicate_keys,
     })
 }
 

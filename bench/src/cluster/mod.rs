@@ -7,19 +7,21 @@
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+mod services;
+
+pub use services::{Postgres, PostgresStop, Redis};
+
 /// The load balancer's config, shared with `scripts/cluster.sh` and `docker-compose.yml`.
-const NGINX_SITE: &str = include_str!("../../deploy/nginx/evently.conf.template");
-const NGINX_MAIN: &str = include_str!("../../deploy/nginx/nginx.conf");
+const NGINX_SITE: &str = include_str!("../../../deploy/nginx/evently.conf.template");
+const NGINX_MAIN: &str = include_str!("../../../deploy/nginx/nginx.conf");
 const JWT_SECRET: &str = "chaos-only-secret-chaos-only-secret-0000";
 
 #[derive(Clone, Debug)]
@@ -423,220 +425,12 @@ impl Drop for Cluster {
     }
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PostgresStop {
-    Fast,
-    Immediate,
-}
-
-/// A PostgreSQL cluster of our own. As root (CI containers), its processes run as the
-/// `postgres` user, since PostgreSQL refuses to run as root.
-pub struct Postgres {
-    dir: PathBuf,
-    bin: PathBuf,
-    pub port: u16,
-    as_postgres: bool,
-}
-
-impl Postgres {
-    async fn start(parent: &Path, bin: &Path) -> anyhow::Result<Self> {
-        let dir = parent.join("postgres");
-        std::fs::create_dir_all(&dir)?;
-        let as_postgres = std::fs::metadata("/proc/self")?.uid() == 0;
-        if as_postgres {
-            let uid = id_of("-u")?;
-            let gid = id_of("-g")?;
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-            // The postgres user must be able to reach its directory.
-            set_mode(parent, 0o755)?;
-        }
-        let postgres = Self {
-            dir,
-            bin: bin.to_owned(),
-            port: free_port()?,
-            as_postgres,
-        };
-        let data = postgres.dir.join("data");
-        let output = postgres
-            .command("initdb")
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])
-            .output()
-            .await
-            .with_context(|| format!("running initdb from {}", bin.display()))?;
-        ensure!(
-            output.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        postgres.start_again().await?;
-        Ok(postgres)
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        if self.as_postgres {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            Command::new(program)
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    /// `pg_ctl start`, waiting until it accepts connections.
-    pub async fn start_again(&self) -> anyhow::Result<()> {
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=300",
-            self.port,
-            self.dir.display()
-        );
-        let output = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .arg("-l")
-            .arg(self.dir.join("postgres.log"))
-            .args(["-w", "-t", "60", "-o", &options, "start"])
-            .output()
-            .await?;
-        ensure!(
-            output.status.success(),
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    }
-
-    /// `pg_ctl stop -m <mode>`: `fast` is an operator's restart (every session is ended with
-    /// an error, 57P01), `immediate` a crash (the next start replays the WAL).
-    pub async fn stop(&self, mode: PostgresStop) -> anyhow::Result<()> {
-        let mode = match mode {
-            PostgresStop::Fast => "fast",
-            PostgresStop::Immediate => "immediate",
-        };
-        let output = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", mode, "-w", "stop"])
-            .output()
-            .await?;
-        ensure!(
-            output.status.success(),
-            "pg_ctl stop failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    }
-
-    fn stop_now(&self) {
-        let program = self.bin.join("pg_ctl");
-        let mut command = if self.as_postgres {
-            let mut command = std::process::Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(program);
-            command
-        } else {
-            std::process::Command::new(program)
-        };
-        let _ = command
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A redis-server of our own, without persistence.
-pub struct Redis {
-    pub port: u16,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Redis {
-    async fn start(dir: &Path) -> anyhow::Result<Self> {
-        let mut redis = Self {
-            port: free_port()?,
-            child: None,
-            log: dir.join("redis.log"),
-        };
-        redis.start_again().await?;
-        Ok(redis)
-    }
-
-    pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        let log = File::options().create(true).append(true).open(&self.log)?;
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting redis-server")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.pong().await {
-            ensure!(Instant::now() < deadline, "redis-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    }
-
-    async fn pong(&self) -> bool {
-        let ping = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
-            stream.write_all(b"PING\r\n").await?;
-            let mut buffer = [0_u8; 7];
-            stream.read_exact(&mut buffer).await?;
-            anyhow::Ok(&buffer == b"+PONG\r\n")
-        };
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), ping).await,
-            Ok(Ok(true))
-        )
-    }
-
-    /// Kills the server; `start_again` brings up an empty one on the same port.
-    pub async fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill()?;
-            child.wait().await?;
-        }
-        Ok(())
-    }
-
-    /// SIGSTOP: connections stay open and nothing answers, like a half-open connection.
-    pub fn freeze(&self) -> anyhow::Result<()> {
-        signal(self.pid()?, "STOP")
-    }
-
-    pub fn thaw(&self) -> anyhow::Result<()> {
-        signal(self.pid()?, "CONT")
-    }
-
-    fn pid(&self) -> anyhow::Result<u32> {
-        self.child
-            .as_ref()
-            .and_then(Child::id)
-            .context("redis-server is not running")
-    }
-}
-
 /// A port free now (the kernel's choice); whoever binds it next gets it.
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+pub(crate) fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     let status = std::process::Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())
@@ -645,13 +439,13 @@ fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+pub(crate) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
-fn id_of(flag: &str) -> anyhow::Result<u32> {
+pub(crate) fn id_of(flag: &str) -> anyhow::Result<u32> {
     let output = std::process::Command::new("id")
         .args([flag, "postgres"])
         .output()?;

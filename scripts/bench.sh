@@ -8,6 +8,10 @@
 #   scripts/bench.sh sweep onsale|browse|fanout SIZES [bench options]
 #                                 # the scenario at each size (comma-separated: buyers,
 #                                 # connections or subscribers), then its curve as a PNG
+#   scripts/bench.sh fanout --via-cluster 3 [bench options]
+#                                 # N instances behind nginx (scripts/cluster.sh), the tool
+#                                 # talking to nginx; e.g. the figure:
+#                                 # --via-cluster 3 --subscribers 15000 --events 100 --hot-subscribers 5000
 #
 # Each invocation starts its own server on a fresh database (evently_bench), with the demo
 # data, Redis pub/sub and the rate limits switched off (a load tool is one client doing the
@@ -98,9 +102,39 @@ start_peer() {
     exit 1
 }
 
+cluster_state="$CARGO_TARGET_DIR/bench-cluster"
+stop_cluster() {
+    CLUSTER_DIR="$cluster_state" CLUSTER_PORT="$port" scripts/cluster.sh stop >/dev/null 2>&1 || true
+}
+
+# N instances on the ports after $port, behind nginx on $port, on the same fresh database.
+run_via_cluster() {
+    local instances=$1 scenario=$2
+    shift 2
+    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS evently_bench WITH (FORCE)" -c "CREATE DATABASE evently_bench"
+    trap 'stop_server; stop_cluster' EXIT
+    CLUSTER_DIR="$cluster_state" CLUSTER_PORT="$port" CLUSTER_BASE_PORT=$((port + 1)) EVENTLY_BIN="$bin/evently" \
+        scripts/cluster.sh start "$instances"
+    echo "==> $scenario through nginx in front of $instances instances"
+    "$bin/bench" "$scenario" "$@"
+    stop_cluster
+}
+
 run() {
     local scenario=$1
     shift
+    local args=() via_cluster=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --via-cluster) via_cluster=$2; shift 2 ;;
+            *) args+=("$1"); shift ;;
+        esac
+    done
+    if [ -n "$via_cluster" ]; then
+        run_via_cluster "$via_cluster" "$scenario" "${args[@]}"
+        return
+    fi
+    set -- "${args[@]}"
     start_server
     case " $* " in
         *" --peer postgraphile "*|*" --peer=postgraphile "*) start_peer ;;
@@ -128,7 +162,7 @@ sweep() {
 }
 
 scenario="${1:-}"
-[ -n "$scenario" ] || { sed -n '2,12p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,16p' "$0"; exit 2; }
 shift
 case "$scenario" in
     sweep)

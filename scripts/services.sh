@@ -92,6 +92,18 @@ ensure_node() {
     apt_install nodejs npm
 }
 
+# nginx balances N instances (scripts/cluster.sh, the chaos suite in tests/chaos.rs). Only
+# the binary is used, run as a child with its own config; the package's service stays off.
+ensure_nginx() {
+    if command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; then
+        return
+    fi
+    echo "==> installing nginx"
+    apt_install nginx
+    as_root systemctl disable --now nginx >/dev/null 2>&1 || true
+}
+
+
 # EVENTLY_SERVICES_FUNCTIONS_ONLY=1 only defines the functions (the scaling tests use it).
 if [ -z "${EVENTLY_SERVICES_FUNCTIONS_ONLY:-}" ]; then
     ensure_postgres

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real PostgreSQL and Redis (started or installed if
 # missing), a real headless Chromium for the GraphiQL test, Node for the reference
-# graphql-ws client test and Prometheus for the /metrics test.
+# graphql-ws client test, Prometheus for the /metrics test and nginx for the chaos suite
+# (tests/chaos.rs, which runs its own PostgreSQL and Redis from the same packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_chromium
 ensure_node
 ensure_prometheus
+ensure_nginx
 # The reference client's exact versions, from tests/js/package-lock.json.
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error >/dev/null
 

@@ -103,6 +103,18 @@ impl From<diesel::result::Error> for AppError {
     fn from(err: diesel::result::Error) -> Self {
         match err {
             diesel::result::Error::NotFound => Self::NotFound("record"),
+            // The connection to PostgreSQL broke (a restart, a network cut): the pool replaces
+            // it, so this is the database being away, not a bug.
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UnableToSendCommand
+                | diesel::result::DatabaseErrorKind::ClosedConnection,
+                _,
+            ) => Self::Unavailable,
+            diesel::result::Error::DatabaseError(_, ref info)
+                if server_shutting_down(info.message()) =>
+            {
+                Self::Unavailable
+            }
             other => Self::Internal(other.into()),
         }
     }
@@ -115,6 +127,21 @@ impl From<diesel_async::pooled_connection::bb8::RunError> for AppError {
             bb8::RunError::User(e) => Self::Internal(e.into()),
         }
     }
+}
+
+/// PostgreSQL ending a session because the server is stopping or crashed (SQLSTATE 57P01 and
+/// 57P02): a restart under the query, not a bug. Diesel keeps no SQLSTATE for these, only the
+/// message, so this reads PostgreSQL's (English) text; with a translated `lc_messages` they
+/// stay INTERNAL_SERVER_ERROR, as before.
+fn server_shutting_down(message: &str) -> bool {
+    [
+        "terminating connection due to administrator command",
+        "terminating connection due to immediate shutdown",
+        "terminating connection due to unexpected postmaster exit",
+        "terminating connection because of crash of another server process",
+    ]
+    .iter()
+    .any(|prefix| message.starts_with(prefix))
 }
 
 /// The request id of the current task, or a fresh one when none is set (e.g. background work).
@@ -172,5 +199,42 @@ impl From<AppError> for anyhow::Error {
 impl From<AppError> for async_graphql::Error {
     fn from(err: AppError) -> Self {
         err.extend()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    use super::AppError;
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> AppError {
+        Error::DatabaseError(kind, Box::new(message.to_owned())).into()
+    }
+
+    #[test]
+    fn a_database_going_away_under_a_query_is_unavailable_not_internal() {
+        for (kind, message) in [
+            (DatabaseErrorKind::UnableToSendCommand, "connection closed"),
+            (DatabaseErrorKind::ClosedConnection, "closed"),
+            (
+                DatabaseErrorKind::Unknown,
+                "terminating connection due to administrator command",
+            ),
+            (
+                DatabaseErrorKind::Unknown,
+                "terminating connection because of crash of another server process",
+            ),
+        ] {
+            assert_eq!(
+                database_error(kind, message).code(),
+                "SERVICE_UNAVAILABLE",
+                "{message}"
+            );
+        }
+        assert_eq!(
+            database_error(DatabaseErrorKind::Unknown, "division by zero").code(),
+            "INTERNAL_SERVER_ERROR"
+        );
     }
 }

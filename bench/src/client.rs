@@ -46,11 +46,29 @@ pub enum Answer {
 
 impl Gql {
     pub fn new(base: &str) -> anyhow::Result<Self> {
+        Self::with_client(
+            base,
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(usize::MAX)
+                .tcp_nodelay(true)
+                .build()?,
+        )
+    }
+
+    /// Every request gives up after `timeout`: for runs where a server may hang or vanish.
+    pub fn with_timeout(base: &str, timeout: std::time::Duration) -> anyhow::Result<Self> {
+        Self::with_client(
+            base,
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(usize::MAX)
+                .tcp_nodelay(true)
+                .timeout(timeout)
+                .build()?,
+        )
+    }
+
+    fn with_client(base: &str, http: reqwest::Client) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/');
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(usize::MAX)
-            .tcp_nodelay(true)
-            .build()?;
         Ok(Self {
             http,
             endpoint: format!("{base}/graphql"),
@@ -82,6 +100,27 @@ impl Gql {
             return Ok(Answer::Error(code.to_owned()));
         }
         Ok(Answer::Data(body["data"].clone()))
+    }
+
+    /// `call` with the HTTP status kept, and the body's JSON if it has any (a load balancer's
+    /// own error page has none).
+    pub async fn call_raw(
+        &self,
+        token: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> anyhow::Result<(u16, Option<Value>)> {
+        let mut request = self
+            .http
+            .post(&self.endpoint)
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        Ok((status, serde_json::from_slice(&bytes).ok()))
     }
 
     /// `call` for read-heavy scenarios: true when the answer has data and no errors, found

@@ -41,6 +41,11 @@ pub struct Options {
     /// Seconds of bookings.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
+    /// More subscribers, all on one more event (the hot one), e.g. `--subscribers 15000
+    /// --events 100 --hot-subscribers 5000`. Bookings go round every event, the hot one
+    /// included.
+    #[arg(long, default_value_t = 0)]
+    pub hot_subscribers: usize,
     /// Connections being opened at once.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
@@ -56,19 +61,27 @@ struct Seen {
 pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     check_alive(common.server_pid)?;
     let gql = Gql::new(&common.url)?;
-    let events = big_events(&gql, common, "Fanout", options.events).await?;
+    let hot = usize::from(options.hot_subscribers > 0);
+    let event_count = options.events + hot;
+    let subscribers = options.subscribers + options.hot_subscribers;
+    let events = big_events(&gql, common, "Fanout", event_count).await?;
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let (_, booker) = gql.register_buyers(&run_id, 1).await?.remove(0);
 
     let rss_before = common.server_pid.map(rss_kib).transpose()?;
-    println!("connecting {} subscribers", options.subscribers);
+    println!("connecting {subscribers} subscribers");
     let connect_start = Instant::now();
     let (final_tx, final_rx) = watch::channel::<Option<Vec<i64>>>(None);
     let (ready_tx, mut ready_rx) = mpsc::channel::<anyhow::Result<()>>(1024);
     let gate = Arc::new(Semaphore::new(options.connect_concurrency));
-    let mut tasks = Vec::with_capacity(options.subscribers);
-    for i in 0..options.subscribers {
-        let event = i % options.events;
+    let mut tasks = Vec::with_capacity(subscribers);
+    for i in 0..subscribers {
+        // The hot event is the last one.
+        let event = if i < options.subscribers {
+            i % options.events
+        } else {
+            options.events
+        };
         let (endpoint, event_id) = (gql.ws_endpoint.clone(), events[event].clone());
         let (gate, ready, mut finals) = (gate.clone(), ready_tx.clone(), final_rx.clone());
         let source = Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(i / PER_SOURCE)?);
@@ -122,7 +135,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     drop(ready_tx);
     let mut failed = 0_usize;
     let mut first_error = None;
-    for _ in 0..options.subscribers {
+    for _ in 0..subscribers {
         match ready_rx.recv().await {
             Some(Ok(())) => {}
             Some(Err(error)) => {
@@ -135,7 +148,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     if let Some(error) = &first_error {
         eprintln!("{failed} subscribers failed to connect; first error: {error:#}");
     }
-    let connected = options.subscribers - failed;
+    let connected = subscribers - failed;
     let connect_secs = secs(connect_start.elapsed());
     println!("{connected} subscribers connected in {connect_secs:.1} s");
     let rss_after = common.server_pid.map(rss_kib).transpose()?;
@@ -150,14 +163,14 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     let cpu = common.server_pid.map(CpuMeter::start).transpose()?;
     let start = Instant::now();
     let total = (options.rate * options.seconds as f64).round() as usize;
-    let mut sent: Vec<Vec<Instant>> = vec![Vec::new(); options.events];
+    let mut sent: Vec<Vec<Instant>> = vec![Vec::new(); event_count];
     let mut booking_latency = Samples::default();
     let mut booking_errors = 0_u64;
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / options.rate));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for k in 0..total {
         ticker.tick().await;
-        let event = k % options.events;
+        let event = k % event_count;
         let variables = json!({ "input": { "eventId": events[event], "quantity": 1 } });
         let started = Instant::now();
         let answer = gql.call(Some(&booker), BOOK, variables).await;
@@ -230,9 +243,15 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     let rows = [
         (
             "subscribers connected",
-            format!("{connected} of {}", options.subscribers),
+            format!("{connected} of {subscribers}"),
         ),
-        ("events", options.events.to_string()),
+        (
+            "events",
+            match options.hot_subscribers {
+                0 => options.events.to_string(),
+                hot => format!("{} (+1 hot event with {hot} subscribers)", options.events),
+            },
+        ),
         ("connect time", format!("{connect_secs:.1} s")),
         (
             "bookings",
@@ -285,6 +304,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         results: json!({
             "options": {
                 "subscribers": options.subscribers, "events": options.events,
+                "hot_subscribers": options.hot_subscribers,
                 "rate": options.rate, "seconds": options.seconds,
             },
             "connected": connected,

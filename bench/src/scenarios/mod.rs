@@ -3,6 +3,7 @@
 
 pub mod analytics;
 pub mod browse;
+pub mod chaos;
 pub mod fanout;
 pub mod mixed;
 pub mod onsale;

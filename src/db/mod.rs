@@ -1,6 +1,7 @@
 //! PostgreSQL access: the connection pool, the migration runner and the row types.
 //! Every query in the crate lives under `db` or `domain`; GraphQL code never writes SQL.
 
+pub mod commerce;
 pub mod models;
 pub mod schema;
 

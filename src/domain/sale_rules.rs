@@ -238,6 +238,7 @@ pub(crate) mod tests {
             hold_minutes: Event::DEFAULT_HOLD_MINUTES,
             offer_minutes: Event::DEFAULT_OFFER_MINUTES,
             published_at: Some(now),
+            currency: None,
         }
     }
 

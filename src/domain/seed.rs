@@ -308,6 +308,7 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
                     hold_minutes: Event::DEFAULT_HOLD_MINUTES,
                     offer_minutes: Event::DEFAULT_OFFER_MINUTES,
                     published_at: (demo.kind != DemoKind::Draft).then_some(now),
+                    currency: None,
                 };
                 let inserted = diesel::insert_into(events::table)
                     .values(&event)
@@ -406,6 +407,7 @@ async fn seed_seated_event(conn: &mut AsyncPgConnection, organizer: &User) -> Ap
         hold_minutes: Event::DEFAULT_HOLD_MINUTES,
         offer_minutes: Event::DEFAULT_OFFER_MINUTES,
         published_at: Some(now),
+        currency: None,
     };
     diesel::insert_into(events::table)
         .values(&event)

@@ -35,7 +35,7 @@ pub use listener::{Heartbeat, RedisHealth};
 pub use local::{Missed, Updates};
 pub use resync::{RESYNC_MARGIN, reservation_changes_since};
 pub use topics::{
-    SeatMapUpdate, SeatUpdate, Topic, Update, booking_rank, hold_rank, waitlist_rank,
+    OrderUpdate, SeatMapUpdate, SeatUpdate, Topic, Update, booking_rank, hold_rank, waitlist_rank,
 };
 
 use crate::db::DbPool;

@@ -124,6 +124,7 @@ pub async fn create_event(
         hold_minutes,
         offer_minutes,
         published_at: (!new.draft).then_some(now),
+        currency: None,
     };
     Ok(diesel::insert_into(events::table)
         .values(&event)

@@ -26,6 +26,8 @@ pub struct App {
     pub onsale: BookingQueue,
     pub rate_limiter: RateLimiter,
     pub persisted_queries: PersistedQueries,
+    /// The payment providers orders go through.
+    pub payments: crate::payments::Providers,
     /// The process's metrics recorder, which `/metrics` renders (see `telemetry::metrics`).
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -85,6 +87,7 @@ impl App {
         };
         let state = AppState(Arc::new(App {
             metrics: crate::telemetry::metrics::handle(),
+            payments: crate::payments::Providers::default(),
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
             onsale: BookingQueue::new(

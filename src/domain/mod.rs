@@ -42,6 +42,7 @@ pub mod rsvp;
 pub mod sale_rules;
 pub mod seats;
 pub mod seed;
+pub mod stock;
 pub mod sweeps;
 pub mod text;
 pub mod user_limits;
@@ -88,9 +89,11 @@ mod layering {
         ("sale_rules", 1),
         ("inventory", 2),
         ("seats", 2),
+        ("stock", 2),
         ("freed_seats", 3),
         ("auth", 4),
         ("bookings", 4),
+        ("commerce", 4),
         ("events", 4),
         ("holds", 4),
         ("rsvp", 4),

@@ -178,6 +178,12 @@ pub(crate) fn check_sellable(event: &Event, quantity: i32) -> AppResult<()> {
             "this event is free: answer with rsvp instead",
         ));
     }
+    if event.currency.is_some() {
+        return Err(AppError::not_possible(
+            "ORDERS_ONLY",
+            "this event sells ticket types: order them with placeOrder",
+        ));
+    }
     if quantity > event.max_per_booking {
         return Err(AppError::bad_input(
             "quantity",

@@ -8,8 +8,13 @@
 //! signed with `Stripe-Signature`) and `manual` (bank transfer, invoice or pay at the door:
 //! the organizer marks the order paid).
 
+pub mod manual;
+pub mod providers;
+
 use async_trait::async_trait;
 use uuid::Uuid;
+
+pub use providers::Providers;
 
 /// Which provider an order's payment goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

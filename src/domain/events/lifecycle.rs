@@ -20,6 +20,7 @@ use crate::domain::freed_seats;
 use crate::domain::inventory::Inventory;
 use crate::domain::sale_rules::{lock_event, visible_to};
 use crate::domain::seats;
+use crate::domain::stock;
 use crate::domain::text::required_text;
 use crate::error::{AppError, AppResult};
 
@@ -308,6 +309,8 @@ pub async fn cancel_event(
         seats::release_bookings(conn, &current, &ids, &mut changes).await?;
         changes.bookings = bookings;
         freed_seats::end_all(conn, &current, HoldStatus::Released, &mut changes).await?;
+        // Paid orders get a PENDING refund each, carried out once this commits.
+        stock::refund_cancelled_event(conn, id, &mut changes).await?;
         freed_seats::close_all(conn, id, &mut changes).await?;
         freed_seats::cancel_all(conn, id).await?;
         let event = diesel::update(events::table.find(id))

@@ -31,6 +31,7 @@
 pub mod auth;
 pub mod bookings;
 pub mod changes;
+pub mod commerce;
 pub mod events;
 pub mod freed_seats;
 pub mod group_commit;

@@ -69,6 +69,9 @@ pub struct Config {
     /// How often each instance looks for expired holds and events that are over (see
     /// `sweeper`).
     pub sweep_interval: Duration,
+    /// How long a card order may wait without news before the sweeper asks the provider about
+    /// its payment (`RECONCILE_AFTER_SECS`, default 300; see `checkout::reconcile`).
+    pub reconcile_after: Duration,
     pub redis_url: Option<String>,
     /// How long taking a connection from the Redis pool may wait, connecting included
     /// (`REDIS_CONNECT_TIMEOUT_MS`, default 1000). One pool serves the bus and the state shared
@@ -272,6 +275,7 @@ impl Config {
             sweep_interval: Duration::from_millis(
                 parse_or(&lookup, "SWEEP_INTERVAL_MS", 1000u64)?.max(10),
             ),
+            reconcile_after: Duration::from_secs(parse_or(&lookup, "RECONCILE_AFTER_SECS", 300u64)?),
             redis_url,
             redis_connect_timeout: Duration::from_millis(
                 parse_or(&lookup, "REDIS_CONNECT_TIMEOUT_MS", 1000u64)?.max(10),

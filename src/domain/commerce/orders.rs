@@ -613,3 +613,40 @@ pub(super) async fn lock_order(
 pub fn quantities_by_type(lines: &[OrderLine]) -> HashMap<Uuid, i32> {
     stock::demand_of(lines)
 }
+
+/// Card orders that have waited `age` without news: pending ones, and those that ended unpaid
+/// in the last day (a payment may have succeeded without its webhook). Each is marked looked
+/// at (`updated_at`), so the next round takes others. Returns (order, intent) pairs.
+pub async fn due_for_reconciliation(
+    conn: &mut AsyncPgConnection,
+    age: chrono::Duration,
+    limit: i64,
+) -> AppResult<Vec<(Uuid, String)>> {
+    let now = Utc::now();
+    let due = orders::table
+        .filter(orders::provider.eq(Provider::Stripe))
+        .filter(orders::intent_id.is_not_null())
+        .filter(orders::updated_at.le(now - age))
+        .filter(
+            orders::status.eq(OrderStatus::PendingPayment).or(orders::status
+                .eq_any([OrderStatus::Expired, OrderStatus::Cancelled])
+                .and(orders::amount_paid.eq(0))
+                .and(orders::created_at.gt(now - chrono::Duration::days(1)))),
+        )
+        .select(orders::id)
+        .order(orders::updated_at)
+        .limit(limit)
+        .load::<Uuid>(conn)
+        .await?;
+    // Two instances may pick the same order: each provider event still applies once.
+    let rows: Vec<(Uuid, Option<String>)> = diesel::update(orders::table)
+        .filter(orders::id.eq_any(due))
+        .set(orders::updated_at.eq(diesel::dsl::now))
+        .returning((orders::id, orders::intent_id))
+        .get_results(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, intent)| intent.map(|intent| (id, intent)))
+        .collect())
+}

@@ -302,6 +302,15 @@ pub async fn transfer(
     Ok(())
 }
 
+/// The seats with these ids, in the given state (a ticket's seat).
+pub async fn describe(
+    conn: &mut AsyncPgConnection,
+    seat_ids: &[Uuid],
+    state: SeatState,
+) -> AppResult<Vec<EventSeat>> {
+    changed_seats(conn, seat_ids, state).await
+}
+
 /// Some of a hold's seats now belong to a booking: an order line's seats, when the order that
 /// held them all is paid.
 pub async fn transfer_seats(

@@ -7,6 +7,7 @@
 
 mod auth;
 mod bookings;
+mod commerce;
 mod connections;
 pub mod context;
 mod error_codes;
@@ -14,6 +15,7 @@ mod events;
 mod holds;
 mod ids;
 pub mod loaders;
+mod orders;
 mod reservations;
 mod rsvp;
 pub mod seats;
@@ -37,6 +39,7 @@ pub struct Query(
     waitlist::WaitlistQuery,
     users::UserQuery,
     venues::VenueQuery,
+    orders::OrderQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -49,6 +52,8 @@ pub struct Mutation(
     rsvp::RsvpMutation,
     events::EventMutation,
     venues::VenueMutation,
+    commerce::CommerceMutation,
+    orders::OrderMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -56,6 +61,7 @@ pub struct Subscription(
     events::EventSubscription,
     reservations::ReservationSubscription,
     seats::SeatSubscription,
+    orders::OrderSubscription,
 );
 
 pub type EventlySchema = Schema<Query, Mutation, Subscription>;

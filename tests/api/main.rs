@@ -3,6 +3,7 @@
 mod authorization;
 mod bus;
 mod cache;
+mod commerce;
 mod concurrency;
 mod errors;
 mod graphiql;

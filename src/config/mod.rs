@@ -9,6 +9,7 @@
 
 mod limits;
 mod secrets;
+mod stripe;
 #[cfg(test)]
 mod tests;
 mod websocket;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use limits::{GraphqlLimits, PasswordHashing, RateLimit, RateLimits};
 pub use secrets::Secret;
+pub use stripe::StripeConfig;
 pub use websocket::{WebSocketConfig, connections_within_open_file_limit};
 
 use limits::rate_limit;
@@ -112,6 +114,8 @@ pub struct Config {
     /// The most a shutdown may take from the signal on, drain included; work still in flight
     /// then is abandoned, and its transactions roll back (`SHUTDOWN_GRACE_MS`, default 30000).
     pub shutdown_grace: Duration,
+    /// Payments through Stripe; `None` unless `STRIPE_SECRET_KEY` is set (see `stripe`).
+    pub stripe: Option<StripeConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +318,7 @@ impl Config {
                 "SHUTDOWN_GRACE_MS",
                 30_000u64,
             )?),
+            stripe: stripe::stripe_config(&lookup)?,
         })
     }
 

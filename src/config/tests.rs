@@ -243,3 +243,61 @@ fn shutdown_drain_and_grace_are_milliseconds_with_defaults() {
     assert_eq!(set.shutdown_grace, Duration::from_secs(5));
     assert!(config(&[db, ("SHUTDOWN_DRAIN_MS", "soon")]).is_err());
 }
+
+#[test]
+fn stripe_is_off_without_a_secret_key_and_needs_the_webhook_secret_with_one() {
+    let db = ("DATABASE_URL", "postgres://h/db");
+    assert!(config(&[db]).unwrap().stripe.is_none());
+    let err = config(&[db, ("STRIPE_SECRET_KEY", "sk_test_51Abc")]).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Missing("STRIPE_WEBHOOK_SECRET")),
+        "{err}"
+    );
+    let err = config(&[db, ("STRIPE_WEBHOOK_SECRET", "whsec_1")]).unwrap_err();
+    assert!(
+        matches!(err, ConfigError::Missing("STRIPE_SECRET_KEY")),
+        "{err}"
+    );
+    let err = config(&[
+        db,
+        ("STRIPE_SECRET_KEY", "pk_test_51Abc"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_1"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("STRIPE_SECRET_KEY has an invalid value"),
+        "{err}"
+    );
+    assert!(!err.contains("pk_test_51Abc"), "keys stay hidden: {err}");
+
+    let stripe = config(&[
+        db,
+        ("STRIPE_SECRET_KEY", "sk_test_51Abc"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_1"),
+    ])
+    .unwrap()
+    .stripe
+    .unwrap();
+    assert_eq!(stripe.api_base, "https://api.stripe.com");
+    assert_eq!(stripe.webhook_tolerance, Duration::from_secs(300));
+    assert_eq!(stripe.secret_key.expose(), "sk_test_51Abc");
+    let shown = format!("{stripe:?}");
+    assert!(
+        !shown.contains("sk_test_51Abc") && !shown.contains("whsec_1"),
+        "{shown}"
+    );
+
+    let stripe = config(&[
+        db,
+        ("STRIPE_SECRET_KEY", "sk_test_51Abc"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_1"),
+        ("STRIPE_API_BASE", "http://127.0.0.1:12111/"),
+        ("STRIPE_WEBHOOK_TOLERANCE_SECS", "60"),
+    ])
+    .unwrap()
+    .stripe
+    .unwrap();
+    assert_eq!(stripe.api_base, "http://127.0.0.1:12111");
+    assert_eq!(stripe.webhook_tolerance, Duration::from_secs(60));
+}

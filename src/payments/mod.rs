@@ -5,8 +5,11 @@
 //! the order.
 //!
 //! Two implementations: `stripe` (Stripe's REST API, PaymentIntents and Refunds, webhooks
-//! signed with `Stripe-Signature`) and `manual` (bank transfer, invoice or pay at the door:
-//! the organizer marks the order paid).
+//! signed with `Stripe-Signature`: [`stripe::StripeClient`] and
+//! [`stripe::verify_and_parse`]) and `manual` (bank transfer, invoice or pay at the door: the
+//! organizer marks the order paid).
+
+pub mod stripe;
 
 pub mod manual;
 pub mod providers;

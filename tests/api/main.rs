@@ -15,6 +15,7 @@ mod live;
 mod login;
 mod metrics;
 mod onsale;
+mod payments;
 mod readme_clients;
 mod reference_client;
 mod resolvers;

@@ -1,7 +1,7 @@
 //! The test harness, out of the tests: every test gets its own database ([`database`]), copied
 //! from a migrated template, its own Redis key prefix ([`redis`]), and a real server on
 //! 127.0.0.1:0 ([`app`]); clients to drive it ([`ws`], [`browser`], [`node`]), the operations
-//! tests share ([`operations`]), tokens made by hand ([`tokens`]), the schema called without a server ([`schema`]), a proxy that breaks
+//! tests share ([`operations`]), a Stripe stand-in ([`stripe`]), tokens made by hand ([`tokens`]), the schema called without a server ([`schema`]), a proxy that breaks
 //! connections on cue ([`fault_proxy`]), and one way to wait for a condition ([`eventually`]).
 
 pub mod app;
@@ -13,6 +13,7 @@ pub mod node;
 pub mod operations;
 pub mod redis;
 pub mod schema;
+pub mod stripe;
 pub mod tokens;
 pub mod ws;
 
@@ -25,5 +26,6 @@ pub use node::run_node;
 pub use operations::{BOOK, BookingId, CANCEL, EventId, error_code, event_input, merged};
 pub use redis::{OwnRedis, redis_url};
 pub use schema::SchemaTest;
+pub use stripe::StripeStandIn;
 pub use tokens::{TEST_JWT_SECRET, claims, sign};
 pub use ws::{SEATS, WsClient, converge, operation_errors, seats};

@@ -87,7 +87,12 @@ impl App {
         };
         let state = AppState(Arc::new(App {
             metrics: crate::telemetry::metrics::handle(),
-            payments: crate::payments::Providers::default(),
+            payments: crate::payments::Providers::new(config.stripe.as_ref().map(|stripe| {
+                std::sync::Arc::new(crate::payments::stripe::StripeClient::new(
+                    &stripe.api_base,
+                    stripe.secret_key.expose(),
+                )) as std::sync::Arc<dyn crate::payments::PaymentProvider>
+            })),
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
             onsale: BookingQueue::new(

@@ -6,6 +6,7 @@ mod catalog;
 mod orders;
 mod races;
 mod refunds;
+mod stripe;
 
 use serde_json::{Value, json};
 

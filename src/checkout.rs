@@ -22,7 +22,7 @@ use crate::db::commerce::{Order, OrderStatus, Provider};
 use crate::domain::Viewer;
 use crate::domain::commerce::payments::{self as order_payments, EventKey, PaymentOutcome};
 use crate::domain::commerce::refunds::{self, RefundOutcome, RefundRequest, RefundStarted};
-use crate::domain::commerce::{find_order, orders};
+use crate::domain::commerce::{find_order, listing, orders};
 use crate::error::{AppError, AppResult};
 use crate::payments::{
     IntentStatus, NewIntent, NewRefund, PaymentError, ProviderEvent, ProviderEventKind,
@@ -114,7 +114,7 @@ pub async fn apply_provider_event(
         order_payments::record_event(&mut conn, &key).await?;
         return Ok(());
     };
-    let order = match orders::order_of_intent(&mut conn, provider, &intent.id).await? {
+    let order = match listing::order_of_intent(&mut conn, provider, &intent.id).await? {
         Some(order) => order,
         None => match intent.order_id {
             // The webhook may come before the intent was recorded: the metadata names it.
@@ -128,14 +128,9 @@ pub async fn apply_provider_event(
     };
     match &event.kind {
         ProviderEventKind::PaymentSucceeded { intent } => {
-            let paid = order_payments::payment_succeeded(
-                &mut conn,
-                &key,
-                order.id,
-                intent.amount,
-                None,
-            )
-            .await?;
+            let paid =
+                order_payments::payment_succeeded(&mut conn, &key, order.id, intent.amount, None)
+                    .await?;
             drop(conn);
             let PaymentOutcome { refund, .. } = app.commit(paid);
             if let Some(refund) = refund {
@@ -298,7 +293,7 @@ pub async fn reconcile(app: &App, age: Duration, limit: i64) -> AppResult<usize>
     let due = {
         let mut conn = app.conn().await?;
         let age = chrono::Duration::from_std(age).unwrap_or_default();
-        crate::domain::commerce::orders::due_for_reconciliation(&mut conn, age, limit).await?
+        crate::domain::commerce::listing::due_for_reconciliation(&mut conn, age, limit).await?
     };
     for (order_id, intent_id) in &due {
         let intent = match provider.retrieve_intent(intent_id).await {

@@ -279,7 +279,11 @@ impl Config {
             sweep_interval: Duration::from_millis(
                 parse_or(&lookup, "SWEEP_INTERVAL_MS", 1000u64)?.max(10),
             ),
-            reconcile_after: Duration::from_secs(parse_or(&lookup, "RECONCILE_AFTER_SECS", 300u64)?),
+            reconcile_after: Duration::from_secs(parse_or(
+                &lookup,
+                "RECONCILE_AFTER_SECS",
+                300u64,
+            )?),
             redis_url,
             redis_connect_timeout: Duration::from_millis(
                 parse_or(&lookup, "REDIS_CONNECT_TIMEOUT_MS", 1000u64)?.max(10),

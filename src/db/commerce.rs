@@ -6,7 +6,9 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::models::text_enum;
-use super::schema::{events, order_lines, orders, promo_codes, quotas, refunds, ticket_types, tickets};
+use super::schema::{
+    events, order_lines, orders, promo_codes, quotas, refunds, ticket_types, tickets,
+};
 
 text_enum!(OrderStatus {
     PendingPayment => "PENDING_PAYMENT",

@@ -10,9 +10,8 @@ use super::ids::{parse_id, parse_ids, to_id};
 use crate::app::AppState;
 use crate::db::commerce::{self as rows, EventSales, PromoCode, Quota, TicketType};
 use crate::db::models::Event;
-use crate::domain::commerce::catalog::{
-    self, NewPromoCode, NewTicketType, PaymentSettings, TicketTypePatch,
-};
+use crate::domain::commerce::catalog::{self, NewTicketType, PaymentSettings, TicketTypePatch};
+use crate::domain::commerce::codes::{self, NewPromoCode};
 use crate::domain::commerce::manages;
 use crate::error::AppError;
 
@@ -209,7 +208,7 @@ impl PromoCodeView {
     /// The types it applies to; empty: all of the event's.
     async fn ticket_type_ids(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ID>> {
         let mut conn = ctx.app().conn().await?;
-        let ids = catalog::code_types(&mut conn, self.0.id).await?;
+        let ids = codes::code_types(&mut conn, self.0.id).await?;
         Ok(ids.into_iter().map(to_id).collect())
     }
 }
@@ -246,7 +245,7 @@ impl EventSalesView {
     async fn promo_codes(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<PromoCodeView>> {
         let viewer = require_viewer(ctx).await?;
         let mut conn = ctx.app().conn().await?;
-        let codes = catalog::event_promo_codes(&mut conn, &viewer, &self.event).await?;
+        let codes = codes::event_promo_codes(&mut conn, &viewer, &self.event).await?;
         Ok(codes.into_iter().map(PromoCodeView).collect())
     }
 }
@@ -437,7 +436,7 @@ impl CommerceMutation {
             unlocks_hidden: input.unlocks_hidden,
         };
         let mut conn = ctx.app().conn().await?;
-        let code = catalog::create_promo_code(&mut conn, viewer, event_id, new).await?;
+        let code = codes::create_promo_code(&mut conn, viewer, event_id, new).await?;
         Ok(PromoCodeView(code))
     }
 
@@ -459,8 +458,7 @@ impl CommerceMutation {
         let mut conn = app.conn().await?;
         let stripe = app.payments.stripe_configured();
         let sales =
-            catalog::update_payment_settings(&mut conn, viewer, event_id, settings, stripe)
-                .await?;
+            catalog::update_payment_settings(&mut conn, viewer, event_id, settings, stripe).await?;
         let event = crate::domain::rows::find_event(&mut conn, event_id)
             .await?
             .ok_or(AppError::NotFound("event"))?;

@@ -71,7 +71,10 @@ impl EventView {
         self.0.currency.as_deref()
     }
     /// How it is paid for, its refund policy, and (for its organizer) its quotas and codes.
-    async fn sales(&self, ctx: &Context<'_>) -> async_graphql::Result<super::commerce::EventSalesView> {
+    async fn sales(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<super::commerce::EventSalesView> {
         super::commerce::event_sales(ctx, &self.0).await
     }
     async fn title(&self) -> &str {

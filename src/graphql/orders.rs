@@ -19,9 +19,10 @@ use super::seats::SeatView;
 use super::users::{UserView, load_user};
 use crate::checkout;
 use crate::db::commerce::{self as rows, Order, OrderLine, Refund, Ticket};
-use crate::domain::commerce::orders::{self, LineRequest, OrderRequest};
-use crate::domain::commerce::refunds::{RefundRequest, order_refunds};
 use crate::domain::commerce::catalog::ticket_types_by_id;
+use crate::domain::commerce::listing;
+use crate::domain::commerce::orders::{LineRequest, OrderRequest};
+use crate::domain::commerce::refunds::{RefundRequest, order_refunds};
 use crate::domain::pagination::PageRequest;
 use crate::domain::seats::SeatOwner;
 use crate::error::AppError;
@@ -78,7 +79,7 @@ impl OrderView {
     }
     async fn lines(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<OrderLineView>> {
         let mut conn = ctx.app().conn().await?;
-        let lines = orders::order_lines(&mut conn, self.0.id).await?;
+        let lines = listing::order_lines(&mut conn, self.0.id).await?;
         Ok(lines
             .into_iter()
             .map(|line| OrderLineView {
@@ -107,7 +108,7 @@ impl OrderView {
     /// One per seat once it is PAID.
     async fn tickets(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<TicketView>> {
         let mut conn = ctx.app().conn().await?;
-        let tickets = orders::order_tickets(&mut conn, self.0.id).await?;
+        let tickets = listing::order_tickets(&mut conn, self.0.id).await?;
         Ok(tickets.into_iter().map(TicketView).collect())
     }
     async fn refunds(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RefundView>> {
@@ -326,7 +327,9 @@ impl OrderQuery {
         let viewer = require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
         let mut conn = ctx.app().conn().await?;
-        Ok(OrderView(orders::visible_order(&mut conn, &viewer, id).await?))
+        Ok(OrderView(
+            listing::visible_order(&mut conn, &viewer, id).await?,
+        ))
     }
 
     /// The signed-in user's orders, newest first.
@@ -340,10 +343,10 @@ impl OrderQuery {
         let viewer = require_viewer(ctx).await?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
-        let rows = orders::user_orders(&mut conn, viewer.id(), page).await?;
+        let rows = listing::user_orders(&mut conn, viewer.id(), page).await?;
         let user_id = viewer.id();
         let total_count =
-            TotalCount::new(move |conn| Box::pin(orders::count_user_orders(conn, user_id)));
+            TotalCount::new(move |conn| Box::pin(listing::count_user_orders(conn, user_id)));
         Ok(connection(rows, &page, OrderView, total_count))
     }
 
@@ -360,9 +363,9 @@ impl OrderQuery {
         let event_id = parse_id(&event_id, "eventId")?;
         let page = PageRequest::new(first, after.as_deref())?;
         let mut conn = ctx.app().conn().await?;
-        let rows = orders::event_orders(&mut conn, &viewer, event_id, page).await?;
+        let rows = listing::event_orders(&mut conn, &viewer, event_id, page).await?;
         let total_count =
-            TotalCount::new(move |conn| Box::pin(orders::count_event_orders(conn, event_id)));
+            TotalCount::new(move |conn| Box::pin(listing::count_event_orders(conn, event_id)));
         Ok(connection(rows, &page, OrderView, total_count))
     }
 }
@@ -404,7 +407,9 @@ impl OrderMutation {
     async fn cancel_order(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<OrderView> {
         let viewer = require_viewer(ctx).await?;
         let id = parse_id(&id, "id")?;
-        Ok(OrderView(checkout::cancel_order(ctx.app(), &viewer, id).await?))
+        Ok(OrderView(
+            checkout::cancel_order(ctx.app(), &viewer, id).await?,
+        ))
     }
 
     /// The event's organizer or an admin: a manual payment was received. Marking it again
@@ -417,8 +422,7 @@ impl OrderMutation {
     ) -> async_graphql::Result<OrderView> {
         let viewer = require_viewer(ctx).await?;
         let id = parse_id(&order_id, "orderId")?;
-        let order =
-            checkout::mark_order_paid(ctx.app(), &viewer, id, reference.as_deref()).await?;
+        let order = checkout::mark_order_paid(ctx.app(), &viewer, id, reference.as_deref()).await?;
         Ok(OrderView(order))
     }
 
@@ -467,7 +471,7 @@ impl OrderSubscription {
         let updates = app.bus.subscribe(Topic::Order(id));
         let first = {
             let mut conn = app.conn().await?;
-            orders::visible_order(&mut conn, &viewer, id).await?
+            listing::visible_order(&mut conn, &viewer, id).await?
         };
         let mut seen = first.version;
         let later = updates
@@ -485,7 +489,9 @@ impl OrderSubscription {
                         return None;
                     }
                     let mut conn = app.conn().await.ok()?;
-                    let order = crate::domain::commerce::find_order(&mut conn, id).await.ok()?;
+                    let order = crate::domain::commerce::find_order(&mut conn, id)
+                        .await
+                        .ok()?;
                     Some(order)
                 }
             })

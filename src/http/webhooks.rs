@@ -54,8 +54,7 @@ async fn stripe_webhook(State(app): State<AppState>, headers: HeaderMap, body: B
             (StatusCode::OK, "ok").into_response()
         }
         Err(error) => {
-            metrics::counter!("evently_payment_webhooks_total", "outcome" => "failed")
-                .increment(1);
+            metrics::counter!("evently_payment_webhooks_total", "outcome" => "failed").increment(1);
             tracing::warn!(event_id = %event.id, error = %error.message(), "a Stripe event could not be applied");
             // Only a request id goes out; Stripe retries a non-2xx answer.
             (StatusCode::INTERNAL_SERVER_ERROR, "not applied; retry").into_response()

@@ -145,17 +145,26 @@ pub(super) async fn resync_local(inner: Arc<Inner>, since: DateTime<Utc>) {
         // An order's subscriber re-reads the order: its current version is enough.
         let orders: Vec<(Uuid, Uuid, Uuid, i32)> = orders::table
             .filter(orders::id.eq_any(&order_ids))
-            .select((orders::id, orders::user_id, orders::event_id, orders::version))
+            .select((
+                orders::id,
+                orders::user_id,
+                orders::event_id,
+                orders::version,
+            ))
             .load(&mut conn)
             .await?;
-        changes.extend(orders.into_iter().map(|(order_id, user_id, event_id, version)| {
-            Update::Order(OrderUpdate {
-                order_id,
-                user_id,
-                event_id,
-                version,
-            })
-        }));
+        changes.extend(
+            orders
+                .into_iter()
+                .map(|(order_id, user_id, event_id, version)| {
+                    Update::Order(OrderUpdate {
+                        order_id,
+                        user_id,
+                        event_id,
+                        version,
+                    })
+                }),
+        );
         anyhow::Ok((events, changes))
     };
     let (events, changes) = match read.await {

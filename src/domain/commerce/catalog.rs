@@ -8,27 +8,23 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::codes::{code_types, find_code};
 use super::{check_currency, ensure_manager, event_sales, manages};
+use crate::db::commerce::{EventSales, Provider, Quota, TicketType};
+use crate::db::models::Event;
+use crate::db::schema::{events, quota_ticket_types, quotas, ticket_types};
 use crate::domain::Viewer;
 use crate::domain::changes::{Changes, Committed};
 use crate::domain::sale_rules::lock_event;
 use crate::domain::stock::Stock;
 use crate::domain::text::required_text;
-use crate::db::commerce::{
-    DiscountKind, EventSales, PromoCode, Provider, Quota, TicketType,
-};
-use crate::db::models::Event;
-use crate::db::schema::{
-    events, promo_code_ticket_types, promo_codes, quota_ticket_types, quotas, ticket_types,
-};
 use crate::error::{AppError, AppResult};
 
 /// Most minor units one price may be (a billion of the currency's units, in cents).
-const MAX_PRICE: i64 = 100_000_000_000;
+pub(super) const MAX_PRICE: i64 = 100_000_000_000;
 
 pub struct Money {
     pub amount: i64,
@@ -72,11 +68,7 @@ fn bad(field: &'static str, reason: &'static str, message: impl Into<String>) ->
 
 fn check_price(price: &Money, event: &Event) -> AppResult<String> {
     if price.amount < 0 {
-        return Err(bad(
-            "price",
-            "NEGATIVE_PRICE",
-            "a price cannot be negative",
-        ));
+        return Err(bad("price", "NEGATIVE_PRICE", "a price cannot be negative"));
     }
     if price.amount > MAX_PRICE {
         return Err(bad("price", "PRICE_TOO_HIGH", "this price is too high"));
@@ -96,7 +88,11 @@ fn check_price(price: &Money, event: &Event) -> AppResult<String> {
 
 fn check_type(ticket_type: &TicketType) -> AppResult<()> {
     if ticket_type.quantity.is_some_and(|q| q < 0) {
-        return Err(bad("quantity", "INVALID_QUANTITY", "quantity cannot be negative"));
+        return Err(bad(
+            "quantity",
+            "INVALID_QUANTITY",
+            "quantity cannot be negative",
+        ));
     }
     if ticket_type.min_per_order < 1 || ticket_type.max_per_order < ticket_type.min_per_order {
         return Err(bad(
@@ -106,7 +102,11 @@ fn check_type(ticket_type: &TicketType) -> AppResult<()> {
         ));
     }
     if ticket_type.max_per_order > 100 {
-        return Err(bad("maxPerOrder", "INVALID_PER_ORDER", "maxPerOrder is at most 100"));
+        return Err(bad(
+            "maxPerOrder",
+            "INVALID_PER_ORDER",
+            "maxPerOrder is at most 100",
+        ));
     }
     if let (Some(start), Some(end)) = (ticket_type.sales_start_at, ticket_type.sales_end_at)
         && end <= start
@@ -300,7 +300,9 @@ pub async fn visible_ticket_types(
     }
     let unlocked = match access_code {
         Some(code) => match find_code(conn, event.id, code).await? {
-            Some(promo) if promo.unlocks_hidden && super::within(promo.valid_from, promo.valid_until) => {
+            Some(promo)
+                if promo.unlocks_hidden && super::within(promo.valid_from, promo.valid_until) =>
+            {
                 Some(code_types(conn, promo.id).await?)
             }
             _ => None,
@@ -336,7 +338,11 @@ pub async fn create_quota(
 ) -> AppResult<Quota> {
     let name = required_text("name", &name, 200)?;
     if size < 0 {
-        return Err(bad("size", "INVALID_SIZE", "a quota's size cannot be negative"));
+        return Err(bad(
+            "size",
+            "INVALID_SIZE",
+            "a quota's size cannot be negative",
+        ));
     }
     if ticket_type_ids.is_empty() {
         return Err(bad(
@@ -418,148 +424,6 @@ pub async fn quota_types(conn: &mut AsyncPgConnection, quota_id: Uuid) -> AppRes
         .await?)
 }
 
-pub struct NewPromoCode {
-    pub code: String,
-    pub discount: DiscountKind,
-    pub value: i64,
-    pub max_uses: Option<i32>,
-    pub valid_from: Option<DateTime<Utc>>,
-    pub valid_until: Option<DateTime<Utc>>,
-    pub ticket_type_ids: Vec<Uuid>,
-    pub unlocks_hidden: bool,
-}
-
-pub async fn create_promo_code(
-    conn: &mut AsyncPgConnection,
-    viewer: &Viewer,
-    event_id: Uuid,
-    new: NewPromoCode,
-) -> AppResult<PromoCode> {
-    let code = new.code.trim().to_owned();
-    if code.is_empty() || code.len() > 64 || code.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(bad(
-            "code",
-            "INVALID_CODE",
-            "a code is 1 to 64 characters without spaces",
-        ));
-    }
-    match new.discount {
-        DiscountKind::Percent if !(0..=100).contains(&new.value) => {
-            return Err(bad("value", "INVALID_DISCOUNT", "a percentage is 0 to 100"));
-        }
-        DiscountKind::Fixed if !(0..=MAX_PRICE).contains(&new.value) => {
-            return Err(bad("value", "INVALID_DISCOUNT", "a fixed discount is 0 or more"));
-        }
-        _ => {}
-    }
-    if new.max_uses.is_some_and(|m| m < 0) {
-        return Err(bad("maxUses", "INVALID_MAX_USES", "maxUses cannot be negative"));
-    }
-    if let (Some(from), Some(until)) = (new.valid_from, new.valid_until)
-        && until <= from
-    {
-        return Err(bad(
-            "validUntil",
-            "INVALID_WINDOW",
-            "validUntil must be after validFrom",
-        ));
-    }
-    let new = &new;
-    let code = &code;
-    conn.transaction(async move |conn| {
-        let event = lock_event(conn, event_id).await?;
-        ensure_manager(viewer, &event)?;
-        let stock = Stock::load(conn, event_id).await?;
-        if new.ticket_type_ids.iter().any(|id| !stock.types.contains_key(id)) {
-            return Err(AppError::NotFound("ticket type"));
-        }
-        let promo = PromoCode {
-            id: Uuid::new_v4(),
-            event_id,
-            code: code.clone(),
-            discount_kind: new.discount,
-            value: new.value,
-            max_uses: new.max_uses,
-            uses: 0,
-            valid_from: new.valid_from,
-            valid_until: new.valid_until,
-            unlocks_hidden: new.unlocks_hidden,
-            created_at: Utc::now(),
-        };
-        let inserted = diesel::insert_into(promo_codes::table)
-            .values(&promo)
-            .returning(PromoCode::as_returning())
-            .get_result(conn)
-            .await;
-        let promo = match inserted {
-            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-                return Err(AppError::Conflict(
-                    "this event already has a promo code with this code".into(),
-                ));
-            }
-            other => other?,
-        };
-        let mut ids = new.ticket_type_ids.clone();
-        ids.sort_unstable();
-        ids.dedup();
-        let links: Vec<_> = ids
-            .iter()
-            .map(|id| {
-                (
-                    promo_code_ticket_types::promo_code_id.eq(promo.id),
-                    promo_code_ticket_types::ticket_type_id.eq(*id),
-                )
-            })
-            .collect();
-        diesel::insert_into(promo_code_ticket_types::table)
-            .values(&links)
-            .execute(conn)
-            .await?;
-        Ok(promo)
-    })
-    .await
-}
-
-/// The event's promo code spelled `code` in any case.
-pub async fn find_code(
-    conn: &mut AsyncPgConnection,
-    event_id: Uuid,
-    code: &str,
-) -> AppResult<Option<PromoCode>> {
-    use diesel::dsl::sql;
-    use diesel::sql_types::{Bool, Text};
-    Ok(promo_codes::table
-        .filter(promo_codes::event_id.eq(event_id))
-        .filter(sql::<Bool>("lower(code) = lower(").bind::<Text, _>(code.trim()).sql(")"))
-        .select(PromoCode::as_select())
-        .first(conn)
-        .await
-        .optional()?)
-}
-
-/// The ticket types a code applies to; empty: all of the event's.
-pub async fn code_types(conn: &mut AsyncPgConnection, promo_id: Uuid) -> AppResult<Vec<Uuid>> {
-    Ok(promo_code_ticket_types::table
-        .filter(promo_code_ticket_types::promo_code_id.eq(promo_id))
-        .select(promo_code_ticket_types::ticket_type_id)
-        .load(conn)
-        .await?)
-}
-
-pub async fn event_promo_codes(
-    conn: &mut AsyncPgConnection,
-    viewer: &Viewer,
-    event: &Event,
-) -> AppResult<Vec<PromoCode>> {
-    ensure_manager(viewer, event)?;
-    Ok(promo_codes::table
-        .filter(promo_codes::event_id.eq(event.id))
-        .select(PromoCode::as_select())
-        .order((promo_codes::created_at, promo_codes::id))
-        .load(conn)
-        .await?)
-}
-
 pub struct PaymentSettings {
     pub provider: Option<Provider>,
     pub payment_window_days: Option<i32>,
@@ -600,8 +464,7 @@ pub async fn update_payment_settings(
         let refund_until = settings.refund_until.unwrap_or(current.refund_until);
         Ok(diesel::update(events::table.find(event_id))
             .set((
-                events::payment_provider
-                    .eq(settings.provider.unwrap_or(current.payment_provider)),
+                events::payment_provider.eq(settings.provider.unwrap_or(current.payment_provider)),
                 events::payment_window_days.eq(settings
                     .payment_window_days
                     .unwrap_or(current.payment_window_days)),
@@ -613,14 +476,4 @@ pub async fn update_payment_settings(
             .await?)
     })
     .await
-}
-
-pub async fn find_promo(conn: &mut AsyncPgConnection, id: Uuid) -> AppResult<PromoCode> {
-    use crate::domain::rows::OrNotFound;
-    promo_codes::table
-        .find(id)
-        .select(PromoCode::as_select())
-        .first(conn)
-        .await
-        .or_not_found("promo code")
 }

@@ -11,6 +11,8 @@
 //! A command module (the top layer): imports the layers below, never another command.
 
 pub mod catalog;
+pub mod codes;
+pub mod listing;
 pub mod orders;
 pub mod payments;
 pub mod refunds;

@@ -8,16 +8,14 @@
 //! (its `paymentWindowDays` for manual payments). The intent is created after the commit and
 //! recorded by [`record_intent`]; a free order is PAID at once.
 
-use std::collections::HashMap;
-
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::upsert::on_constraint;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::catalog::{code_types, find_code};
-use super::{ensure_manager, event_sales, find_order, manages, ticket_code, within};
+use super::codes::{code_types, find_code};
+use super::{event_sales, find_order, manages, ticket_code, within};
 use crate::db::commerce::{
     DiscountKind, Order, OrderLine, OrderStatus, PromoCode, Provider, Ticket, TicketStatus,
 };
@@ -27,7 +25,6 @@ use crate::domain::Viewer;
 use crate::domain::changes::{Changes, Committed};
 use crate::domain::freed_seats;
 use crate::domain::inventory::Inventory;
-use crate::domain::pagination::{Page, PageRequest, load_page};
 use crate::domain::rows::insert_unkeyed_booking;
 use crate::domain::sale_rules::{
     check_idempotency_key, lock_event, lock_event_for, requested_quantity, unbookable_reason,
@@ -115,8 +112,7 @@ pub async fn place_order(
             if let Some(existing) = existing {
                 if existing.event_id != request.event_id {
                     return Err(AppError::Conflict(
-                        "this idempotencyKey was already used for an order of another event"
-                            .into(),
+                        "this idempotencyKey was already used for an order of another event".into(),
                     ));
                 }
                 return Ok(Committed::unchanged(existing));
@@ -319,7 +315,10 @@ pub async fn place_order(
 
 /// Counts one use of a promo code, exactly: the guarded `UPDATE` and `promo_codes_uses_check`
 /// refuse the use past `max_uses` however many orders try at once.
-pub(super) async fn take_promo_use(conn: &mut AsyncPgConnection, promo: &PromoCode) -> AppResult<()> {
+pub(super) async fn take_promo_use(
+    conn: &mut AsyncPgConnection,
+    promo: &PromoCode,
+) -> AppResult<()> {
     let taken = diesel::update(
         promo_codes::table.find(promo.id).filter(
             promo_codes::max_uses
@@ -379,8 +378,7 @@ pub(super) async fn issue(
             }
             None => {
                 line.seat_ids =
-                    claim_line(conn, &event, SeatOwner::Booking(booking.id), line, changes)
-                        .await?;
+                    claim_line(conn, &event, SeatOwner::Booking(booking.id), line, changes).await?;
             }
         }
         diesel::update(order_lines::table.find(line.id))
@@ -492,111 +490,6 @@ pub async fn record_intent(
     }
 }
 
-/// The order, for its buyer, the event's organizer and admins.
-pub async fn visible_order(
-    conn: &mut AsyncPgConnection,
-    viewer: &Viewer,
-    id: Uuid,
-) -> AppResult<Order> {
-    let order = find_order(conn, id).await?;
-    if order.user_id == viewer.id() || viewer.is_admin() {
-        return Ok(order);
-    }
-    let event = crate::domain::rows::find_event(conn, order.event_id)
-        .await?
-        .ok_or(AppError::NotFound("order"))?;
-    if manages(Some(viewer), &event) {
-        Ok(order)
-    } else {
-        Err(AppError::NotFound("order"))
-    }
-}
-
-pub async fn order_lines(conn: &mut AsyncPgConnection, order_id: Uuid) -> AppResult<Vec<OrderLine>> {
-    stock::lines_of(conn, order_id).await
-}
-
-pub async fn order_tickets(conn: &mut AsyncPgConnection, order_id: Uuid) -> AppResult<Vec<Ticket>> {
-    Ok(tickets::table
-        .filter(tickets::order_id.eq(order_id))
-        .select(Ticket::as_select())
-        .order((tickets::order_line_id, tickets::seat_id, tickets::id))
-        .load(conn)
-        .await?)
-}
-
-/// The user's orders, newest first.
-pub async fn user_orders(
-    conn: &mut AsyncPgConnection,
-    user_id: Uuid,
-    page: PageRequest,
-) -> AppResult<Page<Order>> {
-    let query = orders::table
-        .filter(orders::user_id.eq(user_id))
-        .select(Order::as_select())
-        .into_boxed();
-    Ok(load_page!(
-        conn,
-        query,
-        page,
-        newest_first(orders::created_at, orders::id)
-    ))
-}
-
-pub async fn count_user_orders(conn: &mut AsyncPgConnection, user_id: Uuid) -> AppResult<i64> {
-    Ok(orders::table
-        .filter(orders::user_id.eq(user_id))
-        .count()
-        .get_result(conn)
-        .await?)
-}
-
-/// An event's orders, newest first: for its organizer and admins.
-pub async fn event_orders(
-    conn: &mut AsyncPgConnection,
-    viewer: &Viewer,
-    event_id: Uuid,
-    page: PageRequest,
-) -> AppResult<Page<Order>> {
-    let event = crate::domain::rows::find_event(conn, event_id)
-        .await?
-        .ok_or(AppError::NotFound("event"))?;
-    ensure_manager(viewer, &event)?;
-    let query = orders::table
-        .filter(orders::event_id.eq(event_id))
-        .select(Order::as_select())
-        .into_boxed();
-    Ok(load_page!(
-        conn,
-        query,
-        page,
-        newest_first(orders::created_at, orders::id)
-    ))
-}
-
-pub async fn count_event_orders(conn: &mut AsyncPgConnection, event_id: Uuid) -> AppResult<i64> {
-    Ok(orders::table
-        .filter(orders::event_id.eq(event_id))
-        .count()
-        .get_result(conn)
-        .await?)
-}
-
-/// The order of a provider's intent.
-pub async fn order_of_intent(
-    conn: &mut AsyncPgConnection,
-    provider: Provider,
-    intent_id: &str,
-) -> AppResult<Option<Order>> {
-    Ok(orders::table
-        .filter(orders::provider.eq(provider))
-        .filter(orders::intent_id.eq(intent_id))
-        .select(Order::as_select())
-        .first(conn)
-        .await
-        .optional()?)
-}
-
 /// Locks the order's event and reads the order again under that lock: every change of an
 /// order happens under it.
 pub(super) async fn lock_order(
@@ -607,46 +500,4 @@ pub(super) async fn lock_order(
     let event = lock_event(conn, order.event_id).await?;
     let order = find_order(conn, order_id).await?;
     Ok((event, order))
-}
-
-/// Seats per type of some lines, for a quick look (tests, counters).
-pub fn quantities_by_type(lines: &[OrderLine]) -> HashMap<Uuid, i32> {
-    stock::demand_of(lines)
-}
-
-/// Card orders that have waited `age` without news: pending ones, and those that ended unpaid
-/// in the last day (a payment may have succeeded without its webhook). Each is marked looked
-/// at (`updated_at`), so the next round takes others. Returns (order, intent) pairs.
-pub async fn due_for_reconciliation(
-    conn: &mut AsyncPgConnection,
-    age: chrono::Duration,
-    limit: i64,
-) -> AppResult<Vec<(Uuid, String)>> {
-    let now = Utc::now();
-    let due = orders::table
-        .filter(orders::provider.eq(Provider::Stripe))
-        .filter(orders::intent_id.is_not_null())
-        .filter(orders::updated_at.le(now - age))
-        .filter(
-            orders::status.eq(OrderStatus::PendingPayment).or(orders::status
-                .eq_any([OrderStatus::Expired, OrderStatus::Cancelled])
-                .and(orders::amount_paid.eq(0))
-                .and(orders::created_at.gt(now - chrono::Duration::days(1)))),
-        )
-        .select(orders::id)
-        .order(orders::updated_at)
-        .limit(limit)
-        .load::<Uuid>(conn)
-        .await?;
-    // Two instances may pick the same order: each provider event still applies once.
-    let rows: Vec<(Uuid, Option<String>)> = diesel::update(orders::table)
-        .filter(orders::id.eq_any(due))
-        .set(orders::updated_at.eq(diesel::dsl::now))
-        .returning((orders::id, orders::intent_id))
-        .get_results(conn)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, intent)| intent.map(|intent| (id, intent)))
-        .collect())
 }

@@ -85,7 +85,10 @@ pub async fn payment_succeeded(
     conn.transaction(async move |conn| {
         let (event, order) = lock_order(conn, order_id).await?;
         if !first_delivery(conn, key, Some(order_id)).await? {
-            return Ok(Committed::unchanged(PaymentOutcome { order, refund: None }));
+            return Ok(Committed::unchanged(PaymentOutcome {
+                order,
+                refund: None,
+            }));
         }
         apply_payment(conn, event, order, amount, reference).await
     })
@@ -100,7 +103,10 @@ pub async fn mark_order_paid(
     reference: Option<&str>,
 ) -> AppResult<Committed<PaymentOutcome>> {
     if reference.is_some_and(|r| r.len() > 200 || r.chars().any(char::is_control)) {
-        return Err(AppError::bad_input("reference", "a reference is at most 200 characters"));
+        return Err(AppError::bad_input(
+            "reference",
+            "a reference is at most 200 characters",
+        ));
     }
     conn.transaction(async move |conn| {
         let (event, order) = lock_order(conn, order_id).await?;
@@ -119,7 +125,10 @@ pub async fn mark_order_paid(
             kind: "payment.received",
         };
         if !first_delivery(conn, &key, Some(order_id)).await? {
-            return Ok(Committed::unchanged(PaymentOutcome { order, refund: None }));
+            return Ok(Committed::unchanged(PaymentOutcome {
+                order,
+                refund: None,
+            }));
         }
         let total = order.total;
         apply_payment(conn, event, order, total, reference).await
@@ -157,12 +166,25 @@ async fn apply_payment(
             // Still HELD, even past its expiry: nobody took the seats, they are the order's.
             if let Some(hold) = hold.filter(|h| h.status == HoldStatus::Held) {
                 let mut inventory = Inventory::new(event);
-                issue(conn, &mut inventory, &order, &mut lines, Some(&hold), &mut changes)
-                    .await?;
+                issue(
+                    conn,
+                    &mut inventory,
+                    &order,
+                    &mut lines,
+                    Some(&hold),
+                    &mut changes,
+                )
+                .await?;
                 stock::apply(conn, &demand_of(&lines), Move::Sell).await?;
                 let order = mark_paid(conn, order.id, amount, None, &mut changes).await?;
                 inventory.save(conn, &mut changes).await?;
-                return Ok(Committed::new(PaymentOutcome { order, refund: None }, changes));
+                return Ok(Committed::new(
+                    PaymentOutcome {
+                        order,
+                        refund: None,
+                    },
+                    changes,
+                ));
             }
             // The hold ended without the order noticing (it cannot: they end together).
             Err(anyhow::anyhow!("order {} pending on an ended hold", order.id).into())
@@ -172,7 +194,10 @@ async fn apply_payment(
         }
         // Paid already (a second delivery under another event id): nothing to do.
         OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded => {
-            Ok(Committed::unchanged(PaymentOutcome { order, refund: None }))
+            Ok(Committed::unchanged(PaymentOutcome {
+                order,
+                refund: None,
+            }))
         }
     }
 }
@@ -207,7 +232,7 @@ async fn late_payment(
             }
             stock.check(&demand, inventory.available)?;
             if let Some(promo) = order.promo_code_id {
-                let promo = super::catalog::find_promo(conn, promo).await?;
+                let promo = super::codes::find_promo(conn, promo).await?;
                 take_promo_use(conn, &promo).await?;
             }
             issue(conn, &mut inventory, &order, &mut lines, None, &mut changes).await?;
@@ -225,7 +250,13 @@ async fn late_payment(
         })
         .await;
     match retaken {
-        Ok((order, changes)) => Ok(Committed::new(PaymentOutcome { order, refund: None }, changes)),
+        Ok((order, changes)) => Ok(Committed::new(
+            PaymentOutcome {
+                order,
+                refund: None,
+            },
+            changes,
+        )),
         Err(AppError::Internal(error)) => Err(AppError::Internal(error)),
         Err(why) => {
             tracing::info!(order_id = %order.id, why = %why.message(), "a late payment is refunded");

@@ -116,14 +116,21 @@ pub async fn refund_order(
     request: RefundRequest,
 ) -> AppResult<Committed<RefundStarted>> {
     if request.amount.is_some_and(|a| a <= 0) {
-        return Err(bad("amount", "INVALID_AMOUNT", "a refund's amount is more than 0"));
+        return Err(bad(
+            "amount",
+            "INVALID_AMOUNT",
+            "a refund's amount is more than 0",
+        ));
     }
     if request
         .reason
         .as_ref()
         .is_some_and(|r| r.len() > 500 || r.chars().any(char::is_control))
     {
-        return Err(AppError::bad_input("reason", "a reason is at most 500 characters"));
+        return Err(AppError::bad_input(
+            "reason",
+            "a reason is at most 500 characters",
+        ));
     }
     let request = &request;
     conn.transaction(async move |conn| {
@@ -200,7 +207,11 @@ async fn start(
     let mut changes = Changes::default();
     if amount == 0 {
         if line_ids.is_empty() {
-            return Err(bad("amount", "NOTHING_TO_REFUND", "nothing is left to refund"));
+            return Err(bad(
+                "amount",
+                "NOTHING_TO_REFUND",
+                "nothing is left to refund",
+            ));
         }
         // Nothing was paid for these lines: take them back now, with no refund to record
         // (the lines are marked with the order's id instead of a refund's).
@@ -220,13 +231,31 @@ async fn start(
         } else {
             order.status
         };
-        let order = stock::set_status(conn, order.id, status, request.reason.as_deref(), &mut changes)
-            .await?;
-        return Ok(Committed::new(RefundStarted { order, refund: None }, changes));
+        let order = stock::set_status(
+            conn,
+            order.id,
+            status,
+            request.reason.as_deref(),
+            &mut changes,
+        )
+        .await?;
+        return Ok(Committed::new(
+            RefundStarted {
+                order,
+                refund: None,
+            },
+            changes,
+        ));
     }
     let refund = record_refund(conn, &order, amount, &line_ids, request.reason.as_deref()).await?;
-    let order = stock::set_status(conn, order.id, order.status, order.reason.as_deref(), &mut changes)
-        .await?;
+    let order = stock::set_status(
+        conn,
+        order.id,
+        order.status,
+        order.reason.as_deref(),
+        &mut changes,
+    )
+    .await?;
     Ok(Committed::new(
         RefundStarted {
             order,
@@ -264,7 +293,13 @@ pub async fn cancel_order(
                 }
                 inventory.save(conn, &mut changes).await?;
                 let order = super::find_order(conn, order_id).await?;
-                Ok(Committed::new(RefundStarted { order, refund: None }, changes))
+                Ok(Committed::new(
+                    RefundStarted {
+                        order,
+                        refund: None,
+                    },
+                    changes,
+                ))
             }
             OrderStatus::Paid | OrderStatus::PartiallyRefunded => {
                 if event.starts_at <= Utc::now() {
@@ -296,7 +331,10 @@ pub async fn cancel_order(
                 };
                 start(conn, event, order, &request).await
             }
-            _ => Ok(Committed::unchanged(RefundStarted { order, refund: None })),
+            _ => Ok(Committed::unchanged(RefundStarted {
+                order,
+                refund: None,
+            })),
         }
     })
     .await
@@ -459,7 +497,8 @@ pub async fn finish_refund(
             OrderStatus::PartiallyRefunded
         };
         let reason = order.reason.clone().or(refund.reason.clone());
-        let order = stock::set_status(conn, order.id, status, reason.as_deref(), &mut changes).await?;
+        let order =
+            stock::set_status(conn, order.id, status, reason.as_deref(), &mut changes).await?;
         Ok(Committed::new(order, changes))
     })
     .await

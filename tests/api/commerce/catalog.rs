@@ -15,17 +15,23 @@ async fn the_first_ticket_type_fixes_the_currency_and_the_event_then_sells_only_
     let event = event(&app, &organizer, 100).await;
     // Before: bookSeats works as it always did.
     let booked = app
-        .gql(Some(&buyer.token), BOOK, json!({ "input": { "eventId": event } }))
+        .gql(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": event } }),
+        )
         .await;
     assert!(booked.get("errors").is_none(), "{booked}");
     priced(&app, &organizer, &event, "Regular", 4500).await;
-    let data = app
-        .gql_ok(None, TICKET_TYPES, json!({ "id": event }))
-        .await;
+    let data = app.gql_ok(None, TICKET_TYPES, json!({ "id": event })).await;
     assert_eq!(data["event"]["currency"], "EUR");
     assert_eq!(data["event"]["ticketTypes"][0]["available"], 99);
     let refused = app
-        .gql(Some(&buyer.token), BOOK, json!({ "input": { "eventId": event } }))
+        .gql(
+            Some(&buyer.token),
+            BOOK,
+            json!({ "input": { "eventId": event } }),
+        )
         .await;
     assert_eq!(error_code(&refused), "BAD_USER_INPUT");
     assert_eq!(reason(&refused), "ORDERS_ONLY");
@@ -47,9 +53,18 @@ async fn bad_ticket_types_are_refused_with_a_reason() {
     let event = event(&app, &organizer, 100).await;
     for (input, why) in [
         (json!({ "name": "Neg", "price": eur(-1) }), "NEGATIVE_PRICE"),
-        (json!({ "name": "Odd", "price": { "amount": 100, "currency": "EURO" } }), "UNKNOWN_CURRENCY"),
-        (json!({ "name": "Odd", "price": { "amount": 100, "currency": "XYZ" } }), "UNKNOWN_CURRENCY"),
-        (json!({ "name": "Min", "price": eur(100), "minPerOrder": 3, "maxPerOrder": 2 }), "INVALID_PER_ORDER"),
+        (
+            json!({ "name": "Odd", "price": { "amount": 100, "currency": "EURO" } }),
+            "UNKNOWN_CURRENCY",
+        ),
+        (
+            json!({ "name": "Odd", "price": { "amount": 100, "currency": "XYZ" } }),
+            "UNKNOWN_CURRENCY",
+        ),
+        (
+            json!({ "name": "Min", "price": eur(100), "minPerOrder": 3, "maxPerOrder": 2 }),
+            "INVALID_PER_ORDER",
+        ),
         (
             json!({ "name": "Window", "price": eur(100), "salesStartAt": "2030-01-02T00:00:00Z",
                     "salesEndAt": "2030-01-01T00:00:00Z" }),
@@ -147,16 +162,32 @@ async fn a_hidden_type_is_seen_and_sold_only_with_its_access_code() {
         .await;
     assert_eq!(names(&public), vec!["Regular"]);
     let unlocked = app
-        .gql_ok(Some(&buyer.token), TICKET_TYPES, json!({ "id": event, "code": "crew" }))
+        .gql_ok(
+            Some(&buyer.token),
+            TICKET_TYPES,
+            json!({ "id": event, "code": "crew" }),
+        )
         .await;
     assert_eq!(names(&unlocked), vec!["Regular", "Backstage"]);
     let wrong = app
-        .gql_ok(Some(&buyer.token), TICKET_TYPES, json!({ "id": event, "code": "nope" }))
+        .gql_ok(
+            Some(&buyer.token),
+            TICKET_TYPES,
+            json!({ "id": event, "code": "nope" }),
+        )
         .await;
     assert_eq!(names(&wrong), vec!["Regular"]);
     let without = try_order(&app, &buyer, &event, &backstage, 1, json!({})).await;
     assert_eq!(error_code(&without), "NOT_FOUND");
-    let with = try_order(&app, &buyer, &event, &backstage, 1, json!({ "promoCode": "Crew" })).await;
+    let with = try_order(
+        &app,
+        &buyer,
+        &event,
+        &backstage,
+        1,
+        json!({ "promoCode": "Crew" }),
+    )
+    .await;
     assert!(with.get("errors").is_none(), "{with}");
     assert_eq!(with["data"]["placeOrder"]["total"]["amount"], 15000);
     assert_money_invariants(&app).await;

@@ -16,7 +16,8 @@ pub const CREATE_TICKET_TYPE: &str = "mutation($eventId: ID!, $input: CreateTick
   createTicketType(eventId: $eventId, input: $input) {
     id name price { amount currency } quantity hidden sold available } }";
 
-pub const CREATE_QUOTA: &str = "mutation($eventId: ID!, $name: String!, $size: Int!, $types: [ID!]!) {
+pub const CREATE_QUOTA: &str =
+    "mutation($eventId: ID!, $name: String!, $size: Int!, $types: [ID!]!) {
   createQuota(eventId: $eventId, name: $name, size: $size, ticketTypeIds: $types) {
     id size available held sold } }";
 
@@ -79,11 +80,29 @@ pub async fn ticket_type(app: &TestApp, organizer: &TestUser, event: &str, input
 }
 
 /// A ticket type named `name` at `cents` euro cents, with no limit of its own.
-pub async fn priced(app: &TestApp, organizer: &TestUser, event: &str, name: &str, cents: i64) -> String {
-    ticket_type(app, organizer, event, json!({ "name": name, "price": eur(cents) })).await
+pub async fn priced(
+    app: &TestApp,
+    organizer: &TestUser,
+    event: &str,
+    name: &str,
+    cents: i64,
+) -> String {
+    ticket_type(
+        app,
+        organizer,
+        event,
+        json!({ "name": name, "price": eur(cents) }),
+    )
+    .await
 }
 
-pub async fn quota(app: &TestApp, organizer: &TestUser, event: &str, size: i32, types: &[&str]) -> String {
+pub async fn quota(
+    app: &TestApp,
+    organizer: &TestUser,
+    event: &str,
+    size: i32,
+    types: &[&str],
+) -> String {
     let data = app
         .gql_ok(
             Some(&organizer.token),
@@ -95,7 +114,14 @@ pub async fn quota(app: &TestApp, organizer: &TestUser, event: &str, size: i32, 
 }
 
 /// `placeOrder` of `quantity` tickets of one type: the whole answer.
-pub async fn try_order(app: &TestApp, buyer: &TestUser, event: &str, ticket_type: &str, quantity: i32, extra: Value) -> Value {
+pub async fn try_order(
+    app: &TestApp,
+    buyer: &TestUser,
+    event: &str,
+    ticket_type: &str,
+    quantity: i32,
+    extra: Value,
+) -> Value {
     let mut input = json!({
         "eventId": event,
         "lines": [{ "ticketTypeId": ticket_type, "quantity": quantity }],
@@ -108,7 +134,13 @@ pub async fn try_order(app: &TestApp, buyer: &TestUser, event: &str, ticket_type
 }
 
 /// `placeOrder` that must succeed: the order.
-pub async fn order(app: &TestApp, buyer: &TestUser, event: &str, ticket_type: &str, quantity: i32) -> Value {
+pub async fn order(
+    app: &TestApp,
+    buyer: &TestUser,
+    event: &str,
+    ticket_type: &str,
+    quantity: i32,
+) -> Value {
     let body = try_order(app, buyer, event, ticket_type, quantity, json!({})).await;
     assert!(body.get("errors").is_none(), "order refused: {body}");
     body["data"]["placeOrder"].clone()

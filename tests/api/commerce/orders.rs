@@ -17,13 +17,18 @@ async fn an_order_holds_its_seats_until_marked_paid_then_has_one_ticket_per_seat
     let regular = priced(&app, &organizer, &event, "Regular", 2500).await;
     let placed = order(&app, &buyer, &event, &regular, 3).await;
     assert_eq!(placed["status"], "PENDING_PAYMENT");
-    assert_eq!(placed["total"], json!({ "amount": 7500, "currency": "EUR" }));
+    assert_eq!(
+        placed["total"],
+        json!({ "amount": 7500, "currency": "EUR" })
+    );
     assert_eq!(placed["payment"]["provider"], "MANUAL");
     assert_eq!(placed["tickets"], json!([]));
     let id = placed["id"].as_str().unwrap();
     assert_eq!(
-        app.count(&format!("events WHERE id = '{event}' AND seats_held = 3 AND seats_available = 7"))
-            .await,
+        app.count(&format!(
+            "events WHERE id = '{event}' AND seats_held = 3 AND seats_available = 7"
+        ))
+        .await,
         1
     );
     // Only the organizer (or an admin) marks a manual payment received.
@@ -37,15 +42,20 @@ async fn an_order_holds_its_seats_until_marked_paid_then_has_one_ticket_per_seat
     assert_eq!(paid["payment"]["reference"], "bank transfer 42");
     let tickets = paid["tickets"].as_array().unwrap();
     assert_eq!(tickets.len(), 3);
-    let mut codes: Vec<&str> = tickets.iter().map(|t| t["code"].as_str().unwrap()).collect();
+    let mut codes: Vec<&str> = tickets
+        .iter()
+        .map(|t| t["code"].as_str().unwrap())
+        .collect();
     codes.dedup();
     assert_eq!(codes.len(), 3, "each ticket has its own code");
     // Marking it again changes nothing.
     let again = mark_paid(&app, &organizer, id).await;
     assert_eq!(again["tickets"], paid["tickets"]);
     assert_eq!(
-        app.count(&format!("events WHERE id = '{event}' AND seats_held = 0 AND seats_available = 7"))
-            .await,
+        app.count(&format!(
+            "events WHERE id = '{event}' AND seats_held = 0 AND seats_available = 7"
+        ))
+        .await,
         1
     );
     assert_money_invariants(&app).await;
@@ -113,7 +123,12 @@ async fn bad_orders_get_bad_user_input_with_a_reason() {
         (&limited, 1, json!({}), "QUANTITY_OUT_OF_RANGE"),
         (&limited, 5, json!({}), "QUANTITY_OUT_OF_RANGE"),
         (&later, 1, json!({}), "TICKET_TYPE_NOT_ON_SALE"),
-        (&limited, 2, json!({ "promoCode": "NOPE" }), "INVALID_PROMO_CODE"),
+        (
+            &limited,
+            2,
+            json!({ "promoCode": "NOPE" }),
+            "INVALID_PROMO_CODE",
+        ),
     ] {
         let body = try_order(&app, &buyer, &event, ticket_type, quantity, extra).await;
         assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
@@ -155,14 +170,30 @@ async fn promo_codes_are_case_insensitive_and_discount_the_lines_they_apply_to()
         json!({ "eventId": event, "input": { "code": "TENOFF", "discount": "FIXED", "value": 1000000 } }),
     )
     .await;
-    let percent = try_order(&app, &buyer, &event, &regular, 3, json!({ "promoCode": "spring25" })).await;
+    let percent = try_order(
+        &app,
+        &buyer,
+        &event,
+        &regular,
+        3,
+        json!({ "promoCode": "spring25" }),
+    )
+    .await;
     let placed = &percent["data"]["placeOrder"];
     assert_eq!(placed["subtotal"]["amount"], 9999);
     // 25 % of 99.99, rounded down to the cent.
     assert_eq!(placed["discount"]["amount"], 2499);
     assert_eq!(placed["total"]["amount"], 7500);
     // A fixed discount never takes the total below zero: the order is then free, and paid.
-    let fixed = try_order(&app, &buyer, &event, &regular, 1, json!({ "promoCode": "tenoff" })).await;
+    let fixed = try_order(
+        &app,
+        &buyer,
+        &event,
+        &regular,
+        1,
+        json!({ "promoCode": "tenoff" }),
+    )
+    .await;
     assert_eq!(fixed["data"]["placeOrder"]["total"]["amount"], 0);
     assert_eq!(fixed["data"]["placeOrder"]["status"], "PAID");
     let duplicate = app
@@ -185,8 +216,19 @@ async fn the_sweeper_expires_an_unpaid_order_and_its_seats_go_back() {
     let regular = priced(&app, &organizer, &event, "Regular", 2500).await;
     let code = json!({ "eventId": event, "input": { "code": "ONCE", "discount": "PERCENT", "value": 10, "maxUses": 1 } });
     app.gql_ok(Some(&organizer.token), CREATE_PROMO, code).await;
-    let placed = try_order(&app, &buyer, &event, &regular, 5, json!({ "promoCode": "ONCE" })).await;
-    let id = placed["data"]["placeOrder"]["id"].as_str().unwrap().to_owned();
+    let placed = try_order(
+        &app,
+        &buyer,
+        &event,
+        &regular,
+        5,
+        json!({ "promoCode": "ONCE" }),
+    )
+    .await;
+    let id = placed["data"]["placeOrder"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     run_out_of_time(&app, &id).await;
     let expired = eventually(WAIT, || async {
         let order = read_order(&app, &buyer, &id).await;
@@ -195,12 +237,22 @@ async fn the_sweeper_expires_an_unpaid_order_and_its_seats_go_back() {
     .await;
     assert_eq!(expired["reason"], "the order was not paid in time");
     assert_eq!(
-        app.count(&format!("events WHERE id = '{event}' AND seats_available = 5 AND seats_held = 0"))
-            .await,
+        app.count(&format!(
+            "events WHERE id = '{event}' AND seats_available = 5 AND seats_held = 0"
+        ))
+        .await,
         1
     );
     // The code's use came back with the seats.
-    let again = try_order(&app, &buyer, &event, &regular, 5, json!({ "promoCode": "once" })).await;
+    let again = try_order(
+        &app,
+        &buyer,
+        &event,
+        &regular,
+        5,
+        json!({ "promoCode": "once" }),
+    )
+    .await;
     assert!(again.get("errors").is_none(), "{again}");
     assert_money_invariants(&app).await;
 }
@@ -217,7 +269,10 @@ async fn a_payment_after_expiry_takes_the_seats_again_when_they_are_still_free()
         .unwrap()
         .to_owned();
     run_out_of_time(&app, &id).await;
-    eventually(WAIT, || async { read_order(&app, &buyer, &id).await["status"] == "EXPIRED" }).await;
+    eventually(WAIT, || async {
+        read_order(&app, &buyer, &id).await["status"] == "EXPIRED"
+    })
+    .await;
     let paid = mark_paid(&app, &organizer, &id).await;
     assert_eq!(paid["status"], "PAID", "{paid}");
     assert_eq!(paid["tickets"].as_array().unwrap().len(), 2);

@@ -77,7 +77,13 @@ async fn a_promo_code_with_five_uses_is_used_five_times_by_a_hundred_concurrent_
     let people = buyers(&app, 100).await;
     let answers = join_all(people.iter().enumerate().map(|(i, buyer)| {
         let server = if i % 2 == 0 { &app } else { &peer };
-        order_retrying(server, buyer, &event, &regular, json!({ "promoCode": "five" }))
+        order_retrying(
+            server,
+            buyer,
+            &event,
+            &regular,
+            json!({ "promoCode": "five" }),
+        )
     }))
     .await;
     let placed = answers.iter().filter(|a| a.get("errors").is_none()).count();
@@ -165,7 +171,10 @@ async fn a_refund_racing_the_buyers_cancellation_refunds_once() {
     assert_eq!(order["payment"]["amountRefunded"]["amount"], 6000);
     assert_eq!(app.count("refunds WHERE status = 'SUCCEEDED'").await, 1);
     assert_eq!(
-        app.count(&format!("events WHERE id = '{event}' AND seats_available = 10")).await,
+        app.count(&format!(
+            "events WHERE id = '{event}' AND seats_available = 10"
+        ))
+        .await,
         1
     );
     assert_money_invariants(&app).await;

@@ -11,7 +11,14 @@ const SETTINGS: &str = "mutation($id: ID!, $input: PaymentSettingsInput!) {
   updatePaymentSettings(eventId: $id, input: $input) { paymentProvider refundUntil } }";
 
 /// A paid order of one line of `a` tickets and one of `b` (two types), and its id.
-async fn paid_two_lines(app: &TestApp, organizer: &TestUser, buyer: &TestUser, event: &str, a: i32, b: i32) -> (String, serde_json::Value) {
+async fn paid_two_lines(
+    app: &TestApp,
+    organizer: &TestUser,
+    buyer: &TestUser,
+    event: &str,
+    a: i32,
+    b: i32,
+) -> (String, serde_json::Value) {
     let regular = priced(app, organizer, event, "Regular", 3000).await;
     let vip = priced(app, organizer, event, "VIP", 7000).await;
     let body = app
@@ -24,7 +31,10 @@ async fn paid_two_lines(app: &TestApp, organizer: &TestUser, buyer: &TestUser, e
         )
         .await;
     assert!(body.get("errors").is_none(), "{body}");
-    let id = body["data"]["placeOrder"]["id"].as_str().unwrap().to_owned();
+    let id = body["data"]["placeOrder"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let paid = mark_paid(app, organizer, &id).await;
     (id, paid)
 }
@@ -57,7 +67,10 @@ async fn refunding_a_line_gives_its_seats_back_and_the_rest_stays_valid() {
         .count();
     assert_eq!(valid, 2);
     assert_eq!(
-        app.count(&format!("events WHERE id = '{event}' AND seats_available = 8")).await,
+        app.count(&format!(
+            "events WHERE id = '{event}' AND seats_available = 8"
+        ))
+        .await,
         1
     );
     // The same line twice: refused, nothing moves.
@@ -125,7 +138,10 @@ async fn a_buyer_cancels_for_a_full_refund_only_before_refund_until() {
     assert_eq!(cancelled["status"], "REFUNDED");
     assert_eq!(cancelled["payment"]["amountRefunded"]["amount"], 10000);
     assert_eq!(
-        app.count(&format!("events WHERE id = '{event}' AND seats_available = 10")).await,
+        app.count(&format!(
+            "events WHERE id = '{event}' AND seats_available = 10"
+        ))
+        .await,
         1
     );
     assert_money_invariants(&app).await;

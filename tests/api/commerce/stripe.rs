@@ -41,10 +41,9 @@ async fn shop(capacity: i32, reconcile_after: Duration) -> Shop {
         config.reconcile_after = reconcile_after;
     })
     .await;
-    stripe.webhooks().endpoint(
-        &format!("{}/webhooks/stripe", app.base_url),
-        WEBHOOK_SECRET,
-    );
+    stripe
+        .webhooks()
+        .endpoint(&format!("{}/webhooks/stripe", app.base_url), WEBHOOK_SECRET);
     let organizer = app.user(Role::Organizer).await;
     let event = event(&app, &organizer, capacity).await;
     app.gql_ok(Some(&organizer.token), SETTINGS, json!({ "id": event }))
@@ -66,7 +65,9 @@ impl Shop {
     async fn order(&self, buyer: &TestUser, quantity: i32) -> (String, String) {
         let placed = order(&self.app, buyer, &self.event, &self.regular, quantity).await;
         assert_eq!(placed["payment"]["provider"], "STRIPE");
-        let secret = placed["payment"]["clientSecret"].as_str().expect("a client secret");
+        let secret = placed["payment"]["clientSecret"]
+            .as_str()
+            .expect("a client secret");
         let intent = secret.split("_secret").next().unwrap().to_owned();
         assert!(intent.starts_with("pi_"), "{secret}");
         (placed["id"].as_str().unwrap().to_owned(), intent)
@@ -97,7 +98,13 @@ async fn a_card_payment_confirmed_by_webhook_makes_the_order_paid_with_its_ticke
     let paid = shop.wait_for(&buyer, &id, "PAID").await;
     assert_eq!(paid["tickets"].as_array().unwrap().len(), 2);
     shop.stripe.webhooks().settled().await;
-    assert!(shop.stripe.webhooks().deliveries().iter().all(|d| d.succeeded()));
+    assert!(
+        shop.stripe
+            .webhooks()
+            .deliveries()
+            .iter()
+            .all(|d| d.succeeded())
+    );
     assert_money_invariants(&shop.app).await;
 }
 
@@ -118,7 +125,12 @@ async fn a_bad_signature_is_refused_with_400_and_changes_nothing() {
     assert_eq!(post_webhook(&shop.app, &payload, &stale).await, 400);
     assert_eq!(shop.status(&buyer, &id).await["status"], "PENDING_PAYMENT");
     // (Only `payment_intent.created`, which moves nothing, came through.)
-    assert_eq!(shop.app.count("provider_events WHERE kind <> 'ignored'").await, 0);
+    assert_eq!(
+        shop.app
+            .count("provider_events WHERE kind <> 'ignored'")
+            .await,
+        0
+    );
 }
 
 async fn post_webhook(app: &TestApp, payload: &[u8], signature: &str) -> u16 {
@@ -172,7 +184,12 @@ async fn a_failure_delivered_after_the_success_changes_nothing() {
     let order = shop.status(&buyer, &id).await;
     assert_eq!(order["status"], "PAID", "{order}");
     assert_eq!(order["payment"]["status"], "succeeded");
-    assert_eq!(shop.app.count("provider_events WHERE kind <> 'ignored'").await, 2);
+    assert_eq!(
+        shop.app
+            .count("provider_events WHERE kind <> 'ignored'")
+            .await,
+        2
+    );
     assert_money_invariants(&shop.app).await;
 }
 
@@ -196,7 +213,10 @@ async fn a_card_payment_after_expiry_takes_free_seats_and_refunds_when_they_are_
     shop.order(&rival, 1).await;
     shop.stripe.succeed(&late_intent);
     let refunded = shop.wait_for(&second, &late, "REFUNDED").await;
-    assert!(refunded["reason"].as_str().unwrap().contains("refunded"), "{refunded}");
+    assert!(
+        refunded["reason"].as_str().unwrap().contains("refunded"),
+        "{refunded}"
+    );
     let refunds = shop.stripe.refunds();
     assert_eq!(refunds.len(), 1);
     assert_eq!(refunds[0]["amount"], 2500);
@@ -239,7 +259,9 @@ async fn reconciliation_finds_a_payment_whose_webhook_never_came() {
     assert_eq!(paid["tickets"].as_array().unwrap().len(), 1);
     assert_eq!(
         shop.app
-            .count(&format!("provider_events WHERE event_id = 'reconcile:{intent}:succeeded'"))
+            .count(&format!(
+                "provider_events WHERE event_id = 'reconcile:{intent}:succeeded'"
+            ))
             .await,
         1
     );

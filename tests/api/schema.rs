@@ -39,17 +39,17 @@ async fn table_count(url: &str) -> i64 {
 #[tokio::test]
 async fn migrations_revert_and_reapply_cleanly() {
     let database = fresh_database().await;
-    assert_eq!(table_count(&database.url).await, 11);
+    assert_eq!(table_count(&database.url).await, 21);
     let reverted = evently::db::revert_all_migrations(&database.url)
         .await
         .unwrap();
-    assert_eq!(reverted, 6);
+    assert_eq!(reverted, 7);
     assert_eq!(table_count(&database.url).await, 0);
     // Several instances starting at once: the advisory lock lets exactly one apply them.
     let runs =
         futures_util::future::join_all((0..3).map(|_| evently::db::run_migrations(&database.url)))
             .await;
     let applied: usize = runs.into_iter().map(Result::unwrap).sum();
-    assert_eq!(applied, 6);
-    assert_eq!(table_count(&database.url).await, 11);
+    assert_eq!(applied, 7);
+    assert_eq!(table_count(&database.url).await, 21);
 }

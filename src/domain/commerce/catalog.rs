@@ -12,7 +12,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::codes::{code_types, find_code};
-use super::{check_currency, ensure_manager, event_sales, manages};
+use super::{MAX_PRICE, check_currency, ensure_manager, event_sales, manages};
 use crate::db::commerce::{EventSales, Provider, Quota, TicketType};
 use crate::db::models::Event;
 use crate::db::schema::{events, quota_ticket_types, quotas, ticket_types};
@@ -22,9 +22,6 @@ use crate::domain::sale_rules::lock_event;
 use crate::domain::stock::Stock;
 use crate::domain::text::required_text;
 use crate::error::{AppError, AppResult};
-
-/// Most minor units one price may be (a billion of the currency's units, in cents).
-pub(super) const MAX_PRICE: i64 = 100_000_000_000;
 
 pub struct Money {
     pub amount: i64,

@@ -9,8 +9,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::catalog::MAX_PRICE;
-use super::ensure_manager;
+use super::{MAX_PRICE, ensure_manager};
 use crate::db::commerce::{DiscountKind, PromoCode};
 use crate::db::models::Event;
 use crate::db::schema::{promo_code_ticket_types, promo_codes};

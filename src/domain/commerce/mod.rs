@@ -31,6 +31,9 @@ use crate::db::models::Event;
 use crate::db::schema::{events, orders as order_rows};
 use crate::error::{AppError, AppResult};
 
+/// Most minor units one price or fixed discount may be: what GraphQL's `Int` carries.
+pub(crate) const MAX_PRICE: i64 = i32::MAX as i64;
+
 /// Only the event's organizer and admins set up its sales and manage its orders.
 pub(crate) fn ensure_manager(viewer: &Viewer, event: &Event) -> AppResult<()> {
     if viewer.is_admin() || (viewer.can_organize() && event.organizer_id == viewer.id()) {

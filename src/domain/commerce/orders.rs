@@ -221,6 +221,13 @@ pub async fn place_order(
                 ));
             }
         }
+        if subtotal > super::MAX_PRICE {
+            return Err(bad(
+                "lines",
+                "ORDER_TOO_LARGE",
+                "an order comes to at most 2147483647 minor units",
+            ));
+        }
         if inventory.available < total_quantity {
             return Err(AppError::SoldOut {
                 seats_available: inventory.available,

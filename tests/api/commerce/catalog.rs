@@ -220,3 +220,32 @@ async fn a_quota_cannot_start_below_what_its_types_have_sold() {
     assert_eq!(data["createQuota"]["available"], 2);
     assert_money_invariants(&app).await;
 }
+
+#[tokio::test]
+async fn the_demo_data_sells_a_concert_a_free_meetup_and_a_theatre_in_tiers_and_can_be_seeded_twice()
+ {
+    let app = TestApp::spawn().await;
+    for _ in 0..2 {
+        evently::domain::seed::seed_demo(&app.state.db, &app.state.passwords)
+            .await
+            .unwrap_or_else(|e| panic!("seeding failed: {}", e.message()));
+    }
+    assert_eq!(app.count("events WHERE title = 'Summer Concert'").await, 1);
+    assert_eq!(
+        app.count(
+            "ticket_types t JOIN events e ON e.id = t.event_id WHERE e.title = 'Summer Concert'"
+        )
+        .await,
+        3
+    );
+    assert_eq!(app.count("ticket_types WHERE hidden").await, 1);
+    assert_eq!(app.count("quotas").await, 1);
+    assert_eq!(app.count("promo_codes WHERE code = 'SUMMER10'").await, 1);
+    assert_eq!(app.count("ticket_types WHERE price_amount = 0").await, 1);
+    assert_eq!(
+        app.count("ticket_types WHERE name IN ('Stalls', 'Balcony')")
+            .await,
+        2
+    );
+    assert_money_invariants(&app).await;
+}

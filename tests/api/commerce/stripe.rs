@@ -294,3 +294,41 @@ async fn an_organizers_refund_goes_through_stripe() {
     assert_eq!(refunds[0]["amount"], 1000);
     assert_money_invariants(&shop.app).await;
 }
+
+#[tokio::test]
+async fn order_updated_carries_the_order_from_pending_to_paid_on_another_instance() {
+    let shop = shop(10, AN_HOUR).await;
+    let peer = shop.app.spawn_peer().await;
+    let buyer = shop.app.user(Role::User).await;
+    let (id, intent) = shop.order(&buyer, 2).await;
+    // Watching on the peer; the webhook lands on the first instance.
+    let mut watcher = peer
+        .connect_ws(json!({ "Authorization": format!("Bearer {}", buyer.token) }))
+        .await;
+    watcher
+        .subscribe(
+            "order",
+            "subscription($id: ID!) { orderUpdated(id: $id) { status version tickets { code } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    let first = watcher.next_data().await;
+    assert_eq!(
+        first["data"]["orderUpdated"]["status"], "PENDING_PAYMENT",
+        "{first}"
+    );
+    shop.stripe.succeed(&intent);
+    let paid = loop {
+        let next = watcher.next_data().await;
+        if next["data"]["orderUpdated"]["status"] == "PAID" {
+            break next;
+        }
+    };
+    assert_eq!(
+        paid["data"]["orderUpdated"]["tickets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+}

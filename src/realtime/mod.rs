@@ -122,7 +122,7 @@ impl Bus {
             }),
         });
         tokio::spawn(publisher::send_queued(queued, Arc::downgrade(&inner)));
-        let patterns = ["seats", "events", "user-bookings", "seat-maps"]
+        let patterns = ["seats", "events", "user-bookings", "seat-maps", "orders"]
             .map(|kind| format!("{key_prefix}{kind}:*"))
             .to_vec();
         tokio::spawn(listener::listen(

@@ -312,7 +312,8 @@ async fn order_updated_carries_the_order_from_pending_to_paid_on_another_instanc
             json!({ "id": id }),
         )
         .await;
-    let first = watcher.next_data().await;
+    let first = watcher.next_message().await.unwrap();
+    let first = first["payload"].clone();
     assert_eq!(
         first["data"]["orderUpdated"]["status"], "PENDING_PAYMENT",
         "{first}"

@@ -73,7 +73,7 @@ impl From<RoleArg> for models::Role {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    evently::telemetry::init(&TelemetryConfig::from_env());
+    let _telemetry = evently::telemetry::init(&TelemetryConfig::from_env());
     let command = match cli.command {
         Some(command) => command,
         None => Command::Serve(ServeArgs::parse_from(["evently"])),

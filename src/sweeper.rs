@@ -29,7 +29,7 @@ async fn run(app: Weak<App>) {
     loop {
         ticks.tick().await;
         let Some(app) = app.upgrade() else { return };
-        match sweep(&app).await {
+        match crate::telemetry::metrics::sweeping(sweep(&app)).await {
             Ok(swept) => {
                 metrics::counter!("evently_sweeper_runs_total", "outcome" => "ok").increment(1);
                 metrics::counter!("evently_sweeper_events_swept_total").increment(swept as u64);

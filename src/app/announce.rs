@@ -18,6 +18,7 @@ use crate::realtime::{Bus, OrderUpdate, SeatMapUpdate, SeatUpdate, Topic, Update
 /// entry to its owner's `myBookingUpdates`, and the seats whose state changed to the event's
 /// `seatMap` (seat changes always come with the event's new version).
 pub(super) fn publish(bus: &Bus, changes: Changes) {
+    crate::telemetry::metrics::record_expired_holds(&changes.holds);
     let mut updates = Vec::with_capacity(
         3 + changes.bookings.len() + changes.holds.len() + changes.waitlist.len(),
     );

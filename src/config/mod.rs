@@ -36,12 +36,19 @@ pub enum Environment {
 }
 
 /// How logs are written: to stderr, filtered by `RUST_LOG` (default: info for this crate, warn
-/// otherwise), as JSON lines when `EVENTLY_LOG_FORMAT=json` (for log shippers).
+/// otherwise), as JSON lines when `LOG_FORMAT=json` (for log shippers; `EVENTLY_LOG_FORMAT`,
+/// its first name, still works), which is the default with `EVENTLY_ENV=production`. And
+/// whether traces go out over OTLP: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set and `OTEL_SDK_DISABLED` is not `true`; the
+/// OpenTelemetry SDK reads the rest of its `OTEL_*` variables itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TelemetryConfig {
     /// `RUST_LOG` as given; an invalid filter falls back to the default one.
     pub filter: Option<String>,
     pub json: bool,
+    /// A log format that is neither `json` nor `text`, reported once logging is up.
+    pub unknown_format: Option<String>,
+    pub traces: bool,
 }
 
 impl TelemetryConfig {
@@ -50,9 +57,23 @@ impl TelemetryConfig {
     }
 
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let production = lookup("EVENTLY_ENV").is_some_and(|env| env == "production");
+        let format = lookup("LOG_FORMAT").or_else(|| lookup("EVENTLY_LOG_FORMAT"));
+        let (json, unknown_format) = match format.as_deref().map(str::trim) {
+            None | Some("") => (production, None),
+            Some(format) if format.eq_ignore_ascii_case("json") => (true, None),
+            Some(format) if format.eq_ignore_ascii_case("text") => (false, None),
+            Some(other) => (production, Some(other.to_owned())),
+        };
+        let set = |name: &str| lookup(name).is_some_and(|value| !value.trim().is_empty());
+        let disabled = lookup("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         Self {
             filter: lookup("RUST_LOG"),
-            json: lookup("EVENTLY_LOG_FORMAT").is_some_and(|format| format == "json"),
+            json,
+            unknown_format,
+            traces: !disabled
+                && (set("OTEL_EXPORTER_OTLP_ENDPOINT")
+                    || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
         }
     }
 }

@@ -201,9 +201,35 @@ fn the_listen_address_and_the_log_format_come_from_the_environment() {
         telemetry,
         TelemetryConfig {
             filter: None,
-            json: true
+            json: true,
+            unknown_format: None,
+            traces: false,
         }
     );
+}
+
+#[test]
+fn logs_are_json_by_default_in_production_and_traces_need_an_endpoint() {
+    let telemetry = |vars: &[(&str, &str)]| {
+        TelemetryConfig::from_lookup(|name| {
+            vars.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    };
+    assert!(!telemetry(&[]).json);
+    assert!(telemetry(&[("LOG_FORMAT", "json")]).json);
+    assert!(telemetry(&[("EVENTLY_ENV", "production")]).json);
+    assert!(!telemetry(&[("EVENTLY_ENV", "production"), ("LOG_FORMAT", "text")]).json);
+    let odd = telemetry(&[("LOG_FORMAT", "yaml")]);
+    assert_eq!(
+        (odd.json, odd.unknown_format.as_deref()),
+        (false, Some("yaml"))
+    );
+    assert!(!telemetry(&[]).traces);
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+    assert!(telemetry(&[endpoint]).traces);
+    assert!(!telemetry(&[endpoint, ("OTEL_SDK_DISABLED", "true")]).traces);
 }
 
 #[test]

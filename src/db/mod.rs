@@ -49,6 +49,7 @@ pub async fn build_pool(database_url: &str, max_size: u32) -> anyhow::Result<DbP
 fn establish_connection(url: &str) -> BoxFuture<'_, diesel::ConnectionResult<AsyncPgConnection>> {
     async move {
         let mut conn = AsyncPgConnection::establish(url).await?;
+        conn.set_instrumentation(crate::telemetry::traces::TransactionSpans::default());
         conn.batch_execute(&format!(
             "SET application_name = 'evently'; SET statement_timeout = {STATEMENT_TIMEOUT_MS}"
         ))

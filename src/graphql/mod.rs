@@ -76,6 +76,7 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     .extension(ErrorCodes)
     // Outside the document cache (`DocumentLimits`), so it sees every document parsed.
     .extension(crate::telemetry::metrics::OperationMetrics)
+    .extension(crate::telemetry::traces::OperationSpan)
 }
 
 /// The served schema, with the limits of `config.graphql` (README, "Security model").

@@ -21,6 +21,7 @@ use async_graphql::{Data, Response};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
@@ -259,7 +260,9 @@ impl Stream for Subscriber {
                 }
                 Poll::Ready(Some(Ok(frame))) => newest = Some(frame),
                 // Lagged: what was missed is superseded by what is still buffered.
-                Poll::Ready(Some(Err(_))) => {}
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    crate::telemetry::metrics::record_dropped("fanout", missed);
+                }
                 // The sender lives in the core this subscriber holds, so it cannot close:
                 // the stream ends after a last frame.
                 Poll::Ready(None) | Poll::Pending => break,

@@ -140,11 +140,7 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>, draining: CancellationT
         .layer(default_header(header::CONTENT_SECURITY_POLICY, API_CSP))
         .layer(CatchPanicLayer::custom(|_| internal_error_response()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            let request_id =
-                request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::info_span!("http", method = %request.method(), uri = %request.uri(), request_id)
-        }))
+        .layer(TraceLayer::new_for_http().make_span_with(crate::telemetry::traces::http_span))
         .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid));
     // Production sits behind TLS; browsers ignore the header over plain HTTP anyway.
     if production {

@@ -185,8 +185,11 @@ async fn follow(
         while let Some(message) = messages.next().await {
             let inner = bus.upgrade()?;
             match wire::decode(message.get_payload_bytes()) {
-                Ok((origin, _)) if origin == inner.origin => {}
-                Ok((_, update)) => inner.deliver_local(&update),
+                Ok((origin, _, _)) if origin == inner.origin => {}
+                Ok((_, update, sent_at_us)) => {
+                    crate::telemetry::metrics::record_bus_lag(sent_at_us);
+                    inner.deliver_local(&update);
+                }
                 Err(error) => tracing::warn!(%error, "ignoring a malformed update"),
             }
         }

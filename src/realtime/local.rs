@@ -101,6 +101,7 @@ impl Stream for Updates {
                 // subscriber sees the gap and re-reads the map. A user's bookings are read with
                 // `next_or_missed` instead.
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+                    crate::telemetry::metrics::record_dropped("bus", missed);
                     tracing::debug!(missed, ?topic, "a slow subscriber skipped updates");
                 }
                 Poll::Ready(None) => return Poll::Ready(newest),
@@ -127,7 +128,10 @@ impl Updates {
     pub async fn next_or_missed(&mut self) -> Option<Result<Update, Missed>> {
         match self.receiver.as_mut()?.next().await? {
             Ok(update) => Some(Ok(update)),
-            Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Err(Missed(missed))),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                crate::telemetry::metrics::record_dropped("bus", missed);
+                Some(Err(Missed(missed)))
+            }
         }
     }
 }

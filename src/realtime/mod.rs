@@ -134,6 +134,11 @@ impl Bus {
         Self { inner }
     }
 
+    /// The Redis pool's connections and waits, for `/metrics`; `None` without Redis.
+    pub fn redis_pool_state(&self) -> Option<bb8::State> {
+        self.inner.redis.as_ref().map(|redis| redis.pool.state())
+    }
+
     /// Moves on with every seat or event update this process hears of (see `Inner`).
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Relaxed)
@@ -150,6 +155,7 @@ impl Bus {
         if updates.is_empty() {
             return;
         }
+        let _span = tracing::debug_span!("bus.publish", updates = updates.len()).entered();
         for update in &updates {
             self.inner.deliver_local(update);
         }

@@ -40,10 +40,11 @@ pub(super) type Batch = Vec<(UnsentKey, Pending)>;
 impl RedisBus {
     /// Hands one commit's messages to the publishing task.
     pub(super) fn queue(&self, origin: Uuid, updates: &[Update]) {
+        let sent_at_us = Some(chrono::Utc::now().timestamp_micros());
         let batch: Batch = updates
             .iter()
             .filter_map(|update| {
-                let payload = wire::encode(origin, update)
+                let payload = wire::encode_sent(origin, update, sent_at_us)
                     .inspect_err(|error| tracing::error!(%error, "cannot serialize an update"))
                     .ok()?;
                 let (key, rank) = update.order();

@@ -23,6 +23,11 @@ struct Envelope {
     /// The instance that published it, which skips it when Redis echoes it back.
     origin: Uuid,
     update: WireUpdate,
+    /// When the publisher queued it, in microseconds since the Unix epoch: the listener
+    /// records how long it took to arrive (`evently_bus_delivery_lag_seconds`). Absent in
+    /// messages from instances older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent_at_us: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -157,18 +162,30 @@ enum WireSeatState {
 }
 
 /// The JSON that carries `update` from the instance `origin`.
+#[cfg(test)]
 pub(super) fn encode(origin: Uuid, update: &Update) -> serde_json::Result<String> {
+    encode_sent(origin, update, None)
+}
+
+/// The JSON that carries `update` from the instance `origin`, stamped with when it was sent
+/// (microseconds since the Unix epoch).
+pub(super) fn encode_sent(
+    origin: Uuid,
+    update: &Update,
+    sent_at_us: Option<i64>,
+) -> serde_json::Result<String> {
     serde_json::to_string(&Envelope {
         origin,
         update: WireUpdate::from(update),
+        sent_at_us,
     })
 }
 
-/// The sender and the update of a message heard on Redis.
-pub(super) fn decode(payload: &[u8]) -> anyhow::Result<(Uuid, Update)> {
+/// A message heard on Redis: its sender, its update, and when it was sent if it says.
+pub(super) fn decode(payload: &[u8]) -> anyhow::Result<(Uuid, Update, Option<i64>)> {
     let envelope: Envelope = serde_json::from_slice(payload)?;
     let update = Update::try_from(envelope.update).map_err(anyhow::Error::msg)?;
-    Ok((envelope.origin, update))
+    Ok((envelope.origin, update, envelope.sent_at_us))
 }
 
 impl From<&Update> for WireUpdate {
@@ -399,9 +416,28 @@ mod tests {
     fn round_trip(update: &Update) -> Update {
         let origin = Uuid::new_v4();
         let text = encode(origin, update).unwrap();
-        let (sender, back) = decode(text.as_bytes()).unwrap();
+        let (sender, back, sent_at) = decode(text.as_bytes()).unwrap();
         assert_eq!(sender, origin);
+        assert_eq!(sent_at, None);
         back
+    }
+
+    #[test]
+    fn the_send_time_travels_with_the_message() {
+        let update = Update::Seats(SeatUpdate {
+            event_id: Uuid::nil(),
+            capacity: 1,
+            seats_available: 1,
+            seats_held: 0,
+            version: 1,
+        });
+        let text = encode_sent(Uuid::nil(), &update, Some(1_700_000_000_123_456)).unwrap();
+        assert!(
+            text.ends_with(r#","sent_at_us":1700000000123456}"#),
+            "{text}"
+        );
+        let (_, _, sent_at) = decode(text.as_bytes()).unwrap();
+        assert_eq!(sent_at, Some(1_700_000_000_123_456));
     }
 
     #[test]

@@ -27,7 +27,6 @@ use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::app::AppState;
-use crate::db::DbPool;
 
 /// Latency buckets in seconds: a booking under load takes a few milliseconds, a slow page seconds.
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -140,6 +139,44 @@ fn describe() {
         "evently_db_pool_waited_seconds",
         "Time callers have waited for a PostgreSQL connection in all"
     );
+    describe_gauge!(
+        "evently_redis_pool_connections",
+        "Redis pool connections, by state (open, idle, in_use), when scraped"
+    );
+    describe_counter!(
+        "evently_redis_pool_gets_total",
+        "Redis connections taken from the pool, by whether the caller waited"
+    );
+    describe_gauge!(
+        "evently_redis_pool_waited_seconds",
+        "Time callers have waited for a Redis connection in all"
+    );
+    describe_histogram!(
+        "evently_group_commit_queue_wait_seconds",
+        Unit::Seconds,
+        "Time a booking waited in its event's queue before its batch started"
+    );
+    describe_gauge!(
+        "evently_subscriptions",
+        "Live subscriptions, by root field (each WebSocket's share of a shared one counted)"
+    );
+    describe_counter!(
+        "evently_ws_messages_sent_total",
+        "Operation messages (next, error, complete) sent on WebSockets"
+    );
+    describe_counter!(
+        "evently_live_updates_dropped_total",
+        "Updates a slow subscriber skipped, by where (bus: a local channel; fanout: a shared execution)"
+    );
+    describe_histogram!(
+        "evently_bus_delivery_lag_seconds",
+        Unit::Seconds,
+        "Time from another instance publishing an update to this one hearing it on Redis"
+    );
+    describe_counter!(
+        "evently_holds_expired_total",
+        "Holds ended by expiry, by who ended them (sweeper, or a sale that needed the seats)"
+    );
 }
 
 /// An error code as a label: ours are a fixed vocabulary of upper-case words; anything else
@@ -218,7 +255,10 @@ pub fn router<S>(app: AppState) -> axum::Router<S> {
 /// Prometheus's text exposition of this process's metrics, with the pool's gauges as they
 /// are now.
 async fn exposition(State(app): State<AppState>) -> axum::response::Response {
-    observe_pool(&app.db);
+    observe_pool("evently_db_pool", app.db.state());
+    if let Some(state) = app.bus.redis_pool_state() {
+        observe_pool("evently_redis_pool", state);
+    }
     (
         [
             (
@@ -232,24 +272,88 @@ async fn exposition(State(app): State<AppState>) -> axum::response::Response {
         .into_response()
 }
 
-/// The PostgreSQL pool as it is when scraped.
-fn observe_pool(db: &DbPool) {
-    let state = db.state();
+/// A bb8 pool (PostgreSQL's, Redis's) as it is when scraped, as `{prefix}_connections`,
+/// `{prefix}_gets_total` and `{prefix}_waited_seconds`.
+fn observe_pool(prefix: &'static str, state: bb8::State) {
     let open = f64::from(state.connections);
     let idle = f64::from(state.idle_connections);
-    metrics::gauge!("evently_db_pool_connections", "state" => "open").set(open);
-    metrics::gauge!("evently_db_pool_connections", "state" => "idle").set(idle);
-    metrics::gauge!("evently_db_pool_connections", "state" => "in_use").set(open - idle);
+    let connections = format!("{prefix}_connections");
+    metrics::gauge!(connections.clone(), "state" => "open").set(open);
+    metrics::gauge!(connections.clone(), "state" => "idle").set(idle);
+    metrics::gauge!(connections, "state" => "in_use").set(open - idle);
     // bb8 keeps these totals itself: exposed as they stand, they are counters.
     let gets = &state.statistics;
-    metrics::counter!("evently_db_pool_gets_total", "outcome" => "direct")
-        .absolute(gets.get_direct);
-    metrics::counter!("evently_db_pool_gets_total", "outcome" => "waited")
-        .absolute(gets.get_waited);
-    metrics::counter!("evently_db_pool_gets_total", "outcome" => "timed_out")
-        .absolute(gets.get_timed_out);
-    metrics::gauge!("evently_db_pool_waited_seconds").set(gets.get_wait_time.as_secs_f64());
+    let gets_total = format!("{prefix}_gets_total");
+    metrics::counter!(gets_total.clone(), "outcome" => "direct").absolute(gets.get_direct);
+    metrics::counter!(gets_total.clone(), "outcome" => "waited").absolute(gets.get_waited);
+    metrics::counter!(gets_total, "outcome" => "timed_out").absolute(gets.get_timed_out);
+    metrics::gauge!(format!("{prefix}_waited_seconds")).set(gets.get_wait_time.as_secs_f64());
 }
+
+/// How long an update from another instance took to arrive, by the sender's stamp. Clocks of
+/// different hosts disagree a little: a negative lag counts as none.
+pub fn record_bus_lag(sent_at_us: Option<i64>) {
+    if let Some(sent) = sent_at_us {
+        let lag_us = chrono::Utc::now()
+            .timestamp_micros()
+            .saturating_sub(sent)
+            .max(0);
+        metrics::histogram!("evently_bus_delivery_lag_seconds").record(lag_us as f64 / 1e6);
+    }
+}
+
+/// Updates a slow subscriber skipped (`stage`: `bus` or `fanout`).
+pub fn record_dropped(stage: &'static str, missed: u64) {
+    metrics::counter!("evently_live_updates_dropped_total", "stage" => stage).increment(missed);
+}
+
+tokio::task_local! {
+    /// Set while the sweeper runs, so that the holds it ends are told from those a sale ended.
+    static SWEEPING: ();
+}
+
+/// Runs a sweeper round: the holds its commits expire are counted as the sweeper's.
+pub async fn sweeping<F: std::future::Future>(round: F) -> F::Output {
+    SWEEPING.scope((), round).await
+}
+
+/// Counts the committed holds that ended by expiry, as the sweeper's or a sale's.
+pub fn record_expired_holds(holds: &[crate::db::models::Hold]) {
+    let expired = holds
+        .iter()
+        .filter(|hold| hold.status == crate::db::models::HoldStatus::Expired)
+        .count();
+    if expired > 0 {
+        let by = if SWEEPING.try_with(|_| ()).is_ok() {
+            "sweeper"
+        } else {
+            "sale"
+        };
+        metrics::counter!("evently_holds_expired_total", "by" => by).increment(expired as u64);
+    }
+}
+
+/// One live subscription in `evently_subscriptions{field}`, for as long as it is held.
+pub struct Subscribed(metrics::Gauge);
+
+impl Subscribed {
+    /// `field` must be one of the schema's subscription fields, never client text.
+    pub fn new(field: impl Into<metrics::SharedString>) -> Self {
+        let gauge = metrics::gauge!("evently_subscriptions", "field" => field.into());
+        gauge.increment(1);
+        Self(gauge)
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.0.decrement(1);
+    }
+}
+
+/// Request data marking the one execution many WebSockets share: each socket counts itself in
+/// `evently_subscriptions`, so the execution does not.
+pub struct SharedExecution;
 
 /// Schema extension: counts and times every query and mutation by its type, root field and
 /// outcome (the first error's `extensions.code`, or `ok`). The root field is the label rather
@@ -271,6 +375,8 @@ struct OperationRecord {
     operation_name: Mutex<Option<String>>,
     /// The one executed, set only once the document validated.
     executed: Mutex<Option<(&'static str, String)>>,
+    /// A subscription, counted for as long as it runs (the extension lives as its stream).
+    subscribed: Mutex<Option<Subscribed>>,
 }
 
 fn kind(operation: OperationType) -> &'static str {
@@ -385,6 +491,12 @@ impl Extension for OperationRecord {
                 .or(parsed.first().filter(|_| parsed.len() == 1))
                 .map(|(_, ty, field)| (*ty, field.clone()))
         };
+        if let Some(("subscription", field)) = &chosen
+            && ctx.data_opt::<SharedExecution>().is_none()
+        {
+            *self.subscribed.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(Subscribed::new(field.clone()));
+        }
         *self.executed.lock().unwrap_or_else(|p| p.into_inner()) = chosen;
         Ok(validated)
     }

@@ -10,12 +10,13 @@ use std::time::Duration;
 use evently::app::App;
 use evently::db::models::Role;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
+use crate::logs::evently_process;
 use crate::support::app::{signed_in_user, test_config};
 use crate::support::operations::CREATE_EVENT;
-use crate::support::{BOOK, TEST_JWT_SECRET, TestApp, error_code, eventually, fresh_database};
+use crate::support::{BOOK, TestApp, error_code, eventually, fresh_database};
 
 /// A cold Prometheus on a busy two-core machine: start-up, a first scrape, a query.
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
@@ -150,40 +151,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The `evently` binary serving on a port of its own over `database_url`, with the in-process
-/// bus; its address is read from what it prints once it serves.
-async fn evently_process(database_url: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evently"))
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("DATABASE_URL", database_url)
-        .env("JWT_SECRET", TEST_JWT_SECRET)
-        .env("EVENTLY_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(if std::env::var("TEST_LOG").is_ok() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the evently binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(PROMETHEUS_WAIT, lines.next_line())
-        .await
-        .expect("evently says where it serves")
-        .unwrap()
-        .expect("a line on stdout");
-    let address = line
-        .strip_prefix("GraphiQL: http://")
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_owned();
-    (child, format!("http://{address}"))
-}
-
 fn prometheus_process(binary: &Path, dir: &Path, target: &str, port: u16) -> Child {
     let config = dir.join("prometheus.yml");
     std::fs::write(
@@ -245,7 +212,7 @@ async fn a_real_prometheus_scrapes_the_bookings_a_server_made() {
         return;
     };
     let database = fresh_database().await;
-    let (_server, base) = evently_process(&database.url).await;
+    let (_server, base) = evently_process(&database.url, &[]).await;
     // Accounts are made through the library over the same database; the server knows the
     // tokens by the shared secret.
     let accounts = App::build(test_config(&database.url, None)).await.unwrap();
@@ -342,4 +309,196 @@ async fn a_real_prometheus_scrapes_the_bookings_a_server_made() {
         .await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Moves every hold's expiry into the past, as if its time had run out.
+async fn expire_holds(database_url: &str) {
+    use diesel_async::AsyncConnection;
+    let mut conn = diesel_async::AsyncPgConnection::establish(database_url)
+        .await
+        .unwrap();
+    let expire = diesel::sql_query("UPDATE holds SET expires_at = now() - interval '1 second'");
+    diesel_async::RunQueryDsl::execute(expire, &mut conn)
+        .await
+        .unwrap();
+}
+
+/// The value of one series (name and labels exactly as exposed), if it is there.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Waits until `series` in the exposition at `base` satisfies `wanted`, and returns its value.
+async fn series_reaches(base: &str, series: &str, wanted: impl Fn(f64) -> bool) -> f64 {
+    eventually(crate::support::WAIT, || async {
+        let text = exposition(base).await;
+        match value(&text, series) {
+            Some(found) if wanted(found) => Ok(found),
+            found => Err(format!("{series} is {found:?} in:\n{text}")),
+        }
+    })
+    .await
+}
+
+/// Each series this test names moves when, and only as far as, what the test does: the server
+/// runs in a process of its own, on Redis, with its sweeper asleep until the test expires a
+/// hold in front of a sale.
+#[tokio::test]
+async fn live_update_queue_and_hold_series_move_with_what_the_server_does() {
+    use evently::realtime::SeatUpdate;
+
+    let database = fresh_database().await;
+    let redis = crate::support::redis_url();
+    let prefix = format!("evently:test:{}:", uuid::Uuid::new_v4().simple());
+    let (_server, base) = evently_process(
+        &database.url,
+        &[
+            ("REDIS_URL", redis.as_str()),
+            ("REDIS_PREFIX", prefix.as_str()),
+            ("SWEEP_INTERVAL_MS", "3600000"),
+        ],
+    )
+    .await;
+    // Another instance on the same Redis: it signs users in, and what it publishes the
+    // server hears. Its sweeper sleeps too.
+    let mut config = test_config(&database.url, Some((&redis, &prefix)));
+    config.sweep_interval = Duration::from_secs(3600);
+    let peer = App::build(config).await.unwrap();
+    let organizer = signed_in_user(&peer, Role::Organizer).await;
+    let client = reqwest::Client::new();
+    let input = json!({ "input": crate::support::event_input("Watched", 1) });
+    let created = gql(&client, &base, &organizer.token, CREATE_EVENT, input).await;
+    let event = created["data"]["createEvent"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+
+    // Subscriptions by root field: a shared one (counted per socket) and one of its own.
+    let ws = format!("ws://{}/graphql/ws", base.trim_start_matches("http://"));
+    let mut socket = crate::support::WsClient::connect(&ws, "graphql-transport-ws", json!({}))
+        .await
+        .unwrap();
+    socket
+        .subscribe("seats", crate::support::SEATS, json!({ "id": event }))
+        .await;
+    socket.next_data().await;
+    let watch = "subscription($id: ID!) { eventUpdated(eventId: $id) { id status } }";
+    socket
+        .subscribe("event", watch, json!({ "id": event }))
+        .await;
+    socket.next_data().await;
+    let seat_watchers = r#"evently_subscriptions{field="seatAvailability"}"#;
+    let event_watchers = r#"evently_subscriptions{field="eventUpdated"}"#;
+    series_reaches(&base, seat_watchers, |n| n == 1.0).await;
+    series_reaches(&base, event_watchers, |n| n == 1.0).await;
+    series_reaches(&base, "evently_ws_messages_sent_total", |n| n == 2.0).await;
+    socket
+        .send(json!({ "id": "event", "type": "complete" }))
+        .await;
+    series_reaches(&base, event_watchers, |n| n == 0.0).await;
+    assert_eq!(
+        value(&exposition(&base).await, seat_watchers),
+        Some(1.0),
+        "the other subscription is still counted"
+    );
+
+    // A hold that expired while the sweeper slept is ended by the sale that needs its seat:
+    // the booking waits in the event's queue, then its batch ends the hold.
+    let holder = signed_in_user(&peer, Role::User).await;
+    let hold = json!({ "input": { "eventId": event, "quantity": 1 } });
+    let held = gql(
+        &client,
+        &base,
+        &holder.token,
+        crate::support::operations::HOLD,
+        hold,
+    )
+    .await;
+    assert!(held["errors"].is_null(), "{held}");
+    expire_holds(&database.url).await;
+    let buyer = signed_in_user(&peer, Role::User).await;
+    let booking = json!({ "input": { "eventId": event, "quantity": 1 } });
+    let booked = gql(&client, &base, &buyer.token, BOOK, booking).await;
+    assert!(booked["errors"].is_null(), "{booked}");
+    let text = exposition(&base).await;
+    assert_eq!(
+        value(&text, r#"evently_holds_expired_total{by="sale"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "evently_group_commit_queue_wait_seconds_count"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(value(&text, r#"evently_holds_expired_total{by="sweeper"}"#).is_none());
+
+    // An update another instance publishes is heard with its lag.
+    assert!(value(&text, "evently_bus_delivery_lag_seconds_count").is_none());
+    peer.bus.publish(SeatUpdate {
+        event_id: uuid::Uuid::new_v4(),
+        capacity: 1,
+        seats_available: 1,
+        seats_held: 0,
+        version: 1,
+    });
+    series_reaches(&base, "evently_bus_delivery_lag_seconds_count", |n| {
+        n == 1.0
+    })
+    .await;
+
+    // The Redis pool carried the bus's PUBLISHes.
+    let text = exposition(&base).await;
+    let open = value(&text, r#"evently_redis_pool_connections{state="open"}"#);
+    assert!(open.is_some_and(|n| n >= 1.0), "{text}");
+    let gets = value(&text, r#"evently_redis_pool_gets_total{outcome="direct"}"#);
+    assert!(gets.is_some_and(|n| n >= 1.0), "{text}");
+    assert!(
+        text.contains("evently_redis_pool_waited_seconds "),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_sweeper_counts_the_holds_it_expires() {
+    let series = r#"evently_holds_expired_total{by="sweeper"}"#;
+    let app = TestApp::spawn_with(|config| {
+        config.sweep_interval = Duration::from_millis(50);
+    })
+    .await;
+    let organizer = app.user(Role::Organizer).await;
+    let holder = app.user(Role::User).await;
+    let event = app.event(&organizer, 3).await;
+    app.hold(&holder, &event, 2).await;
+    // Other tests' sweepers share this process's count: it has to grow by this test's two.
+    let before = value(&exposition(&app.base_url).await, series).unwrap_or(0.0);
+    expire_holds(&app.database.url).await;
+    series_reaches(&app.base_url, series, |n| n >= before + 1.0).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_is_counted_as_dropping_updates() {
+    use evently::realtime::{SeatUpdate, Topic};
+    use futures_util::StreamExt;
+
+    let series = r#"evently_live_updates_dropped_total{stage="bus"}"#;
+    let app = TestApp::spawn().await;
+    let before = value(&exposition(&app.base_url).await, series).unwrap_or(0.0);
+    let event_id = uuid::Uuid::new_v4();
+    let mut slow = app.state.bus.subscribe(Topic::Seats(event_id));
+    // Far more than a channel holds, while the subscriber is not polled.
+    for version in 1..=500 {
+        app.state.bus.publish(SeatUpdate {
+            event_id,
+            capacity: 1000,
+            seats_available: 1000 - version,
+            seats_held: 0,
+            version,
+        });
+    }
+    assert!(slow.next().await.is_some());
+    let after = value(&exposition(&app.base_url).await, series).unwrap();
+    assert!(after - before >= 400.0, "{before} -> {after}");
 }

@@ -129,6 +129,10 @@ struct Job {
     request: BookingRequest,
     reply: oneshot::Sender<AppResult<Committed<Booking>>>,
     _pending: Pending,
+    /// For the queue-wait histogram (`evently_group_commit_queue_wait_seconds`).
+    queued_at: std::time::Instant,
+    /// The caller's span, which the batch's span follows from (a link, in a trace).
+    span: tracing::Span,
 }
 
 /// Counts a booking as pending from the moment it is queued until its job is dropped, answered
@@ -245,6 +249,8 @@ impl BookingQueue {
             request,
             reply,
             _pending: Pending::new(&self.inner.pending),
+            queued_at: std::time::Instant::now(),
+            span: tracing::Span::current(),
         };
         loop {
             let queue = self.inner.queue(job.request.event_id);

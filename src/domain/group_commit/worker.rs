@@ -76,8 +76,17 @@ async fn commit_batch(
     let batch: Vec<(Buyer, &BookingRequest)> = jobs.iter().map(|j| (j.buyer, &j.request)).collect();
     let abandoned = |i: usize| jobs[i].reply.is_closed();
     let started = std::time::Instant::now();
+    let span = tracing::debug_span!(parent: None, "group_commit.batch", size = jobs.len());
+    for job in jobs.iter() {
+        metrics::histogram!("evently_group_commit_queue_wait_seconds")
+            .record(started.duration_since(job.queued_at).as_secs_f64());
+        span.follows_from(&job.span);
+    }
     let outcome = match held {
-        Some(held) => book_batch(&mut held.conn, &inner.db, event_id, &batch, abandoned).await,
+        Some(held) => {
+            let batch = book_batch(&mut held.conn, &inner.db, event_id, &batch, abandoned);
+            tracing::Instrument::instrument(batch, span).await
+        }
         None => Err(Uncommitted::Failed(AppError::Unavailable)),
     };
     tracing::debug!(

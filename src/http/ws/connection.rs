@@ -420,10 +420,17 @@ impl Connection {
                     let refusal = self.error_message(&id, &[error]);
                     return send(socket, self.config.idle_timeout, refusal).await;
                 }
+                // Counted here, once per socket, rather than once per shared execution.
+                use crate::telemetry::metrics::{SharedExecution, Subscribed};
+                let watching = Subscribed::new("seatAvailability");
+                let request = move || async_graphql::Request::from(payload).data(SharedExecution);
                 self.state
                     .fanout
-                    .join(key, move || payload.into())
-                    .map(Output::Shared)
+                    .join(key, request)
+                    .map(move |frame| {
+                        let _counted = &watching;
+                        Output::Shared(frame)
+                    })
                     .boxed()
             }
             None => {
@@ -485,6 +492,7 @@ impl Connection {
             Output::Shared(Frame::Next(payload)) => prebuilt(&id, next, &payload),
         };
         send(socket, patience, text).await?;
+        metrics::counter!("evently_ws_messages_sent_total").increment(1);
         if !self.draining {
             // Every message of a subscription comes here: only its first changes the set.
             if !self.answered.contains(&id) {

@@ -35,6 +35,8 @@ pub struct App {
     /// Signed-in sessions, cached while this instance holds a lease on the session epoch.
     pub sessions: SessionCache,
     pub persisted_queries: PersistedQueries,
+    /// The payment providers orders go through.
+    pub payments: crate::payments::Providers,
     /// The process's metrics recorder, which `/metrics` renders (see `telemetry::metrics`).
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -109,6 +111,12 @@ impl App {
         };
         let state = AppState(Arc::new(App {
             metrics: crate::telemetry::metrics::handle(),
+            payments: crate::payments::Providers::new(config.stripe.as_ref().map(|stripe| {
+                std::sync::Arc::new(crate::payments::stripe::StripeClient::new(
+                    &stripe.api_base,
+                    stripe.secret_key.expose(),
+                )) as std::sync::Arc<dyn crate::payments::PaymentProvider>
+            })),
             passwords: Passwords::new(config.password_hashing)?,
             tokens: Tokens::new(&config),
             onsale: BookingQueue::new(

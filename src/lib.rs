@@ -4,6 +4,7 @@
 //! domain function in a transaction ([`domain`]) → commit → publish on the bus ([`realtime`]).
 
 pub mod app;
+pub mod checkout;
 pub mod config;
 pub mod db;
 pub mod domain;

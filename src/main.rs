@@ -129,6 +129,12 @@ async fn main() -> anyhow::Result<()> {
                     account.role.as_str()
                 );
             }
+            println!(
+                "paid sales: order \"Summer Concert\" tickets with promo code {} (10% off); \
+                 access code {} shows its hidden Backstage type",
+                seed::DEMO_PROMO_CODE,
+                seed::DEMO_ACCESS_CODE
+            );
             Ok(())
         }
         Command::PrintSchema => unreachable!("handled above"),

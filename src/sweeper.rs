@@ -81,5 +81,13 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
             }
         }
     }
+    // Refunds the provider could not take at once, or that a cancelled event recorded, and
+    // card orders whose webhook may never have come.
+    swept += crate::checkout::send_pending_refunds(app, REFUND_RETRY_AGE, EVENTS_PER_ROUND).await?;
+    crate::checkout::reconcile(app, app.config.reconcile_after, EVENTS_PER_ROUND).await?;
     Ok(swept)
 }
+
+/// How long a refund stays PENDING before the sweeper sends it (again): its own request
+/// usually sends it first.
+const REFUND_RETRY_AGE: std::time::Duration = std::time::Duration::from_secs(5);

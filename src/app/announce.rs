@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::domain::changes::Changes;
 use crate::domain::group_commit::{Announcer, SeatVersions};
-use crate::realtime::{Bus, SeatMapUpdate, SeatUpdate, Topic, Update};
+use crate::realtime::{Bus, OrderUpdate, SeatMapUpdate, SeatUpdate, Topic, Update};
 
 /// Announces what a committed transaction changed: the event's seat counts (and, when its
 /// details changed, the event itself) to its watchers, each booking, hold and waiting-list
@@ -49,6 +49,14 @@ pub(super) fn publish(bus: &Bus, changes: Changes) {
             .into_iter()
             .map(|w| Update::Waitlist(Arc::new(w))),
     );
+    updates.extend(changes.orders.into_iter().map(|order| {
+        Update::Order(OrderUpdate {
+            order_id: order.id,
+            user_id: order.user_id,
+            event_id: order.event_id,
+            version: order.version,
+        })
+    }));
     bus.publish_all(updates);
 }
 

@@ -102,6 +102,9 @@ pub struct Config {
     /// How often each instance looks for expired holds and events that are over (see
     /// `sweeper`).
     pub sweep_interval: Duration,
+    /// How long a card order may wait without news before the sweeper asks the provider about
+    /// its payment (`RECONCILE_AFTER_SECS`, default 300; see `checkout::reconcile`).
+    pub reconcile_after: Duration,
     pub redis_url: Option<String>,
     /// Seed nodes of a Redis Cluster (`REDIS_CLUSTER_URLS`, comma-separated), used instead of
     /// `redis_url`: live updates then go by sharded pub/sub, one shard per channel.
@@ -355,6 +358,11 @@ impl Config {
             sweep_interval: Duration::from_millis(
                 parse_or(&lookup, "SWEEP_INTERVAL_MS", 1000u64)?.max(10),
             ),
+            reconcile_after: Duration::from_secs(parse_or(
+                &lookup,
+                "RECONCILE_AFTER_SECS",
+                300u64,
+            )?),
             redis_url,
             redis_cluster_urls,
             redis_connect_timeout: Duration::from_millis(

@@ -2,6 +2,7 @@
 //! Every query in the crate lives under `db` or `domain`; GraphQL code never writes SQL.
 
 pub mod cached_sql;
+pub mod commerce;
 pub mod models;
 pub mod replica;
 pub mod schema;

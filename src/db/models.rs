@@ -58,6 +58,8 @@ macro_rules! text_enum {
     };
 }
 
+pub(crate) use text_enum;
+
 text_enum!(Role { User => "USER", Organizer => "ORGANIZER", Admin => "ADMIN" });
 text_enum!(EventStatus {
     Draft => "DRAFT",
@@ -139,6 +141,9 @@ pub struct Event {
     /// When it was first published; none for a draft, or a draft that was cancelled (which
     /// stays hidden like a draft).
     pub published_at: Option<DateTime<Utc>>,
+    /// Set once the event sells ticket types (by its first one): it then sells through
+    /// orders in this ISO 4217 currency, and `bookSeats`/`holdSeats` refuse it.
+    pub currency: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]

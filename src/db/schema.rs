@@ -57,6 +57,10 @@ diesel::table! {
         hold_minutes -> Int4,
         offer_minutes -> Int4,
         published_at -> Nullable<Timestamptz>,
+        currency -> Nullable<Text>,
+        payment_provider -> Text,
+        payment_window_days -> Int4,
+        refund_until -> Nullable<Timestamptz>,
     }
 }
 
@@ -156,6 +160,154 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    ticket_types (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        name -> Text,
+        description -> Nullable<Text>,
+        price_amount -> Int8,
+        currency -> Text,
+        quantity -> Nullable<Int4>,
+        held -> Int4,
+        sold -> Int4,
+        sales_start_at -> Nullable<Timestamptz>,
+        sales_end_at -> Nullable<Timestamptz>,
+        min_per_order -> Int4,
+        max_per_order -> Int4,
+        hidden -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    quotas (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        name -> Text,
+        size -> Int4,
+        available -> Int4,
+        held -> Int4,
+        sold -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    quota_ticket_types (quota_id, ticket_type_id) {
+        quota_id -> Uuid,
+        ticket_type_id -> Uuid,
+    }
+}
+
+diesel::table! {
+    promo_codes (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        code -> Text,
+        discount_kind -> Text,
+        value -> Int8,
+        max_uses -> Nullable<Int4>,
+        uses -> Int4,
+        valid_from -> Nullable<Timestamptz>,
+        valid_until -> Nullable<Timestamptz>,
+        unlocks_hidden -> Bool,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    promo_code_ticket_types (promo_code_id, ticket_type_id) {
+        promo_code_id -> Uuid,
+        ticket_type_id -> Uuid,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        user_id -> Uuid,
+        status -> Text,
+        currency -> Text,
+        subtotal -> Int8,
+        discount -> Int8,
+        total -> Int8,
+        promo_code_id -> Nullable<Uuid>,
+        hold_id -> Nullable<Uuid>,
+        idempotency_key -> Nullable<Text>,
+        expires_at -> Timestamptz,
+        provider -> Text,
+        intent_id -> Nullable<Text>,
+        client_secret -> Nullable<Text>,
+        payment_status -> Text,
+        amount_paid -> Int8,
+        amount_refunded -> Int8,
+        payment_reference -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        version -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        paid_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    order_lines (id) {
+        id -> Uuid,
+        order_id -> Uuid,
+        ticket_type_id -> Uuid,
+        position -> Int4,
+        quantity -> Int4,
+        unit_price -> Int8,
+        total -> Int8,
+        seat_ids -> Array<Uuid>,
+        booking_id -> Nullable<Uuid>,
+        refund_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    tickets (id) {
+        id -> Uuid,
+        order_id -> Uuid,
+        order_line_id -> Uuid,
+        ticket_type_id -> Uuid,
+        event_id -> Uuid,
+        seat_id -> Nullable<Uuid>,
+        code -> Text,
+        status -> Text,
+        checked_in_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    refunds (id) {
+        id -> Uuid,
+        order_id -> Uuid,
+        amount -> Int8,
+        reason -> Nullable<Text>,
+        status -> Text,
+        line_ids -> Array<Uuid>,
+        provider_refund_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    provider_events (provider, event_id) {
+        provider -> Text,
+        event_id -> Text,
+        order_id -> Nullable<Uuid>,
+        kind -> Text,
+        created -> Int8,
+        received_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(venue_seats -> venues (venue_id));
 diesel::joinable!(events -> venues (venue_id));
@@ -180,4 +332,14 @@ diesel::allow_tables_to_appear_in_same_query!(
     waitlist_entries,
     rsvps,
     audit_log,
+    ticket_types,
+    quotas,
+    quota_ticket_types,
+    promo_codes,
+    promo_code_ticket_types,
+    orders,
+    order_lines,
+    tickets,
+    refunds,
+    provider_events,
 );

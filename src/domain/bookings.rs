@@ -23,6 +23,7 @@ use super::sale_rules::{
     visible_to,
 };
 use super::seats::{self, SeatOwner};
+use super::stock;
 use super::user_limits::check_user_limit;
 use crate::db::models::{Booking, BookingStatus};
 use crate::db::schema::bookings;
@@ -184,6 +185,12 @@ pub async fn cancel_booking(
     }
     if booking.status == BookingStatus::Cancelled {
         return Ok(Committed::unchanged(booking));
+    }
+    if stock::booking_has_order(conn, id).await? {
+        return Err(AppError::not_possible(
+            "ORDER_BOOKING",
+            "these seats were bought in an order: cancel or refund the order instead",
+        ));
     }
     conn.transaction(async move |conn| {
         let event = lock_event(conn, booking.event_id).await?;

@@ -4,6 +4,7 @@
 //!
 //! The bottom of the domain: it knows the rows and nothing else.
 
+use crate::db::commerce::Order;
 use crate::db::models::{Booking, Event, EventSeat, Hold, WaitlistEntry};
 
 /// What one transaction changed, to announce once it has committed.
@@ -22,6 +23,8 @@ pub struct Changes {
     pub waitlist: Vec<WaitlistEntry>,
     /// Seats of a seated event whose state changed.
     pub seats: Vec<EventSeat>,
+    /// Orders that moved (announced on `orderUpdated`).
+    pub orders: Vec<Order>,
 }
 
 impl Changes {
@@ -31,6 +34,7 @@ impl Changes {
             && self.holds.is_empty()
             && self.waitlist.is_empty()
             && self.seats.is_empty()
+            && self.orders.is_empty()
     }
 }
 

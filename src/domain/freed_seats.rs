@@ -30,6 +30,7 @@ use super::inventory::Inventory;
 use super::rows::insert_unkeyed_booking;
 use super::sale_rules::unbookable_reason;
 use super::seats::{self, SeatOwner};
+use super::stock;
 use super::user_limits::{hold_cap, seats_held_by, seats_of_user};
 use crate::db::models::{
     Booking, Event, Hold, HoldStatus, RsvpResponse, WaitlistEntry, WaitlistStatus,
@@ -171,6 +172,8 @@ pub(crate) async fn end_holds(
     }
     let ended_ids: Vec<Uuid> = ended.iter().map(|h| h.id).collect();
     seats::release_holds(conn, &inventory.event, &ended_ids, changes).await?;
+    // An order waiting for payment on one of them ends with it.
+    stock::orders_of_ended_holds(conn, &ended_ids, status, changes).await?;
     for hold in &ended {
         inventory.unhold(hold.quantity);
     }
@@ -217,6 +220,7 @@ pub(crate) async fn end_all(
     .await?;
     let ids: Vec<Uuid> = ended.iter().map(|h| h.id).collect();
     seats::release_holds(conn, event, &ids, changes).await?;
+    stock::orders_of_ended_holds(conn, &ids, status, changes).await?;
     changes.holds.extend(ended);
     Ok(())
 }
@@ -314,6 +318,11 @@ pub async fn promote(
     // Outside the sales window an offer could never be confirmed: the seats stay on the
     // event until sales reopen or it is over.
     if unbookable_reason(&event).is_some() {
+        return Ok(());
+    }
+    // An event that sells ticket types sells only through orders: an offer (a bare hold)
+    // could not be paid for, so freed seats go straight back on sale.
+    if event.currency.is_some() {
         return Ok(());
     }
     let mut after: Option<(chrono::DateTime<Utc>, Uuid)> = None;

@@ -27,6 +27,7 @@ use super::sale_rules::{
     check_idempotency_key, check_sellable, lock_event, lock_event_for, unbookable_reason,
 };
 use super::seats::{self, SeatOwner};
+use super::stock;
 use super::user_limits::check_hold_limit;
 use crate::db::models::{Booking, Hold, HoldStatus, WaitlistEntry, WaitlistStatus};
 use crate::db::schema::{holds, waitlist_entries};
@@ -132,6 +133,12 @@ pub async fn confirm_hold(
     let hold = find_hold(conn, hold_id).await?;
     if hold.user_id != viewer.id() {
         return Err(AppError::NotFound("hold"));
+    }
+    if stock::hold_has_order(conn, hold_id).await? {
+        return Err(AppError::not_possible(
+            "ORDER_HOLD",
+            "this hold keeps an order's seats: the order is confirmed by paying it",
+        ));
     }
     let idempotency_key = &idempotency_key;
     conn.transaction(async move |conn| {

@@ -34,6 +34,7 @@ pub mod audit;
 pub mod auth;
 pub mod bookings;
 pub mod changes;
+pub mod commerce;
 pub mod events;
 pub mod freed_seats;
 pub mod group_commit;
@@ -47,6 +48,7 @@ pub mod seats;
 pub mod seed;
 pub mod session_cache;
 pub mod stats;
+pub mod stock;
 pub mod sweeps;
 pub mod text;
 pub mod user_limits;
@@ -94,9 +96,11 @@ mod layering {
         ("sale_rules", 1),
         ("inventory", 2),
         ("seats", 2),
+        ("stock", 2),
         ("freed_seats", 3),
         ("auth", 4),
         ("bookings", 4),
+        ("commerce", 4),
         ("events", 4),
         ("holds", 4),
         ("rsvp", 4),

@@ -178,6 +178,12 @@ pub(crate) fn check_sellable(event: &Event, quantity: i32) -> AppResult<()> {
             "this event is free: answer with rsvp instead",
         ));
     }
+    if event.currency.is_some() {
+        return Err(AppError::not_possible(
+            "ORDERS_ONLY",
+            "this event sells ticket types: order them with placeOrder",
+        ));
+    }
     if quantity > event.max_per_booking {
         return Err(AppError::bad_input(
             "quantity",
@@ -238,6 +244,7 @@ pub(crate) mod tests {
             hold_minutes: Event::DEFAULT_HOLD_MINUTES,
             offer_minutes: Event::DEFAULT_OFFER_MINUTES,
             published_at: Some(now),
+            currency: None,
         }
     }
 

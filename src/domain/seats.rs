@@ -302,6 +302,47 @@ pub async fn transfer(
     Ok(())
 }
 
+/// The seats with these ids, in the given state (a ticket's seat).
+pub async fn describe(
+    conn: &mut AsyncPgConnection,
+    seat_ids: &[Uuid],
+    state: SeatState,
+) -> AppResult<Vec<EventSeat>> {
+    changed_seats(conn, seat_ids, state).await
+}
+
+/// Some of a hold's seats now belong to a booking: an order line's seats, when the order that
+/// held them all is paid.
+pub async fn transfer_seats(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    hold_id: Uuid,
+    booking_id: Uuid,
+    seat_ids: &[Uuid],
+    changes: &mut Changes,
+) -> AppResult<()> {
+    if event.venue_id.is_none() || seat_ids.is_empty() {
+        return Ok(());
+    }
+    let moved: Vec<Uuid> = diesel::update(
+        seat_claims::table
+            .filter(seat_claims::event_id.eq(event.id))
+            .filter(seat_claims::hold_id.eq(hold_id))
+            .filter(seat_claims::seat_id.eq_any(seat_ids)),
+    )
+    .set((
+        seat_claims::booking_id.eq(booking_id),
+        seat_claims::hold_id.eq(None::<Uuid>),
+    ))
+    .returning(seat_claims::seat_id)
+    .get_results(conn)
+    .await?;
+    changes
+        .seats
+        .extend(changed_seats(conn, &moved, SeatState::Booked).await?);
+    Ok(())
+}
+
 /// The event's seats in venue order, optionally of one section, each with its state.
 /// Empty for general admission.
 pub async fn event_seats(

@@ -308,6 +308,7 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
                     hold_minutes: Event::DEFAULT_HOLD_MINUTES,
                     offer_minutes: Event::DEFAULT_OFFER_MINUTES,
                     published_at: (demo.kind != DemoKind::Draft).then_some(now),
+                    currency: None,
                 };
                 let inserted = diesel::insert_into(events::table)
                     .values(&event)
@@ -332,9 +333,10 @@ pub async fn seed_demo(pool: &DbPool, passwords: &Passwords) -> AppResult<SeedRe
         })
         .await?;
     let seated_created = seed_seated_event(&mut conn, &accounts[1]).await?;
+    let sales_created = seed_sales(&mut conn, &accounts[1]).await?;
     Ok(SeedReport {
         users_created,
-        events_created: events_created + usize::from(seated_created),
+        events_created: events_created + usize::from(seated_created) + sales_created,
     })
 }
 
@@ -406,10 +408,192 @@ async fn seed_seated_event(conn: &mut AsyncPgConnection, organizer: &User) -> Ap
         hold_minutes: Event::DEFAULT_HOLD_MINUTES,
         offer_minutes: Event::DEFAULT_OFFER_MINUTES,
         published_at: Some(now),
+        currency: None,
     };
     diesel::insert_into(events::table)
         .values(&event)
         .execute(conn)
         .await?;
     Ok(true)
+}
+
+/// The promo code `seed-demo` prints to try, and the access code of the concert's hidden type.
+pub const DEMO_PROMO_CODE: &str = "SUMMER10";
+pub const DEMO_ACCESS_CODE: &str = "BACKSTAGE";
+
+/// Paid sales to try: a concert with three ticket types (one hidden behind an access code)
+/// and a quota shared by two of them, a free meetup whose orders are paid at once, and the
+/// theatre's seats in two priced tiers. Kept when they exist. Returns how many events it made.
+async fn seed_sales(conn: &mut AsyncPgConnection, organizer: &User) -> AppResult<usize> {
+    use super::commerce::catalog::{self, Money, NewTicketType};
+    use super::commerce::codes::{self, NewPromoCode};
+    use crate::db::commerce::DiscountKind;
+
+    let owner = Viewer {
+        user: organizer.clone(),
+        session_id: Uuid::nil(),
+    };
+    let price = |name: &str, cents: i64, quantity: Option<i32>, hidden: bool| NewTicketType {
+        name: name.into(),
+        description: None,
+        price: Money {
+            amount: cents,
+            currency: "EUR".into(),
+        },
+        quantity,
+        sales_start_at: None,
+        sales_end_at: None,
+        min_per_order: None,
+        max_per_order: None,
+        hidden,
+    };
+    let mut created = 0;
+    let now = Utc::now();
+    let evening = |days: i64| {
+        (now + Duration::days(days))
+            .date_naive()
+            .and_hms_opt(20, 0, 0)
+            .unwrap_or_default()
+            .and_utc()
+    };
+    let plain = |id: Uuid, title: &str, venue: &str, days: i64, capacity: i32| Event {
+        id,
+        organizer_id: organizer.id,
+        title: title.into(),
+        description: None,
+        category: "Music".into(),
+        venue: venue.into(),
+        starts_at: evening(days),
+        ends_at: evening(days) + Duration::hours(3),
+        capacity,
+        seats_available: capacity,
+        max_per_booking: 10,
+        status: EventStatus::Published,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        seats_held: 0,
+        venue_id: None,
+        free: false,
+        sales_start_at: None,
+        sales_end_at: None,
+        max_per_user: None,
+        hold_minutes: Event::DEFAULT_HOLD_MINUTES,
+        offer_minutes: Event::DEFAULT_OFFER_MINUTES,
+        published_at: Some(now),
+        currency: None,
+    };
+    let concert = plain(
+        demo_event_id(200),
+        "Summer Concert",
+        "Harbour Stage",
+        30,
+        500,
+    );
+    if diesel::insert_into(events::table)
+        .values(&concert)
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?
+        == 1
+    {
+        created += 1;
+        let early = catalog::create_ticket_type(
+            conn,
+            &owner,
+            concert.id,
+            price("Early Bird", 2900, Some(100), false),
+        )
+        .await?
+        .value;
+        let regular = catalog::create_ticket_type(
+            conn,
+            &owner,
+            concert.id,
+            price("Regular", 3900, None, false),
+        )
+        .await?
+        .value;
+        let backstage = catalog::create_ticket_type(
+            conn,
+            &owner,
+            concert.id,
+            price("Backstage", 9900, Some(20), true),
+        )
+        .await?
+        .value;
+        catalog::create_quota(
+            conn,
+            &owner,
+            concert.id,
+            "Early Bird and Regular".into(),
+            400,
+            vec![early.id, regular.id],
+        )
+        .await?;
+        let code = |code: &str, value: i64, types: Vec<Uuid>, unlocks_hidden: bool| NewPromoCode {
+            code: code.into(),
+            discount: DiscountKind::Percent,
+            value,
+            max_uses: Some(100),
+            valid_from: None,
+            valid_until: None,
+            ticket_type_ids: types,
+            unlocks_hidden,
+        };
+        codes::create_promo_code(
+            conn,
+            &owner,
+            concert.id,
+            code(DEMO_PROMO_CODE, 10, Vec::new(), false),
+        )
+        .await?;
+        codes::create_promo_code(
+            conn,
+            &owner,
+            concert.id,
+            code(DEMO_ACCESS_CODE, 0, vec![backstage.id], true),
+        )
+        .await?;
+    }
+    let meetup = Event {
+        category: "Tech".into(),
+        ..plain(demo_event_id(201), "Rust Meetup", "Library Hall", 9, 60)
+    };
+    if diesel::insert_into(events::table)
+        .values(&meetup)
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?
+        == 1
+    {
+        created += 1;
+        catalog::create_ticket_type(conn, &owner, meetup.id, price("Community", 0, None, false))
+            .await?;
+    }
+    // The theatre's two sections as tiers: each type as many as its section has seats.
+    let theatre = demo_event_id(100);
+    let theatre_currency: Option<Option<String>> = events::table
+        .find(theatre)
+        .select(events::currency)
+        .first(conn)
+        .await
+        .optional()?;
+    if theatre_currency == Some(None) {
+        catalog::create_ticket_type(
+            conn,
+            &owner,
+            theatre,
+            price("Stalls", 4500, Some(34), false),
+        )
+        .await?;
+        catalog::create_ticket_type(
+            conn,
+            &owner,
+            theatre,
+            price("Balcony", 3000, Some(16), false),
+        )
+        .await?;
+    }
+    Ok(created)
 }

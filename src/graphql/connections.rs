@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use super::context::ContextExt;
 use crate::error::AppResult;
 
+use crate::db::commerce::Order;
 use crate::db::models::{Booking, Event, Hold};
 use crate::domain::pagination::{Cursor, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page, PageRequest};
 use crate::domain::venues::VenueLayout;
@@ -43,6 +44,7 @@ listed_by! {
     Event => starts_at, id;
     Booking => created_at, id;
     Hold => created_at, id;
+    Order => created_at, id;
     VenueLayout => venue.created_at, venue.id;
 }
 

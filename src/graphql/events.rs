@@ -69,6 +69,28 @@ impl EventView {
     async fn id(&self) -> ID {
         to_id(self.0.id)
     }
+    /// The ticket types on sale, in the order they were created. Hidden ones only for the
+    /// organizer and admins, or when `accessCode` is a code that unlocks them. Empty for an
+    /// event sold with `bookSeats`.
+    async fn ticket_types(
+        &self,
+        ctx: &Context<'_>,
+        access_code: Option<String>,
+    ) -> async_graphql::Result<Vec<super::commerce::TicketTypeView>> {
+        super::commerce::event_ticket_types(ctx, &self.0, access_code.as_deref()).await
+    }
+    /// The ISO 4217 currency of its prices, set by its first ticket type; null while it sells
+    /// no ticket types.
+    async fn currency(&self) -> Option<&str> {
+        self.0.currency.as_deref()
+    }
+    /// How it is paid for, its refund policy, and (for its organizer) its quotas and codes.
+    async fn sales(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<super::commerce::EventSalesView> {
+        super::commerce::event_sales(ctx, &self.0).await
+    }
     async fn title(&self) -> &str {
         &self.0.title
     }
@@ -466,7 +488,14 @@ impl EventMutation {
                 "event cancelled"
             );
         }
-        Ok(EventView::from(app.commit(cancelled)))
+        let refunds_due = !cancelled.changes.orders.is_empty();
+        let event = EventView::from(app.commit(cancelled));
+        if refunds_due {
+            // Its paid orders' refunds were recorded with it: carry them out now, apart from
+            // this request (the sweeper retries any the provider does not take).
+            super::commerce::send_refunds_in_background(app);
+        }
+        Ok(event)
     }
 }
 

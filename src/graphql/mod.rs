@@ -9,6 +9,7 @@ mod analytics;
 mod audit;
 mod auth;
 mod bookings;
+mod commerce;
 mod connections;
 pub mod context;
 mod error_codes;
@@ -16,6 +17,7 @@ mod events;
 mod holds;
 mod ids;
 pub mod loaders;
+mod orders;
 mod reservations;
 mod rsvp;
 pub mod seats;
@@ -41,6 +43,7 @@ pub struct Query(
     venues::VenueQuery,
     analytics::AnalyticsQuery,
     audit::AuditQuery,
+    orders::OrderQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -53,6 +56,8 @@ pub struct Mutation(
     rsvp::RsvpMutation,
     events::EventMutation,
     venues::VenueMutation,
+    commerce::CommerceMutation,
+    orders::OrderMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -61,6 +66,7 @@ pub struct Subscription(
     reservations::ReservationSubscription,
     seats::SeatSubscription,
     analytics::AnalyticsSubscription,
+    orders::OrderSubscription,
 );
 
 pub type EventlySchema = Schema<Query, Mutation, Subscription>;

@@ -162,7 +162,9 @@ impl BookingWatch {
                 Update::Waitlist(entry) => {
                     Reservation::WaitlistEntry(WaitlistEntry::clone(&entry).into())
                 }
-                Update::Seats(_) | Update::Event(_) | Update::SeatMap(_) => continue,
+                Update::Seats(_) | Update::Event(_) | Update::SeatMap(_) | Update::Order(_) => {
+                    continue;
+                }
             };
             return Some((Ok(reservation), self));
         }

@@ -10,6 +10,7 @@ pub mod graphiql;
 mod graphql_over_http;
 mod shutdown;
 mod sse;
+mod webhooks;
 pub mod ws;
 
 use std::sync::Arc;
@@ -131,6 +132,7 @@ fn router_with(app: AppState, sockets: Arc<ws::Sockets>, draining: CancellationT
         .merge(crate::telemetry::metrics::router(state.app.clone()))
         .merge(exports::router(state.app.clone()))
         .merge(dashboard::router())
+        .merge(webhooks::router(state.app.clone()))
         .route("/", get(|| async { Redirect::temporary("/graphql") }))
         .with_state(state)
         .layer(middleware::from_fn(crate::telemetry::metrics::track_http))

@@ -11,8 +11,13 @@
 
 pub mod stripe;
 
+pub mod manual;
+pub mod providers;
+
 use async_trait::async_trait;
 use uuid::Uuid;
+
+pub use providers::Providers;
 
 /// Which provider an order's payment goes through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

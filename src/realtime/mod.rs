@@ -38,7 +38,7 @@ pub use listener::{Heartbeat, RedisHealth};
 pub use local::{Missed, Updates};
 pub use resync::{RESYNC_MARGIN, reservation_changes_since};
 pub use topics::{
-    SeatMapUpdate, SeatUpdate, Topic, Update, booking_rank, hold_rank, waitlist_rank,
+    OrderUpdate, SeatMapUpdate, SeatUpdate, Topic, Update, booking_rank, hold_rank, waitlist_rank,
 };
 
 use crate::db::DbPool;
@@ -150,7 +150,7 @@ impl Bus {
                 ));
             }
             RedisSubscriber::Server(client) => {
-                let patterns = ["seats", "events", "user-bookings", "seat-maps"]
+                let patterns = ["seats", "events", "user-bookings", "seat-maps", "orders"]
                     .map(|kind| format!("{key_prefix}{kind}:*"))
                     .to_vec();
                 tokio::spawn(listener::listen(

@@ -10,9 +10,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::{Inner, SeatMapUpdate, SeatUpdate, Topic, Update, lock};
+use super::{Inner, OrderUpdate, SeatMapUpdate, SeatUpdate, Topic, Update, lock};
 use crate::db::models::{Booking, Event, Hold, WaitlistEntry};
-use crate::db::schema::{bookings, events, holds, waitlist_entries};
+use crate::db::schema::{bookings, events, holds, orders, waitlist_entries};
 use crate::error::AppResult;
 
 /// How far before the moment messages may have been missed a resync looks for booking
@@ -132,10 +132,12 @@ pub(super) async fn resync_topics(inner: Arc<Inner>, topics: Vec<Topic>, since: 
     }
     let mut event_ids = Vec::new();
     let mut user_ids = Vec::new();
+    let mut order_ids = Vec::new();
     for topic in &topics {
         match topic {
             Topic::Seats(id) | Topic::Event(id) | Topic::SeatMap(id) => event_ids.push(*id),
             Topic::UserBookings(id) => user_ids.push(*id),
+            Topic::Order(id) => order_ids.push(*id),
         }
     }
     event_ids.sort_unstable();
@@ -143,9 +145,32 @@ pub(super) async fn resync_topics(inner: Arc<Inner>, topics: Vec<Topic>, since: 
     let read = async {
         let mut conn = redis.db.get().await?;
         let events = events_by_id(&mut conn, &event_ids).await?;
-        let changes = reservation_changes_since(&mut conn, &user_ids, since)
+        let mut changes = reservation_changes_since(&mut conn, &user_ids, since)
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+        // An order's subscriber re-reads the order: its current version is enough.
+        let orders: Vec<(Uuid, Uuid, Uuid, i32)> = orders::table
+            .filter(orders::id.eq_any(&order_ids))
+            .select((
+                orders::id,
+                orders::user_id,
+                orders::event_id,
+                orders::version,
+            ))
+            .load(&mut conn)
+            .await?;
+        changes.extend(
+            orders
+                .into_iter()
+                .map(|(order_id, user_id, event_id, version)| {
+                    Update::Order(OrderUpdate {
+                        order_id,
+                        user_id,
+                        event_id,
+                        version,
+                    })
+                }),
+        );
         anyhow::Ok((events, changes))
     };
     let (events, changes) = match read.await {

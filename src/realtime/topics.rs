@@ -45,6 +45,17 @@ pub struct SeatMapUpdate {
     pub seats: Vec<EventSeat>,
 }
 
+/// An order moved (placed, paid, expired, refunded): who owns it and how far along it is. The
+/// subscriber re-reads the order itself, so the message stays small.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderUpdate {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub event_id: Uuid,
+    /// The order's version: each change bumps it by one.
+    pub version: i32,
+}
+
 /// What a subscriber listens to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -56,6 +67,8 @@ pub enum Topic {
     UserBookings(Uuid),
     /// The states of a seated event's seats.
     SeatMap(Uuid),
+    /// One order's changes.
+    Order(Uuid),
 }
 
 impl Topic {
@@ -65,6 +78,7 @@ impl Topic {
             Self::Event(id) => format!("{prefix}events:{id}"),
             Self::UserBookings(id) => format!("{prefix}user-bookings:{id}"),
             Self::SeatMap(id) => format!("{prefix}seat-maps:{id}"),
+            Self::Order(id) => format!("{prefix}orders:{id}"),
         }
     }
 
@@ -87,6 +101,8 @@ pub enum Update {
     Waitlist(Arc<WaitlistEntry>),
     /// Seats of a seated event changed state.
     SeatMap(Arc<SeatMapUpdate>),
+    /// An order moved.
+    Order(OrderUpdate),
 }
 
 impl Update {
@@ -98,6 +114,7 @@ impl Update {
             Self::Hold(hold) => Topic::UserBookings(hold.user_id),
             Self::Waitlist(entry) => Topic::UserBookings(entry.user_id),
             Self::SeatMap(update) => Topic::SeatMap(update.event_id),
+            Self::Order(update) => Topic::Order(update.order_id),
         }
     }
 
@@ -108,7 +125,7 @@ impl Update {
             Self::Booking(booking) => Some((booking.id, booking_rank(booking))),
             Self::Hold(hold) => Some((hold.id, hold_rank(hold))),
             Self::Waitlist(entry) => Some((entry.id, waitlist_rank(entry))),
-            Self::Seats(_) | Self::Event(_) | Self::SeatMap(_) => None,
+            Self::Seats(_) | Self::Event(_) | Self::SeatMap(_) | Self::Order(_) => None,
         }
     }
 
@@ -122,6 +139,7 @@ impl Update {
             Self::Hold(hold) => (UnsentKey::Booking(hold.id), hold_rank(hold)),
             Self::Waitlist(entry) => (UnsentKey::Booking(entry.id), waitlist_rank(entry)),
             Self::SeatMap(update) => (UnsentKey::Topic(self.topic()), update.version.into()),
+            Self::Order(update) => (UnsentKey::Topic(self.topic()), update.version.into()),
         }
     }
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::topics::{SeatMapUpdate, SeatUpdate, Update};
+use super::topics::{OrderUpdate, SeatMapUpdate, SeatUpdate, Update};
 use crate::db::models::{Booking, Event, EventSeat, Hold, SeatState, WaitlistEntry};
 
 /// The message on the wire between instances.
@@ -38,6 +38,15 @@ enum WireUpdate {
     Hold(WireHold),
     Waitlist(WireWaitlistEntry),
     SeatMap(WireSeatMap),
+    Order(WireOrder),
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireOrder {
+    order_id: Uuid,
+    user_id: Uuid,
+    event_id: Uuid,
+    version: i32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,6 +94,8 @@ struct WireEvent {
     offer_minutes: i32,
     #[serde(default)]
     published_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    currency: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -227,6 +238,12 @@ impl From<&Update> for WireUpdate {
                 version: update.version,
                 seats: update.seats.iter().map(WireSeat::from).collect(),
             }),
+            Update::Order(update) => Self::Order(WireOrder {
+                order_id: update.order_id,
+                user_id: update.user_id,
+                event_id: update.event_id,
+                version: update.version,
+            }),
         }
     }
 }
@@ -283,6 +300,12 @@ impl TryFrom<WireUpdate> for Update {
                 version: update.version,
                 seats: update.seats.into_iter().map(EventSeat::from).collect(),
             })),
+            WireUpdate::Order(update) => Self::Order(OrderUpdate {
+                order_id: update.order_id,
+                user_id: update.user_id,
+                event_id: update.event_id,
+                version: update.version,
+            }),
         })
     }
 }
@@ -314,6 +337,7 @@ impl From<&Event> for WireEvent {
             hold_minutes: event.hold_minutes,
             offer_minutes: event.offer_minutes,
             published_at: event.published_at,
+            currency: event.currency.clone(),
         }
     }
 }
@@ -347,6 +371,7 @@ impl TryFrom<WireEvent> for Event {
             hold_minutes: event.hold_minutes,
             offer_minutes: event.offer_minutes,
             published_at: event.published_at,
+            currency: event.currency,
         })
     }
 }

@@ -4,6 +4,7 @@ mod analytics;
 mod authorization;
 mod bus;
 mod cache;
+mod commerce;
 mod concurrency;
 mod errors;
 mod graphiql;

@@ -21,6 +21,7 @@ use crate::domain::freed_seats;
 use crate::domain::inventory::Inventory;
 use crate::domain::sale_rules::{lock_event, visible_to};
 use crate::domain::seats;
+use crate::domain::stock;
 use crate::domain::text::required_text;
 use crate::error::{AppError, AppResult};
 
@@ -125,6 +126,7 @@ pub async fn create_event(
         hold_minutes,
         offer_minutes,
         published_at: (!new.draft).then_some(now),
+        currency: None,
     };
     conn.transaction(async move |conn| {
         let event = diesel::insert_into(events::table)
@@ -315,6 +317,8 @@ pub async fn cancel_event(
         seats::release_bookings(conn, &current, &ids, &mut changes).await?;
         changes.bookings = bookings;
         freed_seats::end_all(conn, &current, HoldStatus::Released, &mut changes).await?;
+        // Paid orders get a PENDING refund each, carried out once this commits.
+        stock::refund_cancelled_event(conn, id, &mut changes).await?;
         freed_seats::close_all(conn, id, &mut changes).await?;
         freed_seats::cancel_all(conn, id).await?;
         let event = diesel::update(events::table.find(id))

@@ -1,0 +1,18 @@
+DROP TABLE provider_events;
+DROP TABLE refunds;
+DROP TABLE tickets;
+DROP TABLE order_lines;
+DROP TABLE orders;
+DROP TABLE promo_code_ticket_types;
+DROP TABLE promo_codes;
+DROP TABLE quota_ticket_types;
+DROP TABLE quotas;
+DROP TABLE ticket_types;
+ALTER TABLE events
+    DROP CONSTRAINT events_payment_window_days_check,
+    DROP CONSTRAINT events_payment_provider_check,
+    DROP CONSTRAINT events_currency_check,
+    DROP COLUMN refund_until,
+    DROP COLUMN payment_window_days,
+    DROP COLUMN payment_provider,
+    DROP COLUMN currency;

@@ -82,7 +82,9 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
         }
     }
     // Refunds the provider could not take at once, or that a cancelled event recorded, and
-    // card orders whose webhook may never have come.
+    // card orders whose webhook may never have come. These take connections of their own
+    // between provider calls: give this one back first, or a round holds two.
+    drop(conn);
     swept += crate::checkout::send_pending_refunds(app, REFUND_RETRY_AGE, EVENTS_PER_ROUND).await?;
     crate::checkout::reconcile(app, app.config.reconcile_after, EVENTS_PER_ROUND).await?;
     Ok(swept)

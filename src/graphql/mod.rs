@@ -13,6 +13,7 @@ mod commerce;
 mod connections;
 pub mod context;
 mod error_codes;
+mod event_inputs;
 mod events;
 mod holds;
 mod ids;

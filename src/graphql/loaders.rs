@@ -8,7 +8,9 @@ use async_graphql::dataloader::{DataLoader, Loader};
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::db::commerce::TicketType;
 use crate::db::models::{Booking, Event, Hold, RsvpResponse, User};
+use crate::domain::commerce::catalog;
 use crate::domain::seats::{self, EventSeat, SeatOwner};
 use crate::domain::venues::{self, VenueLayout};
 use crate::domain::{bookings, events, holds, rsvp, users, waitlist};
@@ -155,6 +157,32 @@ impl Loader<(Uuid, Uuid)> for RsvpLoader {
     }
 }
 
+/// Ticket types of order lines and tickets.
+pub struct TicketTypeLoader(AppState);
+/// The seats of tickets (booked seats, by seat id).
+pub struct TicketSeatLoader(AppState);
+
+impl Loader<Uuid> for TicketTypeLoader {
+    type Value = TicketType;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, TicketType>, Self::Error> {
+        let mut conn = self.0.conn().await?;
+        Ok(catalog::ticket_types_by_id(&mut conn, keys).await?)
+    }
+}
+
+impl Loader<Uuid> for TicketSeatLoader {
+    type Value = EventSeat;
+    type Error = async_graphql::Error;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, EventSeat>, Self::Error> {
+        let mut conn = self.0.conn().await?;
+        let seats = seats::describe(&mut conn, keys, seats::SeatState::Booked).await?;
+        Ok(seats.into_iter().map(|seat| (seat.seat_id, seat)).collect())
+    }
+}
+
 /// Puts fresh loaders for one request (or one WebSocket connection) into its data, so cached
 /// rows never outlive it.
 pub fn install(app: &AppState, data: &mut Data) {
@@ -171,4 +199,6 @@ pub fn install(app: &AppState, data: &mut Data) {
     ));
     data.insert(DataLoader::new(RsvpCountsLoader(app.clone()), tokio::spawn));
     data.insert(DataLoader::new(RsvpLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(TicketTypeLoader(app.clone()), tokio::spawn));
+    data.insert(DataLoader::new(TicketSeatLoader(app.clone()), tokio::spawn));
 }

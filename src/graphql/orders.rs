@@ -6,6 +6,7 @@
 //! transactions, never inside one.
 
 use async_graphql::connection::Connection;
+use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, Enum, ID, InputObject, Object, Subscription};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, stream};
@@ -15,11 +16,11 @@ use super::connections::{TotalCount, connection, page_complexity};
 use super::context::{ContextExt, require_viewer};
 use super::events::{EventView, load_event};
 use super::ids::{parse_id, parse_ids, to_id};
+use super::loaders::{TicketSeatLoader, TicketTypeLoader};
 use super::seats::SeatView;
 use super::users::{UserView, load_user};
 use crate::checkout;
 use crate::db::commerce::{self as rows, Order, OrderLine, Refund, Ticket};
-use crate::domain::commerce::catalog::ticket_types_by_id;
 use crate::domain::commerce::listing;
 use crate::domain::commerce::orders::{LineRequest, OrderRequest};
 use crate::domain::commerce::refunds::{RefundRequest, order_refunds};
@@ -150,16 +151,7 @@ impl OrderLineView {
         to_id(self.line.id)
     }
     async fn ticket_type(&self, ctx: &Context<'_>) -> async_graphql::Result<TicketTypeView> {
-        let mut conn = ctx.app().conn().await?;
-        let row = ticket_types_by_id(&mut conn, &[self.line.ticket_type_id])
-            .await?
-            .remove(&self.line.ticket_type_id)
-            .ok_or(AppError::NotFound("ticket type"))?;
-        Ok(TicketTypeView {
-            row,
-            event_available: i32::MAX,
-            quota_available: None,
-        })
+        load_ticket_type(ctx, self.line.ticket_type_id).await
     }
     async fn quantity(&self) -> i32 {
         self.line.quantity
@@ -225,26 +217,18 @@ impl TicketView {
         to_id(self.0.id)
     }
     async fn ticket_type(&self, ctx: &Context<'_>) -> async_graphql::Result<TicketTypeView> {
-        let mut conn = ctx.app().conn().await?;
-        let row = ticket_types_by_id(&mut conn, &[self.0.ticket_type_id])
-            .await?
-            .remove(&self.0.ticket_type_id)
-            .ok_or(AppError::NotFound("ticket type"))?;
-        Ok(TicketTypeView {
-            row,
-            event_available: i32::MAX,
-            quota_available: None,
-        })
+        load_ticket_type(ctx, self.0.ticket_type_id).await
     }
     /// The seat of a seated event; null for general admission.
     async fn seat(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<SeatView>> {
         let Some(seat_id) = self.0.seat_id else {
             return Ok(None);
         };
-        let mut conn = ctx.app().conn().await?;
-        let state = crate::domain::seats::SeatState::Booked;
-        let seats = crate::domain::seats::describe(&mut conn, &[seat_id], state).await?;
-        Ok(seats.into_iter().next().map(SeatView))
+        let seat = ctx
+            .data_unchecked::<DataLoader<TicketSeatLoader>>()
+            .load_one(seat_id)
+            .await?;
+        Ok(seat.map(SeatView))
     }
     /// What the door scans: random and unguessable.
     async fn code(&self) -> &str {
@@ -506,4 +490,22 @@ impl OrderSubscription {
             .chain(later)
             .map(|order| Ok(OrderView(order))))
     }
+}
+
+/// An order line's or a ticket's type, batched with the other lookups of the request. Its
+/// availability is not shown here (`Event.ticketTypes` has it).
+async fn load_ticket_type(
+    ctx: &Context<'_>,
+    id: uuid::Uuid,
+) -> async_graphql::Result<TicketTypeView> {
+    let row = ctx
+        .data_unchecked::<DataLoader<TicketTypeLoader>>()
+        .load_one(id)
+        .await?
+        .ok_or(AppError::NotFound("ticket type"))?;
+    Ok(TicketTypeView {
+        row,
+        event_available: i32::MAX,
+        quota_available: None,
+    })
 }

@@ -375,7 +375,9 @@ impl Connection {
                 format!("Subscriber for {id} already exists"),
             ));
         }
-        let refusal = if self.draining {
+        // The shutdown token is read here too: `select!` may take this message before the
+        // branch that notices the token, and an operation must not start once it is cancelled.
+        let refusal = if self.draining || self.state.sockets.shutdown.is_cancelled() {
             Some((
                 "the server is shutting down; reconnect",
                 "SERVICE_UNAVAILABLE",

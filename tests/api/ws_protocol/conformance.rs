@@ -332,6 +332,15 @@ async fn shutdown_lets_an_operation_in_flight_finish_before_closing() {
     .await;
 
     app.shutdown.cancel();
+    // With no drain delay the listener closes once the sockets have been told to drain.
+    eventually(WAIT, || async {
+        tokio::net::TcpStream::connect(app.addr)
+            .await
+            .is_err()
+            .then_some(())
+            .ok_or("still accepting connections")
+    })
+    .await;
     // Draining: the subscription is gone, new operations are refused, the booking is awaited.
     client.subscribe("late", QUERY, json!({})).await;
     let refused = client.next_raw().await;

@@ -15,6 +15,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use crate::db::commerce::{EventSales, Order, PromoCode, Quota, Refund, TicketType};
 use crate::db::models::{Event, User};
 use crate::db::schema::audit_log;
 use crate::domain::Viewer;
@@ -51,6 +52,22 @@ impl Action {
             action,
             subject_type: "event",
             subject_id: event_id,
+            event_id: Some(event_id),
+        }
+    }
+
+    /// An action on a thing of an event's sales (`ticket_type`, `quota`, `promo_code`,
+    /// `order`): the event's organizer reads it with the event's entries.
+    pub fn on_sales(
+        action: &'static str,
+        subject_type: &'static str,
+        subject_id: Uuid,
+        event_id: Uuid,
+    ) -> Self {
+        Self {
+            action,
+            subject_type,
+            subject_id,
             event_id: Some(event_id),
         }
     }
@@ -150,6 +167,105 @@ pub fn event_fields(event: &Event) -> Value {
         "holdMinutes": event.hold_minutes,
         "offerMinutes": event.offer_minutes,
     })
+}
+
+/// The fields of a ticket type an organizer sets (and the currency its price fixed).
+pub fn ticket_type_fields(t: &TicketType) -> Value {
+    json!({
+        "name": t.name,
+        "description": t.description,
+        "priceAmount": t.price_amount,
+        "currency": t.currency,
+        "quantity": t.quantity,
+        "salesStartAt": t.sales_start_at,
+        "salesEndAt": t.sales_end_at,
+        "minPerOrder": t.min_per_order,
+        "maxPerOrder": t.max_per_order,
+        "hidden": t.hidden,
+    })
+}
+
+pub fn quota_fields(q: &Quota, ticket_type_ids: &[Uuid]) -> Value {
+    json!({ "name": q.name, "size": q.size, "ticketTypeIds": ticket_type_ids })
+}
+
+pub fn promo_code_fields(p: &PromoCode, ticket_type_ids: &[Uuid]) -> Value {
+    json!({
+        "code": p.code,
+        "discountKind": p.discount_kind.as_str(),
+        "value": p.value,
+        "maxUses": p.max_uses,
+        "validFrom": p.valid_from,
+        "validUntil": p.valid_until,
+        "unlocksHidden": p.unlocks_hidden,
+        "ticketTypeIds": ticket_type_ids,
+    })
+}
+
+pub fn payment_settings_fields(s: &EventSales) -> Value {
+    json!({
+        "paymentProvider": s.payment_provider.as_str(),
+        "paymentWindowDays": s.payment_window_days,
+        "refundUntil": s.refund_until,
+    })
+}
+
+/// The money and state of an order, as an organizer's action on it moves them.
+pub fn order_fields(o: &Order) -> Value {
+    json!({
+        "status": o.status.as_str(),
+        "total": o.total,
+        "currency": o.currency,
+        "amountPaid": o.amount_paid,
+        "amountRefunded": o.amount_refunded,
+        "paymentReference": o.payment_reference,
+    })
+}
+
+/// Records an action on an order (`order.refund`, `order.mark_paid`, `order.cancel`) with
+/// the order's fields before and after, and the refund it started when there is one (the
+/// provider carries it out after the commit: `amountRefunded` moves then).
+pub async fn record_order_action(
+    conn: &mut AsyncPgConnection,
+    actor: &Viewer,
+    action: &'static str,
+    before: &Order,
+    after: &Order,
+    refund: Option<&Refund>,
+) -> AppResult<()> {
+    let what = Action::on_sales(action, "order", after.id, after.event_id);
+    let mut new = order_fields(after);
+    if let Some(refund) = refund {
+        new["refund"] = json!({
+            "id": refund.id,
+            "amount": refund.amount,
+            "lineIds": refund.line_ids,
+            "reason": refund.reason,
+            "status": refund.status.as_str(),
+        });
+    }
+    record(conn, actor, what, Some(order_fields(before)), Some(new)).await
+}
+
+/// Records the refunds a cancelled event's paid orders were given, one entry per order.
+pub async fn record_event_refunds(
+    conn: &mut AsyncPgConnection,
+    actor: &Viewer,
+    event_id: Uuid,
+    refunds: &[Refund],
+) -> AppResult<()> {
+    for refund in refunds {
+        let what = Action::on_sales("order.refund", "order", refund.order_id, event_id);
+        let after = json!({ "refund": {
+            "id": refund.id,
+            "amount": refund.amount,
+            "lineIds": refund.line_ids,
+            "reason": refund.reason,
+            "status": refund.status.as_str(),
+        }});
+        record(conn, actor, what, None, Some(after)).await?;
+    }
+    Ok(())
 }
 
 /// The fields of a user an admin changes.

@@ -2,7 +2,8 @@
 //! `platformStats`, and `eventStatsUpdated`, the live figures of one event.
 //!
 //! Every figure is exact at the moment it is read: read from the committed rows in one
-//! statement, never from a cache or a rollup (see `domain::stats`).
+//! snapshot, never from a cache or a rollup (see `domain::stats`). The revenue figures' types
+//! are in `revenue`.
 
 use std::time::Duration;
 
@@ -13,13 +14,18 @@ use uuid::Uuid;
 
 use super::context::{ContextExt, require_viewer};
 use super::ids::{parse_id, to_id};
+use super::revenue::{
+    CurrencyAmount, CurrencyRevenue, PeriodRevenue, PromoCodeRevenue, TicketTypeRevenue, amounts,
+    per_currency,
+};
 use crate::app::AppState;
 use crate::domain::Viewer;
-use crate::domain::stats::{self, periods};
+use crate::domain::stats::{self, periods, revenue};
 use crate::error::{AppError, AppResult};
 use crate::realtime::Topic;
 
-/// An event's figures, all read in one snapshot at `readAt`: exact at that moment.
+/// An event's figures, all read in one snapshot at `readAt` (seats, bookings and revenue
+/// alike): exact at that moment.
 #[derive(SimpleObject, Clone, PartialEq)]
 pub struct EventStats {
     pub event_id: ID,
@@ -53,6 +59,13 @@ pub struct EventStats {
     pub rsvp: Option<RsvpStats>,
     /// Attendees checked in. Always 0: check-in does not exist yet.
     pub check_ins: i32,
+    /// Gross, discounts, refunded and net per currency: one entry for an event that sells
+    /// tickets (zeros before its first paid order), none for one without ticket types.
+    pub revenue: Vec<CurrencyRevenue>,
+    /// The same per ticket type, every type of the event (zeros when it sold nothing).
+    pub ticket_types: Vec<TicketTypeRevenue>,
+    /// Uses, discount given and revenue of the orders using each promo code of the event.
+    pub promo_codes: Vec<PromoCodeRevenue>,
     pub read_at: DateTime<Utc>,
 }
 
@@ -68,8 +81,8 @@ fn count(n: i64) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-impl From<stats::EventStats> for EventStats {
-    fn from(s: stats::EventStats) -> Self {
+impl From<(stats::EventStats, revenue::EventRevenue)> for EventStats {
+    fn from((s, money): (stats::EventStats, revenue::EventRevenue)) -> Self {
         Self {
             event_id: to_id(s.event_id),
             version: s.version,
@@ -93,6 +106,9 @@ impl From<stats::EventStats> for EventStats {
                 not_going: count(s.rsvp_not_going),
             }),
             check_ins: 0,
+            revenue: per_currency(&money.currencies),
+            ticket_types: money.ticket_types.into_iter().map(Into::into).collect(),
+            promo_codes: money.promo_codes.into_iter().map(Into::into).collect(),
             read_at: s.read_at,
         }
     }
@@ -128,6 +144,9 @@ pub struct SalesBucket {
     pub tickets_cancelled: i32,
     /// `ticketsSold - ticketsCancelled`.
     pub net_tickets: i32,
+    /// Per currency: the totals of the orders paid in the bucket less the refunds that
+    /// succeeded in it (currencies with no movement are left out).
+    pub net_revenue: Vec<CurrencyAmount>,
 }
 
 impl From<periods::Bucket> for SalesBucket {
@@ -140,6 +159,7 @@ impl From<periods::Bucket> for SalesBucket {
             cancellations: count(b.cancellations),
             tickets_cancelled: count(b.tickets_cancelled),
             net_tickets: count(b.tickets_sold - b.tickets_cancelled),
+            net_revenue: Vec::new(),
         }
     }
 }
@@ -156,6 +176,9 @@ pub struct PeriodTotals {
     pub tickets_cancelled: i32,
     /// `cancellations ÷ bookings` of the period (0 without bookings).
     pub cancellation_rate: f64,
+    /// Per currency: orders paid in the period (gross, discounts) and refunds that succeeded
+    /// in it; net is what they leave.
+    pub revenue: Vec<CurrencyRevenue>,
 }
 
 impl From<periods::Totals> for PeriodTotals {
@@ -167,6 +190,7 @@ impl From<periods::Totals> for PeriodTotals {
             cancellations: count(t.cancellations),
             tickets_cancelled: count(t.tickets_cancelled),
             cancellation_rate: t.cancellation_rate(),
+            revenue: Vec::new(),
         }
     }
 }
@@ -185,6 +209,9 @@ pub struct EventPeriodStats {
     pub tickets_sold: i32,
     pub cancellations: i32,
     pub tickets_cancelled: i32,
+    /// The event's revenue in the period, as in `PeriodTotals.revenue` (zeros for an event
+    /// that sells but sold nothing in it; none for one without ticket types).
+    pub revenue: Vec<CurrencyRevenue>,
 }
 
 impl From<periods::EventFigures> for EventPeriodStats {
@@ -200,8 +227,50 @@ impl From<periods::EventFigures> for EventPeriodStats {
             tickets_sold: count(e.tickets_sold),
             cancellations: count(e.cancellations),
             tickets_cancelled: count(e.tickets_cancelled),
+            revenue: Vec::new(),
         }
     }
+}
+
+/// Each event's figures with its revenue over the period.
+fn with_revenue(
+    events: Vec<periods::EventFigures>,
+    money: &PeriodRevenue,
+) -> Vec<EventPeriodStats> {
+    events
+        .into_iter()
+        .map(|e| {
+            let revenue = money.of_event(e.event_id);
+            EventPeriodStats {
+                revenue,
+                ..EventPeriodStats::from(e)
+            }
+        })
+        .collect()
+}
+
+/// Buckets with their net revenue (`revenue` holds one entry per bucket).
+fn buckets_with_revenue(
+    buckets: Vec<periods::Bucket>,
+    revenue: Vec<Vec<(String, i64)>>,
+) -> Vec<SalesBucket> {
+    buckets
+        .into_iter()
+        .zip(revenue.into_iter().chain(std::iter::repeat_with(Vec::new)))
+        .map(|(bucket, moved)| SalesBucket {
+            net_revenue: amounts(moved),
+            ..SalesBucket::from(bucket)
+        })
+        .collect()
+}
+
+/// The events that earned the most in one currency over a period.
+#[derive(SimpleObject, Clone)]
+pub struct RevenueRanking {
+    pub currency: String,
+    /// Most net revenue first (ties by start); events that sell in this currency but earned
+    /// nothing in the period count as zero.
+    pub events: Vec<EventPeriodStats>,
 }
 
 #[derive(SimpleObject, Clone)]
@@ -235,6 +304,9 @@ pub struct PlatformStats {
     pub new_users: i32,
     /// The events that sold the most tickets in the period, most first.
     pub top_events: Vec<EventPeriodStats>,
+    /// Per currency (by code), the `top` events by net revenue in the period. Amounts of
+    /// different currencies are never added or compared.
+    pub top_events_by_revenue: Vec<RevenueRanking>,
     /// Every category with an event in the period, by name.
     pub categories: Vec<CategoryStats>,
     /// Bookings per local day.
@@ -261,7 +333,7 @@ pub async fn read_event_stats(
 ) -> AppResult<EventStats> {
     let mut conn = app.conn().await?;
     stats::event_for_analytics(&mut conn, viewer, event_id).await?;
-    stats::event_stats(&mut conn, event_id)
+    revenue::event_figures(&mut conn, event_id)
         .await?
         .map(EventStats::from)
         .ok_or(AppError::NotFound("event"))
@@ -284,9 +356,9 @@ impl AnalyticsQuery {
         Ok(read_event_stats(ctx.app(), &viewer, event_id).await?)
     }
 
-    /// Tickets sold and cancelled per hour or day of `timeZone` (an IANA name, default UTC),
-    /// covering `from` to `to` (at most 8,784 buckets). Same access as `eventStats`. Exact
-    /// when read.
+    /// Tickets sold and cancelled, and net revenue, per hour or day of `timeZone` (an IANA
+    /// name, default UTC), covering `from` to `to` (at most 8,784 buckets). Same access as
+    /// `eventStats`. Exact when read.
     async fn sales_over_time(
         &self,
         ctx: &Context<'_>,
@@ -303,12 +375,14 @@ impl AnalyticsQuery {
         let mut conn = ctx.app().conn().await?;
         stats::event_for_analytics(&mut conn, &viewer, event_id).await?;
         let buckets = stats::sales_over_time(&mut conn, event_id, &bounds).await?;
-        Ok(buckets.into_iter().map(SalesBucket::from).collect())
+        let money = revenue::net_revenue_buckets(&mut conn, Some(event_id), &bounds).await?;
+        Ok(buckets_with_revenue(buckets, money))
     }
 
     /// ORGANIZER or ADMIN: the caller's own events in the period (created before `to`,
-    /// ending after `from`), each with what it sold in the period (0 when nothing), and the
-    /// totals. Exact when read.
+    /// ending after `from`), each with what it sold and earned in the period (0 when
+    /// nothing), and the totals (revenue per currency: every one of the caller's events,
+    /// those listed and any other with a payment or refund in the period). Exact when read.
     async fn organizer_stats(
         &self,
         ctx: &Context<'_>,
@@ -319,18 +393,26 @@ impl AnalyticsQuery {
         ensure_organizer(&viewer)?;
         let mut conn = ctx.app().conn().await?;
         let (totals, events) = stats::organizer_stats(&mut conn, viewer.id(), from, to).await?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let money = PeriodRevenue::new(
+            revenue::period_revenue(&mut conn, Some(viewer.id()), from, to, &ids).await?,
+        );
         Ok(OrganizerStats {
             from,
             to,
-            totals: totals.into(),
-            events: events.into_iter().map(Into::into).collect(),
+            totals: PeriodTotals {
+                revenue: per_currency(&money.totals),
+                ..PeriodTotals::from(totals)
+            },
+            events: with_revenue(events, &money),
         })
     }
 
     /// ADMIN: the platform over the days of `timeZone` (default UTC) from the one holding
-    /// `from` to the one holding `to` (at most 366 × 24 days): totals, the `top` events by
-    /// tickets (default 10, at most 100), every category, bookings and new users per day.
-    /// Events without bookings count, as zeros. Exact when read.
+    /// `from` to the one holding `to` (at most 366 × 24 days): totals (revenue per currency
+    /// of every event), the `top` events by tickets and, per currency, by net revenue
+    /// (default 10, at most 100), every category, bookings, net revenue and new users per
+    /// day. Events without bookings count, as zeros. Exact when read.
     async fn platform_stats(
         &self,
         ctx: &Context<'_>,
@@ -350,21 +432,51 @@ impl AnalyticsQuery {
         let bounds = stats::buckets(from, to, periods::Interval::Day, tz)?;
         let mut conn = ctx.app().conn().await?;
         let platform = stats::platform_stats(&mut conn, &bounds, top as usize).await?;
+        let (from, to) = (bounds[0], bounds[bounds.len() - 1]);
+        let ids: Vec<Uuid> = platform.events.iter().map(|e| e.event_id).collect();
+        let money =
+            PeriodRevenue::new(revenue::period_revenue(&mut conn, None, from, to, &ids).await?);
+        let day_money = revenue::net_revenue_buckets(&mut conn, None, &bounds).await?;
+        let by_id: std::collections::HashMap<Uuid, &periods::EventFigures> =
+            platform.events.iter().map(|e| (e.event_id, e)).collect();
+        let top_events_by_revenue = money
+            .top_by_net(&ids, top as usize)
+            .into_iter()
+            .map(|(currency, events)| RevenueRanking {
+                currency,
+                events: with_revenue(events.iter().map(|id| by_id[id].clone()).collect(), &money),
+            })
+            .collect();
+        let category_events = |category: &str| {
+            platform
+                .events
+                .iter()
+                .filter(|e| e.category == category)
+                .map(|e| e.event_id)
+                .collect::<Vec<_>>()
+        };
         Ok(PlatformStats {
-            from: bounds[0],
-            to: bounds[bounds.len() - 1],
-            totals: platform.totals.into(),
+            from,
+            to,
+            totals: PeriodTotals {
+                revenue: per_currency(&money.totals),
+                ..PeriodTotals::from(platform.totals)
+            },
             new_users: count(platform.new_users),
-            top_events: platform.top_events.into_iter().map(Into::into).collect(),
+            top_events: with_revenue(platform.top_events.clone(), &money),
+            top_events_by_revenue,
             categories: platform
                 .categories
-                .into_iter()
+                .iter()
                 .map(|c| CategoryStats {
-                    category: c.category,
-                    totals: c.totals.into(),
+                    category: c.category.clone(),
+                    totals: PeriodTotals {
+                        revenue: money.of_events(category_events(&c.category)),
+                        ..PeriodTotals::from(c.totals)
+                    },
                 })
                 .collect(),
-            days: platform.days.into_iter().map(Into::into).collect(),
+            days: buckets_with_revenue(platform.days.clone(), day_money),
             new_users_per_day: platform
                 .new_users_per_day
                 .into_iter()

@@ -20,6 +20,7 @@ mod ids;
 pub mod loaders;
 mod orders;
 mod reservations;
+mod revenue;
 mod rsvp;
 pub mod seats;
 mod users;

@@ -17,6 +17,7 @@ use crate::db::commerce::{EventSales, Provider, Quota, TicketType};
 use crate::db::models::Event;
 use crate::db::schema::{events, quota_ticket_types, quotas, ticket_types};
 use crate::domain::Viewer;
+use crate::domain::audit::{self, Action};
 use crate::domain::changes::{Changes, Committed};
 use crate::domain::sale_rules::lock_event;
 use crate::domain::stock::Stock;
@@ -195,11 +196,20 @@ pub async fn create_ticket_type(
         check_type(&ticket_type)?;
         let mut changes = Changes::default();
         fix_currency(conn, &event, &currency, &mut changes).await?;
-        let inserted = diesel::insert_into(ticket_types::table)
+        let inserted: TicketType = diesel::insert_into(ticket_types::table)
             .values(&ticket_type)
             .returning(TicketType::as_returning())
             .get_result(conn)
             .await?;
+        let what = Action::on_sales("ticket_type.create", "ticket_type", inserted.id, event_id);
+        audit::record(
+            conn,
+            viewer,
+            what,
+            None,
+            Some(audit::ticket_type_fields(&inserted)),
+        )
+        .await?;
         Ok(Committed::new(inserted, changes))
     })
     .await
@@ -227,6 +237,7 @@ pub async fn update_ticket_type(
         ensure_manager(viewer, &event)?;
         // Read again under the lock: its counters may have moved.
         let mut ticket_type = find_ticket_type(conn, id).await?;
+        let before = audit::ticket_type_fields(&ticket_type);
         if let Some(name) = patch.name {
             ticket_type.name = required_text("name", &name, 200)?;
         }
@@ -273,6 +284,9 @@ pub async fn update_ticket_type(
             .returning(TicketType::as_returning())
             .get_result(conn)
             .await?;
+        let what = Action::on_sales("ticket_type.update", "ticket_type", id, event.id);
+        let after = audit::ticket_type_fields(&updated);
+        audit::record(conn, viewer, what, Some(before), Some(after)).await?;
         Ok(Committed::unchanged(updated))
     })
     .await
@@ -399,6 +413,15 @@ pub async fn create_quota(
             .values(&links)
             .execute(conn)
             .await?;
+        let what = Action::on_sales("quota.create", "quota", quota.id, event_id);
+        audit::record(
+            conn,
+            viewer,
+            what,
+            None,
+            Some(audit::quota_fields(&quota, ids)),
+        )
+        .await?;
         Ok(quota)
     })
     .await
@@ -459,7 +482,7 @@ pub async fn update_payment_settings(
         ensure_manager(viewer, &event)?;
         let current = event_sales(conn, event_id).await?;
         let refund_until = settings.refund_until.unwrap_or(current.refund_until);
-        Ok(diesel::update(events::table.find(event_id))
+        let updated = diesel::update(events::table.find(event_id))
             .set((
                 events::payment_provider.eq(settings.provider.unwrap_or(current.payment_provider)),
                 events::payment_window_days.eq(settings
@@ -470,7 +493,20 @@ pub async fn update_payment_settings(
             ))
             .returning(EventSales::as_returning())
             .get_result(conn)
-            .await?)
+            .await?;
+        let (old, new) = (
+            audit::payment_settings_fields(&current),
+            audit::payment_settings_fields(&updated),
+        );
+        audit::record(
+            conn,
+            viewer,
+            Action::on_event("event.payment_settings", event_id),
+            Some(old),
+            Some(new),
+        )
+        .await?;
+        Ok(updated)
     })
     .await
 }

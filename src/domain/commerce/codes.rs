@@ -14,6 +14,7 @@ use crate::db::commerce::{DiscountKind, PromoCode};
 use crate::db::models::Event;
 use crate::db::schema::{promo_code_ticket_types, promo_codes};
 use crate::domain::Viewer;
+use crate::domain::audit::{self, Action};
 use crate::domain::sale_rules::lock_event;
 use crate::domain::stock::Stock;
 use crate::error::{AppError, AppResult};
@@ -138,6 +139,15 @@ pub async fn create_promo_code(
             .values(&links)
             .execute(conn)
             .await?;
+        let what = Action::on_sales("promo_code.create", "promo_code", promo.id, event_id);
+        audit::record(
+            conn,
+            viewer,
+            what,
+            None,
+            Some(audit::promo_code_fields(&promo, &ids)),
+        )
+        .await?;
         Ok(promo)
     })
     .await

@@ -24,6 +24,7 @@ use crate::db::commerce::{Order, OrderLine, OrderStatus, Provider, Refund};
 use crate::db::models::{Event, Hold, HoldStatus};
 use crate::db::schema::{holds, orders, provider_events};
 use crate::domain::Viewer;
+use crate::domain::audit;
 use crate::domain::changes::{Changes, Committed};
 use crate::domain::freed_seats::{self, Ending};
 use crate::domain::inventory::Inventory;
@@ -130,8 +131,11 @@ pub async fn mark_order_paid(
                 refund: None,
             }));
         }
-        let total = order.total;
-        apply_payment(conn, event, order, total, reference).await
+        let (total, before) = (order.total, order.clone());
+        let paid = apply_payment(conn, event, order, total, reference).await?;
+        let (after, refund) = (&paid.value.order, paid.value.refund.as_ref());
+        audit::record_order_action(conn, viewer, "order.mark_paid", &before, after, refund).await?;
+        Ok(paid)
     })
     .await
 }

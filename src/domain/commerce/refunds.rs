@@ -20,6 +20,7 @@ use crate::db::commerce::{Order, OrderLine, OrderStatus, Refund, RefundStatus, T
 use crate::db::models::{Booking, BookingStatus, HoldStatus};
 use crate::db::schema::{bookings, order_lines, orders, refunds, tickets};
 use crate::domain::Viewer;
+use crate::domain::audit;
 use crate::domain::changes::{Changes, Committed};
 use crate::domain::freed_seats::{self, Ending};
 use crate::domain::inventory::Inventory;
@@ -136,7 +137,10 @@ pub async fn refund_order(
     conn.transaction(async move |conn| {
         let (event, order) = lock_order(conn, order_id).await?;
         ensure_manager(viewer, &event)?;
-        start(conn, event, order, request).await
+        let started = start(conn, event, order.clone(), request).await?;
+        let (after, refund) = (&started.value.order, started.value.refund.as_ref());
+        audit::record_order_action(conn, viewer, "order.refund", &order, after, refund).await?;
+        Ok(started)
     })
     .await
 }
@@ -277,7 +281,9 @@ pub async fn cancel_order(
         if order.user_id != viewer.id() && !viewer.is_admin() {
             return Err(AppError::NotFound("order"));
         }
-        match order.status {
+        // An admin cancelling someone else's order is an admin action: audited.
+        let before = (order.user_id != viewer.id()).then(|| order.clone());
+        let cancelled = match order.status {
             OrderStatus::PendingPayment => {
                 let mut changes = Changes::default();
                 let mut inventory = Inventory::new(event);
@@ -335,7 +341,13 @@ pub async fn cancel_order(
                 order,
                 refund: None,
             })),
+        }?;
+        if let Some(before) = before.filter(|_| cancelled.changed()) {
+            let (after, refund) = (&cancelled.value.order, cancelled.value.refund.as_ref());
+            audit::record_order_action(conn, viewer, "order.cancel", &before, after, refund)
+                .await?;
         }
+        Ok(cancelled)
     })
     .await
 }
@@ -485,7 +497,9 @@ pub async fn finish_refund(
         }
         let mut inventory = Inventory::new(event);
         release_lines(conn, &mut inventory, &refund.line_ids, &mut changes).await?;
-        inventory.save(conn, &mut changes).await?;
+        let saved = inventory.save(conn, &mut changes).await?;
+        // Money moved even when no seat did: the event's watchers (eventStatsUpdated) re-read.
+        changes.event.get_or_insert(saved);
         let order: Order = diesel::update(orders::table.find(order.id))
             .set(orders::amount_refunded.eq(orders::amount_refunded + refund.amount))
             .returning(Order::as_returning())

@@ -318,7 +318,8 @@ pub async fn cancel_event(
         changes.bookings = bookings;
         freed_seats::end_all(conn, &current, HoldStatus::Released, &mut changes).await?;
         // Paid orders get a PENDING refund each, carried out once this commits.
-        stock::refund_cancelled_event(conn, id, &mut changes).await?;
+        let refunds = stock::refund_cancelled_event(conn, id, &mut changes).await?;
+        audit::record_event_refunds(conn, actor, id, &refunds).await?;
         freed_seats::close_all(conn, id, &mut changes).await?;
         freed_seats::cancel_all(conn, id).await?;
         let event = diesel::update(events::table.find(id))

@@ -1,6 +1,7 @@
 //! Analytics for organizers and admins, read from the committed rows: one event's figures
 //! ([`event`]), figures over a period in buckets of a time zone ([`periods`]), and the
-//! attendee list a page at a time for the CSV export ([`attendees`]).
+//! attendee list a page at a time for the CSV export ([`attendees`]), revenue per currency,
+//! ticket type and promo code ([`revenue`]) and the orders for their export ([`orders`]).
 //!
 //! Every figure is exact at the moment it is read: each is one SQL statement (one snapshot)
 //! over the bookings, waiting-list entries and answers themselves, or the event's own
@@ -11,7 +12,9 @@
 
 pub mod attendees;
 pub mod event;
+pub mod orders;
 pub mod periods;
+pub mod revenue;
 
 use uuid::Uuid;
 

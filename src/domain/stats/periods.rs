@@ -341,6 +341,8 @@ pub struct CategoryFigures {
 #[derive(Debug, Clone)]
 pub struct PlatformStats {
     pub totals: Totals,
+    /// Every event in the period, by start (what the totals count).
+    pub events: Vec<EventFigures>,
     pub new_users: i64,
     /// The events with the most tickets sold in the period, most first (ties by start).
     pub top_events: Vec<EventFigures>,
@@ -373,7 +375,7 @@ pub async fn platform_stats(
             .or_default()
             .add(event);
     }
-    let mut top_events = events;
+    let mut top_events = events.clone();
     top_events.sort_by(|a, b| {
         b.tickets_sold
             .cmp(&a.tickets_sold)
@@ -407,6 +409,7 @@ pub async fn platform_stats(
     }
     Ok(PlatformStats {
         totals,
+        events,
         new_users: new_users_per_day.iter().map(|(_, n)| n).sum(),
         top_events,
         categories: categories

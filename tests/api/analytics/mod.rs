@@ -2,9 +2,12 @@
 //! time-zone buckets, the audit log, the CSV export and the live figures.
 
 mod audit;
+mod commerce_audit;
 mod dashboard;
 mod exports;
 mod live;
+mod orders_export;
+mod revenue;
 mod stats;
 
 use diesel::QueryableByName;

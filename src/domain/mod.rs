@@ -16,8 +16,10 @@
 //!    the event through `rows`), and [`audit`] (the append-only audit log every organizer and
 //!    admin command writes in its own transaction). No other domain import.
 //! 2. **Middle: the inventory and where freed seats go.** [`inventory`] (an event's counters
-//!    under its lock), [`seats`] (numbered seats), and [`freed_seats`] (hold expiry,
-//!    waiting-list promotion and offers, which call each other by nature), which uses both.
+//!    under its lock), [`seats`] (numbered seats), [`stock`] (ticket types' and quotas'
+//!    counters), and [`freed_seats`] (hold expiry, waiting-list promotion and offers, which
+//!    call each other by nature), which uses them and [`waitlist_orders`] (the orders offered
+//!    to the waiting list of an event that sells ticket types).
 //! 3. **Top: the commands.** [`bookings`], [`holds`], [`waitlist`], [`rsvp`], [`events`]
 //!    (queries, rules, lifecycle), [`venues`], [`sweeps`] (the sweeper's transactions),
 //!    [`auth`] and [`users`]. They import the layers below, and each other only one way:
@@ -55,6 +57,7 @@ pub mod user_limits;
 pub mod users;
 pub mod venues;
 pub mod waitlist;
+pub mod waitlist_orders;
 
 use crate::db::models::{Role, User};
 

@@ -8,7 +8,7 @@
 use std::sync::Weak;
 
 use crate::app::{App, AppState};
-use crate::domain::{events, sweeps};
+use crate::domain::{events, sweeps, waitlist};
 
 /// Events swept per round; more wait for the next round.
 const EVENTS_PER_ROUND: i64 = 100;
@@ -84,7 +84,13 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
     // Refunds the provider could not take at once, or that a cancelled event recorded, and
     // card orders whose webhook may never have come. These take connections of their own
     // between provider calls: give this one back first, or a round holds two.
+    // Orders offered to a waiting list get their payment intent now, out of the transaction
+    // that offered them.
+    let offers = waitlist::offers_awaiting_intent(&mut conn, EVENTS_PER_ROUND).await?;
     drop(conn);
+    for order in offers {
+        crate::checkout::ensure_intent(app, order).await?;
+    }
     swept += crate::checkout::send_pending_refunds(app, REFUND_RETRY_AGE, EVENTS_PER_ROUND).await?;
     crate::checkout::reconcile(app, app.config.reconcile_after, EVENTS_PER_ROUND).await?;
     Ok(swept)

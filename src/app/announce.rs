@@ -14,8 +14,8 @@ use crate::domain::group_commit::{Announcer, SeatVersions};
 use crate::realtime::{Bus, OrderUpdate, SeatMapUpdate, SeatUpdate, Topic, Update};
 
 /// Announces what a committed transaction changed: the event's seat counts (and, when its
-/// details changed, the event itself) to its watchers, each booking, hold and waiting-list
-/// entry to its owner's `myBookingUpdates`, and the seats whose state changed to the event's
+/// details changed, the event itself) to its watchers, each booking, hold, waiting-list entry
+/// and order to its owner's `myBookingUpdates` (and each order to its `orderUpdated`), and the seats whose state changed to the event's
 /// `seatMap` (seat changes always come with the event's new version).
 pub(super) fn publish(bus: &Bus, changes: Changes) {
     crate::telemetry::metrics::record_expired_holds(&changes.holds);
@@ -49,14 +49,16 @@ pub(super) fn publish(bus: &Bus, changes: Changes) {
             .into_iter()
             .map(|w| Update::Waitlist(Arc::new(w))),
     );
-    updates.extend(changes.orders.into_iter().map(|order| {
-        Update::Order(OrderUpdate {
+    for order in changes.orders {
+        let update = OrderUpdate {
             order_id: order.id,
             user_id: order.user_id,
             event_id: order.event_id,
             version: order.version,
-        })
-    }));
+        };
+        updates.push(Update::UserOrder(update.clone()));
+        updates.push(Update::Order(update));
+    }
     bus.publish_all(updates);
 }
 

@@ -55,6 +55,8 @@ pub struct TicketType {
     pub hidden: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The seat-map sections its seats must be in (a theatre's tier); empty: any seat.
+    pub sections: Vec<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -244,6 +244,8 @@ pub struct WaitlistEntry {
     pub booking_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The ticket type an entry of an event that sells them waits for.
+    pub ticket_type_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

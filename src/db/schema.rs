@@ -133,6 +133,7 @@ diesel::table! {
         booking_id -> Nullable<Uuid>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        ticket_type_id -> Nullable<Uuid>,
     }
 }
 
@@ -178,6 +179,7 @@ diesel::table! {
         hidden -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        sections -> Array<Text>,
     }
 }
 

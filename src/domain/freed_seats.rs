@@ -3,7 +3,9 @@
 //! by a guarded `UPDATE ... WHERE status = 'HELD'`; the seats it frees, like those of a
 //! cancelled booking or of more capacity, go to the waiting list first ([`promote`]): each
 //! waiting entry in order whose quantity fits what is free gets an offer, a hold of its own
-//! lasting the event's `offer_minutes` (an RSVP's entry is booked straight away). An offer that
+//! lasting the event's `offer_minutes` (an RSVP's entry is booked straight away; an entry of an
+//! event that sells ticket types is offered an order pending payment, see
+//! [`super::waitlist_orders`]). An offer that
 //! lapses ends its hold, which frees its seats for the next in line. So hold expiry, promotion
 //! and offers call each other by nature, and live here together.
 //!
@@ -32,6 +34,7 @@ use super::sale_rules::unbookable_reason;
 use super::seats::{self, SeatOwner};
 use super::stock;
 use super::user_limits::{hold_cap, seats_held_by, seats_of_user};
+use super::waitlist_orders::{self, TicketedList};
 use crate::db::models::{
     Booking, Event, Hold, HoldStatus, RsvpResponse, WaitlistEntry, WaitlistStatus,
 };
@@ -236,6 +239,7 @@ pub(crate) async fn insert_entry(
     user_id: Uuid,
     quantity: i32,
     rsvp: bool,
+    ticket_type_id: Option<Uuid>,
 ) -> AppResult<WaitlistEntry> {
     let now = Utc::now();
     let entry = WaitlistEntry {
@@ -249,6 +253,7 @@ pub(crate) async fn insert_entry(
         booking_id: None,
         created_at: now,
         updated_at: now,
+        ticket_type_id,
     };
     Ok(diesel::insert_into(waitlist_entries::table)
         .values(&entry)
@@ -320,11 +325,12 @@ pub async fn promote(
     if unbookable_reason(&event).is_some() {
         return Ok(());
     }
-    // An event that sells ticket types sells only through orders: an offer (a bare hold)
-    // could not be paid for, so freed seats go straight back on sale.
-    if event.currency.is_some() {
-        return Ok(());
-    }
+    // An event that sells ticket types sells only through orders: its entries are offered
+    // orders pending payment ([`waitlist_orders`]), and each depends on its type's stock.
+    let mut ticketed = match event.currency {
+        Some(_) => Some(TicketedList::load(conn, event.id).await?),
+        None => None,
+    };
     let mut after: Option<(chrono::DateTime<Utc>, Uuid)> = None;
     while inventory.available > 0 {
         let mut query = waitlist_entries::table
@@ -352,12 +358,20 @@ pub async fn promote(
         let exhausted = (waiting.len() as i64) < PROMOTE_CHUNK;
         for entry in waiting {
             if entry.quantity > inventory.available
+                || ticketed
+                    .as_ref()
+                    .is_some_and(|list| !list.fits(&entry, inventory.available))
                 || !within_limits(conn, &inventory.event, &entry).await?
             {
                 continue;
             }
             let promoted = if entry.rsvp {
                 book_entry(conn, inventory, &entry, changes).await?
+            } else if let Some(list) = &mut ticketed {
+                let promoted = offer_order(conn, inventory, list, &entry, changes).await?;
+                // The type's and its quotas' counters moved: read them again for the next.
+                *list = TicketedList::load(conn, event.id).await?;
+                promoted
             } else {
                 offer(conn, inventory, &entry, changes).await?
             };
@@ -450,6 +464,63 @@ async fn offer(
         .returning(WaitlistEntry::as_returning())
         .get_result(conn)
         .await?)
+}
+
+/// Offers an entry of an event that sells ticket types an order pending payment for its
+/// seats, kept by a hold of its own (see [`waitlist_orders`]).
+async fn offer_order(
+    conn: &mut AsyncPgConnection,
+    inventory: &mut Inventory,
+    list: &TicketedList,
+    entry: &WaitlistEntry,
+    changes: &mut Changes,
+) -> AppResult<WaitlistEntry> {
+    let event = inventory.event.clone();
+    let hold = insert_hold(
+        conn,
+        &event,
+        entry.user_id,
+        entry.quantity,
+        list.offer_minutes(&event),
+    )
+    .await?;
+    waitlist_orders::offer_order(conn, &event, list, entry, &hold, changes).await?;
+    inventory.hold(entry.quantity);
+    changes.holds.push(hold.clone());
+    Ok(diesel::update(waitlist_entries::table.find(entry.id))
+        .set((
+            waitlist_entries::status.eq(WaitlistStatus::Offered),
+            waitlist_entries::hold_id.eq(hold.id),
+            waitlist_entries::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(WaitlistEntry::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// An offer's hold was confirmed by paying its order: the entry is FULFILLED with the order's
+/// first booking.
+pub(crate) async fn fulfil_offer(
+    conn: &mut AsyncPgConnection,
+    hold_id: Uuid,
+    booking_id: Option<Uuid>,
+    changes: &mut Changes,
+) -> AppResult<()> {
+    let fulfilled: Vec<WaitlistEntry> = diesel::update(
+        waitlist_entries::table
+            .filter(waitlist_entries::hold_id.eq(hold_id))
+            .filter(waitlist_entries::status.eq(WaitlistStatus::Offered)),
+    )
+    .set((
+        waitlist_entries::status.eq(WaitlistStatus::Fulfilled),
+        waitlist_entries::booking_id.eq(booking_id),
+        waitlist_entries::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(WaitlistEntry::as_returning())
+    .get_results(conn)
+    .await?;
+    changes.waitlist.extend(fulfilled);
+    Ok(())
 }
 
 /// Books an RSVP's entry straight away.

@@ -16,8 +16,10 @@
 //!    the event through `rows`), and [`audit`] (the append-only audit log every organizer and
 //!    admin command writes in its own transaction). No other domain import.
 //! 2. **Middle: the inventory and where freed seats go.** [`inventory`] (an event's counters
-//!    under its lock), [`seats`] (numbered seats), and [`freed_seats`] (hold expiry,
-//!    waiting-list promotion and offers, which call each other by nature), which uses both.
+//!    under its lock), [`seats`] (numbered seats), [`stock`] (ticket types' and quotas'
+//!    counters), and [`freed_seats`] (hold expiry, waiting-list promotion and offers, which
+//!    call each other by nature), which uses them and [`waitlist_orders`] (the orders offered
+//!    to the waiting list of an event that sells ticket types).
 //! 3. **Top: the commands.** [`bookings`], [`holds`], [`waitlist`], [`rsvp`], [`events`]
 //!    (queries, rules, lifecycle), [`venues`], [`sweeps`] (the sweeper's transactions),
 //!    [`auth`] and [`users`]. They import the layers below, and each other only one way:
@@ -55,6 +57,7 @@ pub mod user_limits;
 pub mod users;
 pub mod venues;
 pub mod waitlist;
+pub mod waitlist_orders;
 
 use crate::db::models::{Role, User};
 
@@ -97,21 +100,22 @@ mod layering {
         ("inventory", 2),
         ("seats", 2),
         ("stock", 2),
-        ("freed_seats", 3),
-        ("auth", 4),
-        ("bookings", 4),
-        ("commerce", 4),
-        ("events", 4),
-        ("holds", 4),
-        ("rsvp", 4),
-        ("sweeps", 4),
-        ("venues", 4),
-        ("waitlist", 4),
-        ("users", 5),
-        ("group_commit", 6),
-        ("seed", 6),
-        ("stats", 6),
-        ("session_cache", 5),
+        ("waitlist_orders", 3),
+        ("freed_seats", 4),
+        ("auth", 5),
+        ("bookings", 5),
+        ("commerce", 5),
+        ("events", 5),
+        ("holds", 5),
+        ("rsvp", 5),
+        ("sweeps", 5),
+        ("venues", 5),
+        ("waitlist", 5),
+        ("users", 6),
+        ("group_commit", 7),
+        ("seed", 7),
+        ("stats", 7),
+        ("session_cache", 6),
     ];
 
     fn rank(module: &str) -> u8 {

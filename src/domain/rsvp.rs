@@ -82,7 +82,7 @@ pub async fn respond(
                     booking = Some(taken);
                 } else {
                     let waiting =
-                        freed_seats::insert_entry(conn, event_id, user_id, 1, true).await?;
+                        freed_seats::insert_entry(conn, event_id, user_id, 1, true, None).await?;
                     changes.waitlist.push(waiting.clone());
                     entry = Some(waiting);
                 }

@@ -78,6 +78,21 @@ pub async fn claim(
     seat_ids: &[Uuid],
     changes: &mut Changes,
 ) -> AppResult<()> {
+    claim_in(conn, event, owner, quantity, seat_ids, &[], changes).await
+}
+
+/// [`claim`], within `sections` of the seat map when there are any (a ticket type's tier): a
+/// named seat elsewhere is refused with SEAT_NOT_IN_TICKET_TYPE, the best seats are chosen
+/// there.
+pub async fn claim_in(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    owner: SeatOwner,
+    quantity: i32,
+    seat_ids: &[Uuid],
+    sections: &[String],
+    changes: &mut Changes,
+) -> AppResult<()> {
     let Some(venue_id) = event.venue_id else {
         if !seat_ids.is_empty() {
             return Err(AppError::bad_input(
@@ -88,9 +103,24 @@ pub async fn claim(
         return Ok(());
     };
     let seats: Vec<VenueSeat> = if seat_ids.is_empty() {
-        best_available(conn, event.id, venue_id, quantity).await?
+        best_available(conn, event.id, venue_id, quantity, sections).await?
     } else {
-        named_seats(conn, event.id, venue_id, seat_ids).await?
+        let seats = named_seats(conn, event.id, venue_id, seat_ids).await?;
+        if !sections.is_empty()
+            && let Some(seat) = seats.iter().find(|seat| !sections.contains(&seat.section))
+        {
+            return Err(AppError::BadUserInput {
+                message: format!(
+                    "seat {} is in section {}, which this ticket type does not sell ({})",
+                    EventSeat::new(seat.clone(), SeatState::Available).label(),
+                    seat.section,
+                    sections.join(", ")
+                ),
+                field: Some("seatIds"),
+                reason: Some("SEAT_NOT_IN_TICKET_TYPE"),
+            });
+        }
+        seats
     };
     if seats.len() < quantity as usize {
         return Err(AppError::SoldOut {
@@ -138,19 +168,25 @@ pub async fn claim(
     Ok(())
 }
 
-/// The `quantity` free seats that come first in the venue's order.
+/// The `quantity` free seats that come first in the venue's order (in `sections`, if any).
 async fn best_available(
     conn: &mut AsyncPgConnection,
     event_id: Uuid,
     venue_id: Uuid,
     quantity: i32,
+    sections: &[String],
 ) -> AppResult<Vec<VenueSeat>> {
     let claimed = seat_claims::table
         .filter(seat_claims::event_id.eq(event_id))
         .filter(seat_claims::seat_id.eq(venue_seats::id));
-    Ok(venue_seats::table
+    let mut query = venue_seats::table
         .filter(venue_seats::venue_id.eq(venue_id))
         .filter(diesel::dsl::not(diesel::dsl::exists(claimed)))
+        .into_boxed();
+    if !sections.is_empty() {
+        query = query.filter(venue_seats::section.eq_any(sections));
+    }
+    Ok(query
         .order(venue_seats::position.asc())
         .limit(quantity.into())
         .select(VenueSeat::as_select())

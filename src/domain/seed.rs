@@ -446,6 +446,11 @@ async fn seed_sales(conn: &mut AsyncPgConnection, organizer: &User) -> AppResult
         min_per_order: None,
         max_per_order: None,
         hidden,
+        sections: Vec::new(),
+    };
+    let tier = |name: &str, cents: i64| NewTicketType {
+        sections: vec![name.into()],
+        ..price(name, cents, None, false)
     };
     let mut created = 0;
     let now = Utc::now();
@@ -571,7 +576,7 @@ async fn seed_sales(conn: &mut AsyncPgConnection, organizer: &User) -> AppResult
         catalog::create_ticket_type(conn, &owner, meetup.id, price("Community", 0, None, false))
             .await?;
     }
-    // The theatre's two sections as tiers: each type as many as its section has seats.
+    // The theatre's two sections as tiers: each type sells the seats of its section.
     let theatre = demo_event_id(100);
     let theatre_currency: Option<Option<String>> = events::table
         .find(theatre)
@@ -580,20 +585,8 @@ async fn seed_sales(conn: &mut AsyncPgConnection, organizer: &User) -> AppResult
         .await
         .optional()?;
     if theatre_currency == Some(None) {
-        catalog::create_ticket_type(
-            conn,
-            &owner,
-            theatre,
-            price("Stalls", 4500, Some(34), false),
-        )
-        .await?;
-        catalog::create_ticket_type(
-            conn,
-            &owner,
-            theatre,
-            price("Balcony", 3000, Some(16), false),
-        )
-        .await?;
+        catalog::create_ticket_type(conn, &owner, theatre, tier("Stalls", 4500)).await?;
+        catalog::create_ticket_type(conn, &owner, theatre, tier("Balcony", 3000)).await?;
     }
     Ok(created)
 }

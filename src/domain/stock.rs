@@ -65,6 +65,9 @@ pub struct Stock {
     pub quotas: HashMap<Uuid, Quota>,
     /// Quota id → the types it counts.
     pub members: HashMap<Uuid, Vec<Uuid>>,
+    /// The free seats of each section of the seat map, read only when a type is tied to
+    /// sections (a theatre's tiers).
+    pub free_by_section: HashMap<String, i32>,
 }
 
 impl Stock {
@@ -93,11 +96,31 @@ impl Stock {
         for (quota, ticket_type) in links {
             members.entry(quota).or_default().push(ticket_type);
         }
+        let free_by_section = if types.iter().any(|t| !t.sections.is_empty()) {
+            free_by_section(conn, event_id).await?
+        } else {
+            HashMap::new()
+        };
         Ok(Self {
             types: types.into_iter().map(|t| (t.id, t)).collect(),
             quotas: quota_rows.into_iter().map(|q| (q.id, q)).collect(),
             members,
+            free_by_section,
         })
+    }
+
+    /// The free seats of the sections a type is tied to; `None` when it takes any seat.
+    pub fn section_available(&self, ticket_type: &TicketType) -> Option<i32> {
+        if ticket_type.sections.is_empty() {
+            return None;
+        }
+        Some(
+            ticket_type
+                .sections
+                .iter()
+                .filter_map(|section| self.free_by_section.get(section))
+                .sum(),
+        )
     }
 
     /// The quotas a type counts against.
@@ -116,7 +139,8 @@ impl Stock {
         };
         let own = ticket_type
             .quantity
-            .map_or(i32::MAX, |q| q - ticket_type.held - ticket_type.sold);
+            .map_or(i32::MAX, |q| q - ticket_type.held - ticket_type.sold)
+            .min(self.section_available(ticket_type).unwrap_or(i32::MAX));
         self.quotas_of(type_id)
             .map(|q| q.available)
             .fold(own.min(event_available), i32::min)
@@ -145,6 +169,42 @@ impl Stock {
         }
         Ok(())
     }
+}
+
+/// The free (unclaimed) seats of each section of the event's seat map.
+async fn free_by_section(
+    conn: &mut AsyncPgConnection,
+    event_id: Uuid,
+) -> AppResult<HashMap<String, i32>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        section: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        free: i64,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT s.section, count(*) AS free FROM venue_seats s \
+         JOIN events e ON e.venue_id = s.venue_id AND e.id = $1 \
+         WHERE NOT EXISTS (SELECT 1 FROM seat_claims c WHERE c.event_id = $1 AND c.seat_id = s.id) \
+         GROUP BY s.section",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(event_id)
+    .load(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.section, i32::try_from(row.free).unwrap_or(i32::MAX)))
+        .collect())
+}
+
+/// The sections a ticket type's seats must be in (empty: any seat).
+pub async fn sections_of(conn: &mut AsyncPgConnection, type_id: Uuid) -> AppResult<Vec<String>> {
+    Ok(ticket_types::table
+        .find(type_id)
+        .select(ticket_types::sections)
+        .first(conn)
+        .await?)
 }
 
 /// Moves `demand` between the counters of its types and of every quota they belong to. The

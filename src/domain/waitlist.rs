@@ -12,10 +12,12 @@ use uuid::Uuid;
 use super::changes::{Changes, Committed};
 use super::freed_seats::{self, active_entry, insert_entry};
 use super::inventory::Inventory;
-use super::sale_rules::{check_sellable, lock_event_for};
+use super::sale_rules::{check_sellable, lock_event_for, unbookable_reason};
+use super::stock::Stock;
 use super::user_limits::check_user_limit;
+use crate::db::commerce::TicketType;
 use crate::db::models::{RsvpResponse, WaitlistEntry, WaitlistStatus};
-use crate::db::schema::{rsvps, waitlist_entries};
+use crate::db::schema::{rsvps, ticket_types, waitlist_entries};
 use crate::error::{AppError, AppResult};
 
 /// A waiting-list entry and its place in the queue (1 is next; none once it has an offer or
@@ -30,11 +32,14 @@ pub struct PlacedEntry {
 
 /// Puts the user on the event's waiting list. Only a sold-out event has one: with enough
 /// seats free, book them instead. Joining again with the same quantity returns the same entry.
+/// An event that sells ticket types has one per type: `ticket_type_id` names the type waited
+/// for (required there, refused elsewhere), and an entry is offered an order for it.
 pub async fn join(
     conn: &mut AsyncPgConnection,
     user_id: Uuid,
     event_id: Uuid,
     quantity: i32,
+    ticket_type_id: Option<Uuid>,
 ) -> AppResult<Committed<PlacedEntry>> {
     if quantity < 1 {
         return Err(AppError::bad_input(
@@ -45,9 +50,28 @@ pub async fn join(
     let entry = conn
         .transaction(async move |conn| {
             let event = lock_event_for(conn, event_id, user_id).await?;
-            check_sellable(&event, quantity)?;
+            match (&event.currency, ticket_type_id) {
+                (None, None) => check_sellable(&event, quantity)?,
+                (None, Some(_)) => {
+                    return Err(AppError::BadUserInput {
+                        message: "this event sells no ticket types".into(),
+                        field: Some("ticketTypeId"),
+                        reason: Some("NO_TICKET_TYPES"),
+                    });
+                }
+                (Some(_), None) => {
+                    return Err(AppError::BadUserInput {
+                        message: "this event sells ticket types: say which one you wait for".into(),
+                        field: Some("ticketTypeId"),
+                        reason: Some("TICKET_TYPE_REQUIRED"),
+                    });
+                }
+                (Some(_), Some(type_id)) => {
+                    check_waitable_type(conn, &event, type_id, quantity).await?;
+                }
+            }
             if let Some(existing) = active_entry(conn, event_id, user_id).await? {
-                if existing.quantity != quantity {
+                if existing.quantity != quantity || existing.ticket_type_id != ticket_type_id {
                     return Err(AppError::Conflict(format!(
                         "you are already on this waiting list for {} seats; leave it first to change that",
                         existing.quantity
@@ -60,16 +84,22 @@ pub async fn join(
             let mut inventory = Inventory::new(event);
             freed_seats::catch_up(conn, &mut inventory, &mut changes).await?;
             freed_seats::take_from_expired(conn, &mut inventory, quantity, &mut changes).await?;
-            if inventory.available >= quantity {
+            let available = match ticket_type_id {
+                Some(type_id) => Stock::load(conn, event_id)
+                    .await?
+                    .available(type_id, inventory.available),
+                None => inventory.available,
+            };
+            if available >= quantity {
                 return Err(AppError::not_possible(
                     "SEATS_AVAILABLE",
                     format!(
-                        "{} seats are available: book them instead",
-                        inventory.available
+                        "{available} seats are available: book them instead"
                     ),
                 ));
             }
-            let entry = insert_entry(conn, event_id, user_id, quantity, false).await?;
+            let entry =
+                insert_entry(conn, event_id, user_id, quantity, false, ticket_type_id).await?;
             inventory.save(conn, &mut changes).await?;
             changes.waitlist.push(entry.clone());
             Ok((entry, changes))
@@ -124,6 +154,46 @@ pub async fn leave(
         Ok(Committed::new(Some(left), changes))
     })
     .await
+}
+
+/// Refuses to queue for a ticket type that an entry could never be offered: one of another
+/// event, a hidden one, a free one (nothing to pay: with a seat free it is ordered at once), or
+/// a quantity outside what one order of it may have.
+async fn check_waitable_type(
+    conn: &mut AsyncPgConnection,
+    event: &crate::db::models::Event,
+    type_id: Uuid,
+    quantity: i32,
+) -> AppResult<()> {
+    if let Some(reason) = unbookable_reason(event) {
+        return Err(reason);
+    }
+    let ticket_type: TicketType = ticket_types::table
+        .find(type_id)
+        .filter(ticket_types::event_id.eq(event.id))
+        .filter(ticket_types::hidden.eq(false))
+        .select(TicketType::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(AppError::NotFound("ticket type"))?;
+    if ticket_type.price_amount == 0 {
+        return Err(AppError::not_possible(
+            "FREE_TICKET_TYPE",
+            "a free ticket type has no waiting list",
+        ));
+    }
+    if quantity < ticket_type.min_per_order || quantity > ticket_type.max_per_order {
+        return Err(AppError::BadUserInput {
+            message: format!(
+                "{} is sold {} to {} per order",
+                ticket_type.name, ticket_type.min_per_order, ticket_type.max_per_order
+            ),
+            field: Some("quantity"),
+            reason: Some("QUANTITY_OUT_OF_RANGE"),
+        });
+    }
+    Ok(())
 }
 
 const PLACED: &str = "SELECT e.*, \
@@ -192,4 +262,41 @@ pub async fn offers_among(
         .load(conn)
         .await?;
     Ok(rows.into_iter().flatten().collect())
+}
+
+/// The order an entry of a ticketed event was offered: the one its hold keeps the seats of.
+pub async fn offered_order(
+    conn: &mut AsyncPgConnection,
+    hold_id: Uuid,
+) -> AppResult<Option<crate::db::commerce::Order>> {
+    use crate::db::schema::orders;
+    Ok(orders::table
+        .filter(orders::hold_id.eq(hold_id))
+        .select(crate::db::commerce::Order::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Orders offered to the waiting list that still wait for their payment intent (it is created
+/// after the commit that offered them, by the sweeper), oldest first.
+pub async fn offers_awaiting_intent(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+) -> AppResult<Vec<crate::db::commerce::Order>> {
+    use crate::db::commerce::{Order, OrderStatus};
+    use crate::db::schema::orders;
+    let offered = waitlist_entries::table
+        .filter(waitlist_entries::status.eq(WaitlistStatus::Offered))
+        .filter(waitlist_entries::ticket_type_id.is_not_null())
+        .select(waitlist_entries::hold_id);
+    Ok(orders::table
+        .filter(orders::status.eq(OrderStatus::PendingPayment))
+        .filter(orders::intent_id.is_null())
+        .filter(orders::hold_id.eq_any(offered))
+        .order(orders::created_at)
+        .select(Order::as_select())
+        .limit(limit)
+        .load(conn)
+        .await?)
 }

@@ -67,6 +67,8 @@ pub struct TicketTypeView {
     pub event_available: i32,
     /// The least of its quotas' free tickets, when it is in any.
     pub quota_available: Option<i32>,
+    /// The free seats of its sections, when it is tied to some.
+    pub section_available: Option<i32>,
 }
 
 #[Object(name = "TicketType")]
@@ -107,8 +109,13 @@ impl TicketTypeView {
     async fn sold(&self) -> i32 {
         self.row.sold
     }
+    /// The sections of the event's seat map its seats are in (a theatre's tier: "Stalls" is
+    /// section A); empty: any seat.
+    async fn sections(&self) -> &[String] {
+        &self.row.sections
+    }
     /// Tickets of this type that can still be ordered: the least of its own quantity, its
-    /// quotas and the event's free seats.
+    /// quotas, the free seats of its sections and the event's free seats.
     async fn available(&self) -> i32 {
         let own = self
             .row
@@ -116,6 +123,7 @@ impl TicketTypeView {
             .map_or(i32::MAX, |q| q - self.row.held - self.row.sold);
         own.min(self.event_available)
             .min(self.quota_available.unwrap_or(i32::MAX))
+            .min(self.section_available.unwrap_or(i32::MAX))
             .max(0)
     }
 }
@@ -137,6 +145,7 @@ pub(super) async fn event_ticket_types(
         .into_iter()
         .map(|row| TicketTypeView {
             quota_available: stock.quotas_of(row.id).map(|q| q.available).min(),
+            section_available: stock.section_available(&row),
             event_available: event.seats_available,
             row,
         })
@@ -289,6 +298,10 @@ pub struct CreateTicketTypeInput {
     pub max_per_order: Option<i32>,
     #[graphql(default)]
     pub hidden: bool,
+    /// At a seated event, the sections of its seat map this type sells seats in (a theatre's
+    /// tiers); a seat elsewhere is refused (SEAT_NOT_IN_TICKET_TYPE). Default: any seat.
+    #[graphql(default)]
+    pub sections: Vec<String>,
 }
 
 #[derive(InputObject)]
@@ -302,6 +315,8 @@ pub struct UpdateTicketTypeInput {
     pub min_per_order: Option<i32>,
     pub max_per_order: Option<i32>,
     pub hidden: Option<bool>,
+    /// The sections it sells seats in; [] for any seat; absent or null: unchanged.
+    pub sections: Option<Vec<String>>,
 }
 
 fn patch<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
@@ -365,6 +380,7 @@ impl CommerceMutation {
             min_per_order: input.min_per_order,
             max_per_order: input.max_per_order,
             hidden: input.hidden,
+            sections: input.sections,
         };
         let app = ctx.app();
         let mut conn = app.conn().await?;
@@ -391,6 +407,7 @@ impl CommerceMutation {
             min_per_order: input.min_per_order,
             max_per_order: input.max_per_order,
             hidden: input.hidden,
+            sections: input.sections,
         };
         let app = ctx.app();
         let mut conn = app.conn().await?;
@@ -474,6 +491,7 @@ async fn view_of(ctx: &Context<'_>, row: TicketType) -> async_graphql::Result<Ti
     let stock = crate::domain::stock::Stock::load(&mut conn, event.id).await?;
     Ok(TicketTypeView {
         quota_available: stock.quotas_of(row.id).map(|q| q.available).min(),
+        section_available: stock.section_available(&row),
         event_available: event.seats_available,
         row,
     })

@@ -66,17 +66,23 @@ pub struct OrderView(pub Order);
 
 #[Object(name = "Order")]
 impl OrderView {
-    async fn id(&self) -> ID {
+    pub(crate) async fn id(&self) -> ID {
         to_id(self.0.id)
     }
     async fn status(&self) -> OrderStatus {
         self.0.status.into()
     }
-    async fn event(&self, ctx: &Context<'_>) -> async_graphql::Result<EventView> {
+    pub(crate) async fn event(&self, ctx: &Context<'_>) -> async_graphql::Result<EventView> {
         load_event(ctx, self.0.event_id).await
     }
-    async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserView> {
+    pub(crate) async fn user(&self, ctx: &Context<'_>) -> async_graphql::Result<UserView> {
         load_user(ctx, self.0.user_id).await
+    }
+    /// How many tickets the order is for: its lines' quantities together.
+    pub(crate) async fn quantity(&self, ctx: &Context<'_>) -> async_graphql::Result<i32> {
+        let mut conn = ctx.app().conn().await?;
+        let lines = listing::order_lines(&mut conn, self.0.id).await?;
+        Ok(lines.iter().map(|line| line.quantity).sum())
     }
     async fn lines(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<OrderLineView>> {
         let mut conn = ctx.app().conn().await?;
@@ -132,7 +138,7 @@ impl OrderView {
     async fn version(&self) -> i32 {
         self.0.version
     }
-    async fn created_at(&self) -> DateTime<Utc> {
+    pub(crate) async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
     async fn paid_at(&self) -> Option<DateTime<Utc>> {
@@ -494,7 +500,7 @@ impl OrderSubscription {
 
 /// An order line's or a ticket's type, batched with the other lookups of the request. Its
 /// availability is not shown here (`Event.ticketTypes` has it).
-async fn load_ticket_type(
+pub(crate) async fn load_ticket_type(
     ctx: &Context<'_>,
     id: uuid::Uuid,
 ) -> async_graphql::Result<TicketTypeView> {
@@ -507,5 +513,6 @@ async fn load_ticket_type(
         row,
         event_available: i32::MAX,
         quota_available: None,
+        section_available: None,
     })
 }

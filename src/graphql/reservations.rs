@@ -13,16 +13,19 @@ use super::bookings::BookingView;
 use super::context::{Caller, ContextExt, require_viewer};
 use super::events::EventView;
 use super::holds::HoldView;
+use super::orders::OrderView;
 use super::users::UserView;
 use super::waitlist::WaitlistEntryView;
 use crate::app::AppState;
 use crate::db::models::{Booking, Hold, WaitlistEntry};
 use crate::domain::auth;
+use crate::domain::commerce::find_order;
 use crate::error::AppError;
 use crate::realtime::{Missed, RESYNC_MARGIN, Topic, Update, Updates, reservation_changes_since};
 
 /// Something a user has or waits for at an event: a booking, a hold (a checkout in progress or
-/// a waiting-list offer) or a place on the waiting list. `myBookingUpdates` sends these.
+/// a waiting-list offer), a place on the waiting list, or an order of ticket types.
+/// `myBookingUpdates` sends these.
 #[derive(Interface)]
 #[graphql(
     field(name = "id", ty = "ID"),
@@ -35,6 +38,7 @@ pub enum Reservation {
     Booking(BookingView),
     Hold(HoldView),
     WaitlistEntry(WaitlistEntryView),
+    Order(OrderView),
 }
 
 /// Bookings a `myBookingUpdates` subscription remembers the latest state of, to drop stale
@@ -49,7 +53,9 @@ impl ReservationSubscription {
     /// The signed-in user's bookings, holds and waiting-list entries as they change: each new
     /// booking and each cancellation (by the user, an admin, or because the event was
     /// cancelled); each hold as it starts and ends, including a waiting-list offer (a `Hold`
-    /// with `isOffer`) and its lapsing; each waiting-list entry as it moves. Only changes are
+    /// with `isOffer`) and its lapsing; each waiting-list entry as it moves; each of the user's
+    /// orders as it is placed and at every change of its status or payment (PENDING_PAYMENT to
+    /// PAID, EXPIRED or CANCELLED, refunds), as it is then. Only changes are
     /// sent; read `myBookings`, `myHolds` and `myWaitlistEntries` for the lists. Every change
     /// arrives, however many come at once: a subscriber that falls behind gets the current
     /// state of what changed meanwhile (an item may then come again, never older than sent
@@ -161,6 +167,24 @@ impl BookingWatch {
                 Update::Hold(hold) => Reservation::Hold(HoldView(Hold::clone(&hold))),
                 Update::Waitlist(entry) => {
                     Reservation::WaitlistEntry(WaitlistEntry::clone(&entry).into())
+                }
+                Update::UserOrder(update) => {
+                    // The message only says the order moved: send the order as it is now.
+                    let order = match self.app.conn().await {
+                        Ok(mut conn) => find_order(&mut conn, update.order_id).await,
+                        Err(error) => Err(error),
+                    };
+                    match order {
+                        Ok(order) => {
+                            self.seen
+                                .insert(order.id, rank.max(i64::from(order.version)));
+                            Reservation::Order(OrderView(order))
+                        }
+                        Err(error) => {
+                            self.ended = true;
+                            return Some((Err(error.into()), self));
+                        }
+                    }
                 }
                 Update::Seats(_) | Update::Event(_) | Update::SeatMap(_) | Update::Order(_) => {
                     continue;

@@ -6,11 +6,13 @@ use async_graphql::{Context, Enum, ID, Object};
 use chrono::{DateTime, Utc};
 
 use super::bookings::{BookingView, load_booking};
+use super::commerce::TicketTypeView;
 use super::context::{ContextExt, require_viewer};
 use super::events::{EventView, load_event};
 use super::holds::HoldView;
 use super::ids::{parse_id, to_id};
 use super::loaders::{HoldLoader, WaitlistLengthLoader};
+use super::orders::{OrderView, load_ticket_type};
 use super::users::{UserView, load_user};
 use crate::db::models::{self, Event};
 use crate::domain::waitlist;
@@ -21,7 +23,8 @@ pub enum WaitlistStatus {
     /// In the queue (`position`).
     Waiting,
     /// Seats are kept for this entry as a hold (`hold`) until it expires: confirm it with
-    /// `confirmHold`.
+    /// `confirmHold`. At an event that sells ticket types, the hold keeps the seats of an
+    /// order pending payment (`order`) for the entry's ticket type: pay it.
     Offered,
     /// The seats were booked.
     Fulfilled,
@@ -100,6 +103,27 @@ impl WaitlistEntryView {
             .await
             .map(|hold| hold.map(HoldView))
     }
+    /// The ticket type waited for, at an event that sells them.
+    async fn ticket_type(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<TicketTypeView>> {
+        match self.entry.ticket_type_id {
+            Some(id) => load_ticket_type(ctx, id).await.map(Some),
+            None => Ok(None),
+        }
+    }
+    /// At an event that sells ticket types: the order pending payment this entry was offered
+    /// (its seats are the `hold`'s), while OFFERED and after.
+    async fn order(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<OrderView>> {
+        let (Some(hold_id), Some(_)) = (self.entry.hold_id, self.entry.ticket_type_id) else {
+            return Ok(None);
+        };
+        let mut conn = ctx.app().conn().await?;
+        Ok(waitlist::offered_order(&mut conn, hold_id)
+            .await?
+            .map(OrderView))
+    }
     /// The booking made from this entry, once FULFILLED.
     async fn booking(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<BookingView>> {
         load_booking(ctx, self.entry.booking_id).await
@@ -146,18 +170,26 @@ impl WaitlistMutation {
     /// Joins a sold-out event's waiting list (BAD_USER_INPUT with reason SEATS_AVAILABLE
     /// while enough seats are free to book). When seats come back, the first entries that fit
     /// are offered them as holds, announced on `myBookingUpdates`. Joining again with the same
-    /// quantity returns the same entry.
+    /// quantity returns the same entry. At an event that sells ticket types, name the
+    /// (priced, visible) `ticketTypeId` waited for; the entry is offered an order pending
+    /// payment for `quantity` tickets of it at its price, announced on `myBookingUpdates`.
     async fn join_waitlist(
         &self,
         ctx: &Context<'_>,
         event_id: ID,
         #[graphql(default = 1)] quantity: i32,
+        ticket_type_id: Option<ID>,
     ) -> async_graphql::Result<WaitlistEntryView> {
         let viewer = require_viewer(ctx).await?;
         let event_id = parse_id(&event_id, "eventId")?;
+        let ticket_type_id = ticket_type_id
+            .map(|id| parse_id(&id, "ticketTypeId"))
+            .transpose()?;
         let app = ctx.app();
         let mut conn = app.conn().await?;
-        let entry = app.commit(waitlist::join(&mut conn, viewer.id(), event_id, quantity).await?);
+        let entry = app.commit(
+            waitlist::join(&mut conn, viewer.id(), event_id, quantity, ticket_type_id).await?,
+        );
         Ok(entry.into())
     }
 

@@ -46,6 +46,39 @@ async fn bookings_changed_since(
         .await?)
 }
 
+/// The orders of `user_ids` that moved since `since`, as the messages that announced them.
+async fn orders_changed_since(
+    conn: &mut AsyncPgConnection,
+    user_ids: &[Uuid],
+    since: DateTime<Utc>,
+) -> AppResult<Vec<OrderUpdate>> {
+    if user_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, Uuid, Uuid, i32)> = orders::table
+        .filter(orders::user_id.eq_any(user_ids))
+        .filter(orders::updated_at.ge(since))
+        .select((
+            orders::id,
+            orders::user_id,
+            orders::event_id,
+            orders::version,
+        ))
+        .order(orders::updated_at.asc())
+        .limit(MAX_RESYNC_BOOKINGS)
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order_id, user_id, event_id, version)| OrderUpdate {
+            order_id,
+            user_id,
+            event_id,
+            version,
+        })
+        .collect())
+}
+
 /// The holds of `user_ids` started or ended since `since`.
 async fn holds_changed_since(
     conn: &mut AsyncPgConnection,
@@ -107,11 +140,13 @@ pub async fn reservation_changes_since(
     let bookings = bookings_changed_since(conn, user_ids, since).await?;
     let holds = holds_changed_since(conn, user_ids, since).await?;
     let entries = waitlist_changed_since(conn, user_ids, since).await?;
+    let orders = orders_changed_since(conn, user_ids, since).await?;
     Ok(bookings
         .into_iter()
         .map(|b| Update::Booking(Arc::new(b)))
         .chain(holds.into_iter().map(|h| Update::Hold(Arc::new(h))))
         .chain(entries.into_iter().map(|w| Update::Waitlist(Arc::new(w))))
+        .chain(orders.into_iter().map(Update::UserOrder))
         .collect())
 }
 

@@ -101,8 +101,10 @@ pub enum Update {
     Waitlist(Arc<WaitlistEntry>),
     /// Seats of a seated event changed state.
     SeatMap(Arc<SeatMapUpdate>),
-    /// An order moved.
+    /// An order moved, for `orderUpdated`.
     Order(OrderUpdate),
+    /// The same, for its owner's `myBookingUpdates`.
+    UserOrder(OrderUpdate),
 }
 
 impl Update {
@@ -115,6 +117,7 @@ impl Update {
             Self::Waitlist(entry) => Topic::UserBookings(entry.user_id),
             Self::SeatMap(update) => Topic::SeatMap(update.event_id),
             Self::Order(update) => Topic::Order(update.order_id),
+            Self::UserOrder(update) => Topic::UserBookings(update.user_id),
         }
     }
 
@@ -125,6 +128,7 @@ impl Update {
             Self::Booking(booking) => Some((booking.id, booking_rank(booking))),
             Self::Hold(hold) => Some((hold.id, hold_rank(hold))),
             Self::Waitlist(entry) => Some((entry.id, waitlist_rank(entry))),
+            Self::UserOrder(update) => Some((update.order_id, update.version.into())),
             Self::Seats(_) | Self::Event(_) | Self::SeatMap(_) | Self::Order(_) => None,
         }
     }
@@ -140,6 +144,7 @@ impl Update {
             Self::Waitlist(entry) => (UnsentKey::Booking(entry.id), waitlist_rank(entry)),
             Self::SeatMap(update) => (UnsentKey::Topic(self.topic()), update.version.into()),
             Self::Order(update) => (UnsentKey::Topic(self.topic()), update.version.into()),
+            Self::UserOrder(update) => (UnsentKey::Booking(update.order_id), update.version.into()),
         }
     }
 }
@@ -175,8 +180,8 @@ impl From<SeatUpdate> for Update {
     }
 }
 
-/// What a later message replaces: the state of a topic, or one booking, hold or waiting-list
-/// entry (each moves through its own states).
+/// What a later message replaces: the state of a topic, or one booking, hold, waiting-list
+/// entry or order on a user's topic (each moves through its own states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum UnsentKey {
     Topic(Topic),

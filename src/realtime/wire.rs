@@ -39,6 +39,8 @@ enum WireUpdate {
     Waitlist(WireWaitlistEntry),
     SeatMap(WireSeatMap),
     Order(WireOrder),
+    /// An order on its owner's topic (`myBookingUpdates`).
+    UserOrder(WireOrder),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -47,6 +49,28 @@ struct WireOrder {
     user_id: Uuid,
     event_id: Uuid,
     version: i32,
+}
+
+impl From<&OrderUpdate> for WireOrder {
+    fn from(update: &OrderUpdate) -> Self {
+        Self {
+            order_id: update.order_id,
+            user_id: update.user_id,
+            event_id: update.event_id,
+            version: update.version,
+        }
+    }
+}
+
+impl From<WireOrder> for OrderUpdate {
+    fn from(update: WireOrder) -> Self {
+        Self {
+            order_id: update.order_id,
+            user_id: update.user_id,
+            event_id: update.event_id,
+            version: update.version,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,6 +159,8 @@ struct WireWaitlistEntry {
     booking_id: Option<Uuid>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    #[serde(default)]
+    ticket_type_id: Option<Uuid>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -231,6 +257,7 @@ impl From<&Update> for WireUpdate {
                 booking_id: entry.booking_id,
                 created_at: entry.created_at,
                 updated_at: entry.updated_at,
+                ticket_type_id: entry.ticket_type_id,
             }),
             Update::SeatMap(update) => Self::SeatMap(WireSeatMap {
                 event_id: update.event_id,
@@ -238,12 +265,8 @@ impl From<&Update> for WireUpdate {
                 version: update.version,
                 seats: update.seats.iter().map(WireSeat::from).collect(),
             }),
-            Update::Order(update) => Self::Order(WireOrder {
-                order_id: update.order_id,
-                user_id: update.user_id,
-                event_id: update.event_id,
-                version: update.version,
-            }),
+            Update::Order(update) => Self::Order(WireOrder::from(update)),
+            Update::UserOrder(update) => Self::UserOrder(WireOrder::from(update)),
         }
     }
 }
@@ -293,6 +316,7 @@ impl TryFrom<WireUpdate> for Update {
                 booking_id: entry.booking_id,
                 created_at: entry.created_at,
                 updated_at: entry.updated_at,
+                ticket_type_id: entry.ticket_type_id,
             })),
             WireUpdate::SeatMap(update) => Self::SeatMap(Arc::new(SeatMapUpdate {
                 event_id: update.event_id,
@@ -300,12 +324,8 @@ impl TryFrom<WireUpdate> for Update {
                 version: update.version,
                 seats: update.seats.into_iter().map(EventSeat::from).collect(),
             })),
-            WireUpdate::Order(update) => Self::Order(OrderUpdate {
-                order_id: update.order_id,
-                user_id: update.user_id,
-                event_id: update.event_id,
-                version: update.version,
-            }),
+            WireUpdate::Order(update) => Self::Order(update.into()),
+            WireUpdate::UserOrder(update) => Self::UserOrder(update.into()),
         })
     }
 }

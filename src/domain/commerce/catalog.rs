@@ -15,7 +15,7 @@ use super::codes::{code_types, find_code};
 use super::{MAX_PRICE, check_currency, ensure_manager, event_sales, manages};
 use crate::db::commerce::{EventSales, Provider, Quota, TicketType};
 use crate::db::models::Event;
-use crate::db::schema::{events, quota_ticket_types, quotas, ticket_types};
+use crate::db::schema::{events, quota_ticket_types, quotas, ticket_types, venue_seats};
 use crate::domain::Viewer;
 use crate::domain::audit::{self, Action};
 use crate::domain::changes::{Changes, Committed};
@@ -39,6 +39,8 @@ pub struct NewTicketType {
     pub min_per_order: Option<i32>,
     pub max_per_order: Option<i32>,
     pub hidden: bool,
+    /// Seat-map sections its seats must be in; empty: any seat.
+    pub sections: Vec<String>,
 }
 
 /// A change to a ticket type: `None` leaves a field as it is; for the optional fields,
@@ -54,6 +56,7 @@ pub struct TicketTypePatch {
     pub min_per_order: Option<i32>,
     pub max_per_order: Option<i32>,
     pub hidden: Option<bool>,
+    pub sections: Option<Vec<String>>,
 }
 
 fn bad(field: &'static str, reason: &'static str, message: impl Into<String>) -> AppError {
@@ -131,6 +134,46 @@ fn check_type(ticket_type: &TicketType) -> AppResult<()> {
     Ok(())
 }
 
+/// The sections a ticket type is tied to, each a section of the event's seat map, without
+/// repeats, in the order given. None for any seat; a general-admission event has no sections.
+async fn check_sections(
+    conn: &mut AsyncPgConnection,
+    event: &Event,
+    sections: Vec<String>,
+) -> AppResult<Vec<String>> {
+    if sections.is_empty() {
+        return Ok(sections);
+    }
+    let Some(venue_id) = event.venue_id else {
+        return Err(bad(
+            "sections",
+            "NO_SEAT_MAP",
+            "this event is general admission: it has no sections",
+        ));
+    };
+    let known: Vec<String> = venue_seats::table
+        .filter(venue_seats::venue_id.eq(venue_id))
+        .select(venue_seats::section)
+        .distinct()
+        .load(conn)
+        .await?;
+    let mut checked: Vec<String> = Vec::with_capacity(sections.len());
+    for section in sections {
+        let section = section.trim().to_owned();
+        if !known.contains(&section) {
+            return Err(bad(
+                "sections",
+                "UNKNOWN_SECTION",
+                format!("{section:?} is not a section of this event's seat map"),
+            ));
+        }
+        if !checked.contains(&section) {
+            checked.push(section);
+        }
+    }
+    Ok(checked)
+}
+
 /// Fixes the event's currency with its first ticket type: from then on it sells only through
 /// orders, and its watchers are told.
 async fn fix_currency(
@@ -192,6 +235,7 @@ pub async fn create_ticket_type(
             hidden: new.hidden,
             created_at: now,
             updated_at: now,
+            sections: check_sections(conn, &event, new.sections).await?,
         };
         check_type(&ticket_type)?;
         let mut changes = Changes::default();
@@ -266,6 +310,19 @@ pub async fn update_ticket_type(
         if let Some(hidden) = patch.hidden {
             ticket_type.hidden = hidden;
         }
+        if let Some(sections) = patch.sections {
+            let sections = check_sections(conn, &event, sections).await?;
+            let changed = sections != ticket_type.sections;
+            ticket_type.sections = sections;
+            if changed && ticket_type.held > 0 {
+                // Seats already held were chosen under the old sections.
+                return Err(bad(
+                    "sections",
+                    "TICKET_TYPE_IN_USE",
+                    "orders of this type wait for payment: change its sections once they end",
+                ));
+            }
+        }
         check_type(&ticket_type)?;
         let updated = diesel::update(ticket_types::table.find(id))
             .set((
@@ -279,6 +336,7 @@ pub async fn update_ticket_type(
                 ticket_types::min_per_order.eq(ticket_type.min_per_order),
                 ticket_types::max_per_order.eq(ticket_type.max_per_order),
                 ticket_types::hidden.eq(ticket_type.hidden),
+                ticket_types::sections.eq(&ticket_type.sections),
                 ticket_types::updated_at.eq(diesel::dsl::now),
             ))
             .returning(TicketType::as_returning())

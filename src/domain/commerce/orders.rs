@@ -356,7 +356,18 @@ pub(super) async fn claim_line(
     changes: &mut Changes,
 ) -> AppResult<Vec<Uuid>> {
     let before = changes.seats.len();
-    seats::claim(conn, event, owner, line.quantity, &line.seat_ids, changes).await?;
+    // A theatre's tier: the type sells seats of its sections only.
+    let sections = stock::sections_of(conn, line.ticket_type_id).await?;
+    seats::claim_in(
+        conn,
+        event,
+        owner,
+        line.quantity,
+        &line.seat_ids,
+        &sections,
+        changes,
+    )
+    .await?;
     Ok(changes.seats[before..].iter().map(|s| s.seat_id).collect())
 }
 
@@ -429,6 +440,8 @@ pub(super) async fn issue(
                 .returning(Hold::as_returning())
                 .get_result(conn)
                 .await?;
+            // A waiting-list entry offered this order has its seats now.
+            freed_seats::fulfil_offer(conn, hold.id, first_booking, changes).await?;
             changes.holds.push(confirmed);
             inventory.confirm(quantity);
         }

@@ -288,7 +288,7 @@ pub async fn cancel_order(
                 let mut changes = Changes::default();
                 let mut inventory = Inventory::new(event);
                 if let Some(hold_id) = order.hold_id {
-                    freed_seats::end_holds(
+                    let ended = freed_seats::end_holds(
                         conn,
                         &mut inventory,
                         Ending::One(hold_id),
@@ -296,6 +296,9 @@ pub async fn cancel_order(
                         &mut changes,
                     )
                     .await?;
+                    if !ended.is_empty() {
+                        freed_seats::promote(conn, &mut inventory, &mut changes).await?;
+                    }
                 }
                 inventory.save(conn, &mut changes).await?;
                 let order = super::find_order(conn, order_id).await?;
@@ -352,8 +355,9 @@ pub async fn cancel_order(
     .await
 }
 
-/// Cancels the lines' bookings (those still confirmed), giving their seats back to the event,
-/// their tickets to their types and quotas, and marks the tickets REFUNDED.
+/// Cancels the lines' bookings (those still confirmed), giving their seats back to the event
+/// (its waiting list first), their tickets to their types and quotas, and marks the tickets
+/// REFUNDED.
 async fn release_lines(
     conn: &mut AsyncPgConnection,
     inventory: &mut Inventory,
@@ -398,6 +402,10 @@ async fn release_lines(
     .execute(conn)
     .await?;
     changes.bookings.extend(cancelled);
+    if !released.is_empty() {
+        // The seats go to the waiting list first, as any freed seats do.
+        freed_seats::promote(conn, inventory, changes).await?;
+    }
     Ok(())
 }
 

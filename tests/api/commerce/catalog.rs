@@ -247,5 +247,10 @@ async fn the_demo_data_sells_a_concert_a_free_meetup_and_a_theatre_in_tiers_and_
             .await,
         2
     );
+    // The theatre's tiers are its sections.
+    assert_eq!(
+        app.count("ticket_types WHERE sections = ARRAY[name]").await,
+        2
+    );
     assert_money_invariants(&app).await;
 }

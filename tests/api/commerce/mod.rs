@@ -6,7 +6,9 @@ mod catalog;
 mod orders;
 mod races;
 mod refunds;
+mod sections;
 mod stripe;
+mod waitlist;
 
 use serde_json::{Value, json};
 

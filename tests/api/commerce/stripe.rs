@@ -29,6 +29,15 @@ struct Shop {
 /// A server paid through the stand-in (webhooks to it), and an event of `capacity` seats sold
 /// through Stripe with one ticket type at 25 EUR.
 async fn shop(capacity: i32, reconcile_after: Duration) -> Shop {
+    shop_with(capacity, reconcile_after, |_| {}).await
+}
+
+/// [`shop`] with the first instance's configuration changed by `tweak`.
+async fn shop_with(
+    capacity: i32,
+    reconcile_after: Duration,
+    tweak: impl FnOnce(&mut evently::config::Config),
+) -> Shop {
     let stripe = StripeStandIn::start().await;
     let api_base = stripe.url();
     let app = TestApp::spawn_with(move |config| {
@@ -39,6 +48,7 @@ async fn shop(capacity: i32, reconcile_after: Duration) -> Shop {
             webhook_tolerance: Duration::from_secs(300),
         });
         config.reconcile_after = reconcile_after;
+        tweak(config);
     })
     .await;
     stripe
@@ -245,6 +255,149 @@ async fn a_webhook_racing_the_sweepers_expiry_ends_paid_either_way() {
     }
     drop(peer);
     assert_eq!(shop.app.count("tickets WHERE status = 'VALID'").await, 16);
+    assert_money_invariants(&shop.app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_on_one_instance_racing_the_sweeper_of_another_ends_paid_either_way() {
+    // Instance A takes the webhooks and never sweeps; instance B sweeps all the time.
+    let shop = shop_with(20, AN_HOUR, |config| {
+        config.sweep_interval = AN_HOUR;
+    })
+    .await;
+    let sweeper = shop
+        .app
+        .spawn_peer_with(|config| config.sweep_interval = Duration::from_millis(10))
+        .await;
+    let mut orders = Vec::new();
+    for _ in 0..8 {
+        let buyer = shop.app.user(Role::User).await;
+        let (id, intent) = shop.order(&buyer, 2).await;
+        orders.push((buyer, id, intent));
+    }
+    for (_, id, intent) in &orders {
+        run_out_of_time(&shop.app, id).await;
+        shop.stripe.succeed(intent);
+    }
+    for (buyer, id, _) in &orders {
+        let paid = shop.wait_for(buyer, id, "PAID").await;
+        assert_eq!(paid["tickets"].as_array().unwrap().len(), 2, "{paid}");
+    }
+    shop.stripe.webhooks().settled().await;
+    assert!(
+        shop.stripe
+            .webhooks()
+            .deliveries()
+            .iter()
+            .all(|d| d.succeeded())
+    );
+    assert_eq!(shop.app.count("tickets WHERE status = 'VALID'").await, 16);
+    assert_eq!(
+        shop.stripe.refunds().len(),
+        0,
+        "seats were free: nobody refunded"
+    );
+    drop(sweeper);
+    assert_money_invariants(&shop.app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stripe_refund_racing_the_buyers_cancellation_on_two_instances_refunds_once() {
+    let shop = shop(10, AN_HOUR).await;
+    let peer = shop.app.spawn_peer().await;
+    let future = (chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    shop.app
+        .gql_ok(
+            Some(&shop.organizer.token),
+            "mutation($id: ID!, $until: DateTime!) {
+               updatePaymentSettings(eventId: $id, input: { refundUntil: $until }) { refundUntil } }",
+            json!({ "id": shop.event, "until": future }),
+        )
+        .await;
+    let buyer = shop.app.user(Role::User).await;
+    let (id, intent) = shop.order(&buyer, 2).await;
+    shop.stripe.succeed(&intent);
+    shop.wait_for(&buyer, &id, "PAID").await;
+    let mut attempts = Vec::new();
+    for i in 0..6 {
+        let server = if i % 2 == 0 { &shop.app } else { &peer };
+        attempts.push(server.gql(Some(&shop.organizer.token), REFUND, json!({ "id": id })));
+        attempts.push(server.gql(Some(&buyer.token), CANCEL_ORDER, json!({ "id": id })));
+    }
+    join_all(attempts).await;
+    let order = shop.wait_for(&buyer, &id, "REFUNDED").await;
+    assert_eq!(order["payment"]["amountRefunded"]["amount"], 5000);
+    // One refund at Stripe, of the whole payment, and one recorded.
+    let refunds = shop.stripe.refunds();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["amount"], 5000);
+    assert_eq!(refunds[0]["payment_intent"], intent.as_str());
+    assert_eq!(
+        shop.app.count("refunds WHERE status = 'SUCCEEDED'").await,
+        1
+    );
+    assert_eq!(
+        shop.app
+            .count(&format!(
+                "events WHERE id = '{}' AND seats_available = 10",
+                shop.event
+            ))
+            .await,
+        1
+    );
+    assert_money_invariants(&shop.app).await;
+}
+
+#[tokio::test]
+async fn a_waiting_list_offer_of_a_card_event_gets_its_intent_and_is_paid_by_webhook() {
+    let shop = shop(1, AN_HOUR).await;
+    let buyer = shop.app.user(Role::User).await;
+    let waiter = shop.app.user(Role::User).await;
+    let (sold, intent) = shop.order(&buyer, 1).await;
+    shop.stripe.succeed(&intent);
+    shop.wait_for(&buyer, &sold, "PAID").await;
+    let joined = shop
+        .app
+        .gql(
+            Some(&waiter.token),
+            "mutation($id: ID!, $type: ID) {
+               joinWaitlist(eventId: $id, quantity: 1, ticketTypeId: $type) { status } }",
+            json!({ "id": shop.event, "type": shop.regular }),
+        )
+        .await;
+    assert_eq!(
+        joined["data"]["joinWaitlist"]["status"], "WAITING",
+        "{joined}"
+    );
+    shop.app
+        .gql_ok(Some(&shop.organizer.token), REFUND, json!({ "id": sold }))
+        .await;
+    // The sweeper creates the offered order's intent: its client secret appears.
+    let offered = eventually(WAIT, || async {
+        let entries = shop
+            .app
+            .gql_ok(
+                Some(&waiter.token),
+                "{ myWaitlistEntries { status order { id payment { clientSecret } } } }",
+                json!({}),
+            )
+            .await;
+        let entry = entries["myWaitlistEntries"][0].clone();
+        entry["order"]["payment"]["clientSecret"]
+            .is_string()
+            .then_some(entry)
+    })
+    .await;
+    assert_eq!(offered["status"], "OFFERED");
+    let order_id = offered["order"]["id"].as_str().unwrap().to_owned();
+    let secret = offered["order"]["payment"]["clientSecret"]
+        .as_str()
+        .unwrap();
+    let offer_intent = secret.split("_secret").next().unwrap().to_owned();
+    assert_eq!(shop.stripe.intent(&offer_intent).unwrap()["amount"], 2500);
+    shop.stripe.succeed(&offer_intent);
+    let paid = shop.wait_for(&waiter, &order_id, "PAID").await;
+    assert_eq!(paid["tickets"].as_array().unwrap().len(), 1);
     assert_money_invariants(&shop.app).await;
 }
 

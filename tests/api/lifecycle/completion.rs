@@ -34,7 +34,7 @@ async fn events_that_have_ended_are_completed_once() {
     let fan = app.user(Role::User).await;
     app.book(&fan, &ended, 5).await;
     let waiting = app.user(Role::User).await;
-    waitlist::join(&mut conn, waiting.id, ended.parse().unwrap(), 1)
+    waitlist::join(&mut conn, waiting.id, ended.parse().unwrap(), 1, None)
         .await
         .map_err(|e| e.message())
         .unwrap();

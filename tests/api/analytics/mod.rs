@@ -5,6 +5,7 @@ mod audit;
 mod dashboard;
 mod exports;
 mod live;
+mod rollups;
 mod stats;
 
 use diesel::QueryableByName;

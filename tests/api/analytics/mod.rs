@@ -8,6 +8,7 @@ mod exports;
 mod live;
 mod orders_export;
 mod revenue;
+mod rollups;
 mod stats;
 
 use diesel::QueryableByName;

@@ -1,0 +1,11 @@
+DROP TRIGGER bookings_roll_up_delete ON bookings;
+DROP TRIGGER bookings_roll_up_update ON bookings;
+DROP TRIGGER bookings_roll_up_insert ON bookings;
+DROP FUNCTION bookings_roll_up();
+DROP FUNCTION roll_up_booking_changes(booking_change[]);
+DROP TYPE booking_change;
+DROP FUNCTION sales_shard(uuid);
+DROP FUNCTION sales_bucket(timestamptz);
+DROP TABLE platform_sales_15m;
+DROP TABLE event_sales_15m;
+DROP TABLE event_sales;

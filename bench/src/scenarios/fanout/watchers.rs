@@ -207,6 +207,8 @@ impl Group {
         tokio::pin!(grace);
         for task in self.tasks {
             let seen = tokio::select! {
+                // A subscriber that is done counts as such even once the grace is over.
+                biased;
                 seen = task => seen?,
                 () = &mut grace => {
                     tally.stale_final += 1;

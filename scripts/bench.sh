@@ -171,7 +171,7 @@ sweep() {
 }
 
 scenario="${1:-}"
-[ -n "$scenario" ] || { sed -n '2,18p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,17p' "$0"; exit 2; }
 shift
 case "$scenario" in
     sweep)

@@ -11,7 +11,9 @@
 #   scripts/bench.sh fanout --via-cluster 3 [bench options]
 #                                 # N instances behind nginx (scripts/cluster.sh), the tool
 #                                 # talking to nginx; e.g. the figure:
-#                                 # --via-cluster 3 --subscribers 15000 --events 100 --hot-subscribers 5000
+#                                 # --via-cluster 3 --redis-cluster 3 --subscribers 15000 --events 100 --hot-subscribers 5000
+#                                 # (--redis-cluster M: the instances on a Redis Cluster of M
+#                                 # masters of their own, sharded pub/sub, instead of one Redis)
 #
 # Each invocation starts its own server on a fresh database (evently_bench), with the demo
 # data, Redis pub/sub and the rate limits switched off (a load tool is one client doing the
@@ -110,31 +112,35 @@ stop_cluster() {
     CLUSTER_DIR="$cluster_state" CLUSTER_PORT="$port" scripts/cluster.sh stop >/dev/null 2>&1 || true
 }
 
-# N instances on the ports after $port, behind nginx on $port, on the same fresh database.
+# N instances on the ports after $port, behind nginx on $port, on the same fresh database;
+# on a Redis Cluster of M masters when M is given.
 run_via_cluster() {
-    local instances=$1 scenario=$2
-    shift 2
+    local instances=$1 redis_masters=$2 scenario=$3
+    shift 3
     psql -q "$admin_url" -c "DROP DATABASE IF EXISTS evently_bench WITH (FORCE)" -c "CREATE DATABASE evently_bench"
     trap 'stop_server; stop_cluster' EXIT
     CLUSTER_DIR="$cluster_state" CLUSTER_PORT="$port" CLUSTER_BASE_PORT=$((port + 1)) EVENTLY_BIN="$bin/evently" \
+        CLUSTER_REDIS_SHARDS="$redis_masters" CLUSTER_REDIS_BASE_PORT=$((port + 101)) \
         scripts/cluster.sh start "$instances"
-    echo "==> $scenario through nginx in front of $instances instances"
-    "$bin/bench" "$scenario" "$@"
+    echo "==> $scenario through nginx in front of $instances instances${redis_masters:+ on a Redis Cluster of $redis_masters masters}"
+    # The instances' and shards' addresses, for the per-instance and per-shard figures.
+    (set -a; source "$cluster_state/topology.env"; exec "$bin/bench" "$scenario" "$@")
     stop_cluster
 }
 
 run() {
     local scenario=$1
     shift
-    local args=() via_cluster=""
+    local args=() via_cluster="" redis_cluster=""
     while [ $# -gt 0 ]; do
         case "$1" in
             --via-cluster) via_cluster=$2; shift 2 ;;
+            --redis-cluster) redis_cluster=$2; shift 2 ;;
             *) args+=("$1"); shift ;;
         esac
     done
     if [ -n "$via_cluster" ]; then
-        run_via_cluster "$via_cluster" "$scenario" "${args[@]}"
+        run_via_cluster "$via_cluster" "$redis_cluster" "$scenario" "${args[@]}"
         return
     fi
     set -- "${args[@]}"
@@ -165,7 +171,7 @@ sweep() {
 }
 
 scenario="${1:-}"
-[ -n "$scenario" ] || { sed -n '2,16p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,17p' "$0"; exit 2; }
 shift
 case "$scenario" in
     sweep)

@@ -15,9 +15,14 @@
 # subscribers watching the seat count (--small: 32 and 50, the size the tests run). Each
 # scenario starts a deployment of its own (PostgreSQL cluster from initdb, redis-server,
 # instances, nginx, on free loopback ports in a temp dir), so the machine's PostgreSQL and
-# Redis are never touched. Each prints its figures and writes bench/results/chaos-<name>.json
-# and .md; the exit status says whether every property held. `bench chaos --help` lists the
-# options; CHAOS_KEEP_DIR=1 keeps the processes' logs.
+# Redis are never touched. Each prints its figures (its table, then one line: bookings
+# confirmed, lost, duplicates, subscribers converged and how fast, 5xx seen,
+# SERVICE_UNAVAILABLE answers, time to recover) and writes bench/results/chaos-<name>.json and
+# .md; the suite ends with a table of every scenario, and its exit status says whether every
+# property held. Bounded: each scenario's waits are bounded (a key is given up after 60 s,
+# subscribers get 30 s to converge...), and one still running after --scenario-timeout-secs
+# (600) fails and is torn down. At full size a scenario takes 1 to 2 minutes, the suite about
+# 10. `bench chaos --help` lists the options; CHAOS_KEEP_DIR=1 keeps the processes' logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh

@@ -36,14 +36,15 @@ use uuid::Uuid;
 mod check;
 mod faults;
 mod load;
+mod report;
 
 use crate::Common;
 use crate::client::Gql;
 use crate::cluster::{Cluster, ClusterOptions, PostgresStop};
-use crate::report::{Report, table};
 use check::verify;
 use faults::{kill_one, postgres_restart, redis_restart_and_freeze, rolling_restart};
 use load::{BuyerLog, start_load};
+use report::{summary_line, summary_table, write_report};
 
 const SUBSCRIPTION: &str =
     "subscription Seats($id: ID!) { seatAvailability(eventId: $id) { seatsAvailable version } }";
@@ -109,6 +110,10 @@ pub struct Options {
     /// PostgreSQL's server binaries (default: the newest `/usr/lib/postgresql/*/bin`).
     #[arg(long)]
     pub pg_bin_dir: Option<PathBuf>,
+    /// A scenario still running after this many seconds fails, and the suite goes on with
+    /// the next (each is bounded already; this bounds the whole suite whatever happens).
+    #[arg(long, default_value_t = 600)]
+    pub scenario_timeout_secs: u64,
 }
 
 impl Options {
@@ -125,7 +130,12 @@ impl Options {
             postgres_stop: PostgresStop::Fast,
             evently_bin,
             pg_bin_dir: None,
+            scenario_timeout_secs: 600,
         }
+    }
+
+    fn scenario_timeout(&self) -> Duration {
+        Duration::from_secs(self.scenario_timeout_secs)
     }
 
     fn buyers(&self) -> usize {
@@ -301,11 +311,37 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     } else {
         options.faults.clone()
     };
+    let suite_start = Instant::now();
+    let scenarios = faults.len();
     let mut failed = Vec::new();
+    let mut outcomes = Vec::new();
     for fault in faults {
         println!("==> chaos: {}", fault.name());
-        let outcome = run_one(fault, &options).await?;
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(
+            options.scenario_timeout(),
+            run_one(fault, &options),
+        )
+        .await
+        {
+            Ok(outcome) => outcome?,
+            // The deployment is dropped with the future: every process it started is
+            // killed, so the next scenario starts clean.
+            Err(_) => {
+                eprintln!(
+                    "FAILED ({}): still running after {:?}",
+                    fault.name(),
+                    options.scenario_timeout()
+                );
+                failed.push(fault.name());
+                continue;
+            }
+        };
         write_report(common, &outcome)?;
+        println!(
+            "{}",
+            summary_line(&outcome, started.elapsed().as_secs_f64())
+        );
         let failures = outcome.failures();
         for failure in &failures {
             eprintln!("FAILED ({}): {failure}", fault.name());
@@ -313,7 +349,14 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         if !failures.is_empty() {
             failed.push(fault.name());
         }
+        outcomes.push((outcome, started.elapsed().as_secs_f64()));
     }
+    println!(
+        "==> chaos suite: {} scenario(s) in {:.0} s\n\n{}",
+        scenarios,
+        suite_start.elapsed().as_secs_f64(),
+        summary_table(&outcomes)
+    );
     anyhow::ensure!(failed.is_empty(), "chaos scenarios failed: {failed:?}");
     Ok(())
 }
@@ -476,98 +519,4 @@ async fn drive(fault: Fault, options: &Options, cluster: &mut Cluster) -> anyhow
         fault: fault_report,
         booking_p99_ms: all.latency.summary().p99_ms,
     })
-}
-
-fn write_report(common: &Common, outcome: &Outcome) -> anyhow::Result<()> {
-    let failures = outcome.failures();
-    let rows = [
-        ("instances behind nginx", outcome.instances.to_string()),
-        (
-            "buyers / subscribers",
-            format!("{} / {}", outcome.buyers, outcome.subscribers),
-        ),
-        (
-            "**bookings confirmed** (during the fault)",
-            format!(
-                "**{}** ({})",
-                outcome.confirmed, outcome.confirmed_during_fault
-            ),
-        ),
-        (
-            "attempts / retries with the same key",
-            format!("{} / {}", outcome.attempts, outcome.retries),
-        ),
-        ("errors by code", format!("{:?}", outcome.errors)),
-        (
-            "signed-in reads meanwhile / their errors by code",
-            format!("{} / {:?}", outcome.reads, outcome.read_errors),
-        ),
-        (
-            "**5xx seen by clients**",
-            format!("**{:?}**", outcome.http_5xx),
-        ),
-        ("keys never answered", outcome.unresolved_keys.to_string()),
-        (
-            "**confirmed but missing from PostgreSQL**",
-            format!("**{}**", outcome.missing),
-        ),
-        (
-            "keys with two bookings in PostgreSQL",
-            outcome.duplicate_keys_in_database.to_string(),
-        ),
-        (
-            "invariant capacity − available − held = confirmed seats",
-            format!(
-                "{} ({} − {} − {} = {})",
-                outcome.invariant_holds,
-                outcome.capacity,
-                outcome.seats_available,
-                outcome.seats_held,
-                outcome.confirmed_seats
-            ),
-        ),
-        (
-            "**subscribers on the final count**",
-            format!(
-                "**{} of {}** (version {}, after {:.1} s; {} reconnects)",
-                outcome.subscribers_converged,
-                outcome.subscribers,
-                outcome.final_version,
-                outcome.convergence_secs,
-                outcome.subscriber_reconnects
-            ),
-        ),
-        (
-            "fault lasted / **time to recover** (fault start to last failed attempt)",
-            format!(
-                "{:.1} s / **{:.1} s**",
-                outcome.fault_secs, outcome.recovered_after_secs
-            ),
-        ),
-        ("booking p99", format!("{:.1} ms", outcome.booking_p99_ms)),
-        ("fault details", outcome.fault.to_string()),
-        (
-            "**passed**",
-            if failures.is_empty() {
-                "**yes**".to_owned()
-            } else {
-                format!("**no**: {failures:?}")
-            },
-        ),
-    ];
-    Report {
-        scenario: match outcome.scenario {
-            "kill" => "chaos-kill",
-            "rolling" => "chaos-rolling",
-            "rolling-unannounced" => "chaos-rolling-unannounced",
-            "postgres" => "chaos-postgres",
-            _ => "chaos-redis",
-        },
-        common,
-        results: serde_json::to_value(outcome)?,
-        markdown: table(&rows),
-        series: Vec::new(),
-    }
-    .write()?;
-    Ok(())
 }

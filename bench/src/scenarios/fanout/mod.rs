@@ -4,28 +4,33 @@
 //! receives the version it produced: an upper bound on commit-to-receive, since the commit
 //! happens after the request is sent. Bookings are sent one at a time, so the k-th booking of
 //! an event produces that event's k-th version after the one subscribers first saw.
+//!
+//! Subscribers are split over as many processes as the open-files limit requires (see
+//! `watchers`). Through a cluster (`scripts/bench.sh fanout --via-cluster N [--redis-cluster
+//! M]`) the report also shows how connections and messages spread over the instances and how
+//! event channels and publishes spread over the Redis Cluster's shards (`distribution`).
 
-use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, watch};
 use uuid::Uuid;
 
 use super::{big_events, check_alive, secs};
 use crate::Common;
-use crate::client::{Answer, BOOK, Gql, Subscriber};
+use crate::client::{Answer, BOOK, Gql};
 use crate::report::{Report, table};
 use crate::stats::Samples;
 use crate::system::{CpuMeter, rss_kib};
 
-const SUBSCRIPTION: &str =
-    "subscription Seats($id: ID!) { seatAvailability(eventId: $id) { seatsAvailable version } }";
-/// Connections per source address. One address has about 28,000 ephemeral ports, fewer while
-/// the last run's connections sit in TIME_WAIT, so the tool spreads over 127.0.0.2 and up.
-const PER_SOURCE: usize = 4_000;
+mod distribution;
+mod watchers;
+
+use distribution::{describe, figure};
+use watchers::{ChildGroup, Clock, Finals, Group, Plan, Tally};
+
+/// Descriptors a subscriber process keeps for itself (its HTTP client, stdio, the runtime).
+const SPARE_FILES: usize = 512;
 
 #[derive(clap::Args, Clone)]
 pub struct Options {
@@ -46,20 +51,49 @@ pub struct Options {
     /// included.
     #[arg(long, default_value_t = 0)]
     pub hot_subscribers: usize,
-    /// Connections being opened at once.
+    /// Connections being opened at once (across processes).
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
+    /// Processes holding the subscribers (0: as many as this process's open-files limit
+    /// requires, one socket per subscriber; the first group runs in this process).
+    #[arg(long, default_value_t = 0)]
+    pub processes: usize,
+    /// Each instance behind the load balancer, to show how connections and messages spread
+    /// (`scripts/cluster.sh` writes them to its topology.env).
+    #[arg(long, env = "EVENTLY_INSTANCE_URLS", value_delimiter = ',')]
+    pub instance_urls: Vec<String>,
+    /// The Redis Cluster's nodes, to show how event channels and publishes spread.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
+    /// Run one group of subscribers for a parent `bench fanout` (see `watchers`).
+    #[arg(long, hide = true)]
+    pub part: bool,
 }
 
-/// What one subscriber saw: the version of its first message, then (version, arrival).
-struct Seen {
-    event: usize,
-    first: i64,
-    updates: Vec<(i64, Instant)>,
+/// How many processes `subscribers` sockets need under this process's open-files limit.
+fn processes_needed(subscribers: usize) -> usize {
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| {
+            limits
+                .lines()
+                .find(|line| line.starts_with("Max open files"))?
+                .split_whitespace()
+                .nth(3)?
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(1024);
+    let per_process = limit.saturating_sub(SPARE_FILES).max(1);
+    subscribers.div_ceil(per_process).max(1)
 }
 
 pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
+    if options.part {
+        return watchers::run_part().await;
+    }
     check_alive(common.server_pid)?;
+    let clock = Clock::now();
     let gql = Gql::new(&common.url)?;
     let hot = usize::from(options.hot_subscribers > 0);
     let event_count = options.events + hot;
@@ -69,86 +103,40 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     let (_, booker) = gql.register_buyers(&run_id, 1).await?.remove(0);
 
     let rss_before = common.server_pid.map(rss_kib).transpose()?;
-    println!("connecting {subscribers} subscribers");
+    let parts = match options.processes {
+        0 => processes_needed(subscribers),
+        n => n,
+    };
+    println!("connecting {subscribers} subscribers from {parts} process(es)");
     let connect_start = Instant::now();
-    let (final_tx, final_rx) = watch::channel::<Option<Vec<i64>>>(None);
-    let (ready_tx, mut ready_rx) = mpsc::channel::<anyhow::Result<()>>(1024);
-    let gate = Arc::new(Semaphore::new(options.connect_concurrency));
-    let mut tasks = Vec::with_capacity(subscribers);
-    for i in 0..subscribers {
-        // The hot event is the last one.
-        let event = if i < options.subscribers {
-            i % options.events
-        } else {
-            options.events
-        };
-        let (endpoint, event_id) = (gql.ws_endpoint.clone(), events[event].clone());
-        let (gate, ready, mut finals) = (gate.clone(), ready_tx.clone(), final_rx.clone());
-        let source = Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(i / PER_SOURCE)?);
-        tasks.push(tokio::spawn(async move {
-            let permit = gate.acquire_owned().await.expect("never closed");
-            let connected = async {
-                let mut sub =
-                    Subscriber::connect(&endpoint, source, SUBSCRIPTION, json!({ "id": event_id }))
-                        .await?;
-                let version = sub.next_version().await?.context("no first message")?;
-                anyhow::Ok((sub, version))
-            }
-            .await;
-            drop(permit);
-            let (mut sub, first) = match connected {
-                Ok(ok) => {
-                    let _ = ready.send(Ok(())).await;
-                    ok
-                }
-                Err(error) => {
-                    let _ = ready.send(Err(error)).await;
-                    return None;
-                }
-            };
-            drop(ready);
-            let mut seen = Seen {
-                event,
-                first,
-                updates: Vec::new(),
-            };
-            let mut last = first;
-            loop {
-                if let Some(finals) = &*finals.borrow_and_update()
-                    && last >= finals[event]
-                {
-                    break;
-                }
-                tokio::select! {
-                    version = sub.next_version() => {
-                        let Ok(Some(version)) = version else { break };
-                        seen.updates.push((version, Instant::now()));
-                        last = last.max(version);
-                    }
-                    changed = finals.changed() => if changed.is_err() { break },
-                }
-            }
-            sub.close().await;
-            Some(seen)
-        }));
+    let plan = |part| Plan {
+        ws_endpoint: gql.ws_endpoint.clone(),
+        events: events.clone(),
+        spread: options.subscribers,
+        spread_events: options.events,
+        total: subscribers,
+        part,
+        parts,
+        connect_concurrency: options.connect_concurrency.div_ceil(parts),
+    };
+    let mut children = Vec::new();
+    for part in 1..parts {
+        children.push(ChildGroup::spawn(&plan(part)).await?);
     }
-    drop(ready_tx);
-    let mut failed = 0_usize;
-    let mut first_error = None;
-    for _ in 0..subscribers {
-        match ready_rx.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(error)) => {
-                failed += 1;
-                first_error.get_or_insert(error);
-            }
-            None => break,
-        }
+    let (group, mut connected) = Group::connect(&plan(0)).await?;
+    for child in &mut children {
+        let theirs = child.connected().await?;
+        connected.connected += theirs.connected;
+        connected.failed += theirs.failed;
+        connected.first_error = connected.first_error.or(theirs.first_error);
     }
-    if let Some(error) = &first_error {
-        eprintln!("{failed} subscribers failed to connect; first error: {error:#}");
+    if let Some(error) = &connected.first_error {
+        eprintln!(
+            "{} subscribers failed to connect; first error: {error}",
+            connected.failed
+        );
     }
-    let connected = subscribers - failed;
+    let connected = connected.connected;
     let connect_secs = secs(connect_start.elapsed());
     println!("{connected} subscribers connected in {connect_secs:.1} s");
     let rss_after = common.server_pid.map(rss_kib).transpose()?;
@@ -158,6 +146,8 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let instances_before = distribution::instances(&options.instance_urls).await;
+    let shards_before = distribution::shards(&options.redis_cluster_urls);
 
     // Bookings at a steady rate, one at a time.
     let cpu = common.server_pid.map(CpuMeter::start).transpose()?;
@@ -198,45 +188,66 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
             .await?;
         finals.push(data["event"]["version"].as_i64().context("no version")?);
     }
-    final_tx.send(Some(finals.clone()))?;
-    let mut latency = Samples::default();
-    let (mut lost, mut out_of_order, mut stale_final, mut extra) = (0_u64, 0_u64, 0_u64, 0_u64);
-    let grace = tokio::time::sleep(Duration::from_secs(10));
-    tokio::pin!(grace);
-    for task in tasks {
-        let seen = tokio::select! {
-            seen = task => seen?,
-            () = &mut grace => {
-                stale_final += 1;
-                continue;
-            }
-        };
-        let Some(seen) = seen else { continue };
-        let mut previous = seen.first;
-        let mut received = std::collections::HashSet::new();
-        for &(version, at) in &seen.updates {
-            if version <= previous {
-                out_of_order += 1;
-            }
-            previous = previous.max(version);
-            let k = version - seen.first - 1;
-            match usize::try_from(k)
-                .ok()
-                .and_then(|k| sent[seen.event].get(k))
-            {
-                Some(&sent_at) => {
-                    received.insert(version);
-                    latency.record_latency(start, at, at.saturating_duration_since(sent_at));
-                }
-                None => extra += 1,
-            }
-        }
-        let expected = (finals[seen.event] - seen.first).max(0) as u64;
-        lost += expected.saturating_sub(received.len() as u64);
-        if previous < finals[seen.event] {
-            stale_final += 1;
-        }
+    let instances_after = distribution::instances(&options.instance_urls).await;
+    let shards_after = distribution::shards(&options.redis_cluster_urls);
+    let finals = Finals {
+        versions: finals,
+        sent_us: sent
+            .iter()
+            .map(|times| times.iter().map(|at| clock.us(*at)).collect())
+            .collect(),
+    };
+    let (own, theirs) = tokio::join!(
+        group.finish(&finals, clock),
+        futures_util::future::join_all(children.into_iter().map(|child| child.finish(&finals)))
+    );
+    let mut tally = own?;
+    for their in theirs {
+        tally.add(their?);
     }
+    let Tally {
+        latencies_us,
+        skipped: lost,
+        out_of_order,
+        stale_final,
+        extra,
+    } = tally;
+    let mut latency = Samples::default();
+    for (at_us, latency_us) in latencies_us {
+        latency.record_latency(
+            start,
+            clock.instant(at_us),
+            Duration::from_micros(latency_us as u64),
+        );
+    }
+    // Per instance: WebSockets while everyone is connected, messages sent while booking.
+    let per_instance = describe(&instances_before, |before| {
+        let after = instances_after.iter().find(|a| a.url == before.url);
+        let sent = match (before.messages_sent, after.and_then(|a| a.messages_sent)) {
+            (Some(b), Some(a)) => Some(a - b),
+            _ => None,
+        };
+        format!(
+            "{}: {} WebSockets, {} messages sent",
+            before.url.trim_start_matches("http://"),
+            figure(before.live_connections),
+            figure(sent)
+        )
+    });
+    // Per shard: event channels and the SPUBLISHes the bookings caused.
+    let per_shard = describe(&shards_before, |before| {
+        let after = shards_after.iter().find(|a| a.address == before.address);
+        let published = match (before.spublish_calls, after.and_then(|a| a.spublish_calls)) {
+            (Some(b), Some(a)) => Some((a - b) as f64),
+            _ => None,
+        };
+        format!(
+            "{}: {} event channels, {} SPUBLISH",
+            before.address,
+            figure(before.channels.map(|c| c as f64)),
+            figure(published)
+        )
+    });
 
     let summary = latency.summary();
     let bookings = booking_latency.summary();
@@ -297,6 +308,23 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
             "booking latency p50 / p99",
             format!("{:.1} / {:.1} ms", bookings.p50_ms, bookings.p99_ms),
         ),
+        ("subscriber processes", parts.to_string()),
+        (
+            "per instance",
+            if per_instance.is_empty() {
+                "n/a".into()
+            } else {
+                per_instance
+            },
+        ),
+        (
+            "per Redis Cluster shard",
+            if per_shard.is_empty() {
+                "n/a".into()
+            } else {
+                per_shard
+            },
+        ),
     ];
     Report {
         scenario: "fanout",
@@ -321,6 +349,9 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
             "server_cores": server_cores,
             "booking_latency": bookings,
             "booking_errors": booking_errors,
+            "subscriber_processes": parts,
+            "instances": { "before_bookings": instances_before, "after_bookings": instances_after },
+            "shards": { "before_bookings": shards_before, "after_bookings": shards_after },
         }),
         markdown: table(&rows),
         series: vec![("send-to-receive", &latency)],

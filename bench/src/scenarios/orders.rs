@@ -24,6 +24,8 @@ use crate::stats::Samples;
 use crate::system::CpuMeter;
 
 #[derive(clap::Args)]
+// Its own group name: the flattened baseline options are an `Options` too.
+#[group(id = "orders_options")]
 pub struct Options {
     /// Concurrent buyers, each with their own account and connection.
     #[arg(long, default_value_t = 256)]

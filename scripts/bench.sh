@@ -2,7 +2,10 @@
 # Runs a load scenario against a release build of Evently on this machine, and writes the
 # results (JSON, markdown, PNG) to bench/results/.
 #
-#   scripts/bench.sh onsale|browse|fanout|mixed|baseline [bench options]
+#   scripts/bench.sh onsale|orders|webhooks|browse|fanout|mixed|baseline [bench options]
+#   scripts/bench.sh orders --buyers 256          # placeOrder group commit vs pgbench
+#   scripts/bench.sh webhooks --orders 5000       # payment webhooks applied/s (the tool
+#                                 # runs a Stripe stand-in; the server is configured for it)
 #   scripts/bench.sh all          # every scenario with its defaults
 #   scripts/bench.sh browse --peer postgraphile   # also PostGraphile v4 on the same database
 #   scripts/bench.sh sweep onsale|browse|fanout SIZES [bench options]
@@ -33,8 +36,11 @@ ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 export WS_MAX_CONNECTIONS="${WS_MAX_CONNECTIONS:-$(( $(ulimit -n) - 512 ))}"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/evently-target}"
-cargo build --release --locked --quiet -p evently -p evently-bench
-bin="$CARGO_TARGET_DIR/release"
+# BENCH_PROFILE=dev: a debug build, to check a scenario works without a release build's wait
+# (its figures mean nothing).
+profile="${BENCH_PROFILE:-release}"
+cargo build --profile "$profile" --locked --quiet -p evently -p evently-bench
+bin="$CARGO_TARGET_DIR/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 
 port="${BENCH_PORT:-8099}"
 admin_url="postgres://postgres:postgres@127.0.0.1:5432/postgres"
@@ -144,6 +150,12 @@ run() {
         return
     fi
     set -- "${args[@]}"
+    if [ "$scenario" = webhooks ]; then
+        # Card payments through the tool's Stripe stand-in, signed with a bench-only secret.
+        local stripe_addr="127.0.0.1:${BENCH_STRIPE_PORT:-$((port - 2))}"
+        export STRIPE_API_BASE="http://$stripe_addr" BENCH_STRIPE_ADDR="$stripe_addr"
+        export STRIPE_SECRET_KEY="sk_test_bench_only" STRIPE_WEBHOOK_SECRET="whsec_bench_only"
+    fi
     start_server
     case " $* " in
         *" --peer postgraphile "*|*" --peer=postgraphile "*) start_peer ;;
@@ -171,7 +183,7 @@ sweep() {
 }
 
 scenario="${1:-}"
-[ -n "$scenario" ] || { sed -n '2,17p' "$0"; exit 2; }
+[ -n "$scenario" ] || { sed -n '2,19p' "$0"; exit 2; }
 shift
 case "$scenario" in
     sweep)

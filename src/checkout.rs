@@ -38,10 +38,8 @@ pub async fn place_order(
     request: orders::OrderRequest,
 ) -> AppResult<Order> {
     let stripe = app.payments.stripe_configured();
-    let order = {
-        let mut conn = app.conn().await?;
-        app.commit(orders::place_order(&mut conn, viewer, request, stripe).await?)
-    };
+    // Through the onsale path, which batches the orders of a busy event.
+    let order = app.commit(app.onsale.place_order(viewer, request, stripe).await?);
     ensure_intent(app, order).await
 }
 

@@ -29,6 +29,12 @@ enum Scenario {
     /// An onsale through nginx in front of N instances of its own while one is killed, all
     /// are restarted in turn, PostgreSQL restarts or Redis restarts and freezes.
     Chaos(scenarios::chaos::Options),
+    /// B buyers placing one-line orders of one ticket type on one event paid by hand, until
+    /// it is sold out; against the pgbench baseline of the same run.
+    Orders(scenarios::orders::Options),
+    /// N card orders paid by `payment_intent.succeeded` webhooks sent C at once (a Stripe
+    /// stand-in in the tool; `scripts/bench.sh webhooks` configures the server for it).
+    Webhooks(scenarios::webhooks::Options),
     /// Only the pgbench baseline: one booking per transaction on one hot event row.
     Baseline(baseline::Options),
     /// A scaling curve (PNG) from the runs of a sweep: `scripts/bench.sh sweep` runs them.
@@ -50,6 +56,8 @@ fn main() -> anyhow::Result<()> {
             Scenario::Mixed(options) => scenarios::mixed::run(&common, options).await,
             Scenario::Analytics(options) => scenarios::analytics::run(&common, options).await,
             Scenario::Chaos(options) => scenarios::chaos::run(&common, options).await,
+            Scenario::Orders(options) => scenarios::orders::run(&common, options).await,
+            Scenario::Webhooks(options) => scenarios::webhooks::run(&common, options).await,
             Scenario::Baseline(options) => baseline::run_alone(&common, options).await,
             Scenario::Curve(options) => curve::run(&common, options),
         }

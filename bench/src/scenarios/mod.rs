@@ -7,6 +7,8 @@ pub mod chaos;
 pub mod fanout;
 pub mod mixed;
 pub mod onsale;
+pub mod orders;
+pub mod webhooks;
 
 use std::time::Duration;
 

@@ -50,7 +50,11 @@ pub struct OrderRequest {
     pub idempotency_key: Option<String>,
 }
 
-fn bad(field: &'static str, reason: &'static str, message: impl Into<String>) -> AppError {
+pub(crate) fn bad(
+    field: &'static str,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> AppError {
     AppError::BadUserInput {
         message: message.into(),
         field: Some(field),
@@ -58,7 +62,7 @@ fn bad(field: &'static str, reason: &'static str, message: impl Into<String>) ->
     }
 }
 
-fn invalid_code() -> AppError {
+pub(crate) fn invalid_code() -> AppError {
     bad(
         "promoCode",
         "INVALID_PROMO_CODE",
@@ -75,6 +79,24 @@ pub fn discount(promo: &PromoCode, applicable: i64) -> i64 {
     }
 }
 
+/// What can be said of an order request before any database is read: its idempotency key,
+/// how many lines it has, and each line's quantity (returned, in order).
+pub fn validate(request: &OrderRequest) -> AppResult<Vec<i32>> {
+    check_idempotency_key(request.idempotency_key.as_deref())?;
+    if request.lines.is_empty() || request.lines.len() > MAX_LINES {
+        return Err(bad(
+            "lines",
+            "INVALID_LINES",
+            format!("an order has 1 to {MAX_LINES} lines"),
+        ));
+    }
+    request
+        .lines
+        .iter()
+        .map(|line| requested_quantity(line.quantity, &line.seat_ids))
+        .collect()
+}
+
 /// Places an order (see the module documentation). With an idempotency key the same key
 /// returns the same order. `stripe_configured` says whether an event paid through Stripe can
 /// take orders on this instance.
@@ -84,18 +106,7 @@ pub async fn place_order(
     request: OrderRequest,
     stripe_configured: bool,
 ) -> AppResult<Committed<Order>> {
-    check_idempotency_key(request.idempotency_key.as_deref())?;
-    if request.lines.is_empty() || request.lines.len() > MAX_LINES {
-        return Err(bad(
-            "lines",
-            "INVALID_LINES",
-            format!("an order has 1 to {MAX_LINES} lines"),
-        ));
-    }
-    let mut quantities = Vec::with_capacity(request.lines.len());
-    for line in &request.lines {
-        quantities.push(requested_quantity(line.quantity, &line.seat_ids)?);
-    }
+    let quantities = validate(&request)?;
     let user_id = viewer.id();
     let request = &request;
     let quantities = &quantities;
@@ -337,13 +348,18 @@ pub(super) async fn take_promo_use(
     .execute(conn)
     .await?;
     if taken == 0 {
-        return Err(bad(
-            "promoCode",
-            "PROMO_CODE_USED_UP",
-            "this promo code has been used as many times as it may be",
-        ));
+        return Err(used_up());
     }
     Ok(())
+}
+
+/// A promo code past its `max_uses`.
+pub(crate) fn used_up() -> AppError {
+    bad(
+        "promoCode",
+        "PROMO_CODE_USED_UP",
+        "this promo code has been used as many times as it may be",
+    )
 }
 
 /// Claims a line's seats (its named ones, or the best free) and returns which they are. No
@@ -375,7 +391,7 @@ pub(super) async fn claim_line(
 /// `hold` (its seats move to the line's booking) or, with no hold, claiming them again (a
 /// free order, or a payment that came after its hold ended), and one ticket per seat. The
 /// caller moves the counters.
-pub(super) async fn issue(
+pub(crate) async fn issue(
     conn: &mut AsyncPgConnection,
     inventory: &mut Inventory,
     order: &Order,
@@ -451,7 +467,7 @@ pub(super) async fn issue(
 }
 
 /// The order is PAID with `amount` captured.
-pub(super) async fn mark_paid(
+pub(crate) async fn mark_paid(
     conn: &mut AsyncPgConnection,
     order_id: Uuid,
     amount: i64,

@@ -35,9 +35,16 @@
 //! batch transaction in [`batch`] (which decides what each caller is told), the sold-out hint
 //! in [`sold_out`].
 //!
-//! The top of the domain: it queues what [`book_seats`] would do one at a time.
+//! Orders of the onsale (`placeOrder` with one line of general admission) take the same path
+//! through queues of their own ([`order_queue`], [`order_batch`]), sharing the workers'
+//! connections and the queue's bookkeeping.
+//!
+//! The top of the domain: it queues what [`book_seats`] and `commerce::orders::place_order`
+//! would do one at a time.
 
 mod batch;
+mod order_batch;
+mod order_queue;
 mod sold_out;
 mod worker;
 
@@ -103,11 +110,12 @@ pub fn connection_share(pool_size: u32) -> usize {
 /// What the onsale path has been doing, for tests and diagnostics.
 #[derive(Debug, Clone)]
 pub struct BookingQueueStats {
-    /// Bookings handed to the batch workers and not answered yet.
+    /// Bookings and orders handed to the batch workers and not answered yet.
     pub pending: usize,
-    /// The sizes of the most recent committed batches, oldest first.
+    /// The sizes of the most recent committed batches (of bookings and of orders), oldest
+    /// first.
     pub batch_sizes: Vec<usize>,
-    /// Bookings replayed one by one after their batch failed.
+    /// Bookings and orders replayed one by one after their batch failed.
     pub replayed: u64,
     /// Connections the onsale path holds now, and the most it may hold.
     pub connections_held: usize,
@@ -172,6 +180,7 @@ struct Inner {
     /// Seated events met so far: booked one at a time (see [`BookingQueue::book`]).
     seated: Mutex<HashSet<Uuid>>,
     queues: Mutex<HashMap<Uuid, mpsc::Sender<Job>>>,
+    order_queues: Mutex<HashMap<Uuid, mpsc::Sender<order_queue::OrderJob>>>,
     /// Events this instance lately found sold out: see [`sold_out`].
     sold_out: SoldOutHints,
     /// The onsale path's share of the pool: see [`connection_share`].
@@ -194,6 +203,7 @@ impl BookingQueue {
                 group_commit,
                 seated: Mutex::default(),
                 queues: Mutex::default(),
+                order_queues: Mutex::default(),
                 connections: Arc::new(Semaphore::new(connection_limit)),
                 connection_limit,
                 pending: Arc::default(),

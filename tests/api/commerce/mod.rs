@@ -2,6 +2,7 @@
 //! late payments, refunds, and the races between them, with the money invariants checked in
 //! SQL after each.
 
+mod batches;
 mod catalog;
 mod orders;
 mod races;

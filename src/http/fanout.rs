@@ -13,15 +13,15 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use async_graphql::parser::types::{DocumentOperations, OperationType, Selection};
 use async_graphql::{Data, Response};
+use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::broadcast;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
@@ -30,14 +30,11 @@ use crate::graphql::EventlySchema;
 use crate::graphql::context::Caller;
 use crate::graphql::loaders;
 
-/// Results a slow connection may fall behind by before it skips to the newest.
-const CAPACITY: usize = 16;
-
 /// One result of a shared execution, serialized once.
 #[derive(Debug, Clone)]
 pub enum Frame {
-    /// The JSON of an execution result (`{"data":…}`), the payload of `next`.
-    Next(Arc<str>),
+    /// An execution result, the payload of `next`.
+    Next(Arc<Payload>),
     /// The JSON list of errors of an operation refused before execution: an `error` message.
     Error(Arc<str>),
     /// The execution ended.
@@ -50,6 +47,48 @@ impl Frame {
     }
 }
 
+/// The JSON of an execution result (`{"data":…}`), and the whole message around it as the
+/// first connection to send it wrote it. Clients of one library number their operations alike
+/// (Apollo's and urql's first subscription is `"1"`), so most connections send the very same
+/// text: they share its bytes rather than each formatting and allocating a copy.
+#[derive(Debug)]
+pub struct Payload {
+    json: Box<str>,
+    message: OnceLock<(Box<str>, &'static str, Utf8Bytes)>,
+}
+
+impl Payload {
+    fn new(json: String) -> Self {
+        Self {
+            json: json.into(),
+            message: OnceLock::new(),
+        }
+    }
+
+    #[cfg(test)]
+    fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The text of the `kind` message of operation `id` around this result: shared with the
+    /// connections whose operation has the same id and kind, else written by `write`.
+    pub fn message(
+        &self,
+        id: &str,
+        kind: &'static str,
+        write: impl Fn(&str, &'static str, &str) -> Utf8Bytes,
+    ) -> Utf8Bytes {
+        let (shared_id, shared_kind, text) = self
+            .message
+            .get_or_init(|| (id.into(), kind, write(id, kind, &self.json)));
+        if **shared_id == *id && *shared_kind == kind {
+            text.clone()
+        } else {
+            write(id, kind, &self.json)
+        }
+    }
+}
+
 /// The shared executions of one server, by request.
 pub struct Fanout {
     schema: EventlySchema,
@@ -57,11 +96,83 @@ pub struct Fanout {
     running: Mutex<HashMap<String, Weak<Shared>>>,
 }
 
-/// What the execution and its subscribers share.
+/// What the execution and its subscribers share: the newest result and the end, rather than a
+/// queue, since a subscriber only ever wants the newest (see `Subscriber`), and a waker per
+/// subscriber. A subscriber with nothing new to send checks one counter and registers its
+/// waker in a slot of its own: no lock shared by thousands of connections on every update, as
+/// a broadcast channel's list of waiters would be.
 struct Core {
-    sender: broadcast::Sender<Frame>,
-    /// The newest frame, for subscribers joining later.
-    latest: Mutex<Option<Frame>>,
+    /// Bumped (under `state`'s lock) with every frame; a subscriber that has seen this many
+    /// has nothing to send.
+    sequence: AtomicU64,
+    state: Mutex<State>,
+    wakers: Mutex<Wakers>,
+}
+
+#[derive(Default)]
+struct State {
+    sequence: u64,
+    /// The newest result and its sequence number.
+    newest: Option<(u64, Frame)>,
+    /// A last frame (`Error` or `Complete`), sent after the newest result.
+    end: Option<Frame>,
+}
+
+#[derive(Default)]
+struct Wakers {
+    next_key: u64,
+    by_key: HashMap<u64, Arc<AtomicWaker>>,
+}
+
+impl Core {
+    fn new() -> Self {
+        Self {
+            sequence: AtomicU64::new(0),
+            state: Mutex::default(),
+            wakers: Mutex::default(),
+        }
+    }
+
+    fn publish(&self, frame: Frame) {
+        {
+            let mut state = lock(&self.state);
+            state.sequence += 1;
+            let sequence = state.sequence;
+            if frame.is_last() {
+                state.end = Some(frame);
+            } else {
+                state.newest = Some((sequence, frame));
+            }
+            self.sequence.store(sequence, Ordering::Release);
+        }
+        for waker in lock(&self.wakers).by_key.values() {
+            waker.wake();
+        }
+    }
+
+    fn has_ended(&self) -> bool {
+        lock(&self.state).end.is_some()
+    }
+
+    fn subscribe(self: &Arc<Self>, shared: Arc<Shared>) -> Subscriber {
+        let waker = Arc::new(AtomicWaker::new());
+        let key = {
+            let mut wakers = lock(&self.wakers);
+            let key = wakers.next_key;
+            wakers.next_key += 1;
+            wakers.by_key.insert(key, waker.clone());
+            key
+        };
+        Subscriber {
+            core: self.clone(),
+            waker,
+            key,
+            checked: 0,
+            sent: 0,
+            done: false,
+            _shared: shared,
+        }
+    }
 }
 
 /// Held by every subscriber; the execution stops when the last one is gone.
@@ -140,11 +251,10 @@ impl Fanout {
         request: impl FnOnce() -> async_graphql::Request,
     ) -> impl Stream<Item = Frame> + Send + 'static {
         let mut running = lock(&self.running);
-        let live = running.get(&key).and_then(Weak::upgrade).filter(|shared| {
-            !lock(&shared.core.latest)
-                .as_ref()
-                .is_some_and(Frame::is_last)
-        });
+        let live = running
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|shared| !shared.core.has_ended());
         let shared = match live {
             Some(shared) => shared,
             None => {
@@ -155,23 +265,11 @@ impl Fanout {
             }
         };
         drop(running);
-        let (receiver, first) = {
-            let latest = lock(&shared.core.latest);
-            (shared.core.sender.subscribe(), latest.clone())
-        };
-        Subscriber {
-            first,
-            receiver: BroadcastStream::new(receiver),
-            done: false,
-            _shared: shared,
-        }
+        shared.core.clone().subscribe(shared)
     }
 
     fn start(&self, request: async_graphql::Request) -> Arc<Shared> {
-        let core = Arc::new(Core {
-            sender: broadcast::channel(CAPACITY).0,
-            latest: Mutex::new(None),
-        });
+        let core = Arc::new(Core::new());
         let stop = CancellationToken::new();
         // Public by construction: run as nobody in particular.
         let mut data = Data::default();
@@ -201,15 +299,10 @@ async fn drive(
             Some(response) if super::ws::ends_operation(&response) => {
                 Frame::Error(serialize(&response.errors).into())
             }
-            Some(response) => Frame::Next(serialize(&response).into()),
+            Some(response) => Frame::Next(Arc::new(Payload::new(serialize(&response)))),
         };
         let last = frame.is_last();
-        {
-            let mut latest = lock(&core.latest);
-            *latest = Some(frame.clone());
-            // No receivers only means every subscriber left a moment ago.
-            let _ = core.sender.send(frame);
-        }
+        core.publish(frame);
         if last {
             return;
         }
@@ -223,58 +316,63 @@ fn serialize(value: &impl serde::Serialize) -> String {
     })
 }
 
-/// One connection's view of a shared execution: the newest frame so far, then each later one,
-/// skipping to the newest when it falls behind, up to the last.
+/// One connection's view of a shared execution: the newest result so far, then each later
+/// one, skipping to the newest when it falls behind, and then the end (never skipped, nor the
+/// result before it).
 struct Subscriber {
-    /// The newest frame when this subscriber joined, or a last frame held back.
-    first: Option<Frame>,
-    receiver: BroadcastStream<Frame>,
+    core: Arc<Core>,
+    waker: Arc<AtomicWaker>,
+    key: u64,
+    /// The sequence number of the core's state when this subscriber last found nothing more
+    /// to send in it.
+    checked: u64,
+    /// The sequence number of the newest result sent.
+    sent: u64,
     done: bool,
     _shared: Arc<Shared>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        lock(&self.core.wakers).by_key.remove(&self.key);
+    }
 }
 
 impl Stream for Subscriber {
     type Item = Frame;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame>> {
-        if self.done {
+        let this = &mut *self;
+        if this.done {
             return Poll::Ready(None);
         }
-        // A last frame held back behind the result before it.
-        if self.first.as_ref().is_some_and(Frame::is_last) {
-            self.done = true;
-            return Poll::Ready(self.first.take());
+        // Registered before looking, so a frame published meanwhile wakes this task again.
+        this.waker.register(cx.waker());
+        if this.core.sequence.load(Ordering::Acquire) == this.checked {
+            return Poll::Pending;
         }
-        let mut newest = self.first.take();
-        loop {
-            match Pin::new(&mut self.receiver).poll_next(cx) {
-                Poll::Ready(Some(Ok(frame))) if frame.is_last() => {
-                    // Results may be skipped, but not the last one before the end.
-                    if newest.is_some() {
-                        self.first = Some(frame);
-                        cx.waker().wake_by_ref();
-                    } else {
-                        newest = Some(frame);
-                    }
-                    break;
-                }
-                Poll::Ready(Some(Ok(frame))) => newest = Some(frame),
-                // Lagged: what was missed is superseded by what is still buffered.
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
-                    crate::telemetry::metrics::record_dropped("fanout", missed);
-                }
-                // The sender lives in the core this subscriber holds, so it cannot close:
-                // the stream ends after a last frame.
-                Poll::Ready(None) | Poll::Pending => break,
+        let state = lock(&this.core.state);
+        if let Some((sequence, frame)) = &state.newest
+            && *sequence > this.sent
+        {
+            if this.sent > 0 && *sequence > this.sent + 1 {
+                // Skipped: superseded by this newer one.
+                let missed = *sequence - this.sent - 1;
+                crate::telemetry::metrics::record_dropped("fanout", missed);
             }
-        }
-        match newest {
-            Some(frame) => {
-                self.done = frame.is_last();
-                Poll::Ready(Some(frame))
+            this.sent = *sequence;
+            // With an end waiting, look again at the next poll.
+            if state.end.is_none() {
+                this.checked = state.sequence;
             }
-            None => Poll::Pending,
+            return Poll::Ready(Some(frame.clone()));
         }
+        if let Some(end) = &state.end {
+            this.done = true;
+            return Poll::Ready(Some(end.clone()));
+        }
+        this.checked = state.sequence;
+        Poll::Pending
     }
 }
 
@@ -287,62 +385,105 @@ mod tests {
             core: core.clone(),
             stop: CancellationToken::new(),
         });
-        Subscriber {
-            first: lock(&core.latest).clone(),
-            receiver: BroadcastStream::new(core.sender.subscribe()),
-            done: false,
-            _shared: shared,
-        }
-    }
-
-    fn publish(core: &Core, frame: Frame) {
-        *lock(&core.latest) = Some(frame.clone());
-        let _ = core.sender.send(frame);
+        core.subscribe(shared)
     }
 
     fn next(text: &str) -> Frame {
-        Frame::Next(text.into())
+        Frame::Next(Arc::new(Payload::new(text.to_owned())))
     }
 
     fn text(frame: Option<Frame>) -> String {
         match frame {
-            Some(Frame::Next(text)) => text.to_string(),
+            Some(Frame::Next(payload)) => payload.json().to_owned(),
             other => format!("{other:?}"),
         }
     }
 
     #[tokio::test]
     async fn a_slow_subscriber_gets_the_newest_result_and_still_the_end() {
-        let core = Arc::new(Core {
-            sender: broadcast::channel(CAPACITY).0,
-            latest: Mutex::new(None),
-        });
-        publish(&core, next("0"));
+        let core = Arc::new(Core::new());
+        core.publish(next("0"));
         let mut late = subscriber(&core);
         assert_eq!(
             text(late.next().await),
             "0",
             "a joiner starts from the newest result"
         );
-        for i in 1..=(CAPACITY * 3) {
-            publish(&core, next(&i.to_string()));
+        for i in 1..=48 {
+            core.publish(next(&i.to_string()));
         }
-        publish(&core, Frame::Complete);
-        assert_eq!(text(late.next().await), (CAPACITY * 3).to_string());
+        core.publish(Frame::Complete);
+        assert_eq!(text(late.next().await), "48");
         assert!(matches!(late.next().await, Some(Frame::Complete)));
         assert!(late.next().await.is_none());
     }
 
+    #[tokio::test]
+    async fn a_waiting_subscriber_is_woken_by_each_result_and_by_the_end() {
+        let core = Arc::new(Core::new());
+        let mut subscriber = subscriber(&core);
+        let publisher = {
+            let core = core.clone();
+            async move {
+                for i in 1..=3 {
+                    tokio::task::yield_now().await;
+                    core.publish(next(&i.to_string()));
+                }
+                tokio::task::yield_now().await;
+                core.publish(Frame::Complete);
+            }
+        };
+        let receiver = async {
+            let mut seen = Vec::new();
+            while let Some(frame) = subscriber.next().await {
+                seen.push(text(Some(frame)));
+            }
+            seen
+        };
+        let ((), seen) = tokio::join!(publisher, receiver);
+        assert_eq!(seen.last().map(String::as_str), Some("Some(Complete)"));
+        assert_eq!(
+            seen.get(seen.len().wrapping_sub(2)).map(String::as_str),
+            Some("3"),
+            "the result before the end is never skipped: {seen:?}"
+        );
+        let numbers: Vec<u32> = seen.iter().filter_map(|s| s.parse().ok()).collect();
+        assert!(numbers.is_sorted(), "results only move forward: {seen:?}");
+    }
+
     #[test]
-    fn the_last_subscriber_leaving_stops_the_execution() {
-        let core = Arc::new(Core {
-            sender: broadcast::channel(CAPACITY).0,
-            latest: Mutex::new(None),
-        });
+    fn the_last_subscriber_leaving_stops_the_execution_and_its_waker_goes() {
+        let core = Arc::new(Core::new());
         let first = subscriber(&core);
+        assert_eq!(lock(&core.wakers).by_key.len(), 1);
         let stop = first._shared.stop.clone();
         drop(first);
         assert!(stop.is_cancelled());
+        assert!(lock(&core.wakers).by_key.is_empty());
+    }
+
+    #[test]
+    fn connections_with_the_same_operation_id_share_one_message() {
+        let payload = Payload::new(r#"{"data":1}"#.to_owned());
+        let write = |id: &str, kind: &'static str, json: &str| -> Utf8Bytes {
+            format!("{id}/{kind}/{json}").into()
+        };
+        let first = payload.message("1", "next", write);
+        let same = payload.message("1", "next", write);
+        assert_eq!(first.as_str(), r#"1/next/{"data":1}"#);
+        assert_eq!(
+            first.as_str().as_ptr(),
+            same.as_str().as_ptr(),
+            "the same bytes, not a copy"
+        );
+        assert_eq!(
+            payload.message("2", "next", write).as_str(),
+            r#"2/next/{"data":1}"#
+        );
+        assert_eq!(
+            payload.message("1", "data", write).as_str(),
+            r#"1/data/{"data":1}"#
+        );
     }
 
     fn key(query: &str, name: Option<&str>) -> Option<String> {

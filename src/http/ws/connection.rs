@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::protocol::{
     ClientMessage, OperationPayload, Protocol, close, ends_operation, message, message_with,
-    prebuilt,
+    prebuilt, prebuilt_text,
 };
 use super::sockets::{AddressSlot, AddressUse, OpenSlot, UserSlot};
 use crate::config::WebSocketConfig;
@@ -114,7 +114,9 @@ impl Connection {
     }
 
     async fn serve(&mut self, socket: &mut WebSocket) -> Stop {
-        let shutdown = self.state.sockets.shutdown.clone();
+        // A token of its own: waiting on the server's token itself would take that token's
+        // lock, shared by every connection, each time this task wakes (for every message).
+        let shutdown = self.state.sockets.shutdown.child_token();
         // Made once: a new `cancelled()` per turn of the loop would register with (and leave)
         // the token's waiters for every message sent.
         let cancelled = shutdown.cancelled();
@@ -491,10 +493,12 @@ impl Connection {
                 return send(socket, patience, prebuilt(&id, "error", &errors)).await;
             }
             Output::Own(response) => message(Some(&*id), next, Some(&response)),
-            Output::Shared(Frame::Next(payload)) => prebuilt(&id, next, &payload),
+            Output::Shared(Frame::Next(payload)) => {
+                Message::Text(payload.message(&id, next, prebuilt_text))
+            }
         };
         send(socket, patience, text).await?;
-        metrics::counter!("evently_ws_messages_sent_total").increment(1);
+        self.state.sockets.messages_sent.increment(1);
         if !self.draining {
             // Every message of a subscription comes here: only its first changes the set.
             if !self.answered.contains(&id) {

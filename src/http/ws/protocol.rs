@@ -5,7 +5,7 @@
 //! connection does with them is `connection`'s.
 
 use async_graphql::Response;
-use axum::extract::ws::Message;
+use axum::extract::ws::{Message, Utf8Bytes};
 use serde::{Deserialize, Serialize};
 
 pub(super) const TRANSPORT_WS: &str = "graphql-transport-ws";
@@ -148,10 +148,13 @@ pub(super) fn message_with(
 
 /// A message around a payload serialized once for many connections.
 pub(super) fn prebuilt(id: &str, kind: &'static str, payload: &str) -> Message {
+    Message::Text(prebuilt_text(id, kind, payload))
+}
+
+/// The text of a message around a payload serialized once for many connections.
+pub(super) fn prebuilt_text(id: &str, kind: &'static str, payload: &str) -> Utf8Bytes {
     let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".to_owned());
-    Message::text(format!(
-        r#"{{"id":{id},"type":"{kind}","payload":{payload}}}"#
-    ))
+    format!(r#"{{"id":{id},"type":"{kind}","payload":{payload}}}"#).into()
 }
 
 /// A result with no data whose errors all come before execution (the document does not parse

@@ -31,6 +31,8 @@ pub struct Sockets {
     open: AtomicUsize,
     per_address: Mutex<HashMap<IpAddr, AddressCount>>,
     pub(in crate::http) seat_maps: Arc<SeatMaps>,
+    /// `evently_ws_messages_sent_total`, looked up once rather than for every message.
+    pub(super) messages_sent: metrics::Counter,
 }
 
 /// One address's connections that are not signed in.
@@ -95,6 +97,7 @@ impl Sockets {
             open: AtomicUsize::new(0),
             per_address: Mutex::default(),
             seat_maps: Arc::default(),
+            messages_sent: metrics::counter!("evently_ws_messages_sent_total"),
         }
     }
 

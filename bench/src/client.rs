@@ -311,7 +311,10 @@ impl Subscriber {
         }
         socket
             .send(Message::text(
-                json!({ "id": "1", "type": "subscribe",
+                // A random id, as graphql-ws clients send by default: a shared id would let
+                // the server share one message's bytes across connections, which real
+                // browsers would not get.
+                json!({ "id": uuid::Uuid::new_v4().to_string(), "type": "subscribe",
                         "payload": { "query": query, "variables": variables } })
                 .to_string(),
             ))

@@ -81,11 +81,6 @@ pub async fn sweep(app: &App) -> crate::error::AppResult<usize> {
             }
         }
     }
-    // The analytics roll-up of the platform's sales is kept in shards while it is being
-    // written; past days are folded so platformStats reads a quarter of the rows.
-    if let Err(error) = crate::domain::stats::fold_settled_sales(&mut conn).await {
-        tracing::warn!(error = %error.message(), "folding the platform's sales roll-up failed");
-    }
     // Refunds the provider could not take at once, or that a cancelled event recorded, and
     // card orders whose webhook may never have come. These take connections of their own
     // between provider calls: give this one back first, or a round holds two.

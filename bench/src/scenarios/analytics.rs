@@ -1,13 +1,11 @@
 //! `analytics`: the organizer's and admin's figures over a large history. A generator fills
 //! the database in SQL (`INSERT … SELECT generate_series`): E events of the demo organizer
 //! in eight categories, B bookings spread over the past year (one in twenty cancelled a day
-//! later), and one more event with R attendees for the CSV export. Then it measures, with
-//! `--clients` requests at a time, `eventStats` of random events, `salesOverTime` for a year by
-//! day and `platformStats` for a year; what the roll-ups cost the onsale's batch ([`onsale`]);
-//! and the attendee export of the big event (time, and the server's RSS before and after when
-//! `--server-pid` is given).
+//! later), and one more event with R attendees for the CSV export. Then it measures, one
+//! request at a time, `eventStats` of random events, `salesOverTime` for a year by day,
+//! `platformStats` for a year, and the attendee export of the big event (time, and the
+//! server's RSS before and after when `--server-pid` is given).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,8 +16,6 @@ use crate::Common;
 use crate::client::Gql;
 use crate::report::{Report, table};
 use crate::stats::Samples;
-
-mod onsale;
 
 const EVENT_STATS: &str = "query($id: ID!) { eventStats(eventId: $id) { sold held available \
     utilisation bookings tickets cancellations cancellationRate waitlistLength readAt } }";
@@ -42,24 +38,8 @@ pub struct Options {
     #[arg(long, default_value_t = 100_000)]
     export_rows: usize,
     /// Requests per measured query.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 200)]
     samples: usize,
-    /// Clients asking at once.
-    #[arg(long, default_value_t = 16)]
-    clients: usize,
-    /// Seconds of each round of the onsale comparison (the group-commit batch's SQL with the
-    /// roll-up trigger off, then on); 0 skips it.
-    #[arg(long, default_value_t = 10)]
-    pub(super) onsale_seconds: u64,
-    /// Rounds of the onsale comparison.
-    #[arg(long, default_value_t = 3)]
-    pub(super) onsale_rounds: usize,
-    /// Connections writing batches at once in the onsale comparison.
-    #[arg(long, default_value_t = 8)]
-    pub(super) onsale_clients: usize,
-    /// Bookings per batch in the onsale comparison.
-    #[arg(long, default_value_t = 16)]
-    pub(super) onsale_batch: usize,
     /// Measure the data already generated (by an earlier run) instead of generating more.
     #[arg(long)]
     no_generate: bool,
@@ -190,35 +170,16 @@ async fn generated(common: &Common) -> anyhow::Result<(Vec<String>, String)> {
     Ok((events, export))
 }
 
-/// `count` calls, `clients` at a time (each takes the next index as it finishes one), each
-/// call's latency recorded.
-async fn measure<F, Fut>(
+async fn measure(
     samples: &mut Samples,
     start: Instant,
     count: usize,
-    clients: usize,
-    call: F,
-) -> anyhow::Result<()>
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let next = AtomicUsize::new(0);
-    let workers = (0..clients.max(1)).map(|_| async {
-        let mut mine = Samples::default();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= count {
-                break;
-            }
-            let started = Instant::now();
-            call(i).await?;
-            mine.record(start, started, Instant::now());
-        }
-        anyhow::Ok(mine)
-    });
-    for mine in futures_util::future::try_join_all(workers).await? {
-        samples.merge(mine);
+    mut call: impl AsyncFnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for i in 0..count {
+        let started = Instant::now();
+        call(i).await?;
+        samples.record(start, started, Instant::now());
     }
     Ok(())
 }
@@ -246,48 +207,24 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
     let (mut stats, mut sales, mut platform) =
         (Samples::default(), Samples::default(), Samples::default());
     let pick = |i: usize| events[(i * 7919) % events.len()].clone();
-    let clients = options.clients;
-    // A few calls first, unrecorded, so every connection of the server's pool has its
-    // statements prepared before the figures count.
-    let mut warm = Samples::default();
-    measure(&mut warm, start, clients, clients, |i| {
-        let (gql, organizer) = (&gql, &organizer);
-        let vars = json!({ "id": pick(i) });
-        async move {
-            gql.expect(Some(organizer), EVENT_STATS, vars)
-                .await
-                .map(drop)
-        }
+    measure(&mut stats, start, options.samples, async |i| {
+        gql.expect(Some(&organizer), EVENT_STATS, json!({ "id": pick(i) }))
+            .await
+            .map(drop)
     })
     .await?;
-    measure(&mut stats, start, options.samples, clients, |i| {
-        let (gql, organizer) = (&gql, &organizer);
-        let vars = json!({ "id": pick(i) });
-        async move {
-            gql.expect(Some(organizer), EVENT_STATS, vars)
-                .await
-                .map(drop)
-        }
-    })
-    .await?;
-    measure(&mut sales, start, options.samples, clients, |i| {
-        let (gql, organizer) = (&gql, &organizer);
+    measure(&mut sales, start, options.samples, async |i| {
         let mut vars = year.clone();
         vars["id"] = json!(pick(i));
-        async move { gql.expect(Some(organizer), SALES, vars).await.map(drop) }
+        gql.expect(Some(&organizer), SALES, vars).await.map(drop)
     })
     .await?;
-    measure(&mut platform, start, options.samples, clients, |_| {
-        let (gql, admin) = (&gql, &admin);
-        let vars = year.clone();
-        async move { gql.expect(Some(admin), PLATFORM, vars).await.map(drop) }
+    measure(&mut platform, start, options.samples.min(50), async |_| {
+        gql.expect(Some(&admin), PLATFORM, year.clone())
+            .await
+            .map(drop)
     })
     .await?;
-    let onsale = if options.onsale_seconds > 0 {
-        Some(onsale::compare(common, &options).await?)
-    } else {
-        None
-    };
 
     // The export: its time, its size, and the server's memory around it.
     let rss_before = common.server_pid.map(crate::system::rss_kib).transpose()?;
@@ -323,15 +260,11 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         (
             "data",
             if options.no_generate {
-                format!(
-                    "generated earlier: {} events; {} clients at once",
-                    events.len(),
-                    options.clients
-                )
+                format!("generated earlier: {} events", events.len())
             } else {
                 format!(
-                    "generated now: {} events, {} bookings; {} clients at once",
-                    options.events, options.bookings, options.clients
+                    "generated now: {} events, {} bookings",
+                    options.events, options.bookings
                 )
             },
         ),
@@ -353,21 +286,6 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
                 "**{rows_exported} rows, {bytes} bytes in {}** (target 5 s for 100,000)",
                 ms(export_time)
             ),
-        ),
-        (
-            "**onsale batch with the roll-up trigger ÷ without** (target ≥ 0.90)",
-            match &onsale {
-                Some(c) => format!(
-                    "**{:.2}** (median of {} rounds, {} connections, {} bookings a batch; \
-                     roll-ups match a recount afterwards: {})",
-                    c.ratio,
-                    c.rounds.len(),
-                    c.clients,
-                    c.batch,
-                    if c.rollups_exact { "yes" } else { "NO" }
-                ),
-                None => "not measured (--onsale-seconds 0)".into(),
-            },
         ),
         (
             "server RSS before / peak during the export",
@@ -393,9 +311,7 @@ pub async fn run(common: &Common, options: Options) -> anyhow::Result<()> {
         common,
         results: json!({
             "options": { "events": options.events, "bookings": options.bookings,
-                         "export_rows": options.export_rows, "samples": options.samples,
-                         "clients": options.clients },
-            "onsale_comparison": onsale,
+                         "export_rows": options.export_rows, "samples": options.samples },
             "event_stats": s,
             "sales_over_time": t,
             "platform_stats": p,

@@ -1,7 +1,6 @@
 //! One event's figures, in one SQL statement, so they all come from one snapshot: the seat
-//! counters from the event row (moved by every booking under the event's lock), its booking
-//! totals from `event_sales` (kept by a trigger on `bookings` in the same transactions, see
-//! `super::sales`), and counts of its waiting-list entries and RSVP answers.
+//! counters from the event row (moved by every booking under the event's lock), and counts of
+//! its bookings, waiting-list entries and RSVP answers.
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
@@ -90,14 +89,17 @@ pub async fn event_stats(
     let stats = diesel::sql_query(
         "SELECT e.id AS event_id, e.version, e.capacity, e.seats_available AS available,
                 e.seats_held AS held, e.capacity - e.seats_available - e.seats_held AS sold,
-                coalesce(b.bookings, 0) AS bookings, coalesce(b.tickets, 0) AS tickets,
-                coalesce(b.cancellations, 0) AS cancellations,
-                coalesce(b.tickets_cancelled, 0) AS tickets_cancelled,
+                b.bookings, b.tickets, b.cancellations, b.tickets_cancelled,
                 w.waitlist_length, w.promotions, w.promotions_fulfilled,
                 e.free, r.rsvp_going, r.rsvp_waitlisted, r.rsvp_maybe, r.rsvp_not_going,
                 now() AS read_at
-         FROM events e
-         LEFT JOIN event_sales b ON b.event_id = e.id,
+         FROM events e,
+         LATERAL (SELECT count(*) AS bookings,
+                         coalesce(sum(quantity), 0)::bigint AS tickets,
+                         count(*) FILTER (WHERE status = 'CANCELLED') AS cancellations,
+                         coalesce(sum(quantity) FILTER (WHERE status = 'CANCELLED'), 0)::bigint
+                             AS tickets_cancelled
+                  FROM bookings WHERE event_id = e.id) b,
          LATERAL (SELECT count(*) FILTER (WHERE status = 'WAITING') AS waitlist_length,
                          count(*) FILTER (WHERE hold_id IS NOT NULL OR booking_id IS NOT NULL)
                              AS promotions,

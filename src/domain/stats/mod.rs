@@ -4,10 +4,9 @@
 //! ticket type and promo code ([`revenue`]) and the orders for their export ([`orders`]).
 //!
 //! Every figure is exact at the moment it is read: each is one SQL statement (one snapshot)
-//! over the event's own counters (which its bookings move under its lock), the waiting-list
-//! entries and answers themselves, and the sales roll-ups ([`sales`]), which a trigger on
-//! `bookings` moves in the very transaction of each booking, cancellation or deletion. Nothing
-//! is cached or updated later, so nothing can drift.
+//! over the bookings, waiting-list entries and answers themselves, or the event's own
+//! counters, which its bookings move under its lock. Nothing is cached or rolled up, so
+//! nothing can drift.
 //!
 //! Top layer: it only reads, and imports the bottom layer (who may see an event).
 
@@ -16,7 +15,6 @@ pub mod event;
 pub mod orders;
 pub mod periods;
 pub mod revenue;
-mod sales;
 
 use uuid::Uuid;
 
@@ -32,7 +30,6 @@ pub use periods::{
     Bucket, CategoryFigures, EventFigures, Interval, PlatformStats, Totals, buckets,
     organizer_stats, platform_stats, sales_over_time,
 };
-pub use sales::fold_settled_sales;
 
 /// The event, when `viewer` may read its analytics: its organizer or an admin. Someone else's
 /// draft is `NOT_FOUND` (as everywhere), someone else's published event `FORBIDDEN`.

@@ -8,7 +8,6 @@ mod exports;
 mod live;
 mod orders_export;
 mod revenue;
-mod rollups;
 mod stats;
 
 use diesel::QueryableByName;

@@ -7,7 +7,8 @@
 //! event that sells ticket types is offered an order pending payment, see
 //! [`super::waitlist_orders`]). An offer that
 //! lapses ends its hold, which frees its seats for the next in line. So hold expiry, promotion
-//! and offers call each other by nature, and live here together.
+//! and offers call each other by nature, and live here together, which is why this file runs
+//! past 600 lines: split, its halves would import each other.
 //!
 //! Everything here runs under the event's row lock ([`super::sale_rules::lock_event`]) and
 //! moves seats through an [`Inventory`]. Outside the sales window nothing is offered (an offer

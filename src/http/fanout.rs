@@ -48,9 +48,10 @@ impl Frame {
 }
 
 /// The JSON of an execution result (`{"data":…}`), and the whole message around it as the
-/// first connection to send it wrote it. Clients of one library number their operations alike
-/// (Apollo's and urql's first subscription is `"1"`), so most connections send the very same
-/// text: they share its bytes rather than each formatting and allocating a copy.
+/// first connection to send it wrote it. Connections whose operation has the same id (clients
+/// that number their operations, as subscriptions-transport-ws does, or graphql-ws with a
+/// counting `generateID`) send the very same text and share its bytes; the others splice the
+/// shared JSON into a message of their own, one allocation and copy each.
 #[derive(Debug)]
 pub struct Payload {
     json: Box<str>,

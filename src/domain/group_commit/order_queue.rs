@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use super::batch::is_seated;
 use super::order_batch::{OrderEntry, batchable, place_batch};
-use super::{BookingQueue, Held, Inner, MAX_BATCH, Pending, QUEUE_CAPACITY, WORKER_IDLE};
+use super::worker::next_batch;
+use super::{BookingQueue, Held, Inner, MAX_BATCH, Pending, QUEUE_CAPACITY};
 use super::{WORKERS_PER_EVENT, lock};
 use crate::db::Uncommitted;
 use crate::db::commerce::Order;
@@ -100,25 +101,12 @@ async fn run_order_worker(
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     let mut held: Option<Held> = None;
     loop {
-        let more_waiting = {
-            let mut receiver = receiver.lock().await;
-            let first = match tokio::time::timeout(WORKER_IDLE, receiver.recv()).await {
-                Ok(Some(job)) => job,
-                Ok(None) => return,
-                Err(_idle) => {
-                    lock(&inner.order_queues).remove(&event_id);
-                    receiver.close();
-                    continue;
-                }
-            };
-            jobs.push(first);
-            while jobs.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            !receiver.is_empty()
+        let Some(more_waiting) = next_batch(&receiver, &mut jobs, || {
+            lock(&inner.order_queues).remove(&event_id)
+        })
+        .await
+        else {
+            return;
         };
         if held.is_none() {
             held = inner.connection().await.ok();

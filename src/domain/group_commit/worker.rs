@@ -25,27 +25,14 @@ pub(super) async fn run_worker(
     // or when the onsale path's share of the pool is all taken and others may be waiting.
     let mut held: Option<Held> = None;
     loop {
-        let more_waiting = {
-            let mut receiver = receiver.lock().await;
-            let first = match tokio::time::timeout(WORKER_IDLE, receiver.recv()).await {
-                Ok(Some(job)) => job,
-                Ok(None) => return,
-                Err(_idle) => {
-                    // Unlist the queue, then finish whatever was sent before it was unlisted;
-                    // later senders find the channel closed and start new workers.
-                    lock(&inner.queues).remove(&event_id);
-                    receiver.close();
-                    continue;
-                }
-            };
-            jobs.push(first);
-            while jobs.len() < MAX_BATCH {
-                match receiver.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
-            !receiver.is_empty()
+        // Unlisted when idle, then whatever was sent before that is finished; later senders
+        // find the channel closed and start new workers.
+        let Some(more_waiting) = next_batch(&receiver, &mut jobs, || {
+            lock(&inner.queues).remove(&event_id)
+        })
+        .await
+        else {
+            return;
         };
         if held.is_none() {
             held = inner.connection().await.ok();
@@ -55,6 +42,36 @@ pub(super) async fn run_worker(
             held = None;
         }
     }
+}
+
+/// Waits for a job, then takes whatever else has arrived, up to [`MAX_BATCH`] in `jobs`.
+/// Returns whether more are waiting, or `None` once the queue is closed and drained. A queue
+/// idle for [`WORKER_IDLE`] is unlisted (`unlist`) and closed, and the loop goes on to finish
+/// what was sent before that. Shared by the booking and the order workers.
+pub(super) async fn next_batch<J, T>(
+    receiver: &tokio::sync::Mutex<mpsc::Receiver<J>>,
+    jobs: &mut Vec<J>,
+    unlist: impl Fn() -> T,
+) -> Option<bool> {
+    let mut receiver = receiver.lock().await;
+    let first = loop {
+        match tokio::time::timeout(WORKER_IDLE, receiver.recv()).await {
+            Ok(Some(job)) => break job,
+            Ok(None) => return None,
+            Err(_idle) => {
+                unlist();
+                receiver.close();
+            }
+        }
+    };
+    jobs.push(first);
+    while jobs.len() < MAX_BATCH {
+        match receiver.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+    Some(!receiver.is_empty())
 }
 
 /// Commits one batch and answers every job in it: each caller gets its own `Committed`
